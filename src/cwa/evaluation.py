@@ -1,0 +1,58 @@
+"""Perplexity and next-token accuracy, kept per text so paired statistics are possible."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cwa.progress import progress
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    nll: np.ndarray  # (n,) float64: summed NLL per text
+    tokens: np.ndarray  # (n,) int64: predicted tokens per text
+    correct: np.ndarray  # (n,) int64: greedy hits per text
+
+    @property
+    def ppl(self) -> float:
+        total = float(self.nll.sum())
+        return math.exp(total / self.tokens.sum()) if math.isfinite(total) else math.inf
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.sum() / self.tokens.sum())
+
+    @property
+    def diverged(self) -> bool:
+        return not bool(np.isfinite(self.nll).all())
+
+
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token next-token NLL in fp32, shape (B, T-1)."""
+    logits = logits[:, :-1].float()  # (B, T-1, V)
+    targets = input_ids[:, 1:]
+    return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+
+
+@torch.inference_mode()
+def evaluate(model, windows: torch.Tensor, batch_size: int, desc: str | None = None) -> EvalResult:
+    device = next(model.parameters()).device
+    nll, correct = [], []
+    batches = windows.split(batch_size)
+    for batch in progress(batches, desc=desc, total=len(batches), leave=False):
+        batch = batch.to(device)
+        logits = model(input_ids=batch, use_cache=False).logits
+        nll.append(token_nll(logits, batch).double().sum(dim=1).cpu())
+        hits = logits[:, :-1].argmax(dim=-1) == batch[:, 1:]
+        correct.append(hits.sum(dim=1).cpu())
+    n, t = windows.shape
+    return EvalResult(
+        nll=torch.cat(nll).numpy(),
+        tokens=np.full(n, t - 1, dtype=np.int64),
+        correct=torch.cat(correct).numpy().astype(np.int64),
+    )

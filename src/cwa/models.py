@@ -1,0 +1,145 @@
+"""Loading causal LMs (built-in, hub id or local directory) and describing their parameters."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cwa import CwaError
+
+BUILTIN = "builtin:"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_model(spec: str, builtin_dir: str | Path) -> str:
+    """`builtin:<name>` -> its directory under `builtin_dir`; anything else is passed through."""
+    if not spec.startswith(BUILTIN):
+        return spec
+    path = Path(builtin_dir) / spec.removeprefix(BUILTIN)
+    if not (path / "config.json").exists():
+        raise CwaError(
+            f"built-in model {spec} not found at {path}: train it with `dvc repro train` "
+            f"(or `make repro`)"
+        )
+    return str(path)
+
+
+def load_model(spec: str, builtin_dir: str | Path, dtype: str = "float32", device: str = "auto",
+               attn_implementation: str | None = None):
+    """Loads (model, tokenizer) through AutoModelForCausalLM / AutoTokenizer, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(spec, builtin_dir)
+    local = Path(source).exists()
+    if not local and (source.startswith((".", "/")) or source.count("/") > 1):
+        raise CwaError(f"model directory {source} does not exist")
+    kwargs = {"dtype": getattr(torch, dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as err:
+        raise CwaError(
+            f"could not load model {spec!r}: it is not a local directory with config.json and "
+            f"the Hugging Face Hub could not provide it (offline? set HF_HUB_OFFLINE=1 to use "
+            f"the local cache only, or pass a directory saved with save_pretrained): {err}"
+        ) from err
+    model.to(resolve_device(device))
+    model.eval()  # dropout off for every scoring and evaluation pass
+    return model, tokenizer
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameter count with tied parameters once (named_parameters deduplicates)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# Leaf module name -> component, for the architectures cwa knows. Order matters: first match wins.
+_COMPONENTS: tuple[tuple[str, str], ...] = (
+    (r"(q_proj|query)$", "attn_q"),
+    (r"(k_proj|key)$", "attn_k"),
+    (r"(v_proj|value)$", "attn_v"),
+    (r"(c_attn|query_key_value|qkv_proj|Wqkv)$", "attn_qkv"),
+    (r"(o_proj|out_proj|attn\.c_proj|attention\.dense|self_attn\.dense)$", "attn_o"),
+    (r"gate_up_proj$", "mlp_gate_up"),
+    (r"(gate_proj|w1)$", "mlp_gate"),
+    (r"(up_proj|fc1|c_fc|dense_h_to_4h|w3)$", "mlp_up"),
+    (r"(down_proj|fc2|mlp\.c_proj|dense_4h_to_h|w2)$", "mlp_down"),
+    (r"(embed_tokens|wte|embed_in|word_embeddings)$", "embed"),
+    (r"(wpe|embed_positions)$", "pos_embed"),
+    (r"(lm_head|embed_out)$", "lm_head"),
+    (r"(norm|ln_\w+|layernorm|ln_f|final_layer_norm)$", "norm"),
+)
+_LAYER = re.compile(r"\.(?:layers|h|layer|blocks)\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """Where a parameter sits: layer, component and the axis convention of its storage."""
+
+    name: str
+    layer: int  # -1 outside the transformer blocks
+    component: str
+    shape: tuple[int, ...]
+    transposed: bool  # GPT-2 Conv1D stores [in, out]; nn.Linear stores [out, in]
+
+    @property
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+    def row_col(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output feature, input feature) of flat storage indices, nn.Linear convention."""
+        if len(self.shape) < 2:
+            return flat, torch.zeros_like(flat)
+        cols = self.shape[-1]
+        a, b = flat // cols, flat % cols
+        return (b, a) if self.transposed else (a, b)
+
+
+def classify(name: str) -> str:
+    module = name.rsplit(".", 1)[0]
+    for pattern, component in _COMPONENTS:
+        if re.search(pattern, module):
+            return component
+    raise CwaError(
+        f"cannot classify parameter {name!r}: its module name matches no known component "
+        f"(known architectures: Llama, Mistral, Qwen2, GPT-2, GPT-NeoX, OPT)"
+    )
+
+
+def describe(model: nn.Module) -> list[ParamInfo]:
+    """One ParamInfo per parameter (tied ones once), in named_parameters order."""
+    from transformers.pytorch_utils import Conv1D
+
+    modules = dict(model.named_modules())
+    infos = []
+    for name, p in model.named_parameters():
+        layer = _LAYER.search(f".{name}")
+        owner = modules.get(name.rsplit(".", 1)[0])
+        infos.append(ParamInfo(
+            name=name,
+            layer=int(layer.group(1)) if layer else -1,
+            component=classify(name),
+            shape=tuple(p.shape),
+            transposed=isinstance(owner, Conv1D) and name.endswith("weight"),
+        ))
+    return infos
+
+
+def pool(infos: list[ParamInfo], include_embeddings: bool = False) -> list[ParamInfo]:
+    """The weights that compete for 'critical': matrices of the blocks (plus embeddings/lm_head)."""
+    outside = ("embed", "lm_head", "pos_embed")
+    return [
+        i for i in infos
+        if len(i.shape) >= 2 and (i.layer >= 0 or (include_embeddings and i.component in outside))
+    ]

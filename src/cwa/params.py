@@ -1,0 +1,161 @@
+"""Typed, validated params: every stage reads params.yaml through `load_params`.
+
+A typo fails here, before any model loads, with a message that names the key and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from cwa import CwaError
+
+MODES = ("global", "per_layer")
+CONTROLS = ("random_k", "bottom_k")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class FamilyMember:
+    """Shape of one built-in Llama model."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+
+
+@dataclass(frozen=True)
+class Params:
+    # model under study
+    model: str = "builtin:kjv-base"
+    dtype: str = "float32"
+    device: str = "auto"
+    # sensitivity
+    metric: str = "grad_x_weight"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    calib_samples: int = 64
+    seq_len: int = 128
+    batch_size: int = 16
+    # ranking
+    mode: str = "global"
+    topk: tuple[int, ...] = (10, 100, 1000)
+    controls: tuple[str, ...] = ("random_k", "bottom_k")
+    random_draws: int = 3
+    include_embeddings: bool = False
+    # perturbation and evaluation
+    perturb: tuple[str, ...] = ("zero", "sign_flip", "gauss_noise", "bit_flip")
+    noise_sigma: float = 1.0
+    flip_bit: int = 30
+    eval_samples: int = 128
+    bootstrap: int = 1000
+    headline_k: int = 100
+    # built-in corpus and model family
+    vocab_size: int = 4096
+    train_steps: int = 480
+    train_batch: int = 16
+    train_seq_len: int = 128
+    train_lr: float = 3e-3
+    train_seed: int = 0
+    family: dict[str, FamilyMember] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _validate(self)
+
+
+def _fail(key: str, message: str):
+    raise CwaError(f"params: `{key}` {message}")
+
+
+def _check_choice(key: str, value, valid):
+    if value not in valid:
+        _fail(key, f"is {value!r}; valid values: {', '.join(valid)}")
+
+
+def _validate(p: Params):
+    from cwa.metrics import METRICS
+    from cwa.perturbations import PERTURBATIONS
+
+    _check_choice("metric", p.metric, sorted(METRICS))
+    _check_choice("mode", p.mode, MODES)
+    _check_choice("dtype", p.dtype, DTYPES)
+    for name in p.perturb:
+        _check_choice("perturb", name, sorted(PERTURBATIONS))
+    for name in p.controls:
+        _check_choice("controls", name, CONTROLS)
+    for key in ("calib_samples", "seq_len", "batch_size", "random_draws", "eval_samples",
+                "bootstrap", "headline_k", "vocab_size", "train_steps", "train_batch",
+                "train_seq_len"):
+        if getattr(p, key) < 1:
+            _fail(key, f"must be >= 1, got {getattr(p, key)}")
+    if p.seq_len < 2:
+        _fail("seq_len", "must be >= 2 (one token predicts the next)")
+    if not p.seeds or len(set(p.seeds)) != len(p.seeds):
+        _fail("seeds", f"must be a non-empty list of distinct integers, got {list(p.seeds)}")
+    if not p.topk or any(k < 1 for k in p.topk):
+        _fail("topk", f"must be a non-empty list of positive integers, got {list(p.topk)}")
+    if p.headline_k not in p.topk:
+        _fail("headline_k", f"({p.headline_k}) must be one of topk {list(p.topk)}")
+    if "zero" not in p.perturb:
+        _fail("perturb", "must include `zero`: the headline experiment zeroes the top-k weights")
+    if not 0 <= p.flip_bit < 32:
+        _fail("flip_bit", f"must be a bit position 0..31 (sign = 31 in fp32), got {p.flip_bit}")
+    if p.noise_sigma <= 0:
+        _fail("noise_sigma", f"must be > 0, got {p.noise_sigma}")
+    if p.model.startswith("builtin:") and p.model.removeprefix("builtin:") not in p.family:
+        _fail("model", f"names no built-in model; valid: {', '.join('builtin:' + n for n in p.family)}")
+
+
+def _coerce(name: str, ftype: str, value):
+    """Converts YAML values to the declared field types; rejects the wrong kind by name."""
+    scalar = {"int": int, "float": float, "str": str, "bool": bool}
+    if ftype.startswith("tuple["):
+        if not isinstance(value, list | tuple):
+            value = [value]
+        inner = ftype[len("tuple["):].split(",")[0].strip()
+        return tuple(_coerce(name, inner, v) for v in value)
+    if ftype.startswith("dict["):
+        if not isinstance(value, dict):
+            _fail(name, f"must be a mapping, got {value!r}")
+        return {str(k): _member(f"{name}.{k}", v) for k, v in value.items()}
+    kind = scalar[ftype]
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        _fail(name, f"must be {ftype}, got {value!r}")
+    return value
+
+
+def _member(name: str, value) -> FamilyMember:
+    valid = [f.name for f in fields(FamilyMember)]
+    if not isinstance(value, dict) or sorted(value) != sorted(valid):
+        _fail(name, f"must be a mapping with exactly the keys {', '.join(valid)}, got {value!r}")
+    return FamilyMember(**{k: _coerce(f"{name}.{k}", "int", value[k]) for k in valid})
+
+
+def params_from_dict(raw: dict) -> Params:
+    known = {f.name: f for f in fields(Params)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise CwaError(f"params: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}")
+    values = {k: _coerce(k, str(known[k].type), v) for k, v in raw.items()}
+    return Params(**values)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise CwaError(f"params file {path} not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise CwaError(f"params file {path} must hold a mapping of keys to values")
+    return params_from_dict(raw)
+
+
+def as_dict(p: Params) -> dict:
+    """Plain-data form for manifests."""
+    return dataclasses.asdict(p)

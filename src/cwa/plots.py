@@ -1,0 +1,128 @@
+"""The report's figures. Each function takes tidy tables and writes one PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+
+from cwa.io import atomic_write  # noqa: E402
+
+COLORS = {"top": "#c0392b", "random_k": "#7f8c8d", "bottom_k": "#2980b9"}
+
+
+def _save(fig, path: str | Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png",
+                                               metadata={"Software": None}))
+    plt.close(fig)
+
+
+def score_distribution(scores: dict[str, torch.Tensor], components: dict[str, str], metric: str,
+                       path) -> None:
+    """Histogram of log10 score per component: how heavy is the tail?"""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    by_comp: dict[str, list[torch.Tensor]] = {}
+    for name, s in scores.items():
+        by_comp.setdefault(components[name], []).append(s.reshape(-1))
+    for comp, parts in sorted(by_comp.items()):
+        v = torch.cat(parts).double().numpy()
+        v = np.log10(v[v > 0])
+        ax.hist(v, bins=80, histtype="step", label=comp, density=True)
+    ax.set(xlabel=f"log10 {metric} score", ylabel="density", title="Score distribution by component")
+    ax.legend(fontsize=7, ncols=2)
+    _save(fig, path)
+
+
+def layer_heatmap(ranking: pl.DataFrame, k: int, path) -> None:
+    """Where the top-k weights sit: count per (layer, component)."""
+    top = ranking.filter((pl.col("selection") == "top") & (pl.col("k") == k))
+    layers = sorted(top["layer"].unique().to_list()) or [0]
+    comps = sorted(ranking["component"].unique().to_list())
+    grid = np.zeros((len(layers), len(comps)))
+    for (layer, comp), rows in top.group_by(["layer", "component"]):
+        grid[layers.index(layer), comps.index(comp)] = len(rows)
+    fig, ax = plt.subplots(figsize=(1.1 * len(comps) + 2, 0.5 * len(layers) + 2))
+    im = ax.imshow(grid, cmap="Reds", aspect="auto")
+    ax.set_xticks(range(len(comps)), comps, rotation=45, ha="right")
+    ax.set_yticks(range(len(layers)), [str(v) for v in layers])
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=8)
+    ax.set(xlabel="component", ylabel="layer", title=f"Top-{k} weights by layer and component")
+    fig.colorbar(im, ax=ax, label="weights")
+    _save(fig, path)
+
+
+def effects(effects_table: pl.DataFrame, path) -> None:
+    """ΔPPL vs k per perturbation: top set against controls, with 95% paired-bootstrap CIs."""
+    perts = effects_table["perturbation"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(perts), figsize=(4.2 * len(perts), 3.8), squeeze=False)
+    for ax, pert in zip(axes[0], perts, strict=True):
+        sub = effects_table.filter(pl.col("perturbation") == pert)
+        for sel, color in COLORS.items():
+            rows = sub.filter(pl.col("selection") == sel)
+            if rows.is_empty():
+                continue
+            agg = rows.group_by("k").agg(
+                pl.col("delta_ppl").mean(), pl.col("ci_low").mean(), pl.col("ci_high").mean(),
+                pl.col("diverged").any()).sort("k")
+            ok = agg.filter(~pl.col("diverged"))
+            ax.errorbar(ok["k"], ok["delta_ppl"], color=color, marker="o", capsize=3, label=sel,
+                        yerr=[ok["delta_ppl"] - ok["ci_low"], ok["ci_high"] - ok["delta_ppl"]])
+            for k in agg.filter(pl.col("diverged"))["k"]:
+                ax.annotate("diverged", (k, 0), color=color, fontsize=7, rotation=90)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set(title=pert, xlabel="k (weights perturbed)", ylabel="ΔPPL")
+        ax.axhline(0, color="black", lw=0.5)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def stability(table: pl.DataFrame, path) -> None:
+    """Jaccard and Spearman of top-k sets across calibration seeds, vs k."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    agg = table.group_by("k").agg(pl.col("jaccard").mean(), pl.col("jaccard").min().alias("lo"),
+                                  pl.col("jaccard").max().alias("hi"),
+                                  pl.col("spearman", "spearman_pool").mean()).sort("k")
+    ax.plot(agg["k"], agg["jaccard"], "o-", label="Jaccard (mean of seed pairs)")
+    ax.fill_between(agg["k"], agg["lo"], agg["hi"], alpha=0.2, label="min–max over pairs")
+    ax.plot(agg["k"], agg["spearman"], "s--", label="Spearman over the union of top-k")
+    ax.plot(agg["k"], agg["spearman_pool"], ":", color="gray", label="Spearman, 100k-weight sample")
+    ax.set_xscale("log")
+    ax.set(xlabel="k", ylabel="agreement", ylim=(-1.05, 1.05), title="Stability across seeds")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def scaling(table: pl.DataFrame, fits: pl.DataFrame, stats: tuple[str, ...], path) -> None:
+    """Each statistic against parameter count on log-log axes, with its power-law fit."""
+    fig, axes = plt.subplots(1, len(stats), figsize=(4.2 * len(stats), 3.6), squeeze=False)
+    x = table["params"].to_numpy().astype(float)
+    grid = np.geomspace(x.min(), x.max(), 50)
+    for ax, stat in zip(axes[0], stats, strict=True):
+        ax.loglog(x, table[stat].to_numpy(), "o", color="#c0392b")
+        for name, xi, yi in zip(table["model"], x, table[stat], strict=True):
+            ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        fit = fits.filter(pl.col("statistic") == stat).row(0, named=True)
+        if np.isfinite(fit["slope"]):
+            ax.loglog(grid, 10 ** fit["intercept"] * grid ** fit["slope"], "--", color="black",
+                      label=f"slope {fit['slope']:.2f}, R² {fit['r2']:.2f}")
+            ax.legend(fontsize=7)
+        ax.set(xlabel="parameters", title=stat)
+    _save(fig, path)
+
+
+def training_curves(logs: pl.DataFrame, path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for (model,), rows in logs.group_by("model", maintain_order=True):
+        smooth = rows["loss"].rolling_mean(20, min_samples=1)
+        ax.plot(rows["step"], smooth, label=model)
+    ax.set(xlabel="step", ylabel="training loss (20-step mean)", title="Built-in family training")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,71 @@
+"""Statistics over texts, seeds and models: paired bootstrap, set overlap, power-law fits."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+# Columns of the scaling table that get a power-law fit against parameter count.
+SCALING_STATISTICS = ("top_share", "max_over_median", "delta_ppl_top", "separation")
+
+
+def bootstrap_indices(n_texts: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n_texts) text indices; shared by all experiments so CIs are paired."""
+    return np.random.default_rng(seed).integers(0, n_texts, size=(resamples, n_texts))
+
+
+def ppl(nll: np.ndarray, tokens: np.ndarray) -> float:
+    total = float(nll.sum())
+    return math.exp(total / float(tokens.sum())) if math.isfinite(total) else math.inf
+
+
+def paired_delta_ci(base_nll: np.ndarray, nll: np.ndarray, tokens: np.ndarray,
+                    idx: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of ppl(perturbed) − ppl(base), resampling the same texts for both."""
+    if not np.isfinite(nll).all():
+        return math.nan, math.nan
+    tok = tokens[idx].sum(axis=1)
+    with np.errstate(over="ignore"):
+        delta = np.exp(nll[idx].sum(axis=1) / tok) - np.exp(base_nll[idx].sum(axis=1) / tok)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(delta, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def jaccard(a: set, b: set) -> float:
+    union = len(a | b)
+    return len(a & b) / union if union else 1.0
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman ρ with average ranks for ties; NaN when either side is constant."""
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return math.nan
+    return float(sps.spearmanr(x, y).statistic)
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    slope: float
+    intercept: float  # log10 of the prefactor
+    r2: float
+    slope_ci: tuple[float, float]
+
+
+def fit_power_law(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> PowerLaw:
+    """y = 10^intercept · x^slope by least squares on log10 values; t-based CI of the slope."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+    lx, ly = np.log10(x[keep]), np.log10(y[keep])
+    if len(lx) < 2:
+        return PowerLaw(math.nan, math.nan, math.nan, (math.nan, math.nan))
+    fit = sps.linregress(lx, ly)
+    if len(lx) > 2:
+        half = sps.t.ppf(0.5 + level / 2, len(lx) - 2) * fit.stderr
+    else:
+        half = math.nan  # two points fit exactly: no error estimate
+    return PowerLaw(float(fit.slope), float(fit.intercept), float(fit.rvalue**2),
+                    (float(fit.slope - half), float(fit.slope + half)))

@@ -1,0 +1,91 @@
+"""The built-in model family: a byte-level BPE tokenizer and small Llama models trained here.
+
+Training is a fixed step budget (not a time budget) from fixed seeds, so it is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from cwa.params import FamilyMember
+from cwa.progress import progress
+
+EOS = "<|endoftext|>"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE (GPT-2 style) wrapped as a PreTrainedTokenizerFast for AutoTokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
+
+
+def save_tokenizer(tokenizer, directory) -> None:
+    """save_pretrained, naming the class that transformers 4.x and 5.x both load."""
+    import json
+    from pathlib import Path
+
+    tokenizer.save_pretrained(directory)
+    config_path = Path(directory) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # 5.x writes TokenizersBackend
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def build_model(shape: FamilyMember, vocab_size: int, seq_len: int, seed: int):
+    """A randomly initialised LlamaForCausalLM of the given shape."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
+        intermediate_size=shape.intermediate, max_position_embeddings=seq_len,
+        tie_word_embeddings=False, eos_token_id=0, bos_token_id=0, pad_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def lr_at(step: int, steps: int, peak: float, warmup_frac: float = 0.05) -> float:
+    """Linear warm-up then cosine decay to 10% of the peak."""
+    warmup = max(1, int(steps * warmup_frac))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
+
+
+def train(model, stream: torch.Tensor, steps: int, batch: int, seq_len: int, lr: float,
+          seed: int, desc: str | None = None) -> list[dict]:
+    """Trains on random windows of the token stream; returns the per-step log."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    model.train()  # no dropout in Llama configs (attention_dropout=0); train mode for clarity
+    log = []
+    for step in progress(range(steps), desc=desc):
+        starts = torch.randint(0, len(stream) - seq_len, (batch,), generator=gen)
+        x = torch.stack([stream[s : s + seq_len] for s in starts.tolist()])  # (B, T)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr)
+        loss = model(input_ids=x, labels=x, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        log.append({"step": step + 1, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]})
+    model.eval()
+    if not np.isfinite([r["loss"] for r in log]).all():
+        raise RuntimeError("training diverged (non-finite loss)")
+    return log

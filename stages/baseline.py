@@ -1,0 +1,38 @@
+"""baseline: the unperturbed model's perplexity and accuracy on the evaluation windows.
+
+Reads: the corpus table and the model. Writes: a one-row summary (schema `baseline`) and
+per-text results (schema `eval_texts`), the reference for every paired statistic.
+Params: model, dtype, device, seq_len, eval_samples, batch_size.
+"""
+
+import polars as pl
+
+from cwa.data import eval_windows
+from cwa.evaluation import evaluate
+from cwa.experiment import BASELINE, text_rows
+from cwa.io import write_table
+from cwa.models import count_parameters, load_model
+from cwa.stage import stage_main
+
+
+def add_args(p):
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--models-dir", required=True, help="where built-in models live")
+    p.add_argument("--summary", required=True)
+    p.add_argument("--texts", required=True)
+
+
+def run(args, params):
+    model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
+    windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
+    result = evaluate(model, windows, params.batch_size, desc="baseline")
+    summary = {"model": params.model, "texts": len(result.nll), "tokens": int(result.tokens.sum()),
+               "nll": float(result.nll.sum()), "ppl": result.ppl, "accuracy": result.accuracy,
+               "params": count_parameters(model)}
+    write_table(pl.DataFrame([summary]), args.summary, "baseline")
+    write_table(text_rows(BASELINE, result), args.texts, "eval_texts")
+    return {"ppl": result.ppl, "accuracy": result.accuracy, "vocab_size": len(tokenizer)}
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run)

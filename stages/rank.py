@@ -1,0 +1,35 @@
+"""rank: the top-k weights and their controls, for every seed and every k in one run.
+
+Reads: the score store and the pool description.
+Writes: the ranking table (schema `ranking`).
+Params: metric, mode, topk, controls, random_draws.
+"""
+
+import polars as pl
+
+from cwa.io import write_table
+from cwa.ranking import rank
+from cwa.scores import load_scores, pool_infos, seeds_in
+from cwa.stage import stage_main
+
+
+def add_args(p):
+    p.add_argument("--scores", required=True)
+    p.add_argument("--pool", required=True)
+    p.add_argument("--out", required=True)
+
+
+def run(args, params):
+    infos = pool_infos(pl.read_parquet(args.pool))
+    tables = [
+        rank(infos, load_scores(args.scores, seed), params.mode, params.topk, params.controls,
+             params.random_draws, seed, params.metric)
+        for seed in seeds_in(args.scores)
+    ]
+    table = pl.concat(tables)
+    write_table(table, args.out, "ranking")
+    return {"rows": len(table)}
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run)

@@ -1,0 +1,78 @@
+"""report: the Markdown/HTML report with its plots, the DVC metrics and the plot side files.
+
+Reads: every upstream table (baseline, pool, scores, ranking, effects, stability, scaling, training
+curves). Writes: report.md, report.html and PNGs in the report directory, metrics.json, and
+effects_vs_k.csv for `dvc plots`.
+Params: model, metric, mode, seeds, calib_samples, seq_len, dtype, include_embeddings,
+random_draws, noise_sigma, flip_bit, bootstrap, headline_k.
+"""
+
+import subprocess
+from pathlib import Path
+
+import polars as pl
+
+from cwa import plots
+from cwa.io import atomic_write, write_csv, write_json
+from cwa.report import effects_table, metrics, render_html, render_markdown
+from cwa.scores import load_scores
+from cwa.stage import stage_main
+from cwa.stats import SCALING_STATISTICS
+
+
+def add_args(p):
+    for name in ("baseline", "pool", "scores", "ranking", "effects", "stability", "scaling",
+                 "fit", "train_logs", "out_dir", "metrics", "effects_csv"):
+        p.add_argument(f"--{name.replace('_', '-')}", required=True)
+
+
+def run(args, params):
+    out = Path(args.out_dir)
+    baseline = pl.read_parquet(args.baseline)
+    pool = pl.read_parquet(args.pool)
+    ranking = pl.read_parquet(args.ranking)
+    effects = pl.read_parquet(args.effects)
+    stability = pl.read_parquet(args.stability)
+    scaling, fits = pl.read_parquet(args.scaling), pl.read_parquet(args.fit)
+    logs = sorted(Path(args.train_logs).glob("*.parquet"))
+    k, seed = params.headline_k, params.seeds[0]
+
+    m = metrics(baseline, effects, stability, k)
+    write_json(m, args.metrics)
+    zero = effects.filter(pl.col("perturbation") == "zero")
+    curve = zero.group_by("k", "selection").agg(pl.col("delta_ppl").mean()).pivot(
+        on="selection", index="k", values="delta_ppl").sort("k")
+    write_csv(curve, args.effects_csv)
+
+    scores = load_scores(args.scores, seed)
+    plots.score_distribution(scores, dict(zip(pool["param"], pool["component"], strict=True)),
+                             params.metric, out / "score_distribution.png")
+    plots.layer_heatmap(ranking.filter(pl.col("seed") == seed), k, out / "heatmap.png")
+    plots.effects(effects, out / "effects.png")
+    plots.stability(stability, out / "stability.png")
+    plots.scaling(scaling, fits, SCALING_STATISTICS, out / "scaling.png")
+    if logs:
+        plots.training_curves(pl.concat([pl.read_parquet(p) for p in logs]), out / "training.png")
+
+    top = (ranking.filter((pl.col("seed") == seed) & (pl.col("selection") == "top")
+                          & (pl.col("k") == min(params.topk)) & (pl.col("group") == pl.col("group").first()))
+           .sort("rank").select("rank", "param", "layer", "component", "row", "col", "score"))
+    table = effects_table(effects)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip() or "unknown"
+    ctx = {"params": params, "metrics": m, "baseline": baseline, "top": top,
+           "pool_weights": sum(int(s.numel()) for s in scores.values()), "pool_tensors": len(pool),
+           "effects": table, "headline_rows": table.filter((pl.col("perturbation") == "zero")
+                                                          & (pl.col("k") == k)),
+           "stability": stability.group_by("k").agg(
+               pl.col("jaccard", "spearman", "spearman_pool", "union").mean()).sort("k"),
+           "scaling": scaling, "fits": fits, "has_training": bool(logs), "commit": commit}
+    text = render_markdown(ctx)
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
+    html = render_html(text, f"cwa report: {params.model}")
+    atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
+    return m
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run)

@@ -1,0 +1,60 @@
+"""scale_model: sensitivity and the headline experiment for one model of the built-in family.
+
+Scores the pool with `metric` on the first seed's calibration draw, measures how concentrated
+the scores are, and zeroes the global top-k (k = headline_k) against matched random draws.
+Reads: the corpus table and the built-in model. Writes: one row (schema `scaling_model`).
+Params: metric, seeds, calib_samples, seq_len, batch_size, eval_samples, headline_k,
+random_draws, include_embeddings, dtype, device.
+"""
+
+import polars as pl
+
+from cwa.data import calibration_draw, eval_windows, split_windows
+from cwa.evaluation import evaluate
+from cwa.experiment import experiments, headline, run as run_experiments, summarize
+from cwa.io import write_table
+from cwa.metrics import compute_scores, get_metric
+from cwa.models import count_parameters, describe, load_model, pool
+from cwa.perturbations import Settings, get_perturbation
+from cwa.ranking import rank
+from cwa.scores import concentration
+from cwa.stage import stage_main
+from cwa.stats import bootstrap_indices
+
+
+def add_args(p):
+    p.add_argument("--name", required=True, help="built-in model")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--models-dir", required=True)
+    p.add_argument("--out", required=True)
+
+
+def run(args, params):
+    metric, seed, k = get_metric(params.metric), params.seeds[0], params.headline_k
+    model, tokenizer = load_model(f"builtin:{args.name}", args.models_dir, params.dtype,
+                                  params.device)
+    infos = pool(describe(model), params.include_embeddings)
+    calib = calibration_draw(split_windows(tokenizer, args.corpus, "calib", params.seq_len),
+                             params.calib_samples, seed)
+    scores = compute_scores(model, infos, metric, calib, params.batch_size,
+                            desc=f"{args.name} {metric.name}")
+    windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
+    base = evaluate(model, windows, params.batch_size)
+    ranking = rank(infos, scores, "global", (k,), ("random_k",), params.random_draws, seed,
+                   metric.name)
+    exps = experiments(ranking, [get_perturbation("zero")])
+    settings = Settings(seed=seed)
+    results = run_experiments(model, exps, windows, params.batch_size, settings,
+                              desc=f"{args.name} zero")
+    effects, _ = summarize(exps, results, base, settings, bootstrap_indices(len(windows), 1, seed))
+    row = {"model": args.name, "params": count_parameters(model),
+           "pool": sum(i.numel for i in infos), "metric": metric.name, "baseline_ppl": base.ppl,
+           **concentration([scores[i.name] for i in infos]), "k": k}
+    h = headline(effects, k)
+    row |= {key: h[key] for key in ("delta_ppl_top", "delta_ppl_random", "separation")}
+    write_table(pl.DataFrame([row]), args.out, "scaling_model")
+    return row
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run)

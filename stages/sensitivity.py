@@ -1,0 +1,46 @@
+"""sensitivity: a score for every weight in the ranking pool, one calibration draw per seed.
+
+Reads: the corpus table (calibration split) and the model.
+Writes: the score store (one safetensors file per seed), the pool description (schema `pool`)
+and per-tensor score statistics (schema `tensor_stats`).
+Params: model, dtype, device, metric, seeds, calib_samples, seq_len, batch_size,
+include_embeddings.
+"""
+
+import polars as pl
+
+from cwa.data import calibration_draw, split_windows
+from cwa.io import write_table
+from cwa.metrics import compute_scores, get_metric
+from cwa.models import describe, load_model, pool
+from cwa.scores import pool_table, save_scores, tensor_stats
+from cwa.stage import stage_main
+
+
+def add_args(p):
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--models-dir", required=True)
+    p.add_argument("--scores", required=True, help="score store directory")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--stats", required=True)
+
+
+def run(args, params):
+    metric = get_metric(params.metric)
+    model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
+    infos = pool(describe(model), params.include_embeddings)
+    calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
+    stats = []
+    for seed in params.seeds:
+        draw = calibration_draw(calib, params.calib_samples, seed)
+        scores = compute_scores(model, infos, metric, draw, params.batch_size,
+                                desc=f"{metric.name} seed {seed}")
+        save_scores(scores, args.scores, seed, metric.name)
+        stats.append(tensor_stats(infos, scores, metric.name, seed))
+    write_table(pool_table(infos), args.pool, "pool")
+    write_table(pl.concat(stats), args.stats, "tensor_stats")
+    return {"pool_tensors": len(infos), "pool_weights": sum(i.numel for i in infos)}
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run)

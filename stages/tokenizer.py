@@ -1,0 +1,26 @@
+"""tokenizer: a byte-level BPE tokenizer for the built-in models, trained on the train split.
+
+Reads: the corpus table. Writes: a tokenizer directory loadable with AutoTokenizer.
+Params: vocab_size.
+"""
+
+import polars as pl
+
+from cwa.corpus import texts
+from cwa.stage import stage_main
+from cwa.training import save_tokenizer, train_tokenizer
+
+
+def add_args(p):
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--out", required=True)
+
+
+def run(args, params):
+    tokenizer = train_tokenizer(texts(pl.read_parquet(args.corpus), "train"), params.vocab_size)
+    save_tokenizer(tokenizer, args.out)
+    return {"vocab_size": len(tokenizer)}
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run)

@@ -1,0 +1,55 @@
+"""train: trains one built-in Llama model of the family on the train split.
+
+Reads: the corpus table and the tokenizer.
+Writes: a save_pretrained model directory (with its tokenizer) and the training curve
+(schema `train_log`).
+Params: family.<name>, vocab_size, train_steps, train_batch, train_seq_len, train_lr, train_seed.
+"""
+
+import math
+
+import polars as pl
+import torch
+from transformers import AutoTokenizer
+
+from cwa import CwaError
+from cwa.corpus import texts
+from cwa.data import windows
+from cwa.io import atomic_write, write_table
+from cwa.models import count_parameters
+from cwa.stage import stage_main
+from cwa.training import build_model, save_tokenizer, train
+
+
+def add_args(p):
+    p.add_argument("--name", required=True, help="family member to train")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--out", required=True, help="model directory")
+    p.add_argument("--log", required=True, help="training curve (Parquet)")
+
+
+def run(args, params):
+    if args.name not in params.family:
+        raise CwaError(f"--name {args.name!r} is not in params `family`: {', '.join(params.family)}")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    stream = windows(tokenizer, texts(pl.read_parquet(args.corpus), "train"), 1).view(-1)
+    model = build_model(params.family[args.name], len(tokenizer), params.train_seq_len,
+                        params.train_seed)
+    log = train(model, stream, params.train_steps, params.train_batch, params.train_seq_len,
+                params.train_lr, params.train_seed, desc=f"train {args.name}")
+
+    def save(tmp):
+        model.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
+
+    atomic_write(args.out, save)
+    write_table(pl.DataFrame(log).with_columns(model=pl.lit(args.name)), args.log, "train_log")
+    final = sum(r["loss"] for r in log[-20:]) / len(log[-20:])
+    return {"params": count_parameters(model), "tokens_seen": params.train_steps
+            * params.train_batch * params.train_seq_len, "final_loss": final,
+            "final_train_ppl": math.exp(final), "threads": torch.get_num_threads()}
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run)
