@@ -26,9 +26,15 @@ def run(args, params):
     model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     result = evaluate(model, windows, params.batch_size, desc="baseline")
-    summary = {"model": params.model, "texts": len(result.nll), "tokens": int(result.tokens.sum()),
-               "nll": float(result.nll.sum()), "ppl": result.ppl, "accuracy": result.accuracy,
-               "params": count_parameters(model)}
+    summary = {
+        "model": params.model,
+        "texts": len(result.nll),
+        "tokens": int(result.tokens.sum()),
+        "nll": float(result.nll.sum()),
+        "ppl": result.ppl,
+        "accuracy": result.accuracy,
+        "params": count_parameters(model),
+    }
     write_table(pl.DataFrame([summary]), args.summary, "baseline")
     write_table(text_rows(BASELINE, result), args.texts, "eval_texts")
     return {"ppl": result.ppl, "accuracy": result.accuracy, "vocab_size": len(tokenizer)}

@@ -15,7 +15,8 @@ import polars as pl
 from cwa import CwaError
 from cwa.data import eval_windows
 from cwa.evaluation import EvalResult, evaluate
-from cwa.experiment import experiments, run as run_experiments, summarize
+from cwa.experiment import experiments, summarize
+from cwa.experiment import run as run_experiments
 from cwa.io import write_table
 from cwa.models import load_model
 from cwa.perturbations import Settings, get_perturbation
@@ -38,8 +39,9 @@ def run(args, params):
     base_rows = pl.read_parquet(args.baseline_texts).sort("text")
     if len(base_rows) != len(windows):
         raise CwaError("baseline texts and evaluation windows differ: rerun the baseline stage")
-    base = EvalResult(base_rows["nll"].to_numpy(), base_rows["tokens"].to_numpy(),
-                      base_rows["correct"].to_numpy())
+    base = EvalResult(
+        base_rows["nll"].to_numpy(), base_rows["tokens"].to_numpy(), base_rows["correct"].to_numpy()
+    )
     seed = params.seeds[0]
     ranking = pl.read_parquet(args.ranking).filter(pl.col("seed") == seed)
     exps = experiments(ranking, [get_perturbation(n) for n in params.perturb])
@@ -51,8 +53,9 @@ def run(args, params):
     idx = bootstrap_indices(len(windows), params.bootstrap, seed)
     effects, texts = summarize(exps, results, base, settings, idx)
     meta = {"metric": ranking["metric"][0], "mode": ranking["mode"][0], "seed": seed}
-    write_table(effects.with_columns(**{k: pl.lit(v) for k, v in meta.items()}), args.effects,
-                "effects")
+    write_table(
+        effects.with_columns(**{k: pl.lit(v) for k, v in meta.items()}), args.effects, "effects"
+    )
     write_table(texts, args.texts, "eval_texts")
     return {"experiments": len(exps), "diverged": int(np.sum(effects["diverged"].to_numpy()))}
 

@@ -22,8 +22,16 @@ def add_args(p):
 def run(args, params):
     infos = pool_infos(pl.read_parquet(args.pool))
     tables = [
-        rank(infos, load_scores(args.scores, seed), params.mode, params.topk, params.controls,
-             params.random_draws, seed, params.metric)
+        rank(
+            infos,
+            load_scores(args.scores, seed),
+            params.mode,
+            params.topk,
+            params.controls,
+            params.random_draws,
+            seed,
+            params.metric,
+        )
         for seed in seeds_in(args.scores)
     ]
     table = pl.concat(tables)

@@ -21,8 +21,20 @@ from cwa.stats import SCALING_STATISTICS
 
 
 def add_args(p):
-    for name in ("baseline", "pool", "scores", "ranking", "effects", "stability", "scaling",
-                 "fit", "train_logs", "out_dir", "metrics", "effects_csv"):
+    for name in (
+        "baseline",
+        "pool",
+        "scores",
+        "ranking",
+        "effects",
+        "stability",
+        "scaling",
+        "fit",
+        "train_logs",
+        "out_dir",
+        "metrics",
+        "effects_csv",
+    ):
         p.add_argument(f"--{name.replace('_', '-')}", required=True)
 
 
@@ -40,13 +52,21 @@ def run(args, params):
     m = metrics(baseline, effects, stability, k)
     write_json(m, args.metrics)
     zero = effects.filter(pl.col("perturbation") == "zero")
-    curve = zero.group_by("k", "selection").agg(pl.col("delta_ppl").mean()).pivot(
-        on="selection", index="k", values="delta_ppl").sort("k")
+    curve = (
+        zero.group_by("k", "selection")
+        .agg(pl.col("delta_ppl").mean())
+        .pivot(on="selection", index="k", values="delta_ppl")
+        .sort("k")
+    )
     write_csv(curve, args.effects_csv)
 
     scores = load_scores(args.scores, seed)
-    plots.score_distribution(scores, dict(zip(pool["param"], pool["component"], strict=True)),
-                             params.metric, out / "score_distribution.png")
+    plots.score_distribution(
+        scores,
+        dict(zip(pool["param"], pool["component"], strict=True)),
+        params.metric,
+        out / "score_distribution.png",
+    )
     plots.layer_heatmap(ranking.filter(pl.col("seed") == seed), k, out / "heatmap.png")
     plots.effects(effects, out / "effects.png")
     plots.stability(stability, out / "stability.png")
@@ -54,19 +74,40 @@ def run(args, params):
     if logs:
         plots.training_curves(pl.concat([pl.read_parquet(p) for p in logs]), out / "training.png")
 
-    top = (ranking.filter((pl.col("seed") == seed) & (pl.col("selection") == "top")
-                          & (pl.col("k") == min(params.topk)) & (pl.col("group") == pl.col("group").first()))
-           .sort("rank").select("rank", "param", "layer", "component", "row", "col", "score"))
+    top = (
+        ranking.filter(
+            (pl.col("seed") == seed)
+            & (pl.col("selection") == "top")
+            & (pl.col("k") == min(params.topk))
+            & (pl.col("group") == pl.col("group").first())
+        )
+        .sort("rank")
+        .select("rank", "param", "layer", "component", "row", "col", "score")
+    )
     table = effects_table(effects)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip() or "unknown"
-    ctx = {"params": params, "metrics": m, "baseline": baseline, "top": top,
-           "pool_weights": sum(int(s.numel()) for s in scores.values()), "pool_tensors": len(pool),
-           "effects": table, "headline_rows": table.filter((pl.col("perturbation") == "zero")
-                                                          & (pl.col("k") == k)),
-           "stability": stability.group_by("k").agg(
-               pl.col("jaccard", "spearman", "spearman_pool", "union").mean()).sort("k"),
-           "scaling": scaling, "fits": fits, "has_training": bool(logs), "commit": commit}
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "unknown"
+    )
+    ctx = {
+        "params": params,
+        "metrics": m,
+        "baseline": baseline,
+        "top": top,
+        "pool_weights": sum(int(s.numel()) for s in scores.values()),
+        "pool_tensors": len(pool),
+        "effects": table,
+        "headline_rows": table.filter((pl.col("perturbation") == "zero") & (pl.col("k") == k)),
+        "stability": stability.group_by("k")
+        .agg(pl.col("jaccard", "spearman", "spearman_pool", "union").mean())
+        .sort("k"),
+        "scaling": scaling,
+        "fits": fits,
+        "has_training": bool(logs),
+        "commit": commit,
+    }
     text = render_markdown(ctx)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
     html = render_html(text, f"cwa report: {params.model}")

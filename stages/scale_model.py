@@ -11,7 +11,8 @@ import polars as pl
 
 from cwa.data import calibration_draw, eval_windows, split_windows
 from cwa.evaluation import evaluate
-from cwa.experiment import experiments, headline, run as run_experiments, summarize
+from cwa.experiment import experiments, headline, summarize
+from cwa.experiment import run as run_experiments
 from cwa.io import write_table
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import count_parameters, describe, load_model, pool
@@ -31,25 +32,36 @@ def add_args(p):
 
 def run(args, params):
     metric, seed, k = get_metric(params.metric), params.seeds[0], params.headline_k
-    model, tokenizer = load_model(f"builtin:{args.name}", args.models_dir, params.dtype,
-                                  params.device)
+    model, tokenizer = load_model(
+        f"builtin:{args.name}", args.models_dir, params.dtype, params.device
+    )
     infos = pool(describe(model), params.include_embeddings)
-    calib = calibration_draw(split_windows(tokenizer, args.corpus, "calib", params.seq_len),
-                             params.calib_samples, seed)
-    scores = compute_scores(model, infos, metric, calib, params.batch_size,
-                            desc=f"{args.name} {metric.name}")
+    calib = calibration_draw(
+        split_windows(tokenizer, args.corpus, "calib", params.seq_len), params.calib_samples, seed
+    )
+    scores = compute_scores(
+        model, infos, metric, calib, params.batch_size, desc=f"{args.name} {metric.name}"
+    )
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = evaluate(model, windows, params.batch_size)
-    ranking = rank(infos, scores, "global", (k,), ("random_k",), params.random_draws, seed,
-                   metric.name)
+    ranking = rank(
+        infos, scores, "global", (k,), ("random_k",), params.random_draws, seed, metric.name
+    )
     exps = experiments(ranking, [get_perturbation("zero")])
     settings = Settings(seed=seed)
-    results = run_experiments(model, exps, windows, params.batch_size, settings,
-                              desc=f"{args.name} zero")
+    results = run_experiments(
+        model, exps, windows, params.batch_size, settings, desc=f"{args.name} zero"
+    )
     effects, _ = summarize(exps, results, base, settings, bootstrap_indices(len(windows), 1, seed))
-    row = {"model": args.name, "params": count_parameters(model),
-           "pool": sum(i.numel for i in infos), "metric": metric.name, "baseline_ppl": base.ppl,
-           **concentration([scores[i.name] for i in infos]), "k": k}
+    row = {
+        "model": args.name,
+        "params": count_parameters(model),
+        "pool": sum(i.numel for i in infos),
+        "metric": metric.name,
+        "baseline_ppl": base.ppl,
+        **concentration([scores[i.name] for i in infos]),
+        "k": k,
+    }
     h = headline(effects, k)
     row |= {key: h[key] for key in ("delta_ppl_top", "delta_ppl_random", "separation")}
     write_table(pl.DataFrame([row]), args.out, "scaling_model")

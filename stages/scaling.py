@@ -14,6 +14,7 @@ from cwa.io import write_csv, write_table
 from cwa.stage import stage_main
 from cwa.stats import SCALING_STATISTICS, fit_power_law
 
+
 def add_args(p):
     p.add_argument("--rows", required=True, help="directory of scale_model outputs")
     p.add_argument("--out", required=True)
@@ -27,9 +28,17 @@ def run(args, params):
     fits = []
     for stat in SCALING_STATISTICS:
         fit = fit_power_law(table["params"].to_numpy(), table[stat].to_numpy())
-        fits.append({"statistic": stat, "slope": fit.slope, "intercept": fit.intercept,
-                     "r2": fit.r2, "slope_ci_low": fit.slope_ci[0],
-                     "slope_ci_high": fit.slope_ci[1], "models": len(table)})
+        fits.append(
+            {
+                "statistic": stat,
+                "slope": fit.slope,
+                "intercept": fit.intercept,
+                "r2": fit.r2,
+                "slope_ci_low": fit.slope_ci[0],
+                "slope_ci_high": fit.slope_ci[1],
+                "models": len(table),
+            }
+        )
     write_table(table, args.out, "scaling_model")
     write_table(pl.DataFrame(fits), args.fit, "scaling_fit")
     write_csv(table.select("model", "params", *SCALING_STATISTICS), args.csv)

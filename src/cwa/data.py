@@ -48,5 +48,6 @@ def split_windows(tokenizer, corpus_path, split: str, seq_len: int) -> torch.Ten
 
 
 def eval_windows(tokenizer, corpus_path, seq_len: int, count: int) -> torch.Tensor:
-    return first_windows(split_windows(tokenizer, corpus_path, "eval", seq_len), count,
-                         "eval_samples")
+    return first_windows(
+        split_windows(tokenizer, corpus_path, "eval", seq_len), count, "eval_samples"
+    )

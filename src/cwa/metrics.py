@@ -62,25 +62,40 @@ def _add_squared_mean(acc, grad, tokens):
     acc.add_((grad.float() / tokens).square())  # gradient of the window's mean loss, squared
 
 
-register(Metric(
-    "magnitude", "|w|: data-free baseline",
-    finalize=lambda acc, w, windows, tokens: w.detach().float().abs(),
-))
-register(Metric(
-    "grad_x_weight", "|ḡ·w|, ḡ = gradient of the mean token loss over the calibration draw",
-    accumulate=_add,
-    finalize=lambda acc, w, windows, tokens: (acc / tokens * w.detach().float()).abs(),
-))
-register(Metric(
-    "grad_squared", "(1/N) Σₙ gₙ²: empirical Fisher diagonal, gₙ = gradient of window n's mean loss",
-    accumulate=_add_squared_mean,
-    finalize=lambda acc, w, windows, tokens: acc / windows,
-    per_sample=True,
-))
+register(
+    Metric(
+        "magnitude",
+        "|w|: data-free baseline",
+        finalize=lambda acc, w, windows, tokens: w.detach().float().abs(),
+    )
+)
+register(
+    Metric(
+        "grad_x_weight",
+        "|ḡ·w|, ḡ = gradient of the mean token loss over the calibration draw",
+        accumulate=_add,
+        finalize=lambda acc, w, windows, tokens: (acc / tokens * w.detach().float()).abs(),
+    )
+)
+register(
+    Metric(
+        "grad_squared",
+        "(1/N) Σₙ gₙ²: empirical Fisher diagonal, gₙ = gradient of window n's mean loss",
+        accumulate=_add_squared_mean,
+        finalize=lambda acc, w, windows, tokens: acc / windows,
+        per_sample=True,
+    )
+)
 
 
-def compute_scores(model, infos: list[ParamInfo], metric: Metric, windows: torch.Tensor,
-                   batch_size: int, desc: str | None = None) -> dict[str, torch.Tensor]:
+def compute_scores(
+    model,
+    infos: list[ParamInfo],
+    metric: Metric,
+    windows: torch.Tensor,
+    batch_size: int,
+    desc: str | None = None,
+) -> dict[str, torch.Tensor]:
     """Scores for the parameters in `infos`: fp32 CPU tensors shaped like the parameters."""
     params = dict(model.named_parameters())
     targets = {i.name: params[i.name] for i in infos}

@@ -33,8 +33,13 @@ def resolve_model(spec: str, builtin_dir: str | Path) -> str:
     return str(path)
 
 
-def load_model(spec: str, builtin_dir: str | Path, dtype: str = "float32", device: str = "auto",
-               attn_implementation: str | None = None):
+def load_model(
+    spec: str,
+    builtin_dir: str | Path,
+    dtype: str = "float32",
+    device: str = "auto",
+    attn_implementation: str | None = None,
+):
     """Loads (model, tokenizer) through AutoModelForCausalLM / AutoTokenizer, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -126,13 +131,15 @@ def describe(model: nn.Module) -> list[ParamInfo]:
     for name, p in model.named_parameters():
         layer = _LAYER.search(f".{name}")
         owner = modules.get(name.rsplit(".", 1)[0])
-        infos.append(ParamInfo(
-            name=name,
-            layer=int(layer.group(1)) if layer else -1,
-            component=classify(name),
-            shape=tuple(p.shape),
-            transposed=isinstance(owner, Conv1D) and name.endswith("weight"),
-        ))
+        infos.append(
+            ParamInfo(
+                name=name,
+                layer=int(layer.group(1)) if layer else -1,
+                component=classify(name),
+                shape=tuple(p.shape),
+                transposed=isinstance(owner, Conv1D) and name.endswith("weight"),
+            )
+        )
     return infos
 
 
@@ -140,6 +147,7 @@ def pool(infos: list[ParamInfo], include_embeddings: bool = False) -> list[Param
     """The weights that compete for 'critical': matrices of the blocks (plus embeddings/lm_head)."""
     outside = ("embed", "lm_head", "pos_embed")
     return [
-        i for i in infos
+        i
+        for i in infos
         if len(i.shape) >= 2 and (i.layer >= 0 or (include_embeddings and i.component in outside))
     ]

@@ -86,9 +86,19 @@ def _validate(p: Params):
         _check_choice("perturb", name, sorted(PERTURBATIONS))
     for name in p.controls:
         _check_choice("controls", name, CONTROLS)
-    for key in ("calib_samples", "seq_len", "batch_size", "random_draws", "eval_samples",
-                "bootstrap", "headline_k", "vocab_size", "train_steps", "train_batch",
-                "train_seq_len"):
+    for key in (
+        "calib_samples",
+        "seq_len",
+        "batch_size",
+        "random_draws",
+        "eval_samples",
+        "bootstrap",
+        "headline_k",
+        "vocab_size",
+        "train_steps",
+        "train_batch",
+        "train_seq_len",
+    ):
         if getattr(p, key) < 1:
             _fail(key, f"must be >= 1, got {getattr(p, key)}")
     if p.seq_len < 2:
@@ -106,7 +116,10 @@ def _validate(p: Params):
     if p.noise_sigma <= 0:
         _fail("noise_sigma", f"must be > 0, got {p.noise_sigma}")
     if p.model.startswith("builtin:") and p.model.removeprefix("builtin:") not in p.family:
-        _fail("model", f"names no built-in model; valid: {', '.join('builtin:' + n for n in p.family)}")
+        _fail(
+            "model",
+            f"names no built-in model; valid: {', '.join('builtin:' + n for n in p.family)}",
+        )
 
 
 def _coerce(name: str, ftype: str, value):
@@ -115,7 +128,7 @@ def _coerce(name: str, ftype: str, value):
     if ftype.startswith("tuple["):
         if not isinstance(value, list | tuple):
             value = [value]
-        inner = ftype[len("tuple["):].split(",")[0].strip()
+        inner = ftype[len("tuple[") :].split(",")[0].strip()
         return tuple(_coerce(name, inner, v) for v in value)
     if ftype.startswith("dict["):
         if not isinstance(value, dict):
@@ -141,7 +154,9 @@ def params_from_dict(raw: dict) -> Params:
     known = {f.name: f for f in fields(Params)}
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise CwaError(f"params: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}")
+        raise CwaError(
+            f"params: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}"
+        )
     values = {k: _coerce(k, str(known[k].type), v) for k, v in raw.items()}
     return Params(**values)
 

@@ -74,19 +74,31 @@ def _gauss(values, s, gen):
 
 register(Perturbation("zero", "w → 0", lambda v, s, g: torch.zeros_like(v)))
 register(Perturbation("sign_flip", "w → −w", lambda v, s, g: -v))
-register(Perturbation(
-    "gauss_noise", "w → w·(1 + σε), ε ~ N(0, 1): noise relative to each weight's own magnitude",
-    _gauss, strength=lambda s: s.noise_sigma,
-))
-register(Perturbation(
-    "bit_flip", "flip IEEE-754 bit `flip_bit` of w in the model's own dtype",
-    lambda v, s, g: flip_bits(v, s.flip_bit), strength=lambda s: float(s.flip_bit),
-))
+register(
+    Perturbation(
+        "gauss_noise",
+        "w → w·(1 + σε), ε ~ N(0, 1): noise relative to each weight's own magnitude",
+        _gauss,
+        strength=lambda s: s.noise_sigma,
+    )
+)
+register(
+    Perturbation(
+        "bit_flip",
+        "flip IEEE-754 bit `flip_bit` of w in the model's own dtype",
+        lambda v, s, g: flip_bits(v, s.flip_bit),
+        strength=lambda s: float(s.flip_bit),
+    )
+)
 
 
 @contextmanager
-def perturbed(params: dict[str, torch.nn.Parameter], selection: dict[str, torch.Tensor],
-              perturbation: Perturbation, settings: Settings) -> Iterator[None]:
+def perturbed(
+    params: dict[str, torch.nn.Parameter],
+    selection: dict[str, torch.Tensor],
+    perturbation: Perturbation,
+    settings: Settings,
+) -> Iterator[None]:
     """Applies `perturbation` to params[name].view(-1)[flat] for each entry; restores on exit."""
     gen = torch.Generator().manual_seed(settings.seed)
     saved = []

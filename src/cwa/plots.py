@@ -7,24 +7,29 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+import torch
 
-from cwa.io import atomic_write  # noqa: E402
+from cwa.io import atomic_write
 
 COLORS = {"top": "#c0392b", "random_k": "#7f8c8d", "bottom_k": "#2980b9"}
 
 
 def _save(fig, path: str | Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png",
-                                               metadata={"Software": None}))
+    atomic_write(
+        path,
+        lambda tmp: fig.savefig(
+            tmp, dpi=110, bbox_inches="tight", format="png", metadata={"Software": None}
+        ),
+    )
     plt.close(fig)
 
 
-def score_distribution(scores: dict[str, torch.Tensor], components: dict[str, str], metric: str,
-                       path) -> None:
+def score_distribution(
+    scores: dict[str, torch.Tensor], components: dict[str, str], metric: str, path
+) -> None:
     """Histogram of log10 score per component: how heavy is the tail?"""
     fig, ax = plt.subplots(figsize=(7, 4))
     by_comp: dict[str, list[torch.Tensor]] = {}
@@ -34,7 +39,9 @@ def score_distribution(scores: dict[str, torch.Tensor], components: dict[str, st
         v = torch.cat(parts).double().numpy()
         v = np.log10(v[v > 0])
         ax.hist(v, bins=80, histtype="step", label=comp, density=True)
-    ax.set(xlabel=f"log10 {metric} score", ylabel="density", title="Score distribution by component")
+    ax.set(
+        xlabel=f"log10 {metric} score", ylabel="density", title="Score distribution by component"
+    )
     ax.legend(fontsize=7, ncols=2)
     _save(fig, path)
 
@@ -68,12 +75,26 @@ def effects(effects_table: pl.DataFrame, path) -> None:
             rows = sub.filter(pl.col("selection") == sel)
             if rows.is_empty():
                 continue
-            agg = rows.group_by("k").agg(
-                pl.col("delta_ppl").mean(), pl.col("ci_low").mean(), pl.col("ci_high").mean(),
-                pl.col("diverged").any()).sort("k")
+            agg = (
+                rows.group_by("k")
+                .agg(
+                    pl.col("delta_ppl").mean(),
+                    pl.col("ci_low").mean(),
+                    pl.col("ci_high").mean(),
+                    pl.col("diverged").any(),
+                )
+                .sort("k")
+            )
             ok = agg.filter(~pl.col("diverged"))
-            ax.errorbar(ok["k"], ok["delta_ppl"], color=color, marker="o", capsize=3, label=sel,
-                        yerr=[ok["delta_ppl"] - ok["ci_low"], ok["ci_high"] - ok["delta_ppl"]])
+            ax.errorbar(
+                ok["k"],
+                ok["delta_ppl"],
+                color=color,
+                marker="o",
+                capsize=3,
+                label=sel,
+                yerr=[ok["delta_ppl"] - ok["ci_low"], ok["ci_high"] - ok["delta_ppl"]],
+            )
             for k in agg.filter(pl.col("diverged"))["k"]:
                 ax.annotate("diverged", (k, 0), color=color, fontsize=7, rotation=90)
         ax.set_xscale("log")
@@ -87,9 +108,16 @@ def effects(effects_table: pl.DataFrame, path) -> None:
 def stability(table: pl.DataFrame, path) -> None:
     """Jaccard and Spearman of top-k sets across calibration seeds, vs k."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    agg = table.group_by("k").agg(pl.col("jaccard").mean(), pl.col("jaccard").min().alias("lo"),
-                                  pl.col("jaccard").max().alias("hi"),
-                                  pl.col("spearman", "spearman_pool").mean()).sort("k")
+    agg = (
+        table.group_by("k")
+        .agg(
+            pl.col("jaccard").mean(),
+            pl.col("jaccard").min().alias("lo"),
+            pl.col("jaccard").max().alias("hi"),
+            pl.col("spearman", "spearman_pool").mean(),
+        )
+        .sort("k")
+    )
     ax.plot(agg["k"], agg["jaccard"], "o-", label="Jaccard (mean of seed pairs)")
     ax.fill_between(agg["k"], agg["lo"], agg["hi"], alpha=0.2, label="min–max over pairs")
     ax.plot(agg["k"], agg["spearman"], "s--", label="Spearman over the union of top-k")
@@ -111,8 +139,13 @@ def scaling(table: pl.DataFrame, fits: pl.DataFrame, stats: tuple[str, ...], pat
             ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         fit = fits.filter(pl.col("statistic") == stat).row(0, named=True)
         if np.isfinite(fit["slope"]):
-            ax.loglog(grid, 10 ** fit["intercept"] * grid ** fit["slope"], "--", color="black",
-                      label=f"slope {fit['slope']:.2f}, R² {fit['r2']:.2f}")
+            ax.loglog(
+                grid,
+                10 ** fit["intercept"] * grid ** fit["slope"],
+                "--",
+                color="black",
+                label=f"slope {fit['slope']:.2f}, R² {fit['r2']:.2f}",
+            )
             ax.legend(fontsize=7)
         ax.set(xlabel="parameters", title=stat)
     _save(fig, path)

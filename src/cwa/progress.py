@@ -9,5 +9,11 @@ from tqdm.auto import tqdm
 
 def progress(iterable, desc: str | None = None, total: int | None = None, leave: bool = True):
     quiet = os.environ.get("CI", "").lower() == "true" or desc is None
-    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=True if quiet else None,
-                dynamic_ncols=True)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        leave=leave,
+        disable=True if quiet else None,
+        dynamic_ncols=True,
+    )

@@ -51,10 +51,14 @@ def extreme_k(scores: list[torch.Tensor], k: int, largest: bool = True) -> Selec
     return Selected(tid[order], idx[order], sign * val[order], ties)
 
 
-def sample_excluding(rng: np.random.Generator, n: int, count: int, exclude: np.ndarray) -> np.ndarray:
-    """`count` distinct integers from [0, n) not in `exclude`, in draw order (rejection sampling)."""
+def sample_excluding(
+    rng: np.random.Generator, n: int, count: int, exclude: np.ndarray
+) -> np.ndarray:
+    """`count` distinct integers in [0, n) outside `exclude`, in draw order (rejection sampling)."""
     if count > n - len(exclude):
-        raise CwaError(f"cannot draw {count} random weights from a tensor of {n} minus {len(exclude)}")
+        raise CwaError(
+            f"cannot draw {count} random weights from a tensor of {n} minus {len(exclude)}"
+        )
     got = np.empty(0, dtype=np.int64)
     while len(got) < count:
         cand = rng.integers(0, n, size=max(2 * (count - len(got)), 16))
@@ -64,8 +68,9 @@ def sample_excluding(rng: np.random.Generator, n: int, count: int, exclude: np.n
     return got[:count]
 
 
-def matched_random(top: Selected, sizes: list[int], rng: np.random.Generator,
-                   scores: list[torch.Tensor]) -> Selected:
+def matched_random(
+    top: Selected, sizes: list[int], rng: np.random.Generator, scores: list[torch.Tensor]
+) -> Selected:
     """Random weights with the top set's per-tensor counts, none of them in the top set."""
     tid, idx, score = [], [], []
     for t in np.unique(top.tensor):
@@ -79,8 +84,9 @@ def matched_random(top: Selected, sizes: list[int], rng: np.random.Generator,
     return Selected(tid[order], idx[order], score[order])
 
 
-def select(scores: list[torch.Tensor], k: int, controls: tuple[str, ...], draws: int,
-           seed: int) -> list[tuple[str, int, Selected]]:
+def select(
+    scores: list[torch.Tensor], k: int, controls: tuple[str, ...], draws: int, seed: int
+) -> list[tuple[str, int, Selected]]:
     """(selection, draw, weights) for the top set and each control, over `scores`."""
     top = extreme_k(scores, k, largest=True)
     out = [("top", 0, top)]
@@ -94,8 +100,16 @@ def select(scores: list[torch.Tensor], k: int, controls: tuple[str, ...], draws:
     return out
 
 
-def rank(infos: list[ParamInfo], scores: dict[str, torch.Tensor], mode: str, ks: tuple[int, ...],
-         controls: tuple[str, ...], draws: int, seed: int, metric: str) -> pl.DataFrame:
+def rank(
+    infos: list[ParamInfo],
+    scores: dict[str, torch.Tensor],
+    mode: str,
+    ks: tuple[int, ...],
+    controls: tuple[str, ...],
+    draws: int,
+    seed: int,
+    metric: str,
+) -> pl.DataFrame:
     """The ranking table (schema `ranking`) for one seed's scores over the pool `infos`."""
     if mode == "global":
         groups = [("global", infos)]
@@ -119,12 +133,23 @@ def _rows(members, sel: Selected, metric, mode, seed, group, selection, draw, k)
         r, c = members[t].row_col(torch.from_numpy(sel.flat[at]))
         rows[at], cols[at] = r.numpy(), c.numpy()
     n = len(sel.flat)
-    return pl.DataFrame({
-        "metric": [metric] * n, "mode": [mode] * n, "seed": [seed] * n, "group": [group] * n,
-        "selection": [selection] * n, "draw": [draw] * n, "k": [k] * n,
-        "rank": np.arange(n), "param": [members[t].name for t in sel.tensor],
-        "layer": [members[t].layer for t in sel.tensor],
-        "component": [members[t].component for t in sel.tensor],
-        "flat_index": sel.flat, "row": rows, "col": cols, "score": sel.score,
-        "cutoff_ties": [sel.cutoff_ties] * n,
-    })
+    return pl.DataFrame(
+        {
+            "metric": [metric] * n,
+            "mode": [mode] * n,
+            "seed": [seed] * n,
+            "group": [group] * n,
+            "selection": [selection] * n,
+            "draw": [draw] * n,
+            "k": [k] * n,
+            "rank": np.arange(n),
+            "param": [members[t].name for t in sel.tensor],
+            "layer": [members[t].layer for t in sel.tensor],
+            "component": [members[t].component for t in sel.tensor],
+            "flat_index": sel.flat,
+            "row": rows,
+            "col": cols,
+            "score": sel.score,
+            "cutoff_ties": [sel.cutoff_ties] * n,
+        }
+    )

@@ -27,25 +27,32 @@ def table(df: pl.DataFrame, digits: int = 3) -> str:
     return "\n".join([head, rule, *rows])
 
 
-def metrics(baseline: pl.DataFrame, effects: pl.DataFrame, stability: pl.DataFrame,
-            k: int) -> dict:
+def metrics(baseline: pl.DataFrame, effects: pl.DataFrame, stability: pl.DataFrame, k: int) -> dict:
     """The flat keys `dvc exp show` displays (DESIGN.md §6)."""
     h = headline(effects, k)
     jac = stability.filter(pl.col("k") == k)["jaccard"]
-    return {"baseline_ppl": float(baseline["ppl"][0]), **h,
-            "jaccard_top": float(jac.mean()) if len(jac) else float("nan"),
-            "headline_k": k}
+    return {
+        "baseline_ppl": float(baseline["ppl"][0]),
+        **h,
+        "jaccard_top": float(jac.mean()) if len(jac) else float("nan"),
+        "headline_k": k,
+    }
 
 
 def effects_table(effects: pl.DataFrame) -> pl.DataFrame:
     """Per perturbation, selection and k: ΔPPL with CI (random draws: mean, CI over draws' CIs)."""
     return (
         effects.group_by(["perturbation", "strength", "selection", "k"], maintain_order=True)
-        .agg(pl.col("delta_ppl").mean().alias("ΔPPL"), pl.col("delta_ppl").std().alias("sd draws"),
-             pl.col("ci_low").mean().alias("CI low"), pl.col("ci_high").mean().alias("CI high"),
-             pl.col("rel_delta").mean().alias("ΔPPL / PPL"),
-             pl.col("delta_accuracy").mean().alias("Δacc"),
-             pl.col("diverged").sum().alias("diverged"), pl.len().alias("runs"))
+        .agg(
+            pl.col("delta_ppl").mean().alias("ΔPPL"),
+            pl.col("delta_ppl").std().alias("sd draws"),
+            pl.col("ci_low").mean().alias("CI low"),
+            pl.col("ci_high").mean().alias("CI high"),
+            pl.col("rel_delta").mean().alias("ΔPPL / PPL"),
+            pl.col("delta_accuracy").mean().alias("Δacc"),
+            pl.col("diverged").sum().alias("diverged"),
+            pl.len().alias("runs"),
+        )
         .sort(["perturbation", "k", "selection"])
     )
 
@@ -131,8 +138,12 @@ def render_markdown(ctx: dict) -> str:
 
 def render_html(markdown_text: str, title: str) -> str:
     body = md.markdown(markdown_text, extensions=["tables"])
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;"
-             "padding:2px 6px;text-align:right}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{style}</style></head><body>{body}</body></html>\n")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;"
+        "padding:2px 6px;text-align:right}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body>{body}</body></html>\n"
+    )

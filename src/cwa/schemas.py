@@ -25,14 +25,18 @@ class Schema:
     sort_by: tuple[str, ...] = ()
 
 
-S, I, F, B = pl.String(), pl.Int64(), pl.Float64(), pl.Boolean()
+STR, INT, FLOAT, BOOL = pl.String(), pl.Int64(), pl.Float64(), pl.Boolean()
 
 _EXPERIMENT = (
-    Column("perturbation", S, "perturbation name (`zero`, `sign_flip`, `gauss_noise`, `bit_flip`)"),
-    Column("strength", F, "σ for gauss_noise, bit position for bit_flip, 0 where there is none"),
-    Column("selection", S, "`top`, `bottom_k` or `random_k`"),
-    Column("draw", I, "random draw number (0 for top and bottom_k)"),
-    Column("k", I, "weights selected (per tensor in per_layer mode)"),
+    Column(
+        "perturbation", STR, "perturbation name (`zero`, `sign_flip`, `gauss_noise`, `bit_flip`)"
+    ),
+    Column(
+        "strength", FLOAT, "σ for gauss_noise, bit position for bit_flip, 0 where there is none"
+    ),
+    Column("selection", STR, "`top`, `bottom_k` or `random_k`"),
+    Column("draw", INT, "random draw number (0 for top and bottom_k)"),
+    Column("k", INT, "weights selected (per tensor in per_layer mode)"),
 )
 
 SCHEMAS: dict[str, Schema] = {
@@ -40,9 +44,9 @@ SCHEMAS: dict[str, Schema] = {
         "data/corpus.parquet",
         "The built-in corpus: one row per paragraph of the King James Bible.",
         (
-            Column("doc", I, "paragraph number in reading order"),
-            Column("split", S, "`train`, `calib` or `eval` (disjoint)"),
-            Column("text", S, "paragraph text, translators' brackets removed"),
+            Column("doc", INT, "paragraph number in reading order"),
+            Column("split", STR, "`train`, `calib` or `eval` (disjoint)"),
+            Column("text", STR, "paragraph text, translators' brackets removed"),
         ),
         ("doc",),
     ),
@@ -50,10 +54,10 @@ SCHEMAS: dict[str, Schema] = {
         "artifacts/train/<model>.parquet",
         "Training curve of a built-in model.",
         (
-            Column("model", S, "built-in model name"),
-            Column("step", I, "optimizer step (1-based)"),
-            Column("loss", F, "training loss (mean token cross-entropy) of that step's batch"),
-            Column("lr", F, "learning rate used at that step"),
+            Column("model", STR, "built-in model name"),
+            Column("step", INT, "optimizer step (1-based)"),
+            Column("loss", FLOAT, "training loss (mean token cross-entropy) of that step's batch"),
+            Column("lr", FLOAT, "learning rate used at that step"),
         ),
         ("step",),
     ),
@@ -62,10 +66,10 @@ SCHEMAS: dict[str, Schema] = {
         "Per evaluation text (window) results: the unit of every paired statistic.",
         (
             *_EXPERIMENT,
-            Column("text", I, "evaluation window index"),
-            Column("nll", F, "summed next-token negative log-likelihood (nats)"),
-            Column("tokens", I, "predicted tokens in the window"),
-            Column("correct", I, "tokens whose greedy prediction is right"),
+            Column("text", INT, "evaluation window index"),
+            Column("nll", FLOAT, "summed next-token negative log-likelihood (nats)"),
+            Column("tokens", INT, "predicted tokens in the window"),
+            Column("correct", INT, "tokens whose greedy prediction is right"),
         ),
         ("perturbation", "selection", "k", "draw", "text"),
     ),
@@ -73,25 +77,29 @@ SCHEMAS: dict[str, Schema] = {
         "artifacts/baseline/summary.parquet",
         "The unperturbed model on the evaluation windows.",
         (
-            Column("model", S, "model spec from params (`builtin:<name>`, hub id or directory)"),
-            Column("texts", I, "evaluation windows"),
-            Column("tokens", I, "predicted tokens in all windows"),
-            Column("nll", F, "total NLL (nats)"),
-            Column("ppl", F, "token-weighted perplexity exp(Σ NLL / Σ tokens)"),
-            Column("accuracy", F, "greedy next-token accuracy"),
-            Column("params", I, "parameter count (tied parameters once)"),
+            Column("model", STR, "model spec from params (`builtin:<name>`, hub id or directory)"),
+            Column("texts", INT, "evaluation windows"),
+            Column("tokens", INT, "predicted tokens in all windows"),
+            Column("nll", FLOAT, "total NLL (nats)"),
+            Column("ppl", FLOAT, "token-weighted perplexity exp(Σ NLL / Σ tokens)"),
+            Column("accuracy", FLOAT, "greedy next-token accuracy"),
+            Column("params", INT, "parameter count (tied parameters once)"),
         ),
     ),
     "pool": Schema(
         "artifacts/sensitivity/pool.parquet",
         "The ranking pool: every scored tensor, where it sits and how its storage is laid out.",
         (
-            Column("position", I, "order of the tensor in named_parameters (the tie-break order)"),
-            Column("param", S, "parameter name (`named_parameters`, tied parameters once)"),
-            Column("layer", I, "transformer block index, -1 outside the blocks"),
-            Column("component", S, "attn_q/attn_k/attn_v/attn_o/mlp_gate/mlp_up/mlp_down/embed/..."),
+            Column(
+                "position", INT, "order of the tensor in named_parameters (the tie-break order)"
+            ),
+            Column("param", STR, "parameter name (`named_parameters`, tied parameters once)"),
+            Column("layer", INT, "transformer block index, -1 outside the blocks"),
+            Column(
+                "component", STR, "attn_q/attn_k/attn_v/attn_o/mlp_gate/mlp_up/mlp_down/embed/..."
+            ),
             Column("shape", pl.List(pl.Int64()), "storage shape"),
-            Column("transposed", B, "storage is [in, out] (GPT-2 Conv1D) rather than [out, in]"),
+            Column("transposed", BOOL, "storage is [in, out] (GPT-2 Conv1D) rather than [out, in]"),
         ),
         ("position",),
     ),
@@ -99,17 +107,19 @@ SCHEMAS: dict[str, Schema] = {
         "artifacts/sensitivity/tensor_stats.parquet",
         "Per seed and scored tensor: how the sensitivity score is distributed.",
         (
-            Column("metric", S, "sensitivity metric"),
-            Column("seed", I, "calibration seed"),
-            Column("param", S, "parameter name (`named_parameters`)"),
-            Column("layer", I, "transformer block index, -1 outside the blocks"),
-            Column("component", S, "attn_q/attn_k/attn_v/attn_o/mlp_gate/mlp_up/mlp_down/embed/..."),
-            Column("numel", I, "weights in the tensor"),
-            Column("score_sum", F, "sum of scores"),
-            Column("score_mean", F, "mean score"),
-            Column("score_median", F, "median score"),
-            Column("score_max", F, "largest score"),
-            Column("zeros", I, "weights with score exactly 0"),
+            Column("metric", STR, "sensitivity metric"),
+            Column("seed", INT, "calibration seed"),
+            Column("param", STR, "parameter name (`named_parameters`)"),
+            Column("layer", INT, "transformer block index, -1 outside the blocks"),
+            Column(
+                "component", STR, "attn_q/attn_k/attn_v/attn_o/mlp_gate/mlp_up/mlp_down/embed/..."
+            ),
+            Column("numel", INT, "weights in the tensor"),
+            Column("score_sum", FLOAT, "sum of scores"),
+            Column("score_mean", FLOAT, "mean score"),
+            Column("score_median", FLOAT, "median score"),
+            Column("score_max", FLOAT, "largest score"),
+            Column("zeros", INT, "weights with score exactly 0"),
         ),
         ("seed", "param"),
     ),
@@ -117,22 +127,30 @@ SCHEMAS: dict[str, Schema] = {
         "artifacts/rank/ranking.parquet",
         "Selected weights: the top set and every control, for each seed and k.",
         (
-            Column("metric", S, "sensitivity metric"),
-            Column("mode", S, "`global` (top-k over the pool) or `per_layer` (top-k in each tensor)"),
-            Column("seed", I, "calibration seed whose scores were ranked"),
-            Column("group", S, "`global`, or the tensor name in per_layer mode"),
-            Column("selection", S, "`top`, `bottom_k` or `random_k`"),
-            Column("draw", I, "random draw number (0 for top and bottom_k)"),
-            Column("k", I, "size of the selection (per group)"),
-            Column("rank", I, "0-based position in the selection, by score (desc for top, asc for bottom)"),
-            Column("param", S, "parameter name"),
-            Column("layer", I, "transformer block index, -1 outside the blocks"),
-            Column("component", S, "component class of the tensor"),
-            Column("flat_index", I, "index into the tensor's storage, `param.view(-1)[flat_index]`"),
-            Column("row", I, "output feature (nn.Linear convention, also for GPT-2 Conv1D)"),
-            Column("col", I, "input feature (nn.Linear convention); 0 for 1-D tensors"),
-            Column("score", F, "sensitivity score"),
-            Column("cutoff_ties", I, "unselected pool weights tied with the last selected score"),
+            Column("metric", STR, "sensitivity metric"),
+            Column(
+                "mode", STR, "`global` (top-k over the pool) or `per_layer` (top-k in each tensor)"
+            ),
+            Column("seed", INT, "calibration seed whose scores were ranked"),
+            Column("group", STR, "`global`, or the tensor name in per_layer mode"),
+            Column("selection", STR, "`top`, `bottom_k` or `random_k`"),
+            Column("draw", INT, "random draw number (0 for top and bottom_k)"),
+            Column("k", INT, "size of the selection (per group)"),
+            Column(
+                "rank",
+                INT,
+                "0-based position in the selection, by score (desc for top, asc for bottom)",
+            ),
+            Column("param", STR, "parameter name"),
+            Column("layer", INT, "transformer block index, -1 outside the blocks"),
+            Column("component", STR, "component class of the tensor"),
+            Column(
+                "flat_index", INT, "index into the tensor's storage, `param.view(-1)[flat_index]`"
+            ),
+            Column("row", INT, "output feature (nn.Linear convention, also for GPT-2 Conv1D)"),
+            Column("col", INT, "input feature (nn.Linear convention); 0 for 1-D tensors"),
+            Column("score", FLOAT, "sensitivity score"),
+            Column("cutoff_ties", INT, "unselected pool weights tied with the last selected score"),
         ),
         ("seed", "group", "selection", "k", "draw", "rank"),
     ),
@@ -140,20 +158,22 @@ SCHEMAS: dict[str, Schema] = {
         "artifacts/perturb/effects.parquet",
         "One row per perturbation experiment: damage against the baseline, with a paired CI.",
         (
-            Column("metric", S, "sensitivity metric the selection came from"),
-            Column("mode", S, "ranking mode"),
-            Column("seed", I, "calibration seed of the ranking"),
+            Column("metric", STR, "sensitivity metric the selection came from"),
+            Column("mode", STR, "ranking mode"),
+            Column("seed", INT, "calibration seed of the ranking"),
             *_EXPERIMENT,
-            Column("weights", I, "weights perturbed"),
-            Column("ppl", F, "perplexity after the perturbation (inf when diverged)"),
-            Column("delta_ppl", F, "ppl − baseline ppl"),
-            Column("ci_low", F, "2.5% paired-bootstrap quantile of delta_ppl (resampling texts)"),
-            Column("ci_high", F, "97.5% paired-bootstrap quantile of delta_ppl"),
-            Column("rel_delta", F, "delta_ppl / baseline ppl"),
-            Column("accuracy", F, "greedy next-token accuracy after the perturbation"),
-            Column("delta_accuracy", F, "accuracy − baseline accuracy"),
-            Column("diverged", B, "the loss became inf or NaN"),
-            Column("restored", B, "every touched weight was restored bit for bit (always true)"),
+            Column("weights", INT, "weights perturbed"),
+            Column("ppl", FLOAT, "perplexity after the perturbation (inf when diverged)"),
+            Column("delta_ppl", FLOAT, "ppl − baseline ppl"),
+            Column(
+                "ci_low", FLOAT, "2.5% paired-bootstrap quantile of delta_ppl (resampling texts)"
+            ),
+            Column("ci_high", FLOAT, "97.5% paired-bootstrap quantile of delta_ppl"),
+            Column("rel_delta", FLOAT, "delta_ppl / baseline ppl"),
+            Column("accuracy", FLOAT, "greedy next-token accuracy after the perturbation"),
+            Column("delta_accuracy", FLOAT, "accuracy − baseline accuracy"),
+            Column("diverged", BOOL, "the loss became inf or NaN"),
+            Column("restored", BOOL, "every touched weight was restored bit for bit (always true)"),
         ),
         ("perturbation", "selection", "k", "draw"),
     ),
@@ -161,16 +181,24 @@ SCHEMAS: dict[str, Schema] = {
         "artifacts/stability/stability.parquet",
         "Agreement of the top-k sets of two calibration seeds.",
         (
-            Column("metric", S, "sensitivity metric"),
-            Column("mode", S, "ranking mode"),
-            Column("k", I, "size of the top set"),
-            Column("seed_a", I, "first seed"),
-            Column("seed_b", I, "second seed"),
-            Column("jaccard", F, "|A ∩ B| / |A ∪ B| of the two top-k coordinate sets"),
-            Column("spearman", F, "Spearman ρ of the two seeds' scores over A ∪ B (biased low "
-                   "when the sets barely overlap: each seed's picks score lower under the other)"),
-            Column("spearman_pool", F, "Spearman ρ over a fixed uniform sample of 100k pool weights"),
-            Column("union", I, "|A ∪ B|"),
+            Column("metric", STR, "sensitivity metric"),
+            Column("mode", STR, "ranking mode"),
+            Column("k", INT, "size of the top set"),
+            Column("seed_a", INT, "first seed"),
+            Column("seed_b", INT, "second seed"),
+            Column("jaccard", FLOAT, "|A ∩ B| / |A ∪ B| of the two top-k coordinate sets"),
+            Column(
+                "spearman",
+                FLOAT,
+                "Spearman ρ of the two seeds' scores over A ∪ B (biased low "
+                "when the sets barely overlap: each seed's picks score lower under the other)",
+            ),
+            Column(
+                "spearman_pool",
+                FLOAT,
+                "Spearman ρ over a fixed uniform sample of 100k pool weights",
+            ),
+            Column("union", INT, "|A ∪ B|"),
         ),
         ("k", "seed_a", "seed_b"),
     ),
@@ -178,17 +206,23 @@ SCHEMAS: dict[str, Schema] = {
         "artifacts/scaling/models/<model>.parquet, artifacts/scaling/scaling.parquet",
         "Concentration and headline damage for each model of the built-in family.",
         (
-            Column("model", S, "built-in model name"),
-            Column("params", I, "parameter count"),
-            Column("pool", I, "weights in the ranking pool"),
-            Column("metric", S, "sensitivity metric"),
-            Column("baseline_ppl", F, "perplexity of the unperturbed model"),
-            Column("top_share", F, "share of the pool's total score held by its top 0.1% weights"),
-            Column("max_over_median", F, "largest score / median score in the pool"),
-            Column("k", I, "size of the zeroed sets"),
-            Column("delta_ppl_top", F, "ΔPPL from zeroing the global top-k"),
-            Column("delta_ppl_random", F, "mean ΔPPL from zeroing k random weights (matched per tensor)"),
-            Column("separation", F, "delta_ppl_top / mean |ΔPPL| of the random draws"),
+            Column("model", STR, "built-in model name"),
+            Column("params", INT, "parameter count"),
+            Column("pool", INT, "weights in the ranking pool"),
+            Column("metric", STR, "sensitivity metric"),
+            Column("baseline_ppl", FLOAT, "perplexity of the unperturbed model"),
+            Column(
+                "top_share", FLOAT, "share of the pool's total score held by its top 0.1% weights"
+            ),
+            Column("max_over_median", FLOAT, "largest score / median score in the pool"),
+            Column("k", INT, "size of the zeroed sets"),
+            Column("delta_ppl_top", FLOAT, "ΔPPL from zeroing the global top-k"),
+            Column(
+                "delta_ppl_random",
+                FLOAT,
+                "mean ΔPPL from zeroing k random weights (matched per tensor)",
+            ),
+            Column("separation", FLOAT, "delta_ppl_top / mean |ΔPPL| of the random draws"),
         ),
         ("params", "model"),
     ),
@@ -196,13 +230,13 @@ SCHEMAS: dict[str, Schema] = {
         "artifacts/scaling/fit.parquet",
         "Power law statistic = a · params^slope, fitted by least squares in log-log space.",
         (
-            Column("statistic", S, "column of the scaling table that was fitted"),
-            Column("slope", F, "exponent"),
-            Column("intercept", F, "log10 a"),
-            Column("r2", F, "coefficient of determination in log-log space"),
-            Column("slope_ci_low", F, "95% CI of the slope (t distribution, n − 2 dof)"),
-            Column("slope_ci_high", F, "upper end of that CI"),
-            Column("models", I, "points in the fit"),
+            Column("statistic", STR, "column of the scaling table that was fitted"),
+            Column("slope", FLOAT, "exponent"),
+            Column("intercept", FLOAT, "log10 a"),
+            Column("r2", FLOAT, "coefficient of determination in log-log space"),
+            Column("slope_ci_low", FLOAT, "95% CI of the slope (t distribution, n − 2 dof)"),
+            Column("slope_ci_high", FLOAT, "upper end of that CI"),
+            Column("models", INT, "points in the fit"),
         ),
         ("statistic",),
     ),
@@ -211,7 +245,12 @@ SCHEMAS: dict[str, Schema] = {
 
 def markdown() -> str:
     """The artifact reference, rendered from SCHEMAS."""
-    out = ["# Artifact tables", "", "Generated by `python -m cwa.schemas`; do not edit by hand.", ""]
+    out = [
+        "# Artifact tables",
+        "",
+        "Generated by `python -m cwa.schemas`; do not edit by hand.",
+        "",
+    ]
     for name, schema in SCHEMAS.items():
         out += [f"## `{name}`: `{schema.path}`", "", schema.doc, ""]
         if schema.sort_by:

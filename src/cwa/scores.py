@@ -20,12 +20,14 @@ def store_path(directory: str | Path, seed: int) -> Path:
     return Path(directory) / f"seed_{seed}.safetensors"
 
 
-def save_scores(scores: dict[str, torch.Tensor], directory: str | Path, seed: int,
-                metric: str) -> Path:
+def save_scores(
+    scores: dict[str, torch.Tensor], directory: str | Path, seed: int, metric: str
+) -> Path:
     tensors = {name: t.contiguous() for name, t in scores.items()}
     meta = {"metric": metric, "seed": str(seed)}
-    return atomic_write(store_path(directory, seed),
-                        lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return atomic_write(
+        store_path(directory, seed), lambda tmp: save_file(tensors, str(tmp), metadata=meta)
+    )
 
 
 def load_scores(directory: str | Path, seed: int) -> dict[str, torch.Tensor]:
@@ -33,15 +35,22 @@ def load_scores(directory: str | Path, seed: int) -> dict[str, torch.Tensor]:
 
 
 def seeds_in(directory: str | Path) -> list[int]:
-    return sorted(int(p.stem.removeprefix("seed_")) for p in Path(directory).glob("seed_*.safetensors"))
+    return sorted(
+        int(p.stem.removeprefix("seed_")) for p in Path(directory).glob("seed_*.safetensors")
+    )
 
 
 def pool_table(infos: list[ParamInfo]) -> pl.DataFrame:
-    return pl.DataFrame({
-        "position": list(range(len(infos))), "param": [i.name for i in infos],
-        "layer": [i.layer for i in infos], "component": [i.component for i in infos],
-        "shape": [list(i.shape) for i in infos], "transposed": [i.transposed for i in infos],
-    })
+    return pl.DataFrame(
+        {
+            "position": list(range(len(infos))),
+            "param": [i.name for i in infos],
+            "layer": [i.layer for i in infos],
+            "component": [i.component for i in infos],
+            "shape": [list(i.shape) for i in infos],
+            "transposed": [i.transposed for i in infos],
+        }
+    )
 
 
 def pool_infos(table: pl.DataFrame) -> list[ParamInfo]:
@@ -51,17 +60,27 @@ def pool_infos(table: pl.DataFrame) -> list[ParamInfo]:
     ]
 
 
-def tensor_stats(infos: list[ParamInfo], scores: dict[str, torch.Tensor], metric: str,
-                 seed: int) -> pl.DataFrame:
+def tensor_stats(
+    infos: list[ParamInfo], scores: dict[str, torch.Tensor], metric: str, seed: int
+) -> pl.DataFrame:
     rows = []
     for info in infos:
         s = scores[info.name].reshape(-1).double()
-        rows.append({
-            "metric": metric, "seed": seed, "param": info.name, "layer": info.layer,
-            "component": info.component, "numel": s.numel(), "score_sum": float(s.sum()),
-            "score_mean": float(s.mean()), "score_median": float(s.median()),
-            "score_max": float(s.max()), "zeros": int((s == 0).sum()),
-        })
+        rows.append(
+            {
+                "metric": metric,
+                "seed": seed,
+                "param": info.name,
+                "layer": info.layer,
+                "component": info.component,
+                "numel": s.numel(),
+                "score_sum": float(s.sum()),
+                "score_mean": float(s.mean()),
+                "score_median": float(s.median()),
+                "score_max": float(s.max()),
+                "zeros": int((s == 0).sum()),
+            }
+        )
     return pl.DataFrame(rows)
 
 
@@ -71,5 +90,7 @@ def concentration(scores: list[torch.Tensor], top_fraction: float = 1e-3) -> dic
     n_top = max(1, int(flat.numel() * top_fraction))
     top = torch.topk(flat, n_top).values
     median = float(flat.median())
-    return {"top_share": float(top.sum() / flat.sum()),
-            "max_over_median": float(top[0] / median) if median > 0 else float("inf")}
+    return {
+        "top_share": float(top.sum() / flat.sum()),
+        "max_over_median": float(top[0] / median) if median > 0 else float("inf"),
+    }

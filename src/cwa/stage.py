@@ -18,8 +18,18 @@ from cwa import CwaError
 from cwa.io import write_json
 from cwa.params import Params, as_dict, load_params
 
-_PACKAGES = ("cwa", "torch", "transformers", "tokenizers", "accelerate", "dvc", "polars",
-             "pyarrow", "numpy", "scipy")
+_PACKAGES = (
+    "cwa",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "dvc",
+    "polars",
+    "pyarrow",
+    "numpy",
+    "scipy",
+)
 
 
 def _git() -> dict:
@@ -44,16 +54,28 @@ def _versions() -> dict:
 def manifest(stage: str, params: Params, seconds: float, extra: dict) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return {"stage": stage, "params": as_dict(params), "versions": _versions(), "git": _git(),
-            "wall_seconds": round(seconds, 3), "peak_rss_mib": round(peak, 1),
-            "peak_cuda_mib": cuda, "argv": sys.argv[1:], **extra}
+    return {
+        "stage": stage,
+        "params": as_dict(params),
+        "versions": _versions(),
+        "git": _git(),
+        "wall_seconds": round(seconds, 3),
+        "peak_rss_mib": round(peak, 1),
+        "peak_cuda_mib": cuda,
+        "argv": sys.argv[1:],
+        **extra,
+    }
 
 
-def stage_main(doc: str, add_args: Callable[[argparse.ArgumentParser], None],
-               run: Callable[[argparse.Namespace, Params], dict | None]) -> None:
+def stage_main(
+    doc: str,
+    add_args: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace, Params], dict | None],
+) -> None:
     """Parses args, loads params, runs the stage; a CwaError exits 2 with one clear line."""
-    parser = argparse.ArgumentParser(description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--params", default="params.yaml", help="params file")
     parser.add_argument("--manifest", help="where to write this run's manifest (JSON)")
     add_args(parser)

@@ -22,8 +22,9 @@ def ppl(nll: np.ndarray, tokens: np.ndarray) -> float:
     return math.exp(total / float(tokens.sum())) if math.isfinite(total) else math.inf
 
 
-def paired_delta_ci(base_nll: np.ndarray, nll: np.ndarray, tokens: np.ndarray,
-                    idx: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+def paired_delta_ci(
+    base_nll: np.ndarray, nll: np.ndarray, tokens: np.ndarray, idx: np.ndarray, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile CI of ppl(perturbed) − ppl(base), resampling the same texts for both."""
     if not np.isfinite(nll).all():
         return math.nan, math.nan
@@ -63,9 +64,11 @@ def fit_power_law(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> PowerLaw
     if len(lx) < 2:
         return PowerLaw(math.nan, math.nan, math.nan, (math.nan, math.nan))
     fit = sps.linregress(lx, ly)
-    if len(lx) > 2:
-        half = sps.t.ppf(0.5 + level / 2, len(lx) - 2) * fit.stderr
-    else:
-        half = math.nan  # two points fit exactly: no error estimate
-    return PowerLaw(float(fit.slope), float(fit.intercept), float(fit.rvalue**2),
-                    (float(fit.slope - half), float(fit.slope + half)))
+    # Two points fit exactly: no error estimate.
+    half = sps.t.ppf(0.5 + level / 2, len(lx) - 2) * fit.stderr if len(lx) > 2 else math.nan
+    return PowerLaw(
+        float(fit.slope),
+        float(fit.intercept),
+        float(fit.rvalue**2),
+        (float(fit.slope - half), float(fit.slope + half)),
+    )

@@ -25,7 +25,9 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer)
@@ -49,10 +51,17 @@ def build_model(shape: FamilyMember, vocab_size: int, seq_len: int, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
-        intermediate_size=shape.intermediate, max_position_embeddings=seq_len,
-        tie_word_embeddings=False, eos_token_id=0, bos_token_id=0, pad_token_id=None,
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        intermediate_size=shape.intermediate,
+        max_position_embeddings=seq_len,
+        tie_word_embeddings=False,
+        eos_token_id=0,
+        bos_token_id=0,
+        pad_token_id=None,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
@@ -67,8 +76,16 @@ def lr_at(step: int, steps: int, peak: float, warmup_frac: float = 0.05) -> floa
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
 
 
-def train(model, stream: torch.Tensor, steps: int, batch: int, seq_len: int, lr: float,
-          seed: int, desc: str | None = None) -> list[dict]:
+def train(
+    model,
+    stream: torch.Tensor,
+    steps: int,
+    batch: int,
+    seq_len: int,
+    lr: float,
+    seed: int,
+    desc: str | None = None,
+) -> list[dict]:
     """Trains on random windows of the token stream; returns the per-step log."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)

@@ -1,0 +1,85 @@
+"""Speed ratios measured in one run (never timed assertions in tests).
+
+    python benchmarks/speed.py [--hidden 128 --layers 4 --windows 64 --seq-len 128]
+
+Prints, on a randomly initialised Llama of the built-in base shape (same cost as a trained one):
+  - sensitivity pass time / plain forward+backward time on the same windows, per metric;
+  - perturbation experiment (apply + evaluate + restore + check) / plain evaluation;
+  - global exact top-k over 100M fp32 scores (seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from cwa.evaluation import evaluate, token_nll
+from cwa.metrics import compute_scores, get_metric
+from cwa.models import describe, pool
+from cwa.params import FamilyMember
+from cwa.perturbations import Settings, get_perturbation, perturbed
+from cwa.ranking import extreme_k
+from cwa.training import build_model
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def plain_forward_backward(model, windows, batch_size):
+    for batch in windows.split(batch_size):
+        model.zero_grad(set_to_none=True)
+        token_nll(model(input_ids=batch, use_cache=False).logits, batch).sum().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--windows", type=int, default=64)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+    shape = FamilyMember(args.hidden, args.layers, max(1, args.hidden // 32), 4 * args.hidden)
+    model = build_model(shape, 4096, args.seq_len, seed=0).eval()
+    windows = torch.randint(
+        0, 4096, (args.windows, args.seq_len), generator=torch.Generator().manual_seed(0)
+    )
+    infos = pool(describe(model))
+    rows = []
+    base = best_of(lambda: plain_forward_backward(model, windows, args.batch_size))
+    rows.append(("plain forward+backward (s)", base))
+    for name in ("grad_x_weight", "grad_squared"):
+        metric = get_metric(name)
+        t = best_of(lambda m=metric: compute_scores(model, infos, m, windows, args.batch_size))
+        rows.append((f"{name} pass / forward+backward", t / base))
+    ev = best_of(lambda: evaluate(model, windows, args.batch_size))
+    params = dict(model.named_parameters())
+    sel = {infos[0].name: torch.arange(0, 1000)}
+
+    def one_experiment():
+        with perturbed(params, sel, get_perturbation("zero"), Settings()):
+            evaluate(model, windows, args.batch_size)
+
+    rows.append(("perturb experiment (k=1000) / evaluation", best_of(one_experiment) / ev))
+    scores = [torch.rand(10_000_000, generator=torch.Generator().manual_seed(i)) for i in range(10)]
+    rows.append(("global top-1000 of 100M scores (s)", best_of(lambda: extreme_k(scores, 1000), 2)))
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{args.windows} windows x {args.seq_len} tokens, {torch.get_num_threads()} threads"
+    )
+    print("| measurement | value |\n|---|---|")
+    for label, value in rows:
+        print(f"| {label} | {value:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

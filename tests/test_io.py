@@ -1,0 +1,70 @@
+"""Artifact writes: deterministic bytes, atomic replacement, documented schemas."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from cwa.io import atomic_write, write_table
+
+
+def stability_rows(order):
+    rows = [
+        {
+            "metric": "m",
+            "mode": "global",
+            "k": k,
+            "seed_a": 0,
+            "seed_b": 1,
+            "jaccard": 0.5,
+            "spearman": 0.1,
+            "spearman_pool": 0.2,
+            "union": 3,
+        }
+        for k in order
+    ]
+    return pl.DataFrame(rows)
+
+
+def test_same_content_gives_same_bytes_whatever_the_row_order(tmp_path):
+    a = write_table(stability_rows([1, 10, 100]), tmp_path / "a.parquet", "stability")
+    b = write_table(stability_rows([100, 1, 10]), tmp_path / "b.parquet", "stability")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_wrong_columns_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="missing columns"):
+        write_table(stability_rows([1]).drop("jaccard"), tmp_path / "x.parquet", "stability")
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "t.txt"
+    target.write_text("old")
+
+    def crash(tmp: Path):
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, crash)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_directory_outputs_are_replaced_whole(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "stale.bin").write_text("x")
+    atomic_write(target, lambda tmp: (tmp.mkdir(), (tmp / "new.bin").write_text("y")))
+    assert [p.name for p in target.iterdir()] == ["new.bin"]
+
+
+def test_artifact_docs_are_generated_from_the_schemas():
+    out = subprocess.run(
+        [sys.executable, "-m", "cwa.schemas"], capture_output=True, text=True, check=True
+    ).stdout
+    assert Path("docs/artifacts.md").read_text() == out, (
+        "run: python -m cwa.schemas > docs/artifacts.md"
+    )

@@ -1,0 +1,80 @@
+"""Every metric against an independent computation."""
+
+import pytest
+import torch
+from torch.func import functional_call, grad, vmap
+
+from cwa import CwaError
+from cwa.metrics import compute_scores, get_metric
+from cwa.models import describe, pool
+
+
+def _scores(model, name, windows, batch_size=4):
+    infos = pool(describe(model))
+    return infos, compute_scores(model, infos, get_metric(name), windows, batch_size)
+
+
+def test_magnitude_is_abs_weight(llama, windows):
+    infos, scores = _scores(llama, "magnitude", windows)
+    params = dict(llama.named_parameters())
+    for info in infos:
+        assert torch.equal(scores[info.name], params[info.name].detach().abs())
+
+
+def test_grad_x_weight_matches_full_batch_mean_loss_gradient(llama, windows):
+    infos, scores = _scores(llama, "grad_x_weight", windows, batch_size=4)  # 4 + 2: uneven batches
+    # Independent path: HF's own loss (mean over all predicted tokens) on the whole draw at once.
+    llama.zero_grad()
+    llama(input_ids=windows, labels=windows).loss.backward()
+    params = dict(llama.named_parameters())
+    for info in infos:
+        p = params[info.name]
+        expected = (p.grad * p.detach()).abs()
+        torch.testing.assert_close(scores[info.name], expected, rtol=1e-4, atol=1e-9)
+
+
+def test_grad_squared_is_per_sample_fisher_from_torch_func(llama, windows):
+    infos, scores = _scores(llama, "grad_squared", windows)
+    names = [i.name for i in infos]
+    params = {n: p.detach() for n, p in llama.named_parameters()}
+
+    def sample_loss(scored, ids):
+        out = functional_call(llama, {**params, **scored}, (ids[None],))
+        logits = out.logits[0, :-1]
+        return torch.nn.functional.cross_entropy(logits, ids[1:])  # mean over the window's tokens
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0))({n: params[n] for n in names}, windows)
+    for n in names:
+        fisher = per_sample[n].square().mean(dim=0)  # square per sample, then average
+        torch.testing.assert_close(scores[n], fisher, rtol=1e-4, atol=1e-12)
+        squared_mean = per_sample[n].mean(dim=0).square()  # the classic mistake, for contrast
+        assert not torch.allclose(scores[n], squared_mean, rtol=1e-2)
+
+
+def test_scores_do_not_depend_on_batch_size(llama, windows):
+    _, a = _scores(llama, "grad_x_weight", windows, batch_size=1)
+    _, b = _scores(llama, "grad_x_weight", windows, batch_size=6)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-10)
+
+
+def test_calibration_pass_leaves_model_as_found(llama, windows):
+    flags = {n: p.requires_grad for n, p in llama.named_parameters()}
+    _scores(llama, "grad_squared", windows)
+    assert {n: p.requires_grad for n, p in llama.named_parameters()} == flags
+    assert all(p.grad is None for p in llama.parameters())
+    assert not llama.training
+
+
+def test_scores_are_fp32_even_for_bf16_models(windows):
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama().to(torch.bfloat16)
+    _, scores = _scores(model, "grad_squared", windows)
+    assert all(s.dtype == torch.float32 for s in scores.values())
+    assert all(bool((s > 0).any()) for s in scores.values())
+
+
+def test_unknown_metric_lists_valid_ones():
+    with pytest.raises(CwaError, match="valid metrics: grad_squared, grad_x_weight, magnitude"):
+        get_metric("fisher")

@@ -1,0 +1,56 @@
+"""Loading through the Auto classes from local directories, and parameter classification."""
+
+import pytest
+import torch
+
+from cwa import CwaError
+from cwa.models import classify, count_parameters, describe, load_model, pool
+
+
+def test_llama_parameters_are_classified_and_pooled(llama):
+    infos = describe(llama)
+    comps = {i.name: i.component for i in infos}
+    assert comps["model.layers.1.self_attn.k_proj.weight"] == "attn_k"
+    assert comps["model.layers.0.mlp.gate_proj.weight"] == "mlp_gate"
+    assert comps["model.embed_tokens.weight"] == "embed"
+    assert comps["model.norm.weight"] == "norm"
+    assert {i.layer for i in infos if i.name.startswith("model.layers.1.")} == {1}
+    blocks = pool(infos)
+    assert len(blocks) == 2 * 7 and all(len(i.shape) == 2 and i.layer >= 0 for i in blocks)
+    with_embed = {i.component for i in pool(infos, include_embeddings=True)}
+    assert {"embed", "lm_head"} <= with_embed
+
+
+def test_tied_embeddings_counted_once(gpt2):
+    names = [i.name for i in describe(gpt2)]
+    assert "lm_head.weight" not in names  # tied to transformer.wte.weight
+    assert count_parameters(gpt2) == sum(p.numel() for p in gpt2.parameters())
+
+
+def test_unknown_module_fails_clearly():
+    with pytest.raises(CwaError, match=r"cannot classify parameter 'encoder\.mystery\.weight'"):
+        classify("encoder.mystery.weight")
+
+
+def test_load_from_save_pretrained_directory(llama, tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
+    )
+    llama.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model, _ = load_model(str(tmp_path), "unused", "float32", "cpu")
+    assert not model.training
+    for (n, a), (_, b) in zip(llama.named_parameters(), model.named_parameters(), strict=True):
+        assert torch.equal(a, b), n
+    model16, _ = load_model(str(tmp_path), "unused", "bfloat16", "cpu")
+    assert next(model16.parameters()).dtype == torch.bfloat16
+
+
+def test_missing_models_say_what_to_do(tmp_path):
+    with pytest.raises(CwaError, match="dvc repro train"):
+        load_model("builtin:kjv-huge", tmp_path)
+    with pytest.raises(CwaError, match="does not exist"):
+        load_model(str(tmp_path / "no" / "such" / "dir"), tmp_path)

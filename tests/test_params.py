@@ -1,0 +1,60 @@
+"""Params: every bad value fails before any model loads, naming the key and what is valid."""
+
+import pytest
+import yaml
+
+from cwa import CwaError
+from cwa.params import Params, load_params, params_from_dict
+
+FAMILY = {"m": {"hidden": 8, "layers": 1, "heads": 2, "intermediate": 16}}
+
+
+def make(**overrides):
+    return params_from_dict({"family": FAMILY, "model": "builtin:m", **overrides})
+
+
+def test_repository_params_file_is_valid():
+    p = load_params("params.yaml")
+    assert p.model.startswith("builtin:") and p.headline_k in p.topk
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"metrc": "x"}, "unknown key\\(s\\) metrc; valid keys: model"),
+        ({"metric": "fisher"}, "`metric` is 'fisher'; valid values: grad_squared, grad_x_weight"),
+        ({"mode": "per_row"}, "valid values: global, per_layer"),
+        ({"perturb": ["zero", "melt"]}, "`perturb` is 'melt'; valid values: bit_flip"),
+        ({"controls": ["random"]}, "valid values: random_k, bottom_k"),
+        ({"seeds": [0, "one"]}, "`seeds` must be int, got 'one'"),
+        ({"seeds": [1, 1]}, "distinct"),
+        ({"topk": [0, 10]}, "positive"),
+        ({"headline_k": 7}, "must be one of topk"),
+        ({"perturb": ["sign_flip"]}, "must include `zero`"),
+        ({"batch_size": 0}, "`batch_size` must be >= 1"),
+        ({"calib_samples": 2.5}, "must be int"),
+        ({"flip_bit": 40}, "bit position 0..31"),
+        ({"dtype": "float8"}, "valid values: float32, bfloat16, float16"),
+        ({"model": "builtin:nope"}, "valid: builtin:m"),
+        ({"include_embeddings": "yes"}, "must be bool"),
+        ({"family": {"m": {"hidden": 8}}}, "exactly the keys hidden, layers, heads, intermediate"),
+    ],
+)
+def test_bad_params_fail_with_a_message_naming_key_and_valid_values(overrides, message):
+    with pytest.raises(CwaError, match=message):
+        make(**overrides)
+
+
+def test_scalars_become_lists_and_ints_become_floats():
+    p = make(seeds=3, topk=100, headline_k=100, noise_sigma=1)
+    assert p.seeds == (3,) and p.topk == (100,) and p.noise_sigma == 1.0
+    assert isinstance(p, Params)
+
+
+def test_missing_or_malformed_params_file(tmp_path):
+    with pytest.raises(CwaError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "p.yaml"
+    bad.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(CwaError, match="mapping"):
+        load_params(bad)

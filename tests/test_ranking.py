@@ -1,0 +1,138 @@
+"""Ranking against brute-force sorts; controls against their definitions."""
+
+import numpy as np
+import pytest
+import torch
+
+from cwa import CwaError
+from cwa.models import ParamInfo, describe, pool
+from cwa.ranking import extreme_k, rank, sample_excluding, select
+
+
+def brute_force(scores, k, largest=True):
+    """Every (score, tensor, flat) triple sorted in Python: the definition of the answer."""
+    triples = [(float(v), t, i) for t, s in enumerate(scores) for i, v in enumerate(s.reshape(-1))]
+    triples.sort(key=lambda x: ((-x[0] if largest else x[0]), x[1], x[2]))
+    return triples[:k]
+
+
+def tie_heavy_scores(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    # Small integer range: many exact ties, including across tensors and at the cut-off.
+    return [torch.randint(0, 7, shape, generator=gen).float() for shape in [(5, 4), (3, 9), (11,)]]
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 25, 58])
+@pytest.mark.parametrize("largest", [True, False])
+def test_extreme_k_equals_brute_force_with_ties(k, largest):
+    scores = tie_heavy_scores()
+    sel = extreme_k(scores, k, largest)
+    expected = brute_force(scores, k, largest)
+    got = list(zip(sel.score.tolist(), sel.tensor.tolist(), sel.flat.tolist(), strict=True))
+    assert got == expected
+    boundary = expected[-1][0]
+    all_values = torch.cat([s.reshape(-1) for s in scores])
+    in_pool = int((all_values == boundary).sum())
+    assert sel.cutoff_ties == in_pool - sum(1 for v, _, _ in expected if v == boundary)
+
+
+def test_extreme_k_on_continuous_scores_matches_global_sort():
+    gen = torch.Generator().manual_seed(3)
+    scores = [torch.rand(200, 50, generator=gen), torch.rand(1000, generator=gen)]
+    sel = extreme_k(scores, 100)
+    flat = torch.cat([s.reshape(-1) for s in scores])
+    assert np.allclose(np.sort(sel.score)[::-1], torch.sort(flat, descending=True).values[:100])
+    assert sel.cutoff_ties == 0
+
+
+def test_k_larger_than_pool_is_a_clear_error():
+    with pytest.raises(CwaError, match="exceeds the 58 weights"):
+        extreme_k(tie_heavy_scores(), 59)
+
+
+def test_nan_scores_are_refused():
+    scores = [torch.tensor([1.0, float("nan")])]
+    with pytest.raises(CwaError, match="NaN"):
+        extreme_k(scores, 1)
+
+
+def test_random_control_matches_top_counts_and_avoids_top():
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.rand(40, 30, generator=gen), torch.rand(20, 10, generator=gen)]
+    chosen = select(scores, 50, ("random_k", "bottom_k"), draws=3, seed=7)
+    top = chosen[0][2]
+    randoms = [sel for name, _, sel in chosen if name == "random_k"]
+    assert len(randoms) == 3
+    top_coords = set(zip(top.tensor.tolist(), top.flat.tolist(), strict=True))
+    for sel in randoms:
+        coords = set(zip(sel.tensor.tolist(), sel.flat.tolist(), strict=True))
+        assert len(coords) == 50 and not coords & top_coords
+        assert (
+            np.bincount(sel.tensor, minlength=2).tolist()
+            == np.bincount(top.tensor, minlength=2).tolist()
+        )
+        for t, i, s in zip(sel.tensor, sel.flat, sel.score, strict=True):
+            assert s == pytest.approx(float(scores[t].reshape(-1)[i]))
+    first, second = randoms[0], randoms[1]
+    assert set(zip(first.tensor, first.flat, strict=True)) != set(
+        zip(second.tensor, second.flat, strict=True)
+    )
+    again = select(scores, 50, ("random_k",), draws=3, seed=7)
+    assert all(
+        np.array_equal(a[2].flat, b[2].flat) for a, b in zip(chosen[2:], again[1:], strict=True)
+    )
+
+
+def test_sample_excluding_is_uniform_and_exact():
+    rng = np.random.default_rng(0)
+    exclude = np.array([0, 1, 2])
+    counts = np.zeros(10)
+    for _ in range(2000):
+        got = sample_excluding(rng, 10, 3, exclude)
+        assert len(set(got)) == 3 and not set(got) & {0, 1, 2}
+        counts[got] += 1
+    assert counts[:3].sum() == 0
+    assert np.allclose(counts[3:] / 2000, 3 / 7, atol=0.05)
+    with pytest.raises(CwaError):
+        sample_excluding(rng, 10, 8, exclude)
+
+
+def test_row_col_follow_linear_convention_for_linear_and_conv1d(llama, gpt2):
+    for model in (llama, gpt2):
+        params = dict(model.named_parameters())
+        for info in pool(describe(model)):
+            w = params[info.name].detach()
+            flat = torch.arange(0, w.numel(), 7)
+            rows, cols = info.row_col(flat)
+            as_linear = w.T if info.transposed else w  # [out, in]
+            assert torch.equal(as_linear[rows, cols], w.reshape(-1)[flat])
+
+
+def test_gpt2_conv1d_is_detected_by_module_type(gpt2):
+    infos = {i.name: i for i in describe(gpt2)}
+    assert infos["transformer.h.0.attn.c_attn.weight"].transposed
+    assert infos["transformer.h.0.mlp.c_proj.weight"].component == "mlp_down"
+    assert infos["transformer.h.0.attn.c_proj.weight"].component == "attn_o"
+    assert not infos["transformer.wte.weight"].transposed
+
+
+def test_rank_table_per_layer_and_global():
+    infos = [
+        ParamInfo("a.layers.0.mlp.down_proj.weight", 0, "mlp_down", (4, 5), False),
+        ParamInfo("a.layers.1.self_attn.q_proj.weight", 1, "attn_q", (3, 3), False),
+    ]
+    gen = torch.Generator().manual_seed(0)
+    scores = {i.name: torch.rand(i.shape, generator=gen) for i in infos}
+    table = rank(infos, scores, "per_layer", (2, 3), ("random_k", "bottom_k"), 2, 0, "magnitude")
+    # per group and k: top + bottom + 2 random draws, each k rows
+    assert len(table) == 2 * (2 + 3) * 4
+    top = table.filter((table["selection"] == "top") & (table["k"] == 3))
+    for name, s in scores.items():
+        mine = top.filter(top["group"] == name).sort("rank")
+        assert mine["score"].to_list() == pytest.approx(
+            torch.sort(s.reshape(-1), descending=True).values[:3].tolist()
+        )
+    glob = rank(infos, scores, "global", (4,), ("bottom_k",), 1, 0, "magnitude")
+    assert sorted(glob["selection"].unique().to_list()) == ["bottom_k", "top"]
+    w = scores[glob["param"][0]]
+    assert w[glob["row"][0], glob["col"][0]] == pytest.approx(glob["score"][0])
