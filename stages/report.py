@@ -67,7 +67,7 @@ def run(args, params):
         params.metric,
         out / "score_distribution.png",
     )
-    plots.layer_heatmap(ranking.filter(pl.col("seed") == seed), k, out / "heatmap.png")
+    plots.layer_heatmap(ranking.filter(pl.col("seed") == seed), pool, k, out / "heatmap.png")
     plots.effects(effects, out / "effects.png")
     plots.stability(stability, out / "stability.png")
     plots.scaling(scaling, fits, SCALING_STATISTICS, out / "scaling.png")

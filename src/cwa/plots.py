@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -46,11 +47,11 @@ def score_distribution(
     _save(fig, path)
 
 
-def layer_heatmap(ranking: pl.DataFrame, k: int, path) -> None:
-    """Where the top-k weights sit: count per (layer, component)."""
+def layer_heatmap(ranking: pl.DataFrame, pool: pl.DataFrame, k: int, path) -> None:
+    """Where the top-k weights sit: count per (layer, component) over the whole pool's grid."""
     top = ranking.filter((pl.col("selection") == "top") & (pl.col("k") == k))
-    layers = sorted(top["layer"].unique().to_list()) or [0]
-    comps = sorted(ranking["component"].unique().to_list())
+    layers = sorted(pool["layer"].unique().to_list())
+    comps = sorted(pool["component"].unique().to_list())
     grid = np.zeros((len(layers), len(comps)))
     for (layer, comp), rows in top.group_by(["layer", "component"]):
         grid[layers.index(layer), comps.index(comp)] = len(rows)
@@ -99,9 +100,10 @@ def effects(effects_table: pl.DataFrame, path) -> None:
                 ax.annotate("diverged", (k, 0), color=color, fontsize=7, rotation=90)
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=1e-2)
-        ax.set(title=pert, xlabel="k (weights perturbed)", ylabel="ΔPPL")
+        ax.set(title=pert, xlabel="k (weights perturbed)")
         ax.axhline(0, color="black", lw=0.5)
         ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("ΔPPL (symlog)")
     _save(fig, path)
 
 
@@ -148,7 +150,18 @@ def scaling(table: pl.DataFrame, fits: pl.DataFrame, stats: tuple[str, ...], pat
             )
             ax.legend(fontsize=7)
         ax.set(xlabel="parameters", title=stat)
+        _log_labels(ax, table[stat].to_numpy())
     _save(fig, path)
+
+
+def _log_labels(ax, y: np.ndarray) -> None:
+    """Readable log axes: no minor x labels; minor y labels only when y spans < 1 decade."""
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    y = y[np.isfinite(y) & (y > 0)]
+    narrow = len(y) and np.log10(y.max() / y.min()) < 1
+    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.yaxis.set_minor_formatter(fmt if narrow else matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(fmt)
 
 
 def training_curves(logs: pl.DataFrame, path) -> None:

@@ -34,7 +34,7 @@ def extreme_k(scores: list[torch.Tensor], k: int, largest: bool = True) -> Selec
         raise CwaError(f"topk {k} exceeds the {total} weights in the ranking pool")
     tid, idx, val = [], [], []
     for t, s in enumerate(scores):
-        flat = s.reshape(-1).double()
+        flat = s.reshape(-1)  # stays in its own dtype: only the candidates become float64
         if torch.isnan(flat).any():
             raise CwaError(f"NaN scores in pool tensor #{t}: sensitivity diverged")
         keyed = flat if largest else -flat
@@ -42,7 +42,7 @@ def extreme_k(scores: list[torch.Tensor], k: int, largest: bool = True) -> Selec
         hit = torch.nonzero(keyed >= cut).flatten()
         tid.append(np.full(hit.numel(), t, dtype=np.int64))
         idx.append(hit.numpy())
-        val.append(keyed[hit].numpy())
+        val.append(keyed[hit].double().numpy())
     tid, idx, val = np.concatenate(tid), np.concatenate(idx), np.concatenate(val)
     order = np.lexsort((idx, tid, -val))[:k]  # last key is primary: keyed score descending
     boundary = val[order[-1]]
