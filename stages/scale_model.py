@@ -40,7 +40,14 @@ def run(args, params):
         split_windows(tokenizer, args.corpus, "calib", params.seq_len), params.calib_samples, seed
     )
     scores = compute_scores(
-        model, infos, metric, calib, params.batch_size, desc=f"{args.name} {metric.name}"
+        model,
+        infos,
+        metric,
+        calib,
+        params.batch_size,
+        params.probes,
+        seed,
+        desc=f"{args.name} {metric.name}",
     )
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = evaluate(model, windows, params.batch_size)

@@ -34,7 +34,14 @@ def run(args, params):
     for seed in params.seeds:
         draw = calibration_draw(calib, params.calib_samples, seed)
         scores = compute_scores(
-            model, infos, metric, draw, params.batch_size, desc=f"{metric.name} seed {seed}"
+            model,
+            infos,
+            metric,
+            draw,
+            params.batch_size,
+            params.probes,
+            seed,
+            desc=f"{metric.name} seed {seed}",
         )
         save_scores(scores, args.scores, seed, metric.name)
         stats.append(tensor_stats(infos, scores, metric.name, seed))

@@ -60,7 +60,7 @@ def run(args, params):
     ranking = pl.read_parquet(args.ranking)
     sets = top_sets(ranking)
     seeds = sorted(ranking["seed"].unique().to_list())
-    stores = {s: load_scores(args.scores, s) for s in seeds}
+    stores = {s: {n: t.abs() for n, t in load_scores(args.scores, s).items()} for s in seeds}
     sample = pool_sample(stores[seeds[0]])
     bulk = {s: sampled_scores(stores[s], sample) for s in seeds}
     rows = []

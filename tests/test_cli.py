@@ -36,7 +36,8 @@ def test_flags_map_onto_params_keys():
 def test_bad_metric_fails_before_dvc(capsys):
     assert main(["run", "--metric", "fisher"]) == 2
     err = capsys.readouterr().err
-    assert "`metric` is 'fisher'; valid values: grad_squared, grad_x_weight, magnitude" in err
+    valid = "act_mag, grad_squared, grad_x_weight, hutchinson_diag, magnitude, obd, obd_hutchinson"
+    assert f"`metric` is 'fisher'; valid values: {valid}, wanda" in err
 
 
 def test_show_without_artifacts_says_what_to_do(tmp_path, capsys):

@@ -76,5 +76,6 @@ def test_scores_are_fp32_even_for_bf16_models(windows):
 
 
 def test_unknown_metric_lists_valid_ones():
-    with pytest.raises(CwaError, match="valid metrics: grad_squared, grad_x_weight, magnitude"):
+    valid = "act_mag, grad_squared, grad_x_weight, hutchinson_diag, magnitude, obd, obd_hutchinson"
+    with pytest.raises(CwaError, match=f"unknown metric 'fisher'; valid: {valid}, wanda"):
         get_metric("fisher")

@@ -22,7 +22,10 @@ def test_repository_params_file_is_valid():
     ("overrides", "message"),
     [
         ({"metrc": "x"}, "unknown key\\(s\\) metrc; valid keys: model"),
-        ({"metric": "fisher"}, "`metric` is 'fisher'; valid values: grad_squared, grad_x_weight"),
+        (
+            {"metric": "fisher"},
+            "`metric` is 'fisher'; valid values: act_mag, grad_squared, grad_x_weight",
+        ),
         ({"mode": "per_row"}, "valid values: global, per_layer"),
         ({"perturb": ["zero", "melt"]}, "`perturb` is 'melt'; valid values: bit_flip"),
         ({"controls": ["random"]}, "valid values: random_k, bottom_k"),

@@ -66,7 +66,7 @@ def test_sign_bit_in_16_bit_dtypes():
         assert flip_bits(torch.tensor([2.0, -0.5], dtype=dtype), 15).float().tolist() == [-2.0, 0.5]
 
 
-@pytest.mark.parametrize("name", sorted(PERTURBATIONS))
+@pytest.mark.parametrize("name", PERTURBATIONS.names())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_every_perturbation_changes_only_the_selection_and_restores_bit_for_bit(name, dtype):
     from tests.conftest import tiny_llama

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cwa.progress import progress
+from cwa.stats import ppl
 
 
 @dataclass(frozen=True)
@@ -20,8 +20,7 @@ class EvalResult:
 
     @property
     def ppl(self) -> float:
-        total = float(self.nll.sum())
-        return math.exp(total / self.tokens.sum()) if math.isfinite(total) else math.inf
+        return ppl(self.nll, self.tokens)
 
     @property
     def accuracy(self) -> float:

@@ -51,10 +51,6 @@ def write_table(df: pl.DataFrame, path: str | Path, table: str) -> Path:
     return atomic_write(path, lambda tmp: df.write_parquet(tmp, compression="zstd"))
 
 
-def read_table(path: str | Path) -> pl.DataFrame:
-    return pl.read_parquet(path)
-
-
 def _json_safe(obj):
     """Replaces inf/NaN (invalid JSON) with None, recursively."""
     if isinstance(obj, float) and not math.isfinite(obj):

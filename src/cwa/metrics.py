@@ -1,137 +1,261 @@
-"""Sensitivity metrics: a registry of per-weight scores and the calibration pass that feeds them.
+"""Sensitivity metrics: a registry of per-weight scores, each one function of a calibration draw.
 
-Conventions (SCIENCE.md §5.1-5.3): eval mode, fp32 accumulators, loss = summed next-token NLL of
-fixed-length windows. `grad_x_weight` uses the gradient of the mean token loss over the whole
-calibration draw; `grad_squared` squares the gradient of each window's mean loss, then averages
-over windows (the empirical Fisher diagonal), never the square of a summed gradient.
+Conventions (SCIENCE.md §5): eval mode, fp32 accumulators, fixed-length unpadded windows, loss =
+next-token NLL. L = mean token loss over the draw; ℓₙ = mean token loss of window n.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from cwa import CwaError
 from cwa.evaluation import token_nll
 from cwa.models import ParamInfo
 from cwa.progress import progress
+from cwa.registry import Registry
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a metric may use: the model, the tensors to score and the calibration draw."""
+
+    model: nn.Module
+    infos: list[ParamInfo]
+    windows: torch.Tensor  # (N, T) token ids
+    batch_size: int
+    probes: int = 16  # Hutchinson probes
+    seed: int = 0  # Hutchinson probe seed
+    desc: str | None = None
+
+    @property
+    def targets(self) -> dict[str, nn.Parameter]:
+        params = dict(self.model.named_parameters())
+        return {i.name: params[i.name] for i in self.infos}
+
+    @property
+    def tokens(self) -> int:
+        n, t = self.windows.shape
+        return n * (t - 1)
 
 
 @dataclass(frozen=True)
 class Metric:
-    """A per-weight score.
-
-    accumulate(acc, grad, window_tokens) folds one backward pass into the fp32 accumulator; grad
-    is the gradient of the summed NLL of that pass's windows (one window when per_sample), each
-    window predicting window_tokens tokens. finalize(acc, weight, windows, tokens) turns the
-    accumulator, the weight and the totals of the draw into scores.
-    """
-
     name: str
     doc: str
-    finalize: Callable[[torch.Tensor | None, torch.Tensor, int, int], torch.Tensor]
-    accumulate: Callable[[torch.Tensor, torch.Tensor, int], None] | None = None
-    per_sample: bool = False
-
-    @property
-    def uses_data(self) -> bool:
-        return self.accumulate is not None
+    score: Callable[[Calibration], dict[str, torch.Tensor]]
+    signed: bool = False  # scores may be negative; ranking orders |score|
 
 
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric")
+get_metric = METRICS.get
 
 
-def register(metric: Metric) -> Metric:
-    METRICS[metric.name] = metric
-    return metric
+def metric(name: str, doc: str, signed: bool = False):
+    """Registers the decorated function `(Calibration) -> {param name: fp32 scores}` by name."""
 
+    def wrap(fn):
+        METRICS.register(Metric(name, doc, fn, signed))
+        return fn
 
-def get_metric(name: str) -> Metric:
-    if name not in METRICS:
-        raise CwaError(f"unknown metric {name!r}; valid metrics: {', '.join(sorted(METRICS))}")
-    return METRICS[name]
-
-
-def _add(acc, grad, tokens):
-    acc.add_(grad.float())
-
-
-def _add_squared_mean(acc, grad, tokens):
-    acc.add_((grad.float() / tokens).square())  # gradient of the window's mean loss, squared
-
-
-register(
-    Metric(
-        "magnitude",
-        "|w|: data-free baseline",
-        finalize=lambda acc, w, windows, tokens: w.detach().float().abs(),
-    )
-)
-register(
-    Metric(
-        "grad_x_weight",
-        "|ḡ·w|, ḡ = gradient of the mean token loss over the calibration draw",
-        accumulate=_add,
-        finalize=lambda acc, w, windows, tokens: (acc / tokens * w.detach().float()).abs(),
-    )
-)
-register(
-    Metric(
-        "grad_squared",
-        "(1/N) Σₙ gₙ²: empirical Fisher diagonal, gₙ = gradient of window n's mean loss",
-        accumulate=_add_squared_mean,
-        finalize=lambda acc, w, windows, tokens: acc / windows,
-        per_sample=True,
-    )
-)
+    return wrap
 
 
 def compute_scores(
     model,
     infos: list[ParamInfo],
-    metric: Metric,
+    metric_: Metric,
     windows: torch.Tensor,
     batch_size: int,
+    probes: int = 16,
+    seed: int = 0,
     desc: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Scores for the parameters in `infos`: fp32 CPU tensors shaped like the parameters."""
-    params = dict(model.named_parameters())
-    targets = {i.name: params[i.name] for i in infos}
-    acc = None
-    if metric.uses_data:
-        acc = _calibration_pass(model, targets, metric, windows, batch_size, desc)
-    n_windows, seq_len = windows.shape
-    tokens = n_windows * (seq_len - 1)
-    return {
-        name: metric.finalize(acc[name] if acc else None, p, n_windows, tokens).cpu()
-        for name, p in targets.items()
-    }
-
-
-def _calibration_pass(model, targets, metric, windows, batch_size, desc):
+    cal = Calibration(model, infos, windows, batch_size, probes, seed, desc)
     model.eval()
-    device = next(model.parameters()).device
+    scores = metric_.score(cal)
+    for name, s in scores.items():
+        if not torch.isfinite(s).all():
+            raise CwaError(f"{metric_.name}: non-finite scores in {name}")
+    return {name: s.float().cpu() for name, s in scores.items()}
+
+
+@contextmanager
+def grads_for(model: nn.Module, targets: dict[str, nn.Parameter]) -> Iterator[None]:
+    """Only the scored tensors require grad (less compute and memory); flags restored after."""
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in targets.values():
-        p.requires_grad_(True)  # only scored tensors get gradients: less compute and memory
-    acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in targets.items()}
-    step = 1 if metric.per_sample else batch_size
     try:
-        batches = windows.split(step)
-        for batch in progress(batches, desc=desc, total=len(batches)):
-            batch = batch.to(device)
-            logits = model(input_ids=batch, use_cache=False).logits
-            loss = token_nll(logits, batch).sum()
-            if not torch.isfinite(loss):
-                raise CwaError(f"calibration loss is {loss.item()} (non-finite) in a {desc} batch")
-            grads = torch.autograd.grad(loss, list(targets.values()))
-            for name, g in zip(targets, grads, strict=True):
-                metric.accumulate(acc[name], g, batch.shape[1] - 1)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in targets.values():
+            p.requires_grad_(True)
+        yield
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
+
+
+def _batches(cal: Calibration, size: int):
+    batches = cal.windows.split(size)
+    return progress(batches, desc=cal.desc, total=len(batches))
+
+
+def _loss(model, batch: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL of the batch (fp32); refuses non-finite losses."""
+    batch = batch.to(next(model.parameters()).device)
+    loss = token_nll(model(input_ids=batch, use_cache=False).logits, batch).sum()
+    if not torch.isfinite(loss):
+        raise CwaError(f"calibration loss is {loss.item()} (non-finite)")
+    return loss
+
+
+def gradient_sums(cal: Calibration, per_window: bool, square: bool) -> dict[str, torch.Tensor]:
+    """Σ over backward passes of each pass's gradient, or of its square, in fp32.
+
+    per_window: one window per pass, loss = that window's mean token NLL (exact per-sample
+    gradients); otherwise batches of `batch_size`, loss = summed NLL.
+    """
+    targets = cal.targets
+    acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in targets.items()}
+    window_tokens = cal.windows.shape[1] - 1
+    with grads_for(cal.model, targets):
+        for batch in _batches(cal, 1 if per_window else cal.batch_size):
+            loss = _loss(cal.model, batch)
+            if per_window:
+                loss = loss / window_tokens
+            for name, g in zip(
+                targets, torch.autograd.grad(loss, list(targets.values())), strict=True
+            ):
+                acc[name].add_(g.float().square() if square else g.float())
     return acc
+
+
+@metric("magnitude", "|w|: data-free baseline")
+def magnitude(cal: Calibration) -> dict[str, torch.Tensor]:
+    return {n: p.detach().float().abs() for n, p in cal.targets.items()}
+
+
+@metric("grad_x_weight", "|ḡ·w|, ḡ = ∇L, the gradient of the mean token loss over the draw")
+def grad_x_weight(cal: Calibration) -> dict[str, torch.Tensor]:
+    acc = gradient_sums(cal, per_window=False, square=False)
+    return {n: (acc[n] / cal.tokens * p.detach().float()).abs() for n, p in cal.targets.items()}
+
+
+@metric("grad_squared", "(1/N) Σₙ (∇ℓₙ)²: empirical Fisher diagonal, squared per window")
+def grad_squared(cal: Calibration) -> dict[str, torch.Tensor]:
+    acc = gradient_sums(cal, per_window=True, square=True)
+    return {n: a / len(cal.windows) for n, a in acc.items()}
+
+
+def rademacher(params: list[nn.Parameter], seed: int) -> list[torch.Tensor]:
+    """±1 probes, one per tensor, drawn on the CPU from `seed` (identical on every device)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randint(0, 2, p.shape, generator=gen, dtype=torch.int8) * 2 - 1).to(
+            p.device, p.dtype
+        )
+        for p in params
+    ]
+
+
+@metric("hutchinson_diag", "diag(∇²L) ≈ (1/S) Σₛ zₛ ⊙ ∇²L zₛ, Rademacher zₛ (signed)", signed=True)
+def hutchinson_diag(cal: Calibration) -> dict[str, torch.Tensor]:
+    """One Hessian-vector product per probe and batch covers every scored tensor at once.
+
+    Each probe's z is the same for every batch (seeded by seed and probe), so the sum over
+    batches is z ⊙ (H z) for the Hessian of the whole draw's loss. Fused attention kernels have no
+    double backward: attention runs on the math SDPA backend (eager models are unaffected).
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    targets = cal.targets
+    params = list(targets.values())
+    acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    with grads_for(cal.model, targets), sdpa_kernel(SDPBackend.MATH):
+        for batch in _batches(cal, cal.batch_size):
+            grads = torch.autograd.grad(_loss(cal.model, batch), params, create_graph=True)
+            for s in range(cal.probes):
+                z = rademacher(params, cal.seed * 1_000_003 + s)
+                hz = torch.autograd.grad(grads, params, grad_outputs=z, retain_graph=True)
+                for a, zi, hzi in zip(acc, z, hz, strict=True):
+                    a.add_(zi.float() * hzi.float())
+    scale = 1.0 / (cal.tokens * cal.probes)
+    return {n: a * scale for n, a in zip(targets, acc, strict=True)}
+
+
+@metric("obd", "½·F·w²: Optimal Brain Damage saliency with the empirical Fisher diagonal F")
+def obd(cal: Calibration) -> dict[str, torch.Tensor]:
+    fisher = grad_squared(cal)
+    return {n: 0.5 * fisher[n] * p.detach().float().square() for n, p in cal.targets.items()}
+
+
+@metric(
+    "obd_hutchinson",
+    "½·h·w²: OBD saliency with the Hutchinson Hessian diagonal h (signed)",
+    signed=True,
+)
+def obd_hutchinson(cal: Calibration) -> dict[str, torch.Tensor]:
+    h = hutchinson_diag(cal)
+    return {n: 0.5 * h[n] * p.detach().float().square() for n, p in cal.targets.items()}
+
+
+@contextmanager
+def forward_hooks(modules: dict[str, nn.Module], hook) -> Iterator[None]:
+    """Registers hook(name, module, inputs, output) on each module; always removes them."""
+    handles = [
+        m.register_forward_hook(lambda mod, i, o, n=n: hook(n, mod, i, o))
+        for n, m in modules.items()
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def input_sq_norms(cal: Calibration, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Σ over calibration tokens of x_j² for the input features j of each module (fp32)."""
+    acc: dict[str, torch.Tensor] = {}
+
+    def hook(name, module, inputs, output):
+        x = inputs[0].detach().float()
+        s = x.reshape(-1, x.shape[-1]).square().sum(dim=0)  # (in_features,)
+        acc[name] = acc[name] + s if name in acc else s
+
+    with forward_hooks(modules, hook), torch.inference_mode():
+        for batch in _batches(cal, cal.batch_size):
+            cal.model(input_ids=batch.to(next(cal.model.parameters()).device), use_cache=False)
+    return acc
+
+
+@metric("wanda", "|W_ij|·‖X_j‖₂, X_j = input feature j of the layer over all calibration tokens")
+def wanda(cal: Calibration) -> dict[str, torch.Tensor]:
+    from transformers.pytorch_utils import Conv1D
+
+    named = dict(cal.model.named_modules())
+    owners = {}
+    for info in cal.infos:
+        owner = named.get(info.name.rsplit(".", 1)[0])
+        if not isinstance(owner, nn.Linear | Conv1D) or not info.name.endswith("weight"):
+            raise CwaError(
+                f"wanda scores linear-layer weights only; {info.name} is not one "
+                f"(set include_embeddings: false)"
+            )
+        owners[info.name] = owner
+    norms = {n: v.sqrt() for n, v in input_sq_norms(cal, owners).items()}
+    scores = {}
+    for info in cal.infos:
+        w = cal.targets[info.name].detach().float().abs()
+        # nn.Linear stores [out, in]: inputs index columns; Conv1D stores [in, out]: rows.
+        scores[info.name] = w * (
+            norms[info.name][:, None] if info.transposed else norms[info.name][None, :]
+        )
+    return scores
+
+
+METRICS.alias("act_mag", "wanda")

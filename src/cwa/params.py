@@ -40,6 +40,7 @@ class Params:
     calib_samples: int = 64
     seq_len: int = 128
     batch_size: int = 16
+    probes: int = 16
     # ranking
     mode: str = "global"
     topk: tuple[int, ...] = (10, 100, 1000)
@@ -79,17 +80,18 @@ def _validate(p: Params):
     from cwa.metrics import METRICS
     from cwa.perturbations import PERTURBATIONS
 
-    _check_choice("metric", p.metric, sorted(METRICS))
+    _check_choice("metric", p.metric, METRICS.names())
     _check_choice("mode", p.mode, MODES)
     _check_choice("dtype", p.dtype, DTYPES)
     for name in p.perturb:
-        _check_choice("perturb", name, sorted(PERTURBATIONS))
+        _check_choice("perturb", name, PERTURBATIONS.names())
     for name in p.controls:
         _check_choice("controls", name, CONTROLS)
     for key in (
         "calib_samples",
         "seq_len",
         "batch_size",
+        "probes",
         "random_draws",
         "eval_samples",
         "bootstrap",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from cwa import CwaError
+from cwa.registry import Registry
 
 # Integer view with the same width as each float storage dtype, and its bit count.
 _INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
@@ -35,18 +36,9 @@ class Perturbation:
     strength: Callable[[Settings], float] = lambda s: 0.0
 
 
-PERTURBATIONS: dict[str, Perturbation] = {}
-
-
-def register(p: Perturbation) -> Perturbation:
-    PERTURBATIONS[p.name] = p
-    return p
-
-
-def get_perturbation(name: str) -> Perturbation:
-    if name not in PERTURBATIONS:
-        raise CwaError(f"unknown perturbation {name!r}; valid: {', '.join(sorted(PERTURBATIONS))}")
-    return PERTURBATIONS[name]
+PERTURBATIONS: Registry[Perturbation] = Registry("perturbation")
+register = PERTURBATIONS.register
+get_perturbation = PERTURBATIONS.get
 
 
 def int_view(t: torch.Tensor) -> torch.Tensor:

@@ -37,11 +37,11 @@ def score_distribution(
     for name, s in scores.items():
         by_comp.setdefault(components[name], []).append(s.reshape(-1))
     for comp, parts in sorted(by_comp.items()):
-        v = torch.cat(parts).double().numpy()
+        v = torch.cat(parts).double().abs().numpy()
         v = np.log10(v[v > 0])
         ax.hist(v, bins=80, histtype="step", label=comp, density=True)
     ax.set(
-        xlabel=f"log10 {metric} score", ylabel="density", title="Score distribution by component"
+        xlabel=f"log10 |{metric} score|", ylabel="density", title="Score distribution by component"
     )
     ax.legend(fontsize=7, ncols=2)
     _save(fig, path)

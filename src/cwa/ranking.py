@@ -119,7 +119,7 @@ def rank(
         raise CwaError(f"unknown mode {mode!r}; valid: global, per_layer")
     frames = []
     for group, members in groups:
-        tensors = [scores[i.name] for i in members]
+        tensors = [scores[i.name].abs() for i in members]  # signed metrics rank by |score|
         for k in ks:
             for selection, draw, sel in select(tensors, k, controls, draws, seed):
                 frames.append(_rows(members, sel, metric, mode, seed, group, selection, draw, k))

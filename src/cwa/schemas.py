@@ -149,7 +149,11 @@ SCHEMAS: dict[str, Schema] = {
             ),
             Column("row", INT, "output feature (nn.Linear convention, also for GPT-2 Conv1D)"),
             Column("col", INT, "input feature (nn.Linear convention); 0 for 1-D tensors"),
-            Column("score", FLOAT, "sensitivity score"),
+            Column(
+                "score",
+                FLOAT,
+                "|score|, the ranking key (signed metrics keep the sign in the store)",
+            ),
             Column("cutoff_ties", INT, "unselected pool weights tied with the last selected score"),
         ),
         ("seed", "group", "selection", "k", "draw", "rank"),

@@ -85,8 +85,8 @@ def tensor_stats(
 
 
 def concentration(scores: list[torch.Tensor], top_fraction: float = 1e-3) -> dict:
-    """Share of the total score in the top `top_fraction` of weights, and max / median."""
-    flat = torch.cat([s.reshape(-1) for s in scores]).double()
+    """Share of the total |score| in the top `top_fraction` of weights, and max / median."""
+    flat = torch.cat([s.reshape(-1) for s in scores]).double().abs()
     n_top = max(1, int(flat.numel() * top_fraction))
     top = torch.topk(flat, n_top).values
     median = float(flat.median())

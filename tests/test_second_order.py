@@ -1,0 +1,148 @@
+"""Hutchinson, OBD and Wanda against exact or direct computations on micro models."""
+
+import pytest
+import torch
+from torch.func import functional_call, jacrev
+
+from cwa import CwaError
+from cwa.metrics import compute_scores, get_metric, rademacher
+from cwa.models import describe, pool
+from tests.conftest import tiny_gpt2, tiny_llama
+
+
+@pytest.fixture(scope="module")
+def micro():
+    model = tiny_llama(seed=3, hidden=8, layers=1, heads=2, kv_heads=2)
+    windows = torch.randint(0, 64, (4, 6), generator=torch.Generator().manual_seed(5))
+    infos = pool(describe(model))
+    return model, windows, infos
+
+
+def exact_hessian(model, windows, infos):
+    """Full Hessian of the mean token loss over every pool weight, by reverse-over-reverse."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    shapes = [params[i.name].shape for i in infos]
+    sizes = [s.numel() for s in shapes]
+
+    def loss(theta):
+        parts = dict(
+            zip(
+                [i.name for i in infos],
+                [t.view(s) for t, s in zip(theta.split(sizes), shapes, strict=True)],
+                strict=True,
+            )
+        )
+        logits = functional_call(model, {**params, **parts}, (windows,)).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)
+        )
+
+    theta = torch.cat([params[i.name].reshape(-1) for i in infos])
+    return jacrev(jacrev(loss))(theta), sizes
+
+
+def flat(scores, infos):
+    return torch.cat([scores[i.name].reshape(-1) for i in infos])
+
+
+def test_hutchinson_equals_its_probes_applied_to_the_exact_hessian(micro):
+    model, windows, infos = micro
+    hess, _ = exact_hessian(model, windows, infos)
+    probes = 5
+    scores = compute_scores(
+        model, infos, get_metric("hutchinson_diag"), windows, batch_size=3, probes=probes, seed=2
+    )
+    params = [dict(model.named_parameters())[i.name] for i in infos]
+    expected = torch.zeros(hess.shape[0])
+    for s in range(probes):
+        z = torch.cat([t.reshape(-1) for t in rademacher(params, 2 * 1_000_003 + s)])
+        expected += z * (hess @ z) / probes
+    torch.testing.assert_close(flat(scores, infos), expected, rtol=1e-3, atol=1e-6)
+
+
+def test_hutchinson_converges_to_the_exact_diagonal_like_one_over_sqrt_probes(micro):
+    model, windows, infos = micro
+    hess, _ = exact_hessian(model, windows, infos)
+    exact = torch.diagonal(hess)
+    errors = {}
+    for probes in (16, 256):
+        est = flat(
+            compute_scores(
+                model, infos, get_metric("hutchinson_diag"), windows, 4, probes=probes, seed=0
+            ),
+            infos,
+        )
+        errors[probes] = (est - exact).norm() / exact.norm()
+    # 16x the probes should cut the error ~4x; allow slack for one random draw.
+    assert errors[256] < errors[16] / 2.5
+    # Theory: E‖est − diag‖² = Σ_{i≠j} H_ij² / S.
+    off = (hess.square().sum() - exact.square().sum()).sqrt() / exact.norm()
+    assert errors[256] == pytest.approx(off / 16, rel=0.5)
+    assert (exact < 0).any()  # the sign matters: negative curvature exists and is kept
+
+
+def test_obd_is_half_fisher_times_weight_squared(micro):
+    model, windows, infos = micro
+    fisher = compute_scores(model, infos, get_metric("grad_squared"), windows, 2)
+    obd = compute_scores(model, infos, get_metric("obd"), windows, 2)
+    params = dict(model.named_parameters())
+    for i in infos:
+        expected = 0.5 * fisher[i.name] * params[i.name].detach().square()
+        torch.testing.assert_close(obd[i.name], expected)
+
+
+def test_wanda_matches_direct_input_norms_on_llama():
+    model = tiny_llama(seed=1)
+    windows = torch.randint(0, 64, (5, 9), generator=torch.Generator().manual_seed(0))
+    infos = pool(describe(model))
+    scores = compute_scores(model, infos, get_metric("wanda"), windows, batch_size=2)
+    with torch.no_grad():  # layer 0 attention input: RMSNorm(embeddings), known directly
+        x = model.model.layers[0].input_layernorm(model.model.embed_tokens(windows))
+    norm = x.reshape(-1, x.shape[-1]).square().sum(0).sqrt()  # over every calibration token
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        name = f"model.layers.0.self_attn.{proj}.weight"
+        w = dict(model.named_parameters())[name].detach()
+        torch.testing.assert_close(scores[name], w.abs() * norm[None, :], rtol=1e-5, atol=1e-7)
+    assert get_metric("act_mag") is get_metric("wanda")
+
+
+def test_wanda_uses_rows_for_gpt2_conv1d():
+    model = tiny_gpt2(seed=2)
+    windows = torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(1))
+    infos = pool(describe(model))
+    scores = compute_scores(model, infos, get_metric("wanda"), windows, batch_size=3)
+    with torch.no_grad():
+        pos = torch.arange(windows.shape[1])
+        x = model.transformer.h[0].ln_1(model.transformer.wte(windows) + model.transformer.wpe(pos))
+    norm = x.reshape(-1, x.shape[-1]).square().sum(0).sqrt()
+    name = "transformer.h.0.attn.c_attn.weight"  # Conv1D: weight is [in, out]
+    w = dict(model.named_parameters())[name].detach()
+    torch.testing.assert_close(scores[name], w.abs() * norm[:, None], rtol=1e-5, atol=1e-7)
+
+
+def test_wanda_refuses_embeddings():
+    model = tiny_llama()
+    infos = pool(describe(model), include_embeddings=True)
+    with pytest.raises(CwaError, match="linear-layer weights only"):
+        compute_scores(model, infos, get_metric("wanda"), torch.zeros(1, 4, dtype=torch.long), 1)
+
+
+def test_signed_scores_rank_by_magnitude():
+    from cwa.models import ParamInfo
+    from cwa.ranking import rank
+
+    info = ParamInfo("m.layers.0.mlp.down_proj.weight", 0, "mlp_down", (1, 4), False)
+    table = rank(
+        [info],
+        {info.name: torch.tensor([[0.1, -5.0, 2.0, -0.01]])},
+        "global",
+        (2,),
+        ("bottom_k",),
+        1,
+        0,
+        "hutchinson_diag",
+    )
+    top = table.filter(table["selection"] == "top")
+    assert top["flat_index"].to_list() == [1, 2] and top["score"].to_list() == [5.0, 2.0]
+    bottom = table.filter(table["selection"] == "bottom_k")
+    assert bottom["flat_index"].to_list() == [3, 0]
