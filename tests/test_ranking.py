@@ -136,3 +136,23 @@ def test_rank_table_per_layer_and_global():
     assert sorted(glob["selection"].unique().to_list()) == ["bottom_k", "top"]
     w = scores[glob["param"][0]]
     assert w[glob["row"][0], glob["col"][0]] == pytest.approx(glob["score"][0])
+
+
+def test_per_component_ranks_each_component_across_layers():
+    infos = [
+        ParamInfo("m.layers.0.mlp.down_proj.weight", 0, "mlp_down", (2, 3), False),
+        ParamInfo("m.layers.1.mlp.down_proj.weight", 1, "mlp_down", (2, 3), False),
+        ParamInfo("m.layers.0.self_attn.q_proj.weight", 0, "attn_q", (2, 2), False),
+    ]
+    scores = {
+        infos[0].name: torch.tensor([[1.0, 9.0, 2.0], [3.0, 0.5, 4.0]]),
+        infos[1].name: torch.tensor([[8.0, 0.1, 0.2], [7.0, 0.3, 0.4]]),
+        infos[2].name: torch.tensor([[100.0, 0.0], [0.0, 50.0]]),
+    }
+    table = rank(infos, scores, "per_component", (3,), (), 1, 0, "magnitude")
+    down = table.filter(table["group"] == "mlp_down").sort("rank")
+    assert down["score"].to_list() == [9.0, 8.0, 7.0]
+    assert down["layer"].to_list() == [0, 1, 1]
+    assert table.filter(table["group"] == "attn_q")["score"].to_list() == [100.0, 50.0, 0.0]
+    with pytest.raises(CwaError, match="valid: global, per_component, per_layer"):
+        rank(infos, scores, "per_head_row", (1,), (), 1, 0, "magnitude")

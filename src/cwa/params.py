@@ -13,7 +13,6 @@ import yaml
 
 from cwa import CwaError
 
-MODES = ("global", "per_layer")
 CONTROLS = ("random_k", "bottom_k")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -79,9 +78,10 @@ def _check_choice(key: str, value, valid):
 def _validate(p: Params):
     from cwa.metrics import METRICS
     from cwa.perturbations import PERTURBATIONS
+    from cwa.ranking import MODES
 
     _check_choice("metric", p.metric, METRICS.names())
-    _check_choice("mode", p.mode, MODES)
+    _check_choice("mode", p.mode, MODES.names())
     _check_choice("dtype", p.dtype, DTYPES)
     for name in p.perturb:
         _check_choice("perturb", name, PERTURBATIONS.names())

@@ -7,6 +7,7 @@ candidates by (score desc, tensor order, flat index) gives the exact, determinis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 
 from cwa import CwaError
 from cwa.models import ParamInfo
+from cwa.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,34 @@ def select(
     return out
 
 
+@dataclass(frozen=True)
+class Mode:
+    """A ranking mode: how the pool splits into groups, each ranked on its own."""
+
+    name: str
+    doc: str
+    groups: Callable[[list[ParamInfo]], list[tuple[str, list[ParamInfo]]]]
+
+
+def _by_component(infos: list[ParamInfo]) -> list[tuple[str, list[ParamInfo]]]:
+    comps = sorted({i.component for i in infos})
+    return [(c, [i for i in infos if i.component == c]) for c in comps]
+
+
+MODES: Registry[Mode] = Registry("mode")
+MODES.register(Mode("global", "top-k over the whole pool", lambda infos: [("global", infos)]))
+MODES.register(
+    Mode("per_layer", "top-k in each pool tensor", lambda infos: [(i.name, [i]) for i in infos])
+)
+MODES.register(
+    Mode(
+        "per_component",
+        "top-k in each component class (attn_q, mlp_down, ...) across layers",
+        _by_component,
+    )
+)
+
+
 def rank(
     infos: list[ParamInfo],
     scores: dict[str, torch.Tensor],
@@ -111,12 +141,7 @@ def rank(
     metric: str,
 ) -> pl.DataFrame:
     """The ranking table (schema `ranking`) for one seed's scores over the pool `infos`."""
-    if mode == "global":
-        groups = [("global", infos)]
-    elif mode == "per_layer":
-        groups = [(i.name, [i]) for i in infos]
-    else:
-        raise CwaError(f"unknown mode {mode!r}; valid: global, per_layer")
+    groups = MODES.get(mode).groups(infos)
     frames = []
     for group, members in groups:
         tensors = [scores[i.name].abs() for i in members]  # signed metrics rank by |score|

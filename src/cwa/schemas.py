@@ -36,7 +36,7 @@ _EXPERIMENT = (
     ),
     Column("selection", STR, "`top`, `bottom_k` or `random_k`"),
     Column("draw", INT, "random draw number (0 for top and bottom_k)"),
-    Column("k", INT, "weights selected (per tensor in per_layer mode)"),
+    Column("k", INT, "weights selected per group (the whole pool in global mode)"),
 )
 
 SCHEMAS: dict[str, Schema] = {
@@ -129,10 +129,14 @@ SCHEMAS: dict[str, Schema] = {
         (
             Column("metric", STR, "sensitivity metric"),
             Column(
-                "mode", STR, "`global` (top-k over the pool) or `per_layer` (top-k in each tensor)"
+                "mode",
+                STR,
+                "ranking mode: `global`, `per_layer` or `per_component` (docs/params.md)",
             ),
             Column("seed", INT, "calibration seed whose scores were ranked"),
-            Column("group", STR, "`global`, or the tensor name in per_layer mode"),
+            Column(
+                "group", STR, "`global`, the tensor (per_layer) or the component (per_component)"
+            ),
             Column("selection", STR, "`top`, `bottom_k` or `random_k`"),
             Column("draw", INT, "random draw number (0 for top and bottom_k)"),
             Column("k", INT, "size of the selection (per group)"),
