@@ -1,10 +1,10 @@
 """report: the Markdown/HTML report with its plots, the DVC metrics and the plot side files.
 
 Reads: every upstream table (baseline, pool, scores, ranking, effects, stability, scaling, training
-curves). Writes: report.md, report.html and PNGs in the report directory, metrics.json, and
-effects_vs_k.csv for `dvc plots`.
+curves, super-weight spikes). Writes: report.md, report.html and PNGs in the report directory,
+metrics.json, and effects_vs_k.csv for `dvc plots`.
 Params: model, metric, mode, seeds, calib_samples, seq_len, dtype, include_embeddings,
-random_draws, noise_sigma, flip_bit, bootstrap, headline_k.
+random_draws, noise_sigma, flip_bit, bootstrap, headline_k, topk, spike_ratio.
 """
 
 import subprocess
@@ -31,6 +31,8 @@ def add_args(p):
         "scaling",
         "fit",
         "train_logs",
+        "spikes",
+        "agreement",
         "out_dir",
         "metrics",
         "effects_csv",
@@ -47,6 +49,8 @@ def run(args, params):
     stability = pl.read_parquet(args.stability)
     scaling, fits = pl.read_parquet(args.scaling), pl.read_parquet(args.fit)
     logs = sorted(Path(args.train_logs).glob("*.parquet"))
+    spikes = pl.read_parquet(args.spikes)
+    agreement = pl.read_parquet(args.agreement)
     k, seed = params.headline_k, params.seeds[0]
 
     m = metrics(baseline, effects, stability, k)
@@ -70,6 +74,7 @@ def run(args, params):
     plots.layer_heatmap(ranking.filter(pl.col("seed") == seed), pool, k, out / "heatmap.png")
     plots.effects(effects, out / "effects.png")
     plots.stability(stability, out / "stability.png")
+    plots.agreement(agreement, k, out / "agreement.png")
     plots.scaling(scaling, fits, SCALING_STATISTICS, out / "scaling.png")
     if logs:
         plots.training_curves(pl.concat([pl.read_parquet(p) for p in logs]), out / "training.png")
@@ -106,6 +111,21 @@ def run(args, params):
         "scaling": scaling,
         "fits": fits,
         "has_training": bool(logs),
+        "agreement": agreement.filter(pl.col("k") == k).drop("k"),
+        "spikes": spikes.select(
+            "layer",
+            "row",
+            "col",
+            "weight",
+            "in_max",
+            "out_max",
+            "in_ratio",
+            "out_ratio",
+            "candidate",
+            "delta_ppl",
+            "ci_low",
+            "ci_high",
+        ),
         "commit": commit,
     }
     text = render_markdown(ctx)

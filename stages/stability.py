@@ -15,7 +15,7 @@ import polars as pl
 import torch
 
 from cwa.io import write_csv, write_table
-from cwa.scores import load_scores
+from cwa.scores import load_scores, pool_sample, sampled_scores
 from cwa.stage import stage_main
 from cwa.stats import jaccard, spearman
 
@@ -37,23 +37,6 @@ def top_sets(ranking: pl.DataFrame) -> dict[tuple[int, int], set]:
 
 def score_at(scores: dict[str, torch.Tensor], coords: list[tuple[str, int]]) -> np.ndarray:
     return np.array([float(scores[name].reshape(-1)[i]) for name, i in coords])
-
-
-def pool_sample(store: dict[str, torch.Tensor], size: int = 100_000) -> dict[str, torch.Tensor]:
-    """A fixed uniform sample of pool coordinates (the same for every seed): bulk agreement."""
-    sizes = {name: t.numel() for name, t in sorted(store.items())}
-    total = sum(sizes.values())
-    picks = np.sort(np.random.default_rng(0).choice(total, size=min(size, total), replace=False))
-    out, start = {}, 0
-    for name, n in sizes.items():
-        mine = picks[(picks >= start) & (picks < start + n)] - start
-        out[name] = torch.from_numpy(mine)
-        start += n
-    return out
-
-
-def sampled_scores(store: dict[str, torch.Tensor], sample: dict[str, torch.Tensor]) -> np.ndarray:
-    return torch.cat([store[n].reshape(-1)[i].double() for n, i in sample.items()]).numpy()
 
 
 def run(args, params):

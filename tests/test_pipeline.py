@@ -105,6 +105,9 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "report/scaling.png",
         "report/stability.png",
         "report/score_distribution.png",
+        "superweight/spikes.parquet",
+        "agreement/agreement.parquet",
+        "report/agreement.png",
     ]:
         assert (art / path).exists(), path
     manifest = json.loads((art / "perturb" / "manifest.json").read_text())
@@ -149,6 +152,9 @@ def test_tables_are_consistent(repo):
     scaling = pl.read_parquet(art / "scaling" / "scaling.parquet")
     assert scaling["model"].to_list() == ["t1", "t2", "t3"]
     assert scaling["params"].is_sorted()
+    spikes = pl.read_parquet(art / "superweight" / "spikes.parquet")
+    assert spikes["layer"].to_list() == [0, 1]  # t2 has 2 layers: one detector row each
+    assert (spikes["in_ratio"] > 1).all() and spikes["delta_ppl"].is_finite().all()
     fit = pl.read_parquet(art / "scaling" / "fit.parquet")
     assert fit["models"].to_list() == [3] * len(fit)
 

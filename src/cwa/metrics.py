@@ -15,9 +15,11 @@ from torch import nn
 
 from cwa import CwaError
 from cwa.evaluation import token_nll
+from cwa.hooks import forward_hooks
 from cwa.models import ParamInfo
 from cwa.progress import progress
 from cwa.registry import Registry
+from cwa.superweight import activation_maxima
 
 
 @dataclass(frozen=True)
@@ -204,20 +206,6 @@ def obd_hutchinson(cal: Calibration) -> dict[str, torch.Tensor]:
     return {n: 0.5 * h[n] * p.detach().float().square() for n, p in cal.targets.items()}
 
 
-@contextmanager
-def forward_hooks(modules: dict[str, nn.Module], hook) -> Iterator[None]:
-    """Registers hook(name, module, inputs, output) on each module; always removes them."""
-    handles = [
-        m.register_forward_hook(lambda mod, i, o, n=n: hook(n, mod, i, o))
-        for n, m in modules.items()
-    ]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def input_sq_norms(cal: Calibration, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """Σ over calibration tokens of x_j² for the input features j of each module (fp32)."""
     acc: dict[str, torch.Tensor] = {}
@@ -255,6 +243,24 @@ def wanda(cal: Calibration) -> dict[str, torch.Tensor]:
         scores[info.name] = w * (
             norms[info.name][:, None] if info.transposed else norms[info.name][None, :]
         )
+    return scores
+
+
+@metric(
+    "super_weight",
+    "|W_ij|·max_t |x_tj| on MLP down projections (0 elsewhere): the super-weight spike score",
+)
+def super_weight(cal: Calibration) -> dict[str, torch.Tensor]:
+    """Largest where a huge input activation meets a large weight: the super weight peaks here."""
+    stats = activation_maxima(cal.model, cal.windows, cal.batch_size)
+    scores = {}
+    for info in cal.infos:
+        w = cal.targets[info.name].detach().float().abs()
+        if info.name not in stats:
+            scores[info.name] = torch.zeros_like(w)
+            continue
+        x_max = stats[info.name]["x_max"]
+        scores[info.name] = w * (x_max[:, None] if info.transposed else x_max[None, :])
     return scores
 
 

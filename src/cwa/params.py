@@ -35,6 +35,14 @@ class Params:
     device: str = "auto"
     # sensitivity
     metric: str = "grad_x_weight"
+    compare_metrics: tuple[str, ...] = (
+        "magnitude",
+        "grad_x_weight",
+        "grad_squared",
+        "obd",
+        "wanda",
+        "super_weight",
+    )
     seeds: tuple[int, ...] = (0, 1, 2)
     calib_samples: int = 64
     seq_len: int = 128
@@ -50,6 +58,7 @@ class Params:
     perturb: tuple[str, ...] = ("zero", "sign_flip", "gauss_noise", "bit_flip")
     noise_sigma: float = 1.0
     flip_bit: int = 30
+    spike_ratio: float = 100.0
     eval_samples: int = 128
     bootstrap: int = 1000
     headline_k: int = 100
@@ -81,6 +90,12 @@ def _validate(p: Params):
     from cwa.ranking import MODES
 
     _check_choice("metric", p.metric, METRICS.names())
+    for name in p.compare_metrics:
+        _check_choice("compare_metrics", name, METRICS.names())
+    if len(set(p.compare_metrics)) < 2:
+        _fail(
+            "compare_metrics", f"needs at least 2 distinct metrics, got {list(p.compare_metrics)}"
+        )
     _check_choice("mode", p.mode, MODES.names())
     _check_choice("dtype", p.dtype, DTYPES)
     for name in p.perturb:
@@ -115,6 +130,8 @@ def _validate(p: Params):
         _fail("perturb", "must include `zero`: the headline experiment zeroes the top-k weights")
     if not 0 <= p.flip_bit < 32:
         _fail("flip_bit", f"must be a bit position 0..31 (sign = 31 in fp32), got {p.flip_bit}")
+    if p.spike_ratio <= 1:
+        _fail("spike_ratio", f"must be > 1 (a spike is many times the median), got {p.spike_ratio}")
     if p.noise_sigma <= 0:
         _fail("noise_sigma", f"must be > 0, got {p.noise_sigma}")
     if p.model.startswith("builtin:") and p.model.removeprefix("builtin:") not in p.family:

@@ -172,3 +172,29 @@ def training_curves(logs: pl.DataFrame, path) -> None:
     ax.set(xlabel="step", ylabel="training loss (20-step mean)", title="Built-in family training")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def agreement(table: pl.DataFrame, k: int, path) -> None:
+    """Jaccard of global top-k sets between every pair of metrics (symmetric, diagonal 1)."""
+    rows = table.filter(pl.col("k") == k)
+    metrics = sorted(set(rows["metric_a"]) | set(rows["metric_b"]))
+    grid = np.eye(len(metrics))
+    for a, b, j in rows.select("metric_a", "metric_b", "jaccard").iter_rows():
+        grid[metrics.index(a), metrics.index(b)] = grid[metrics.index(b), metrics.index(a)] = j
+    fig, ax = plt.subplots(figsize=(1.0 * len(metrics) + 2.5, 0.8 * len(metrics) + 1.5))
+    im = ax.imshow(grid, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(metrics)), metrics, rotation=45, ha="right")
+    ax.set_yticks(range(len(metrics)), metrics)
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(
+            j,
+            i,
+            f"{v:.2f}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if v > 0.6 else "black",
+        )
+    ax.set(title=f"Overlap of top-{k} sets (Jaccard)")
+    fig.colorbar(im, ax=ax)
+    _save(fig, path)

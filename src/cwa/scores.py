@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
@@ -94,3 +95,20 @@ def concentration(scores: list[torch.Tensor], top_fraction: float = 1e-3) -> dic
         "top_share": float(top.sum() / flat.sum()),
         "max_over_median": float(top[0] / median) if median > 0 else float("inf"),
     }
+
+
+def pool_sample(store: dict[str, torch.Tensor], size: int = 100_000) -> dict[str, torch.Tensor]:
+    """A fixed uniform sample of pool coordinates (the same for every seed): bulk agreement."""
+    sizes = {name: t.numel() for name, t in sorted(store.items())}
+    total = sum(sizes.values())
+    picks = np.sort(np.random.default_rng(0).choice(total, size=min(size, total), replace=False))
+    out, start = {}, 0
+    for name, n in sizes.items():
+        mine = picks[(picks >= start) & (picks < start + n)] - start
+        out[name] = torch.from_numpy(mine)
+        start += n
+    return out
+
+
+def sampled_scores(store: dict[str, torch.Tensor], sample: dict[str, torch.Tensor]) -> np.ndarray:
+    return torch.cat([store[n].reshape(-1)[i].double() for n, i in sample.items()]).numpy()

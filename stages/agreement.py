@@ -1,0 +1,41 @@
+"""agreement: do the metrics pick the same weights? Every metric in `compare_metrics` scores the
+pool on the first seed's calibration draw; every pair gets overlap@k (Jaccard of global top-k
+sets) for each k in `topk` and Spearman ρ over a fixed 100k-weight sample.
+Reads: the corpus table and the model. Writes: the agreement table (schema `agreement`).
+Params: model, dtype, device, compare_metrics, seeds, calib_samples, seq_len, batch_size, probes,
+include_embeddings, topk.
+"""
+
+from cwa.agreement import metric_agreement
+from cwa.data import calibration_draw, split_windows
+from cwa.io import write_table
+from cwa.metrics import compute_scores, get_metric
+from cwa.models import describe, load_model, pool
+from cwa.stage import stage_main
+
+
+def add_args(p):
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--models-dir", required=True)
+    p.add_argument("--out", required=True)
+
+
+def run(args, params):
+    model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
+    infos = pool(describe(model), params.include_embeddings)
+    seed = params.seeds[0]
+    calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
+    draw = calibration_draw(calib, params.calib_samples, seed)
+    by_metric = {
+        name: compute_scores(
+            model, infos, get_metric(name), draw, params.batch_size, params.probes, seed, desc=name
+        )
+        for name in params.compare_metrics
+    }
+    table = metric_agreement(by_metric, params.topk)
+    write_table(table, args.out, "agreement")
+    return {"pairs": len(table)}
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run)

@@ -1,0 +1,82 @@
+"""The super-weight detector finds a planted super weight and nothing in a plain model."""
+
+import pytest
+import torch
+
+from cwa.metrics import compute_scores, get_metric
+from cwa.models import describe, pool
+from cwa.superweight import detect
+from tests.conftest import tiny_gpt2, tiny_llama
+
+ROW, COL, LAYER = 5, 17, 0  # planted at layers.0.mlp.down_proj.weight[5, 17]
+
+
+def planted_llama():
+    """A massive input activation on channel COL of layer 0's down projection, meeting a large
+    weight at [ROW, COL]: the mechanism Yu et al. describe."""
+    model = tiny_llama(seed=4)
+    mlp = model.model.layers[LAYER].mlp
+    with torch.no_grad():
+        mlp.gate_proj.weight[COL] *= 40
+        mlp.up_proj.weight[COL] *= 40
+        mlp.down_proj.weight[ROW, COL] = 2.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(2))
+
+
+def test_detector_finds_the_planted_super_weight(windows):
+    spikes = {s.layer: s for s in detect(planted_llama(), windows, batch_size=2)}
+    found = spikes[LAYER]
+    assert (found.out_channel, found.in_channel) == (ROW, COL)
+    assert found.is_candidate(100.0)
+    assert found.flat_index == ROW * 64 + COL  # intermediate size 64
+    assert not spikes[1].is_candidate(100.0)
+
+
+def test_plain_model_has_no_candidate(windows):
+    spikes = detect(tiny_llama(seed=4), windows, batch_size=4)
+    assert len(spikes) == 2
+    assert not any(s.is_candidate(100.0) for s in spikes)
+    assert all(s.in_ratio < 100 and s.out_ratio > 1 for s in spikes)
+
+
+def test_zeroing_the_planted_weight_removes_the_residual_spike(windows):
+    """The causal signature (Yu et al., R12): the residual stream's massive activation goes."""
+
+    def residual_max(model):
+        with torch.no_grad():
+            out = model(input_ids=windows, output_hidden_states=True)
+        return float(out.hidden_states[LAYER + 1].abs().max())
+
+    model = planted_llama()
+    w = model.model.layers[LAYER].mlp.down_proj.weight
+    spike = residual_max(model)
+    with torch.no_grad():
+        w[ROW, COL + 1] = 0.0  # a neighbour: nothing happens
+    assert residual_max(model) == pytest.approx(spike, rel=0.05)
+    with torch.no_grad():
+        w[ROW, COL] = 0.0
+    assert residual_max(model) < spike / 5
+
+
+def test_super_weight_metric_ranks_the_planted_weight_first(windows):
+    model = planted_llama()
+    infos = pool(describe(model))
+    scores = compute_scores(model, infos, get_metric("super_weight"), windows, 2)
+    name = f"model.layers.{LAYER}.mlp.down_proj.weight"
+    assert int(scores[name].argmax()) == ROW * 64 + COL
+    assert float(scores["model.layers.0.self_attn.q_proj.weight"].abs().sum()) == 0.0
+
+
+def test_gpt2_conv1d_coordinates(windows):
+    model = tiny_gpt2(seed=1)
+    with torch.no_grad():  # GPT-2 mlp.c_proj is Conv1D [in=128, out=32]
+        model.transformer.h[1].mlp.c_fc.weight[:, 7] *= 60
+        model.transformer.h[1].mlp.c_proj.weight[7, 3] = 3.0
+    spike = {s.layer: s for s in detect(model, windows, 4)}[1]
+    assert (spike.out_channel, spike.in_channel) == (3, 7)
+    assert spike.flat_index == 7 * 32 + 3
