@@ -37,7 +37,7 @@ def test_bad_metric_fails_before_dvc(capsys):
     assert main(["run", "--metric", "fisher"]) == 2
     err = capsys.readouterr().err
     valid = "act_mag, grad_squared, grad_x_weight, hutchinson_diag, magnitude, obd, obd_hutchinson"
-    assert f"`metric` is 'fisher'; valid values: {valid}, wanda" in err
+    assert f"`metric` is 'fisher'; valid values: {valid}, super_weight, wanda" in err
 
 
 def test_show_without_artifacts_says_what_to_do(tmp_path, capsys):

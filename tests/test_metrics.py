@@ -77,5 +77,7 @@ def test_scores_are_fp32_even_for_bf16_models(windows):
 
 def test_unknown_metric_lists_valid_ones():
     valid = "act_mag, grad_squared, grad_x_weight, hutchinson_diag, magnitude, obd, obd_hutchinson"
-    with pytest.raises(CwaError, match=f"unknown metric 'fisher'; valid: {valid}, wanda"):
+    with pytest.raises(
+        CwaError, match=f"unknown metric 'fisher'; valid: {valid}, super_weight, wanda"
+    ):
         get_metric("fisher")
