@@ -69,12 +69,18 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# Leaf module name -> component, for the architectures cwa knows. Order matters: first match wins.
+# Parameter path (less a trailing .weight/.bias) -> component, for the architectures cwa knows.
+# Order matters: first match wins.
 _COMPONENTS: tuple[tuple[str, str], ...] = (
-    (r"(q_proj|query)$", "attn_q"),
-    (r"(k_proj|key)$", "attn_k"),
-    (r"(v_proj|value)$", "attn_v"),
-    (r"(c_attn|query_key_value|qkv_proj|Wqkv)$", "attn_qkv"),
+    (r"experts\.gate_up_proj$", "moe_gate_up"),  # fused [experts, 2·ff, hidden] (transformers 5)
+    (r"experts\.(\d+\.)?(w1|gate_proj)$", "moe_gate"),
+    (r"experts\.(\d+\.)?(w3|up_proj)$", "moe_up"),
+    (r"experts\.(\d+\.)?(w2|down_proj)$", "moe_down"),
+    (r"(mlp\.gate|block_sparse_moe\.gate|router)$", "router"),
+    (r"\.(c_attn|query_key_value|qkv_proj|Wqkv)$", "attn_qkv"),
+    (r"\.(q_proj|query)$", "attn_q"),
+    (r"\.(k_proj|key)$", "attn_k"),
+    (r"\.(v_proj|value)$", "attn_v"),
     (r"(o_proj|out_proj|attn\.c_proj|attention\.dense|self_attn\.dense)$", "attn_o"),
     (r"gate_up_proj$", "mlp_gate_up"),
     (r"(gate_proj|w1)$", "mlp_gate"),
@@ -112,13 +118,13 @@ class ParamInfo:
 
 
 def classify(name: str) -> str:
-    module = name.rsplit(".", 1)[0]
+    path = name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
     for pattern, component in _COMPONENTS:
-        if re.search(pattern, module):
+        if re.search(pattern, path):
             return component
     raise CwaError(
-        f"cannot classify parameter {name!r}: its module name matches no known component "
-        f"(known architectures: Llama, Mistral, Qwen2, GPT-2, GPT-NeoX, OPT)"
+        f"cannot classify parameter {name!r}: its name matches no known component (known "
+        f"architectures: Llama, Mistral, Mixtral, Qwen2, Gemma, Phi-3, GPT-2, GPT-NeoX, OPT)"
     )
 
 

@@ -151,7 +151,12 @@ SCHEMAS: dict[str, Schema] = {
             Column(
                 "flat_index", INT, "index into the tensor's storage, `param.view(-1)[flat_index]`"
             ),
-            Column("row", INT, "output feature (nn.Linear convention, also for GPT-2 Conv1D)"),
+            Column(
+                "row",
+                INT,
+                "output feature (nn.Linear convention, also for GPT-2 Conv1D); stacked MoE "
+                "experts [E, out, in]: expert · out + output feature",
+            ),
             Column("col", INT, "input feature (nn.Linear convention); 0 for 1-D tensors"),
             Column(
                 "score",
