@@ -3,7 +3,8 @@
     python benchmarks/speed.py [--hidden 128 --layers 4 --windows 64 --seq-len 128]
 
 Prints, on a randomly initialised Llama of the built-in base shape (same cost as a trained one):
-  - sensitivity pass time / plain forward+backward time on the same windows, per metric;
+  - sensitivity pass time / plain forward+backward time on the same windows, per metric
+    (Hutchinson: per probe, the shared first backward included);
   - perturbation experiment (apply + evaluate + restore + check) / plain evaluation;
   - global exact top-k over 100M fp32 scores (seconds).
 """
@@ -57,10 +58,16 @@ def main():
     rows = []
     base = best_of(lambda: plain_forward_backward(model, windows, args.batch_size))
     rows.append(("plain forward+backward (s)", base))
-    for name in ("grad_x_weight", "grad_squared"):
+    for name in ("grad_x_weight", "grad_squared", "wanda", "super_weight"):
         metric = get_metric(name)
         t = best_of(lambda m=metric: compute_scores(model, infos, m, windows, args.batch_size))
         rows.append((f"{name} pass / forward+backward", t / base))
+    probes = 4
+    hutch = get_metric("hutchinson_diag")
+    t = best_of(lambda: compute_scores(model, infos, hutch, windows, args.batch_size, probes), 1)
+    rows.append(
+        (f"hutchinson_diag per probe / forward+backward ({probes} probes)", t / probes / base)
+    )
     ev = best_of(lambda: evaluate(model, windows, args.batch_size))
     params = dict(model.named_parameters())
     sel = {infos[0].name: torch.arange(0, 1000)}
