@@ -22,7 +22,7 @@ def add_args(p):
 
 def run(args, params):
     model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
-    infos = pool(describe(model), params.include_embeddings)
+    infos = pool(describe(model), **params.pool_options)
     seed = params.seeds[0]
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
     draw = calibration_draw(calib, params.calib_samples, seed)

@@ -35,7 +35,7 @@ def run(args, params):
     model, tokenizer = load_model(
         f"builtin:{args.name}", args.models_dir, params.dtype, params.device
     )
-    infos = pool(describe(model), params.include_embeddings)
+    infos = pool(describe(model), **params.pool_options)
     calib = calibration_draw(
         split_windows(tokenizer, args.corpus, "calib", params.seq_len), params.calib_samples, seed
     )

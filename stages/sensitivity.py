@@ -28,7 +28,7 @@ def add_args(p):
 def run(args, params):
     metric = get_metric(params.metric)
     model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
-    infos = pool(describe(model), params.include_embeddings)
+    infos = pool(describe(model), **params.pool_options)
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
     stats = []
     for seed in params.seeds:

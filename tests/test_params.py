@@ -26,7 +26,7 @@ def test_repository_params_file_is_valid():
             {"metric": "fisher"},
             "`metric` is 'fisher'; valid values: act_mag, grad_squared, grad_x_weight",
         ),
-        ({"mode": "per_row"}, "valid values: global, per_component, per_layer"),
+        ({"mode": "per_row"}, "valid values: global, per_component, per_head, per_layer"),
         ({"perturb": ["zero", "melt"]}, "`perturb` is 'melt'; valid values: bit_flip"),
         ({"controls": ["random"]}, "valid values: random_k, bottom_k"),
         ({"seeds": [0, "one"]}, "`seeds` must be int, got 'one'"),

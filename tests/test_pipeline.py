@@ -172,6 +172,29 @@ def test_metric_change_reruns_sensitivity_but_not_baseline(repo):
     assert "separation" in shown and "grad_squared" in shown
 
 
+def test_second_order_metric_and_per_head_mode_through_dvc(repo):
+    sh(
+        repo,
+        "dvc",
+        "exp",
+        "run",
+        "-S",
+        "metric=hutchinson_diag",
+        "-S",
+        "mode=per_head",
+        "-S",
+        "probes=2",
+    )
+    ranking = pl.read_parquet(repo / "artifacts" / "rank" / "ranking.parquet")
+    assert set(ranking["mode"]) == {"per_head"} and set(ranking["metric"]) == {"hutchinson_diag"}
+    assert sorted(ranking["group"].unique()) == [
+        f"layers.{l}.head.{h}" for l in (0, 1) for h in (0, 1)
+    ]
+    assert set(ranking["component"]) == {"attn_q", "attn_k", "attn_v", "attn_o"}
+    m = json.loads((repo / "artifacts" / "metrics.json").read_text())
+    assert m["delta_ppl_top"] > 0
+
+
 def test_same_params_give_byte_identical_tables(repo):
     before = hashes(repo)
     assert len(before) >= 14

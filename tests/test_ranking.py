@@ -154,5 +154,75 @@ def test_per_component_ranks_each_component_across_layers():
     assert down["score"].to_list() == [9.0, 8.0, 7.0]
     assert down["layer"].to_list() == [0, 1, 1]
     assert table.filter(table["group"] == "attn_q")["score"].to_list() == [100.0, 50.0, 0.0]
-    with pytest.raises(CwaError, match="valid: global, per_component, per_layer"):
+    with pytest.raises(CwaError, match="valid: global, per_component, per_head, per_layer"):
         rank(infos, scores, "per_head_row", (1,), (), 1, 0, "magnitude")
+
+
+def brute_force_head(w_q, w_k, w_v, w_o, q_heads, kv_head, head_dim, k):
+    """The top-k of one head's slices, ranked in plain Python over (score, tensor, flat)."""
+    entries = []
+    for t, (w, axis, heads) in enumerate(
+        [(w_k, 0, [kv_head]), (w_o, 1, q_heads), (w_q, 0, q_heads), (w_v, 0, [kv_head])]
+    ):
+        for flat in range(w.numel()):
+            r, c = divmod(flat, w.shape[1])
+            if (r if axis == 0 else c) // head_dim in heads:
+                entries.append((float(w.reshape(-1)[flat]), t, flat))
+    entries.sort(key=lambda e: (-e[0], e[1], e[2]))
+    return entries[:k]
+
+
+def test_per_head_slices_rows_and_columns_gqa_aware():
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama(seed=5, hidden=32, layers=1, heads=4, kv_heads=2)  # head_dim 8, 2 q per kv
+    infos = pool(describe(model))
+    scores = {
+        i.name: torch.rand(i.shape, generator=torch.Generator().manual_seed(7)) for i in infos
+    }
+    table = rank(infos, scores, "per_head", (6,), ("random_k",), 1, 0, "magnitude")
+    assert sorted(table["group"].unique()) == ["layers.0.head.0", "layers.0.head.1"]
+    assert set(table["component"]) == {"attn_q", "attn_k", "attn_v", "attn_o"}  # no MLP
+    name = {
+        c: f"model.layers.0.self_attn.{c}.weight" for c in ("q_proj", "k_proj", "v_proj", "o_proj")
+    }
+    for g in (0, 1):
+        top = table.filter((table["group"] == f"layers.0.head.{g}") & (table["selection"] == "top"))
+        expected = brute_force_head(
+            scores[name["q_proj"]],
+            scores[name["k_proj"]],
+            scores[name["v_proj"]],
+            scores[name["o_proj"]],
+            [2 * g, 2 * g + 1],
+            g,
+            8,
+            6,
+        )
+        assert top.sort("rank")["score"].to_list() == pytest.approx([e[0] for e in expected])
+        for r in top.iter_rows(named=True):  # every pick lies in this head's slice
+            comp, row, col = r["component"], r["row"], r["col"]
+            head = (col if comp == "attn_o" else row) // 8
+            assert head in ([g] if comp in ("attn_k", "attn_v") else [2 * g, 2 * g + 1])
+            assert scores[r["param"]].reshape(-1)[r["flat_index"]] == pytest.approx(r["score"])
+        rand = table.filter(
+            (table["group"] == f"layers.0.head.{g}") & (table["selection"] == "random_k")
+        )
+        for r in rand.iter_rows(named=True):
+            head = (r["col"] if r["component"] == "attn_o" else r["row"]) // 8
+            assert head in ([g] if r["component"] in ("attn_k", "attn_v") else [2 * g, 2 * g + 1])
+
+
+def test_per_head_refuses_fused_qkv(gpt2):
+    with pytest.raises(CwaError, match="per_head mode needs separate q/k/v/o"):
+        rank(pool(describe(gpt2)), {}, "per_head", (1,), (), 1, 0, "magnitude")
+
+
+def test_pool_options(llama):
+    infos = describe(llama)
+    only_1 = pool(infos, layers=(1,))
+    assert {i.layer for i in only_1} == {1} and len(only_1) == 7
+    with_1d = pool(infos, include_1d=True)
+    assert {i.component for i in with_1d if len(i.shape) == 1} == {"norm"}
+    assert "model.norm.weight" in {i.name for i in with_1d}
+    with pytest.raises(CwaError, match=r"layers \[5\] do not exist; the model has layers 0..1"):
+        pool(infos, layers=(5,))

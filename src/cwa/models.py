@@ -103,6 +103,8 @@ class ParamInfo:
     component: str
     shape: tuple[int, ...]
     transposed: bool  # GPT-2 Conv1D stores [in, out]; nn.Linear stores [out, in]
+    heads: int = 0  # attention heads laid along its rows (q, k, v) or columns (o); 0 elsewhere
+    head_dim: int = 0
 
     @property
     def numel(self) -> int:
@@ -133,27 +135,71 @@ def describe(model: nn.Module) -> list[ParamInfo]:
     from transformers.pytorch_utils import Conv1D
 
     modules = dict(model.named_modules())
+    heads = _head_geometry(getattr(model, "config", None))
     infos = []
     for name, p in model.named_parameters():
         layer = _LAYER.search(f".{name}")
         owner = modules.get(name.rsplit(".", 1)[0])
+        component = classify(name)
+        n_heads, head_dim = heads.get(component, (0, 0)) if p.dim() == 2 else (0, 0)
         infos.append(
             ParamInfo(
                 name=name,
                 layer=int(layer.group(1)) if layer else -1,
-                component=classify(name),
+                component=component,
                 shape=tuple(p.shape),
                 transposed=isinstance(owner, Conv1D) and name.endswith("weight"),
+                heads=n_heads,
+                head_dim=head_dim,
             )
         )
     return infos
 
 
-def pool(infos: list[ParamInfo], include_embeddings: bool = False) -> list[ParamInfo]:
-    """The weights that compete for 'critical': matrices of the blocks (plus embeddings/lm_head)."""
+def _head_geometry(config) -> dict[str, tuple[int, int]]:
+    """component -> (heads, head_dim) from the model config (GQA: k and v have kv heads)."""
+    n_heads = getattr(config, "num_attention_heads", None)
+    if not n_heads:
+        return {}
+    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    return {
+        "attn_q": (n_heads, head_dim),
+        "attn_o": (n_heads, head_dim),
+        "attn_k": (n_kv, head_dim),
+        "attn_v": (n_kv, head_dim),
+    }
+
+
+def pool(
+    infos: list[ParamInfo],
+    include_embeddings: bool = False,
+    include_1d: bool = False,
+    layers: tuple[int, ...] = (),
+) -> list[ParamInfo]:
+    """The weights that compete for 'critical': by default every matrix of the transformer blocks.
+
+    include_embeddings adds embeddings and lm_head; include_1d adds norm gains and biases (block
+    ones, and the final norm); `layers` keeps only those block indices (embeddings stay if asked).
+    """
+    known = sorted({i.layer for i in infos if i.layer >= 0})
+    unknown = sorted(set(layers) - set(known))
+    if unknown:
+        raise CwaError(
+            f"layers {unknown} do not exist; the model has layers {known[0]}..{known[-1]}"
+        )
     outside = ("embed", "lm_head", "pos_embed")
-    return [
-        i
-        for i in infos
-        if len(i.shape) >= 2 and (i.layer >= 0 or (include_embeddings and i.component in outside))
-    ]
+    chosen = []
+    for i in infos:
+        matrix = len(i.shape) >= 2
+        if i.layer >= 0:
+            keep = (matrix or include_1d) and (not layers or i.layer in layers)
+        else:
+            keep = (include_embeddings and i.component in outside) or (
+                include_1d and not matrix and i.component == "norm" and not layers
+            )
+        if keep:
+            chosen.append(i)
+    if not chosen:
+        raise CwaError("the ranking pool is empty: check `layers`, `include_embeddings`")
+    return chosen

@@ -54,6 +54,8 @@ class Params:
     controls: tuple[str, ...] = ("random_k", "bottom_k")
     random_draws: int = 3
     include_embeddings: bool = False
+    include_1d: bool = False
+    layers: tuple[int, ...] = ()
     # perturbation and evaluation
     perturb: tuple[str, ...] = ("zero", "sign_flip", "gauss_noise", "bit_flip")
     noise_sigma: float = 1.0
@@ -73,6 +75,15 @@ class Params:
 
     def __post_init__(self):
         _validate(self)
+
+    @property
+    def pool_options(self) -> dict:
+        """Keyword arguments of `cwa.models.pool`."""
+        return {
+            "include_embeddings": self.include_embeddings,
+            "include_1d": self.include_1d,
+            "layers": self.layers,
+        }
 
 
 def _fail(key: str, message: str):

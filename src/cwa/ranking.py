@@ -102,24 +102,80 @@ def select(
     return out
 
 
+# A group member: a pool tensor, or a sorted subset of its flat storage indices (one head's rows).
+Member = tuple[ParamInfo, torch.Tensor | None]
+
+
 @dataclass(frozen=True)
 class Mode:
     """A ranking mode: how the pool splits into groups, each ranked on its own."""
 
     name: str
     doc: str
-    groups: Callable[[list[ParamInfo]], list[tuple[str, list[ParamInfo]]]]
+    groups: Callable[[list[ParamInfo]], list[tuple[str, list[Member]]]]
 
 
-def _by_component(infos: list[ParamInfo]) -> list[tuple[str, list[ParamInfo]]]:
+def _by_component(infos: list[ParamInfo]) -> list[tuple[str, list[Member]]]:
     comps = sorted({i.component for i in infos})
-    return [(c, [i for i in infos if i.component == c]) for c in comps]
+    return [(c, [(i, None) for i in infos if i.component == c]) for c in comps]
+
+
+def _head_rows(info: ParamInfo, heads: range) -> torch.Tensor:
+    """Flat indices of the storage rows of `heads` (q/k/v: [heads·head_dim, in])."""
+    cols = info.shape[1]
+    rows = torch.cat([torch.arange(h * info.head_dim, (h + 1) * info.head_dim) for h in heads])
+    return (rows[:, None] * cols + torch.arange(cols)[None, :]).reshape(-1)
+
+
+def _head_cols(info: ParamInfo, heads: range) -> torch.Tensor:
+    """Flat indices of the storage columns of `heads` (o: [out, heads·head_dim])."""
+    cols = torch.cat([torch.arange(h * info.head_dim, (h + 1) * info.head_dim) for h in heads])
+    flat = torch.arange(info.shape[0])[:, None] * info.shape[1] + cols[None, :]
+    return flat.reshape(-1).sort().values
+
+
+def _by_head(infos: list[ParamInfo]) -> list[tuple[str, list[Member]]]:
+    """One group per layer and key/value head: its query heads' q rows and o columns, and its k
+    and v rows (GQA-aware; with as many kv heads as query heads this is one group per head)."""
+    attn = [i for i in infos if i.component in ("attn_q", "attn_k", "attn_v", "attn_o")]
+    if not attn or any(i.transposed or i.head_dim == 0 for i in attn):
+        raise CwaError(
+            "per_head mode needs separate q/k/v/o projection weights with known head "
+            "geometry in the pool (not fused qkv, not GPT-2 Conv1D)"
+        )
+    groups = []
+    for layer in sorted({i.layer for i in attn}):
+        parts = {i.component: i for i in attn if i.layer == layer}
+        kv_heads = parts["attn_k"].heads if "attn_k" in parts else parts["attn_q"].heads
+        per_kv = parts["attn_q"].heads // kv_heads if "attn_q" in parts else 1
+        for g in range(kv_heads):
+            q_heads = range(g * per_kv, (g + 1) * per_kv)
+            members = []
+            for comp, info in sorted(parts.items()):
+                if comp == "attn_o":
+                    members.append((info, _head_cols(info, q_heads)))
+                else:
+                    members.append(
+                        (info, _head_rows(info, q_heads if comp == "attn_q" else range(g, g + 1)))
+                    )
+            groups.append((f"layers.{layer}.head.{g}", members))
+    return groups
 
 
 MODES: Registry[Mode] = Registry("mode")
-MODES.register(Mode("global", "top-k over the whole pool", lambda infos: [("global", infos)]))
 MODES.register(
-    Mode("per_layer", "top-k in each pool tensor", lambda infos: [(i.name, [i]) for i in infos])
+    Mode(
+        "global",
+        "top-k over the whole pool",
+        lambda infos: [("global", [(i, None) for i in infos])],
+    )
+)
+MODES.register(
+    Mode(
+        "per_layer",
+        "top-k in each pool tensor",
+        lambda infos: [(i.name, [(i, None)]) for i in infos],
+    )
 )
 MODES.register(
     Mode(
@@ -127,6 +183,9 @@ MODES.register(
         "top-k in each component class (attn_q, mlp_down, ...) across layers",
         _by_component,
     )
+)
+MODES.register(
+    Mode("per_head", "top-k in each attention head (q/k/v rows, o columns; GQA-aware)", _by_head)
 )
 
 
@@ -141,14 +200,28 @@ def rank(
     metric: str,
 ) -> pl.DataFrame:
     """The ranking table (schema `ranking`) for one seed's scores over the pool `infos`."""
-    groups = MODES.get(mode).groups(infos)
     frames = []
-    for group, members in groups:
-        tensors = [scores[i.name].abs() for i in members]  # signed metrics rank by |score|
+    for group, members in MODES.get(mode).groups(infos):
+        vectors = []
+        for info, subset in members:
+            flat = scores[info.name].abs().reshape(-1)  # signed metrics rank by |score|
+            vectors.append(flat if subset is None else flat[subset])
+        tensors = [info for info, _ in members]
         for k in ks:
-            for selection, draw, sel in select(tensors, k, controls, draws, seed):
-                frames.append(_rows(members, sel, metric, mode, seed, group, selection, draw, k))
+            for selection, draw, sel in select(vectors, k, controls, draws, seed):
+                sel = _to_storage(sel, members)
+                frames.append(_rows(tensors, sel, metric, mode, seed, group, selection, draw, k))
     return pl.concat(frames)
+
+
+def _to_storage(sel: Selected, members: list[Member]) -> Selected:
+    """Maps member-local indices back to flat storage indices of the whole tensor."""
+    flat = sel.flat.copy()
+    for t, (_, subset) in enumerate(members):
+        if subset is not None:
+            at = sel.tensor == t
+            flat[at] = subset.numpy()[sel.flat[at]]
+    return Selected(sel.tensor, flat, sel.score, sel.cutoff_ties)
 
 
 def _rows(members, sel: Selected, metric, mode, seed, group, selection, draw, k) -> pl.DataFrame:

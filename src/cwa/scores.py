@@ -50,13 +50,23 @@ def pool_table(infos: list[ParamInfo]) -> pl.DataFrame:
             "component": [i.component for i in infos],
             "shape": [list(i.shape) for i in infos],
             "transposed": [i.transposed for i in infos],
+            "heads": [i.heads for i in infos],
+            "head_dim": [i.head_dim for i in infos],
         }
     )
 
 
 def pool_infos(table: pl.DataFrame) -> list[ParamInfo]:
     return [
-        ParamInfo(r["param"], r["layer"], r["component"], tuple(r["shape"]), r["transposed"])
+        ParamInfo(
+            r["param"],
+            r["layer"],
+            r["component"],
+            tuple(r["shape"]),
+            r["transposed"],
+            r["heads"],
+            r["head_dim"],
+        )
         for r in table.sort("position").iter_rows(named=True)
     ]
 
