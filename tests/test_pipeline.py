@@ -188,11 +188,16 @@ def test_second_order_metric_and_per_head_mode_through_dvc(repo):
     ranking = pl.read_parquet(repo / "artifacts" / "rank" / "ranking.parquet")
     assert set(ranking["mode"]) == {"per_head"} and set(ranking["metric"]) == {"hutchinson_diag"}
     assert sorted(ranking["group"].unique()) == [
-        f"layers.{l}.head.{h}" for l in (0, 1) for h in (0, 1)
+        f"layers.{layer}.head.{h}" for layer in (0, 1) for h in (0, 1)
     ]
     assert set(ranking["component"]) == {"attn_q", "attn_k", "attn_v", "attn_o"}
+    effects = pl.read_parquet(repo / "artifacts" / "perturb" / "effects.parquet")
+    top = effects.filter((pl.col("selection") == "top") & (pl.col("k") == 50))
+    assert set(top["mode"]) == {"per_head"} and set(top["weights"]) == {50 * 4}  # k per head
     m = json.loads((repo / "artifacts" / "metrics.json").read_text())
-    assert m["delta_ppl_top"] > 0
+    assert m["delta_ppl_top"] == pytest.approx(
+        float(top.filter(pl.col("perturbation") == "zero")["delta_ppl"][0])
+    )
 
 
 def test_same_params_give_byte_identical_tables(repo):
