@@ -86,3 +86,44 @@ def test_sensitivity_rank_perturb_round_trip(arch):
     assert len(results) == 2 * 3 and all(r.nll.shape == (4,) for r in results)
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
+
+
+def expected_head_features(arch: str, component: str, g: int, heads: int, kv: int, hd: int):
+    """Features of key/value group g, written from each architecture's attention code:
+    GPT-2 splits c_attn into [q | k | v]; GPT-NeoX views query_key_value as (heads, 3·head_dim);
+    Phi-3 slices qkv_proj as [q (heads) | k (kv heads) | v (kv heads)]."""
+    per_kv = heads // kv
+    q = set(range(g * per_kv * hd, (g + 1) * per_kv * hd))
+    one = set(range(g * hd, (g + 1) * hd))
+    if component in ("attn_q", "attn_o"):
+        return q
+    if component in ("attn_k", "attn_v"):
+        return one
+    if arch == "gpt_neox":
+        return set(range(g * 3 * hd, (g + 1) * 3 * hd))
+    return q | {heads * hd + f for f in one} | {(heads + kv) * hd + f for f in one}
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_per_head_groups_follow_each_architecture_layout(arch):
+    model = build(arch)
+    infos = pool(describe(model))
+    attn = [i for i in infos if i.component.startswith("attn_") and i.layer == 0]
+    heads, kv, hd = attn[0].heads, attn[0].kv_heads, attn[0].head_dim
+    g = kv - 1  # the last key/value group: offsets matter most there
+    scores = {i.name: torch.ones(i.shape) for i in infos}
+    size = sum(
+        len(expected_head_features(arch, i.component, g, heads, kv, hd))
+        * (i.shape[0] if i.transposed else i.shape[1])
+        if i.component != "attn_o"
+        else len(expected_head_features(arch, i.component, g, heads, kv, hd))
+        * (i.shape[1] if i.transposed else i.shape[0])
+        for i in attn
+    )
+    table = rank(infos, scores, "per_head", (size,), (), 1, 0, "magnitude")
+    group = table.filter(table["group"] == f"layers.0.head.{g}")
+    assert len(group) == size  # k = the whole group: every weight of the head, nothing else
+    for comp, rows in group.group_by("component"):
+        axis = rows["col"] if comp[0] == "attn_o" else rows["row"]
+        assert set(axis.to_list()) == expected_head_features(arch, comp[0], g, heads, kv, hd)
+    assert table["group"].n_unique() == 2 * kv

@@ -212,11 +212,6 @@ def test_per_head_slices_rows_and_columns_gqa_aware():
             assert head in ([g] if r["component"] in ("attn_k", "attn_v") else [2 * g, 2 * g + 1])
 
 
-def test_per_head_refuses_fused_qkv(gpt2):
-    with pytest.raises(CwaError, match="per_head mode needs separate q/k/v/o"):
-        rank(pool(describe(gpt2)), {}, "per_head", (1,), (), 1, 0, "magnitude")
-
-
 def test_pool_options(llama):
     infos = describe(llama)
     only_1 = pool(infos, layers=(1,))

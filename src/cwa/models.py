@@ -103,7 +103,9 @@ class ParamInfo:
     component: str
     shape: tuple[int, ...]
     transposed: bool  # GPT-2 Conv1D stores [in, out]; nn.Linear stores [out, in]
-    heads: int = 0  # attention heads laid along its rows (q, k, v) or columns (o); 0 elsewhere
+    # The model's attention geometry, on attention weights (q/k/v/qkv/o); 0 elsewhere.
+    heads: int = 0  # query heads
+    kv_heads: int = 0  # key/value heads (GQA: fewer than heads)
     head_dim: int = 0
 
     @property
@@ -135,13 +137,14 @@ def describe(model: nn.Module) -> list[ParamInfo]:
     from transformers.pytorch_utils import Conv1D
 
     modules = dict(model.named_modules())
-    heads = _head_geometry(getattr(model, "config", None))
+    geometry = _head_geometry(getattr(model, "config", None))
     infos = []
     for name, p in model.named_parameters():
         layer = _LAYER.search(f".{name}")
         owner = modules.get(name.rsplit(".", 1)[0])
         component = classify(name)
-        n_heads, head_dim = heads.get(component, (0, 0)) if p.dim() == 2 else (0, 0)
+        attention = component.startswith("attn_") and p.dim() == 2
+        n_heads, n_kv, head_dim = geometry if attention else (0, 0, 0)
         infos.append(
             ParamInfo(
                 name=name,
@@ -150,25 +153,21 @@ def describe(model: nn.Module) -> list[ParamInfo]:
                 shape=tuple(p.shape),
                 transposed=isinstance(owner, Conv1D) and name.endswith("weight"),
                 heads=n_heads,
+                kv_heads=n_kv,
                 head_dim=head_dim,
             )
         )
     return infos
 
 
-def _head_geometry(config) -> dict[str, tuple[int, int]]:
-    """component -> (heads, head_dim) from the model config (GQA: k and v have kv heads)."""
+def _head_geometry(config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head_dim) from the model config; zeros if unknown."""
     n_heads = getattr(config, "num_attention_heads", None)
     if not n_heads:
-        return {}
+        return 0, 0, 0
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-    return {
-        "attn_q": (n_heads, head_dim),
-        "attn_o": (n_heads, head_dim),
-        "attn_k": (n_kv, head_dim),
-        "attn_v": (n_kv, head_dim),
-    }
+    return n_heads, n_kv, head_dim
 
 
 def pool(

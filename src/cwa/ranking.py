@@ -120,44 +120,56 @@ def _by_component(infos: list[ParamInfo]) -> list[tuple[str, list[Member]]]:
     return [(c, [(i, None) for i in infos if i.component == c]) for c in comps]
 
 
-def _head_rows(info: ParamInfo, heads: range) -> torch.Tensor:
-    """Flat indices of the storage rows of `heads` (q/k/v: [heads·head_dim, in])."""
-    cols = info.shape[1]
-    rows = torch.cat([torch.arange(h * info.head_dim, (h + 1) * info.head_dim) for h in heads])
-    return (rows[:, None] * cols + torch.arange(cols)[None, :]).reshape(-1)
+def _head_features(info: ParamInfo, g: int) -> torch.Tensor:
+    """Features (nn.Linear convention) of key/value group g in an attention weight: output
+    features of q/k/v (and of fused qkv, by its layout), input features of o."""
+    hd, per_kv = info.head_dim, info.heads // info.kv_heads
+
+    def span(first_head: int, count: int, offset: int = 0) -> torch.Tensor:
+        return torch.arange(offset + first_head * hd, offset + (first_head + count) * hd)
+
+    q_span = span(g * per_kv, per_kv)
+    if info.component in ("attn_q", "attn_o"):
+        return q_span
+    if info.component in ("attn_k", "attn_v"):
+        return span(g, 1)
+    leaf = info.name.rsplit(".", 2)[-2]
+    q_width, kv_width = info.heads * hd, info.kv_heads * hd
+    if leaf == "query_key_value":  # GPT-NeoX: per head [q, k, v] blocks of head_dim
+        return torch.arange(g * 3 * hd, (g + 1) * 3 * hd)
+    if leaf in ("c_attn", "qkv_proj", "Wqkv"):  # [all q | all k | all v]
+        return torch.cat([q_span, span(g, 1, q_width), span(g, 1, q_width + kv_width)])
+    raise CwaError(f"per_head mode: unknown fused attention layout of {info.name}")
 
 
-def _head_cols(info: ParamInfo, heads: range) -> torch.Tensor:
-    """Flat indices of the storage columns of `heads` (o: [out, heads·head_dim])."""
-    cols = torch.cat([torch.arange(h * info.head_dim, (h + 1) * info.head_dim) for h in heads])
-    flat = torch.arange(info.shape[0])[:, None] * info.shape[1] + cols[None, :]
+def _feature_flat(info: ParamInfo, features: torch.Tensor, axis: str) -> torch.Tensor:
+    """Sorted flat storage indices of whole output (axis 'out') or input ('in') features."""
+    out_dim, in_dim = (info.shape[1], info.shape[0]) if info.transposed else info.shape
+    if axis == "out":
+        rows, cols = features[:, None], torch.arange(in_dim)[None, :]
+    else:
+        rows, cols = torch.arange(out_dim)[:, None], features[None, :]
+    flat = cols * out_dim + rows if info.transposed else rows * in_dim + cols
     return flat.reshape(-1).sort().values
 
 
 def _by_head(infos: list[ParamInfo]) -> list[tuple[str, list[Member]]]:
-    """One group per layer and key/value head: its query heads' q rows and o columns, and its k
-    and v rows (GQA-aware; with as many kv heads as query heads this is one group per head)."""
-    attn = [i for i in infos if i.component in ("attn_q", "attn_k", "attn_v", "attn_o")]
-    if not attn or any(i.transposed or i.head_dim == 0 for i in attn):
+    """One group per layer and key/value head: its query heads' q rows and o columns, its k and
+    v rows (fused qkv by layout); GQA-aware, and one group per head when kv heads = heads."""
+    attn = [i for i in infos if i.component.startswith("attn_")]
+    if not attn or any(i.head_dim == 0 for i in attn):
         raise CwaError(
-            "per_head mode needs separate q/k/v/o projection weights with known head "
-            "geometry in the pool (not fused qkv, not GPT-2 Conv1D)"
+            "per_head mode needs attention weights with known head geometry "
+            "(num_attention_heads in the model config) in the pool"
         )
     groups = []
     for layer in sorted({i.layer for i in attn}):
-        parts = {i.component: i for i in attn if i.layer == layer}
-        kv_heads = parts["attn_k"].heads if "attn_k" in parts else parts["attn_q"].heads
-        per_kv = parts["attn_q"].heads // kv_heads if "attn_q" in parts else 1
-        for g in range(kv_heads):
-            q_heads = range(g * per_kv, (g + 1) * per_kv)
+        parts = [i for i in attn if i.layer == layer]
+        for g in range(parts[0].kv_heads):
             members = []
-            for comp, info in sorted(parts.items()):
-                if comp == "attn_o":
-                    members.append((info, _head_cols(info, q_heads)))
-                else:
-                    members.append(
-                        (info, _head_rows(info, q_heads if comp == "attn_q" else range(g, g + 1)))
-                    )
+            for i in parts:
+                axis = "in" if i.component == "attn_o" else "out"
+                members.append((i, _feature_flat(i, _head_features(i, g), axis)))
             groups.append((f"layers.{layer}.head.{g}", members))
     return groups
 

@@ -100,10 +100,9 @@ SCHEMAS: dict[str, Schema] = {
             ),
             Column("shape", pl.List(pl.Int64()), "storage shape"),
             Column("transposed", BOOL, "storage is [in, out] (GPT-2 Conv1D) rather than [out, in]"),
-            Column(
-                "heads", INT, "attention heads along the rows (q/k/v) or columns (o); 0 elsewhere"
-            ),
-            Column("head_dim", INT, "width of one head; 0 outside q/k/v/o"),
+            Column("heads", INT, "query heads of the model, on attention weights; 0 elsewhere"),
+            Column("kv_heads", INT, "key/value heads (GQA), on attention weights; 0 elsewhere"),
+            Column("head_dim", INT, "width of one head, on attention weights; 0 elsewhere"),
         ),
         ("position",),
     ),

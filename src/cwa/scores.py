@@ -51,6 +51,7 @@ def pool_table(infos: list[ParamInfo]) -> pl.DataFrame:
             "shape": [list(i.shape) for i in infos],
             "transposed": [i.transposed for i in infos],
             "heads": [i.heads for i in infos],
+            "kv_heads": [i.kv_heads for i in infos],
             "head_dim": [i.head_dim for i in infos],
         }
     )
@@ -65,6 +66,7 @@ def pool_infos(table: pl.DataFrame) -> list[ParamInfo]:
             tuple(r["shape"]),
             r["transposed"],
             r["heads"],
+            r["kv_heads"],
             r["head_dim"],
         )
         for r in table.sort("position").iter_rows(named=True)
