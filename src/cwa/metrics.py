@@ -231,8 +231,9 @@ def wanda(cal: Calibration) -> dict[str, torch.Tensor]:
         owner = named.get(info.name.rsplit(".", 1)[0])
         if not isinstance(owner, nn.Linear | Conv1D) or not info.name.endswith("weight"):
             raise CwaError(
-                f"wanda scores linear-layer weights only; {info.name} is not one "
-                f"(set include_embeddings: false)"
+                f"wanda scores linear-layer weights only; {info.name} is not one (embeddings, "
+                f"norms and fused MoE experts have no input features to weigh): narrow the pool "
+                f"with include_embeddings: false, include_1d: false or `layers`"
             )
         owners[info.name] = owner
     norms = {n: v.sqrt() for n, v in input_sq_norms(cal, owners).items()}
