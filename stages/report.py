@@ -59,6 +59,7 @@ def run(args, params):
     curve = (
         zero.group_by("k", "selection")
         .agg(pl.col("delta_ppl").mean())
+        .sort("selection", "k")  # fixed column order: the CSV is byte-stable
         .pivot(on="selection", index="k", values="delta_ppl")
         .sort("k")
     )
