@@ -68,3 +68,29 @@ def test_artifact_docs_are_generated_from_the_schemas():
     assert Path("docs/artifacts.md").read_text() == out, (
         "run: python -m cwa.schemas > docs/artifacts.md"
     )
+
+
+def test_manifest_records_device_paths_and_versions(tmp_path):
+    import argparse
+
+    from cwa.params import load_params
+    from cwa.stage import content_hash, manifest
+
+    data = tmp_path / "corpus.parquet"
+    data.write_bytes(b"abc")
+    models = tmp_path / "models"
+    (models / "m").mkdir(parents=True)
+    (models / "m" / "config.json").write_text("{}")
+    args = argparse.Namespace(corpus=str(data), models_dir=str(models), name="m", manifest="x")
+    m = manifest("baseline", load_params("params.yaml"), 1.5, {"ppl": 3.0}, args)
+    assert (
+        m["paths"]["corpus"]["sha256"]
+        == __import__("hashlib").sha256(b"corpus.parquet" + b"abc").hexdigest()
+    )
+    assert m["paths"]["models_dir"]["sha256"] == content_hash(models)
+    assert "name" not in m["paths"]  # not a path
+    assert m["device"] == "cpu" and m["dtype"] == "float32" and m["ppl"] == 3.0
+    assert m["versions"]["torch"] and m["params"]["model"] == "builtin:kjv-base"
+    assert m["wall_seconds"] == 1.5 and m["peak_rss_mib"] > 0
+    (models / "m" / "config.json").write_text('{"changed": 1}')
+    assert content_hash(models) != m["paths"]["models_dir"]["sha256"]

@@ -48,16 +48,25 @@ def overrides(args: argparse.Namespace) -> dict:
         value = getattr(args, flag)
         if value is None:
             continue
-        out[key] = _parse_list(value) if kind == _LIST else kind(value)
+        try:
+            out[key] = _parse_list(value) if kind == _LIST else kind(value)
+        except (ValueError, yaml.YAMLError) as err:
+            name = flag.replace("_", "-")
+            raise CwaError(
+                f"--{name} {value!r} is not a valid {kind if kind == _LIST else kind.__name__}"
+            ) from err
     return out
 
 
 def cmd_run(args) -> int:
-    changes = overrides(args)
     params_file = Path(args.params)
     if not params_file.exists():
         raise CwaError(f"{params_file} not found: run cwa from the project root")
-    params_from_dict(yaml.safe_load(params_file.read_text()) | changes)  # fail before DVC starts
+    raw = yaml.safe_load(params_file.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise CwaError(f"params file {params_file} must hold a mapping of keys to values")
+    changes = overrides(args)
+    params_from_dict(raw | changes)  # fail before DVC starts
     cmd = ["dvc", "exp", "run"]
     for key, value in changes.items():
         cmd += ["-S", f"{key}={json.dumps(value) if isinstance(value, list) else value}"]

@@ -145,6 +145,14 @@ def _validate(p: Params):
         _fail("spike_ratio", f"must be > 1 (a spike is many times the median), got {p.spike_ratio}")
     if p.noise_sigma <= 0:
         _fail("noise_sigma", f"must be > 0, got {p.noise_sigma}")
+    if p.model.startswith(("/", "./", "../", "~")):
+        directory = Path(p.model).expanduser()
+        if not (directory / "config.json").exists():
+            _fail(
+                "model",
+                f"is the path {p.model!r}, which holds no config.json: give a directory "
+                f"saved with save_pretrained, a hub id, or builtin:<name>",
+            )
     if p.model.startswith("builtin:") and p.model.removeprefix("builtin:") not in p.family:
         _fail(
             "model",

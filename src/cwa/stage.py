@@ -11,11 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
 from cwa import CwaError
 from cwa.io import write_json
+from cwa.models import resolve_device
 from cwa.params import Params, as_dict, load_params
 
 _PACKAGES = (
@@ -51,11 +53,59 @@ def _versions() -> dict:
     return found
 
 
-def manifest(stage: str, params: Params, seconds: float, extra: dict) -> dict:
+def content_hash(path: Path, budget: int = 1 << 30) -> str | None:
+    """SHA-256 over a file, or a directory's relative paths and file contents; None past `budget`
+    bytes (a multi-GB checkpoint is identified by its config and file sizes instead)."""
+    import hashlib
+
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if sum(f.stat().st_size for f in files) > budget:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _paths(args: argparse.Namespace) -> dict:
+    """Hashes of every path argument (inputs and outputs): what exactly this run read and wrote."""
+    out = {}
+    for key, value in sorted(vars(args).items()):
+        if key in ("manifest",) or not isinstance(value, str) or not Path(value).exists():
+            continue
+        out[key] = {"path": value, "sha256": content_hash(Path(value))}
+    return out
+
+
+def _model_source(params: Params) -> dict:
+    path = Path(params.model).expanduser()
+    if params.model.startswith("builtin:") or not path.is_dir():
+        return {"spec": params.model}
+    sizes = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
+    config = path / "config.json"
+    return {
+        "spec": params.model,
+        "files": sizes,
+        "config_sha256": content_hash(config) if config.exists() else None,
+    }
+
+
+def manifest(
+    stage: str, params: Params, seconds: float, extra: dict, args: argparse.Namespace | None = None
+) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    device = resolve_device(params.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {
         "stage": stage,
+        "device": str(device),
+        "device_name": name,
+        "dtype": params.dtype,
+        "threads": torch.get_num_threads(),
+        "model": _model_source(params),
+        "paths": _paths(args) if args else {},
         "params": as_dict(params),
         "versions": _versions(),
         "git": _git(),
@@ -90,4 +140,5 @@ def stage_main(
         print(f"cwa {stage}: error: {err}", file=sys.stderr)
         sys.exit(2)
     if args.manifest:
-        write_json(manifest(stage, params, time.perf_counter() - started, extra), args.manifest)
+        seconds = time.perf_counter() - started
+        write_json(manifest(stage, params, seconds, extra, args), args.manifest)
