@@ -14,7 +14,7 @@ import polars as pl
 
 from cwa import CwaError
 from cwa.data import eval_windows
-from cwa.evaluation import EvalResult, evaluate
+from cwa.evaluation import evaluate, read_baseline
 from cwa.experiment import experiments, summarize
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
@@ -36,12 +36,7 @@ def add_args(p):
 def run(args, params):
     model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
-    base_rows = pl.read_parquet(args.baseline_texts).sort("text")
-    if len(base_rows) != len(windows):
-        raise CwaError("baseline texts and evaluation windows differ: rerun the baseline stage")
-    base = EvalResult(
-        base_rows["nll"].to_numpy(), base_rows["tokens"].to_numpy(), base_rows["correct"].to_numpy()
-    )
+    base = read_baseline(args.baseline_texts, len(windows))
     seed = params.seeds[0]
     ranking = pl.read_parquet(args.ranking).filter(pl.col("seed") == seed)
     exps = experiments(ranking, [get_perturbation(n) for n in params.perturb])

@@ -14,12 +14,12 @@ import polars as pl
 import torch
 
 from cwa.data import calibration_draw, eval_windows, split_windows
-from cwa.evaluation import evaluate
+from cwa.evaluation import evaluate, read_baseline
 from cwa.io import write_table
 from cwa.models import load_model
 from cwa.perturbations import Settings, get_perturbation, perturbed
 from cwa.stage import stage_main
-from cwa.stats import bootstrap_indices, paired_delta_ci, ppl
+from cwa.stats import bootstrap_indices, paired_delta_ci
 from cwa.superweight import detect
 
 
@@ -35,9 +35,7 @@ def run(args, params):
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
     probe = calibration_draw(calib, params.calib_samples, params.seeds[0])[: params.batch_size]
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
-    base = pl.read_parquet(args.baseline_texts).sort("text")
-    base_nll, tokens = base["nll"].to_numpy(), base["tokens"].to_numpy()
-    base_ppl = ppl(base_nll, tokens)
+    base = read_baseline(args.baseline_texts, len(windows))
     idx = bootstrap_indices(len(windows), params.bootstrap, params.seeds[0])
     weights = dict(model.named_parameters())
     rows = []
@@ -45,7 +43,7 @@ def run(args, params):
         selection = {spike.param: torch.tensor([spike.flat_index])}
         with perturbed(weights, selection, get_perturbation("zero"), Settings()):
             result = evaluate(model, windows, params.batch_size)
-        lo, hi = paired_delta_ci(base_nll, result.nll, result.tokens, idx)
+        lo, hi = paired_delta_ci(base.nll, result.nll, result.tokens, idx)
         rows.append(
             {
                 "param": spike.param,
@@ -60,7 +58,7 @@ def run(args, params):
                 "out_ratio": spike.out_ratio,
                 "candidate": spike.is_candidate(params.spike_ratio),
                 "ppl": result.ppl,
-                "delta_ppl": result.ppl - base_ppl,
+                "delta_ppl": result.ppl - base.ppl,
                 "ci_low": lo,
                 "ci_high": hi,
             }

@@ -31,6 +31,18 @@ class EvalResult:
         return not bool(np.isfinite(self.nll).all())
 
 
+def read_baseline(path, windows: int) -> EvalResult:
+    """The baseline stage's per-text table as an EvalResult, checked against the current windows."""
+    import polars as pl
+
+    from cwa import CwaError
+
+    rows = pl.read_parquet(path).sort("text")
+    if len(rows) != windows:
+        raise CwaError("baseline texts and evaluation windows differ: rerun the baseline stage")
+    return EvalResult(rows["nll"].to_numpy(), rows["tokens"].to_numpy(), rows["correct"].to_numpy())
+
+
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Per-token next-token NLL in fp32, shape (B, T-1)."""
     logits = logits[:, :-1].float()  # (B, T-1, V)
