@@ -21,7 +21,7 @@ from cwa.evaluation import evaluate, token_nll
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import describe, pool
 from cwa.params import FamilyMember
-from cwa.perturbations import Settings, get_perturbation, perturbed
+from cwa.perturbations import get_perturbation, perturbed
 from cwa.ranking import extreme_k
 from cwa.training import build_model
 
@@ -79,7 +79,7 @@ def main():
     sel = {infos[0].name: torch.arange(0, 1000)}
 
     def one_experiment():
-        with perturbed(params, sel, get_perturbation("zero"), Settings()):
+        with perturbed(params, sel, get_perturbation("zero")):
             evaluate(model, windows, args.batch_size)
 
     rows.append(("perturb experiment (k=1000) / evaluation", best_of(one_experiment) / ev))

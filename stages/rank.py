@@ -1,14 +1,15 @@
 """rank: the top-k weights and their controls, for every seed and every k in one run.
 
 Reads: the score store and the pool description.
+With target_components / target_layers only those pool tensors compete (targeted experiments).
 Writes: the ranking table (schema `ranking`).
-Params: metric, mode, topk, controls, random_draws.
+Params: metric, mode, topk, controls, random_draws, target_components, target_layers.
 """
 
 import polars as pl
 
 from cwa.io import write_table
-from cwa.ranking import rank
+from cwa.ranking import rank, target
 from cwa.scores import load_scores, pool_infos, seeds_in
 from cwa.stage import stage_main
 
@@ -20,7 +21,9 @@ def add_args(p):
 
 
 def run(args, params):
-    infos = pool_infos(pl.read_parquet(args.pool))
+    infos = target(
+        pool_infos(pl.read_parquet(args.pool)), params.target_components, params.target_layers
+    )
     tables = [
         rank(
             infos,

@@ -1,10 +1,11 @@
 """report: the Markdown/HTML report with its plots, the DVC metrics and the plot side files.
 
-Reads: every upstream table (baseline, pool, scores, ranking, effects, stability, scaling, training
-curves, super-weight spikes). Writes: report.md, report.html and PNGs in the report directory,
-metrics.json, and effects_vs_k.csv for `dvc plots`.
+Reads: every upstream table (baseline, pool, scores, ranking, effects, comparisons, stability,
+scaling, training curves, super-weight spikes). Writes: report.md, report.html and PNGs in the
+report directory, metrics.json, and effects_vs_k.csv for `dvc plots`.
 Params: model, metric, mode, seeds, calib_samples, seq_len, dtype, include_embeddings,
-random_draws, noise_sigma, flip_bit, bootstrap, headline_k, topk, spike_ratio.
+random_draws, bootstrap, headline_k, topk, spike_ratio, compare_metrics, target_components,
+target_layers, perturb and the strength sweeps (the first strength of each is the k sweep's).
 """
 
 import subprocess
@@ -13,8 +14,19 @@ from pathlib import Path
 import polars as pl
 
 from cwa import plots
+from cwa.experiment import first_settings
 from cwa.io import atomic_write, write_csv, write_json
-from cwa.report import effects_table, metrics, render_html, render_markdown
+from cwa.perturbations import get_perturbation
+from cwa.report import (
+    at_first_strength,
+    comparisons_table,
+    effects_table,
+    headline_table,
+    k_sweep,
+    metrics,
+    render_html,
+    render_markdown,
+)
 from cwa.scores import load_scores
 from cwa.stage import stage_main
 from cwa.stats import SCALING_STATISTICS
@@ -27,6 +39,7 @@ def add_args(p):
         "scores",
         "ranking",
         "effects",
+        "comparisons",
         "stability",
         "scaling",
         "fit",
@@ -46,6 +59,7 @@ def run(args, params):
     pool = pl.read_parquet(args.pool)
     ranking = pl.read_parquet(args.ranking)
     effects = pl.read_parquet(args.effects)
+    comparisons = pl.read_parquet(args.comparisons)
     stability = pl.read_parquet(args.stability)
     scaling, fits = pl.read_parquet(args.scaling), pl.read_parquet(args.fit)
     logs = sorted(Path(args.train_logs).glob("*.parquet"))
@@ -53,9 +67,10 @@ def run(args, params):
     agreement = pl.read_parquet(args.agreement)
     k, seed = params.headline_k, params.seeds[0]
 
-    m = metrics(baseline, effects, stability, k)
+    m = metrics(baseline, effects, comparisons, stability, k)
     write_json(m, args.metrics)
-    zero = effects.filter(pl.col("perturbation") == "zero")
+    first = first_settings(params)
+    zero = effects.filter((pl.col("perturbation") == "zero") & (pl.col("mask_ratio") == 1.0))
     curve = (
         zero.group_by("k", "selection")
         .agg(pl.col("delta_ppl").mean())
@@ -73,7 +88,9 @@ def run(args, params):
         out / "score_distribution.png",
     )
     plots.layer_heatmap(ranking.filter(pl.col("seed") == seed), pool, k, out / "heatmap.png")
-    plots.effects(effects, out / "effects.png")
+    plots.effects(k_sweep(effects, first), out / "effects.png")
+    plots.dose(effects.filter((pl.col("k") == k) & (pl.col("mask_ratio") == 1.0)), out / "dose.png")
+    plots.mask(at_first_strength(effects.filter(pl.col("k") == k), first), out / "mask.png")
     plots.stability(stability, out / "stability.png")
     plots.agreement(agreement, k, out / "agreement.png")
     plots.scaling(scaling, fits, SCALING_STATISTICS, out / "scaling.png")
@@ -105,7 +122,11 @@ def run(args, params):
         "pool_weights": sum(int(s.numel()) for s in scores.values()),
         "pool_tensors": len(pool),
         "effects": table,
-        "headline_rows": table.filter((pl.col("perturbation") == "zero") & (pl.col("k") == k)),
+        "headline_table": headline_table(comparisons, effects, k, first),
+        "comparisons": comparisons_table(comparisons, k),
+        "perturbation_docs": [
+            (name, get_perturbation(name).doc) for name in effects["perturbation"].unique().sort()
+        ],
         "stability": stability.group_by("k")
         .agg(pl.col("jaccard", "spearman", "spearman_pool", "union").mean())
         .sort("k"),

@@ -16,7 +16,7 @@ from cwa.experiment import run as run_experiments
 from cwa.io import write_table
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import count_parameters, describe, load_model, pool
-from cwa.perturbations import Settings, get_perturbation
+from cwa.perturbations import get_perturbation
 from cwa.ranking import rank
 from cwa.scores import concentration
 from cwa.stage import stage_main
@@ -54,12 +54,9 @@ def run(args, params):
     ranking = rank(
         infos, scores, "global", (k,), ("random_k",), params.random_draws, seed, metric.name
     )
-    exps = experiments(ranking, [get_perturbation("zero")])
-    settings = Settings(seed=seed)
-    results = run_experiments(
-        model, exps, windows, params.batch_size, settings, desc=f"{args.name} zero"
-    )
-    effects, _ = summarize(exps, results, base, settings, bootstrap_indices(len(windows), 1, seed))
+    exps = experiments(ranking, [(get_perturbation("zero"), (None,))], seed=seed)
+    results = run_experiments(model, exps, windows, params.batch_size, desc=f"{args.name} zero")
+    effects, _ = summarize(exps, results, base, bootstrap_indices(len(windows), 1, seed))
     row = {
         "model": args.name,
         "params": count_parameters(model),
@@ -69,7 +66,7 @@ def run(args, params):
         **concentration([scores[i.name] for i in infos]),
         "k": k,
     }
-    h = headline(effects, k)
+    h = headline(effects, None, k)
     row |= {key: h[key] for key in ("delta_ppl_top", "delta_ppl_random", "separation")}
     write_table(pl.DataFrame([row]), args.out, "scaling_model")
     return row

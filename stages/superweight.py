@@ -17,7 +17,7 @@ from cwa.data import calibration_draw, eval_windows, split_windows
 from cwa.evaluation import evaluate, read_baseline
 from cwa.io import write_table
 from cwa.models import load_model
-from cwa.perturbations import Settings, get_perturbation, perturbed
+from cwa.perturbations import get_perturbation, perturbed
 from cwa.stage import stage_main
 from cwa.stats import bootstrap_indices, paired_delta_ci
 from cwa.superweight import detect
@@ -41,7 +41,7 @@ def run(args, params):
     rows = []
     for spike in detect(model, probe, params.batch_size):
         selection = {spike.param: torch.tensor([spike.flat_index])}
-        with perturbed(weights, selection, get_perturbation("zero"), Settings()):
+        with perturbed(weights, selection, get_perturbation("zero")):
             result = evaluate(model, windows, params.batch_size)
         lo, hi = paired_delta_ci(base.nll, result.nll, result.tokens, idx)
         rows.append(

@@ -9,7 +9,7 @@ from cwa.experiment import experiments
 from cwa.experiment import run as run_experiments
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import describe, pool
-from cwa.perturbations import Settings, get_perturbation
+from cwa.perturbations import get_perturbation
 from cwa.ranking import rank
 
 SMALL = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -81,8 +81,8 @@ def test_sensitivity_rank_perturb_round_trip(arch):
     assert sum(float(s.sum()) for s in scores.values()) > 0
     table = rank(infos, scores, "global", (5,), ("random_k", "bottom_k"), 1, 0, "grad_x_weight")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    exps = experiments(table, [get_perturbation(p) for p in ("zero", "bit_flip")])
-    results = run_experiments(model, exps, windows, 4, Settings(flip_bit=31), desc=None)
+    sweeps = [(get_perturbation("zero"), (None,)), (get_perturbation("bit_flip"), (31,))]
+    results = run_experiments(model, experiments(table, sweeps), windows, 4, desc=None)
     assert len(results) == 2 * 3 and all(r.nll.shape == (4,) for r in results)
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n

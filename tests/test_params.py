@@ -36,7 +36,16 @@ def test_repository_params_file_is_valid():
         ({"perturb": ["sign_flip"]}, "must include `zero`"),
         ({"batch_size": 0}, "`batch_size` must be >= 1"),
         ({"calib_samples": 2.5}, "must be int"),
-        ({"flip_bit": 40}, "bit position 0..31"),
+        ({"flip_bit": 40}, "`flip_bit` must be a non-empty list of distinct bit positions 0..31"),
+        ({"flip_bit": ["exponents"]}, "or fields sign, exponent, mantissa"),
+        ({"flip_bit": [True]}, "`flip_bit` must be int | str, got True"),
+        ({"flip_bit": [30, 30]}, "distinct"),
+        ({"scale_alpha": []}, "`scale_alpha` must be a non-empty list"),
+        ({"noise_sigma": [0.5, -1]}, "`noise_sigma` must be .* numbers > 0, got \\[0.5, -1.0\\]"),
+        ({"flip_prob": [1.5]}, "probabilities in \\(0, 1\\]"),
+        ({"quant_bits": [1]}, "bit widths 2..16"),
+        ({"mask_ratios": [1.0]}, "`mask_ratios` must be distinct fractions in \\(0, 1\\)"),
+        ({"target_layers": [-1]}, "`target_layers` must be block indices >= 0"),
         ({"dtype": "float8"}, "valid values: float32, bfloat16, float16"),
         ({"model": "builtin:nope"}, "valid: builtin:m"),
         ({"include_embeddings": "yes"}, "must be bool"),
@@ -49,8 +58,9 @@ def test_bad_params_fail_with_a_message_naming_key_and_valid_values(overrides, m
 
 
 def test_scalars_become_lists_and_ints_become_floats():
-    p = make(seeds=3, topk=100, headline_k=100, noise_sigma=1)
-    assert p.seeds == (3,) and p.topk == (100,) and p.noise_sigma == 1.0
+    p = make(seeds=3, topk=100, headline_k=100, noise_sigma=1, flip_bit="sign")
+    assert p.seeds == (3,) and p.topk == (100,) and p.noise_sigma == (1.0,)
+    assert p.flip_bit == ("sign",) and make(flip_bit=[31, "mantissa"]).flip_bit == (31, "mantissa")
     assert isinstance(p, Params)
 
 

@@ -6,12 +6,15 @@ import struct
 import pytest
 import torch
 
+from cwa import CwaError
 from cwa.perturbations import (
     PERTURBATIONS,
-    Settings,
+    check,
+    field_bits,
     fingerprint,
     flip_bits,
     get_perturbation,
+    int_view,
     perturbed,
 )
 
@@ -66,6 +69,27 @@ def test_sign_bit_in_16_bit_dtypes():
         assert flip_bits(torch.tensor([2.0, -0.5], dtype=dtype), 15).float().tolist() == [-2.0, 0.5]
 
 
+# A strength per perturbation for the generic tests; bit positions per storage width.
+STRENGTHS = {
+    "zero": None,
+    "sign_flip": None,
+    "scale": 3.0,
+    "gauss_rel": 0.5,
+    "gauss_noise": 0.5,
+    "gauss_abs": 0.1,
+    "bit_flip": "exponent",
+    "bit_flip_p": 0.5,
+    "quantize": 2,
+}
+
+
+def quantize_ref(values: list[float], absmax: float, bits: int) -> list[float]:
+    """Round-to-nearest on the symmetric grid written out by hand (halves to even, as torch)."""
+    levels = 2 ** (bits - 1) - 1
+    step = absmax / levels
+    return [max(-levels, min(levels, round(v / step))) * step for v in values]
+
+
 @pytest.mark.parametrize("name", PERTURBATIONS.names())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_every_perturbation_changes_only_the_selection_and_restores_bit_for_bit(name, dtype):
@@ -77,20 +101,23 @@ def test_every_perturbation_changes_only_the_selection_and_restores_bit_for_bit(
     flat = torch.tensor([0, 5, 17, 63])
     before = fingerprint(list(params.values()))
     original = params[target].detach().clone()
-    pert = get_perturbation(name)
-    settings = Settings(noise_sigma=0.5, flip_bit=14 if dtype != torch.float32 else 30, seed=3)
-    with perturbed(params, {target: flat}, pert, settings):
+    pert, strength = get_perturbation(name), STRENGTHS[name]
+    with perturbed(params, {target: flat}, pert, strength, seed=3):
         now = params[target].detach().reshape(-1)
         untouched = torch.ones(now.numel(), dtype=torch.bool)
         untouched[flat] = False
         assert torch.equal(now[untouched], original.reshape(-1)[untouched])
         orig = original.reshape(-1)[flat]
-        if name == "zero":
-            assert torch.equal(now[flat], torch.zeros_like(orig))
-        elif name == "sign_flip":
-            assert torch.equal(now[flat], -orig)
-        elif name == "bit_flip":
-            assert torch.equal(now[flat], flip_bits(orig, settings.flip_bit))
+        expected = {
+            "zero": torch.zeros_like(orig),
+            "sign_flip": -orig,
+            "scale": (orig.float() * 3.0).to(dtype),
+            "quantize": torch.tensor(
+                quantize_ref(orig.float().tolist(), float(original.abs().max()), 2)
+            ).to(dtype),
+        }
+        if name in expected:
+            assert torch.equal(now[flat], expected[name]), (now[flat], expected[name])
         else:
             assert not torch.equal(now[flat], orig)
     assert fingerprint(list(params.values())) == before
@@ -100,15 +127,98 @@ def test_every_perturbation_changes_only_the_selection_and_restores_bit_for_bit(
     )
 
 
-def test_gauss_noise_is_relative_and_seeded():
+def test_gauss_noise_relative_and_absolute_are_seeded_and_named():
     v = torch.tensor([1.0, -2.0, 4.0, 0.0])
-    p = get_perturbation("gauss_noise")
-    a = p.apply(v, Settings(noise_sigma=0.1, seed=0), torch.Generator().manual_seed(0))
-    b = p.apply(v, Settings(noise_sigma=0.1, seed=0), torch.Generator().manual_seed(0))
-    assert torch.equal(a, b)
     eps = torch.randn(4, generator=torch.Generator().manual_seed(0))
+    rel, ab = get_perturbation("gauss_noise"), get_perturbation("gauss_abs")
+    assert rel.name == "gauss_rel"  # gauss_noise is the old name of relative noise
+    a = rel.apply(v, v, 0.1, torch.Generator().manual_seed(0))
+    assert torch.equal(a, rel.apply(v, v, 0.1, torch.Generator().manual_seed(0)))
     assert torch.allclose(a, v * (1 + 0.1 * eps))
     assert a[3] == 0.0  # relative noise leaves zeros at zero
+    b = ab.apply(v, v, 0.1, torch.Generator().manual_seed(0))
+    assert torch.allclose(b, v + 0.1 * eps) and b[3] != 0.0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "ref", "fields"),
+    [
+        (
+            torch.float32,
+            ref_fp32,
+            {"sign": {31}, "exponent": set(range(23, 31)), "mantissa": set(range(23))},
+        ),
+        (
+            torch.float16,
+            ref_fp16,
+            {"sign": {15}, "exponent": set(range(10, 15)), "mantissa": set(range(10))},
+        ),
+        (
+            torch.bfloat16,
+            ref_bf16,
+            {"sign": {15}, "exponent": set(range(7, 15)), "mantissa": set(range(7))},
+        ),
+    ],
+)
+def test_bit_flip_of_a_field_draws_one_bit_of_that_field_per_weight(dtype, ref, fields):
+    values = [v for v in VALUES if float(torch.tensor(v, dtype=dtype)) == v] * 40
+    t = torch.tensor(values, dtype=dtype)
+    for field, allowed in fields.items():
+        out = get_perturbation("bit_flip").apply(t, t, field, torch.Generator().manual_seed(7))
+        bits = field_bits(dtype, field, len(values), torch.Generator().manual_seed(7)).tolist()
+        assert set(bits) == allowed  # 400 draws cover every bit of the field
+        for x, b, got in zip(values, bits, out.float().tolist(), strict=True):
+            assert same(got, ref(x, b)), (dtype, field, x, b)
+
+
+def test_bit_flip_p_flips_each_bit_with_probability_p():
+    t = torch.full((20_000,), 0.15625)
+    flip = get_perturbation("bit_flip_p").apply
+    everything = flip(t[:3], t, 1.0, torch.Generator().manual_seed(0))
+    (i,) = struct.unpack("<I", struct.pack("<f", 0.15625))
+    assert everything.tolist() == [struct.unpack("<f", struct.pack("<I", i ^ 0xFFFFFFFF))[0]] * 3
+    out = flip(t, t, 0.1, torch.Generator().manual_seed(0))
+    changed = (int_view(out) ^ int_view(t)).numpy().view("uint32")
+    ones = sum(bin(int(c)).count("1") for c in changed)
+    assert abs(ones / (20_000 * 32) - 0.1) < 0.003  # binomial sd 0.0004
+    assert torch.equal(int_view(out), int_view(flip(t, t, 0.1, torch.Generator().manual_seed(0))))
+
+
+def test_quantize_puts_weights_on_the_tensor_grid():
+    tensor = torch.tensor([0.95, -0.35, 0.02, 1.4, -1.4])
+    q = get_perturbation("quantize").apply(tensor[:4], tensor, 4, torch.Generator())
+    step = 1.4 / 7
+    assert torch.allclose(q, torch.tensor([1.0, -0.4, 0.0, 1.4]), atol=1e-6)
+    assert torch.allclose(q / step, torch.round(q / step), atol=1e-5)
+    assert torch.allclose(q, torch.tensor(quantize_ref(tensor[:4].tolist(), 1.4, 4)), atol=1e-7)
+
+
+def test_impossible_strengths_fail_before_a_sweep():
+    with pytest.raises(CwaError, match="outside the 16-bit"):
+        check(get_perturbation("bit_flip"), 30, torch.bfloat16)
+    check(get_perturbation("bit_flip"), 14, torch.bfloat16)
+
+
+def test_a_top_set_and_its_matched_control_get_the_same_random_numbers():
+    """Same seed and layout => same ε and same bit positions, only the weights differ."""
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama()
+    params = dict(model.named_parameters())
+    name = "model.layers.0.mlp.up_proj.weight"
+    flat = params[name].detach().reshape(-1)
+    a, b = torch.tensor([1, 7, 30]), torch.tensor([2, 9, 41])
+    for pert, strength in (("gauss_rel", 0.3), ("bit_flip", "mantissa")):
+        got = []
+        for sel in (a, b):
+            with perturbed(params, {name: sel}, get_perturbation(pert), strength, seed=11):
+                got.append((flat[sel].clone(), params[name].detach().reshape(-1)[sel].clone()))
+        if pert == "gauss_rel":
+            (x0, y0), (x1, y1) = got
+            assert torch.allclose(y0 / x0, y1 / x1)  # identical 1 + σε
+        else:
+            (x0, y0), (x1, y1) = got
+            assert torch.equal(int_view(x0) ^ int_view(y0), int_view(x1) ^ int_view(y1))
 
 
 def test_restore_happens_even_when_the_body_raises():
@@ -120,10 +230,7 @@ def test_restore_happens_even_when_the_body_raises():
     with (
         pytest.raises(RuntimeError),
         perturbed(
-            params,
-            {"lm_head.weight": torch.tensor([1, 2])},
-            get_perturbation("bit_flip"),
-            Settings(flip_bit=30),
+            params, {"lm_head.weight": torch.tensor([1, 2])}, get_perturbation("bit_flip"), 30
         ),
     ):
         raise RuntimeError("evaluation crashed")

@@ -108,6 +108,9 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "superweight/spikes.parquet",
         "agreement/agreement.parquet",
         "report/agreement.png",
+        "report/dose.png",
+        "report/mask.png",
+        "perturb/comparisons.parquet",
     ]:
         assert (art / path).exists(), path
     manifest = json.loads((art / "perturb" / "manifest.json").read_text())
@@ -133,10 +136,24 @@ def test_metrics_hold_the_headline_keys(repo):
     top = effects.filter(
         (pl.col("perturbation") == "zero") & (pl.col("selection") == "top") & (pl.col("k") == 50)
     )
-    assert m["delta_ppl_top"] == pytest.approx(top["delta_ppl"][0])
+    whole = top.filter(pl.col("mask_ratio") == 1.0)
+    assert m["delta_ppl_top"] == pytest.approx(whole["delta_ppl"][0])
     assert effects["restored"].all()
-    # 4 perturbations x (top + bottom + 2 random) x 2 k
-    assert len(effects) == 4 * 4 * 2
+    # (top + bottom + 2 random) x [6 perturbations at k=5; at k=50 all 14 strengths of the
+    # 6 sweeps and 2 mask ratios x 6]
+    assert len(effects) == 4 * (6 + 14 + 12)
+    comparisons = pl.read_parquet(repo / "artifacts" / "perturb" / "comparisons.parquet")
+    assert len(comparisons) == 2 * (6 + 14 + 12)  # every cell x {random_k, bottom_k}
+    assert m["p_value"] == pytest.approx(
+        comparisons.filter(
+            (pl.col("perturbation") == "zero")
+            & (pl.col("k") == 50)
+            & (pl.col("mask_ratio") == 1.0)
+            & (pl.col("control") == "random_k")
+        )["p_value"][0]
+    )
+    assert comparisons["p_value"].drop_nans().is_between(0, 1).all()
+    assert m["separation_ci_low"] <= m["separation"] <= m["separation_ci_high"]
 
 
 def test_tables_are_consistent(repo):
@@ -165,9 +182,11 @@ def test_second_repro_runs_nothing(repo):
 
 
 def test_metric_change_reruns_sensitivity_but_not_baseline(repo):
-    out = sh(repo, "dvc", "exp", "run", "-S", "metric=grad_squared")
+    out = sh(repo, "dvc", "exp", "run", "-S", "metric=grad_squared", "-S", "target_layers=[1]")
     assert "Running stage 'sensitivity'" in out and "Running stage 'report'" in out
     assert "Running stage 'baseline'" not in out and "Running stage 'train@" not in out
+    ranking = pl.read_parquet(repo / "artifacts" / "rank" / "ranking.parquet")
+    assert set(ranking["layer"]) == {1}  # targeted: selections and controls only in block 1
     shown = sh(repo, "dvc", "exp", "show", "--json")
     assert "separation" in shown and "grad_squared" in shown
 
@@ -192,7 +211,9 @@ def test_second_order_metric_and_per_head_mode_through_dvc(repo):
     ]
     assert set(ranking["component"]) == {"attn_q", "attn_k", "attn_v", "attn_o"}
     effects = pl.read_parquet(repo / "artifacts" / "perturb" / "effects.parquet")
-    top = effects.filter((pl.col("selection") == "top") & (pl.col("k") == 50))
+    top = effects.filter(
+        (pl.col("selection") == "top") & (pl.col("k") == 50) & (pl.col("mask_ratio") == 1.0)
+    )
     assert set(top["mode"]) == {"per_head"} and set(top["weights"]) == {50 * 4}  # k per head
     m = json.loads((repo / "artifacts" / "metrics.json").read_text())
     assert m["delta_ppl_top"] == pytest.approx(

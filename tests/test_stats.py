@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from cwa.stats import bootstrap_indices, fit_power_law, jaccard, paired_delta_ci, ppl, spearman
+from cwa.stats import (
+    bootstrap_indices,
+    fit_power_law,
+    jaccard,
+    paired_delta_ci,
+    paired_test,
+    ppl,
+    separation_ci,
+    spearman,
+)
 
 
 def test_ppl_is_token_weighted():
@@ -67,3 +76,36 @@ def test_power_law_fit_recovers_exponent_and_ci():
     ref = sps.linregress(np.log10(x), np.log10(noisy))
     half = sps.t.ppf(0.975, 2) * ref.stderr
     assert fit.slope_ci == pytest.approx((ref.slope - half, ref.slope + half))
+
+
+def test_permutation_p_value_equals_full_sign_flip_enumeration():
+    diff = np.array([0.8, -0.2, 0.5, 1.1, 0.05, -0.6, 0.9, 0.3])
+    signs = np.array(np.meshgrid(*[[-1, 1]] * len(diff))).reshape(len(diff), -1).T  # (256, 8)
+    exact = np.mean((signs * diff).mean(axis=1) >= diff.mean() - 1e-12)
+    got = paired_test(diff, resamples=1000, seed=0)  # 2^8 <= 1000: scipy enumerates
+    assert got.p_permutation == pytest.approx(exact)
+    assert got.effect_size == pytest.approx(diff.mean() / diff.std(ddof=1))
+    assert got.p_wilcoxon == pytest.approx(sps.wilcoxon(diff, alternative="greater").pvalue)
+
+
+def test_paired_test_hand_checked_values():
+    # Five positive differences: one sign pattern of 32 is as extreme => p = 1/32 for both tests.
+    t = paired_test(np.array([1.0, 2.0, 3.0, 4.0, 5.0]), resamples=1000, seed=0)
+    assert t.p_permutation == pytest.approx(1 / 32) and t.p_wilcoxon == pytest.approx(1 / 32)
+    assert t.effect_size == pytest.approx(3 / math.sqrt(2.5))
+    assert paired_test(np.zeros(4), 100, 0).p_wilcoxon == 1.0
+    assert math.isnan(paired_test(np.array([1.0, np.inf]), 100, 0).p_permutation)
+
+
+def test_separation_ci_on_the_identity_resample_is_the_point_ratio():
+    tokens = np.array([10, 10, 10])
+    base = np.array([30.0, 31.0, 29.0])
+    top = base + np.array([5.0, 4.0, 6.0])
+    controls = np.stack([base + 0.1, base - 0.2])
+    idx = np.arange(3)[None, :]
+    lo, hi = separation_ci(base, top, controls, tokens, idx)
+    p = lambda nll: math.exp(nll.sum() / 30)  # noqa: E731
+    want = (p(top) - p(base)) / np.mean([abs(p(c) - p(base)) for c in controls])
+    assert lo == pytest.approx(want) and hi == pytest.approx(want)
+    wide = separation_ci(base, top, controls, tokens, bootstrap_indices(3, 500, 0))
+    assert wide[0] <= want <= wide[1]

@@ -79,7 +79,7 @@ def cmd_run(args) -> int:
 def cmd_show(args) -> int:
     import polars as pl
 
-    from cwa.report import effects_table, fmt, table
+    from cwa.report import comparisons_table, fmt, table
 
     metrics_path = Path(args.artifacts) / "metrics.json"
     if not metrics_path.exists():
@@ -87,9 +87,9 @@ def cmd_show(args) -> int:
     metrics = json.loads(metrics_path.read_text())
     for key in sorted(metrics):
         print(f"{key:>18}: {fmt(metrics[key])}")
-    effects = pl.read_parquet(Path(args.artifacts) / "perturb" / "effects.parquet")
+    comparisons = pl.read_parquet(Path(args.artifacts) / "perturb" / "comparisons.parquet")
     print()
-    print(table(effects_table(effects)))
+    print(table(comparisons_table(comparisons, metrics["headline_k"])))
     return 0
 
 

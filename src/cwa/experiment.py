@@ -1,8 +1,15 @@
-"""Perturbation experiments: apply to a selection, evaluate, restore, and summarise against the
-baseline with paired statistics over texts."""
+"""Perturbation experiments: the sweep grid, evaluation with exact restore, and the summaries
+against the baseline (paired CIs over texts) and against the controls (p-values, effect sizes,
+separation CIs).
+
+The grid: every perturbation at its first strength for every k; at headline_k every strength,
+and every mask ratio (a seeded random fraction of each selection) at the first strength.
+"""
 
 from __future__ import annotations
 
+import math
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,26 +18,67 @@ import torch
 
 from cwa import CwaError
 from cwa.evaluation import EvalResult, evaluate
-from cwa.perturbations import Perturbation, Settings, fingerprint, perturbed
+from cwa.perturbations import Perturbation, Strength, check, fingerprint, perturbed
 from cwa.progress import progress
-from cwa.stats import paired_delta_ci
+from cwa.stats import paired_delta_ci, paired_test, separation_ci
+
+# (perturbation, strengths to sweep); (None,) for a perturbation without a strength.
+Spec = tuple[Perturbation, tuple[Strength, ...]]
 
 
 @dataclass(frozen=True)
 class Experiment:
     perturbation: Perturbation
+    strength: Strength
     selection: str
     draw: int
     k: int
+    mask_ratio: float
     weights: dict[str, torch.Tensor]  # param name -> flat storage indices
+    seed: int  # the perturbation's random stream: shared by a top set and its controls
 
     @property
     def size(self) -> int:
         return sum(len(v) for v in self.weights.values())
 
+    @property
+    def ident(self) -> dict:
+        """The columns that identify this experiment in every table."""
+        s = self.strength
+        return {
+            "perturbation": self.perturbation.name,
+            "strength": float(s) if isinstance(s, int | float) else math.nan,
+            "setting": self.perturbation.label(s),
+            "selection": self.selection,
+            "draw": self.draw,
+            "k": self.k,
+            "mask_ratio": self.mask_ratio,
+        }
 
-def experiments(ranking: pl.DataFrame, perturbations: list[Perturbation]) -> list[Experiment]:
-    """One experiment per perturbation and (selection, draw, k) set of the ranking table."""
+
+def specs(params) -> list[Spec]:
+    """The perturbations of `params.perturb` with their strength sweeps."""
+    from cwa.perturbations import get_perturbation
+
+    out = []
+    for name in params.perturb:
+        p = get_perturbation(name)
+        out.append((p, tuple(getattr(params, p.strength_key)) if p.strength_key else (None,)))
+    return out
+
+
+def first_settings(params) -> dict[str, str]:
+    """perturbation -> the setting label of its first strength: the one swept over k."""
+    return {p.name: p.label(strengths[0]) for p, strengths in specs(params)}
+
+
+def stream_seed(*parts) -> int:
+    """A stable 31-bit seed from the parts that identify a random stream."""
+    return zlib.crc32("|".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+def selection_sets(ranking: pl.DataFrame) -> list[tuple[str, int, int, dict[str, torch.Tensor]]]:
+    """(selection, k, draw, {param: flat indices}) for every set of the ranking table."""
     out = []
     keys = ["selection", "k", "draw"]
     for (selection, k, draw), rows in ranking.sort([*keys, "param", "flat_index"]).group_by(
@@ -40,30 +88,63 @@ def experiments(ranking: pl.DataFrame, perturbations: list[Perturbation]) -> lis
             name: torch.from_numpy(group["flat_index"].to_numpy().copy())
             for (name,), group in rows.group_by("param", maintain_order=True)
         }
-        out += [Experiment(p, selection, draw, k, weights) for p in perturbations]
+        out.append((selection, k, draw, weights))
     return out
 
 
-def run(
-    model,
-    exps: list[Experiment],
-    windows: torch.Tensor,
-    batch_size: int,
-    settings: Settings,
-    desc: str | None = "perturb",
-) -> list[EvalResult]:
+def masked(weights: dict[str, torch.Tensor], ratio: float, seed: int) -> dict[str, torch.Tensor]:
+    """A random fraction `ratio` of a selection; the positions depend on `seed` and the set's
+    layout only, so a top set and its matched control keep the same per-tensor counts."""
+    sizes = [len(v) for v in weights.values()]
+    n = sum(sizes)
+    keep = max(1, round(ratio * n))
+    chosen = np.zeros(n, dtype=bool)
+    chosen[np.random.default_rng(seed).permutation(n)[:keep]] = True
+    out, start = {}, 0
+    for (name, flat), size in zip(weights.items(), sizes, strict=True):
+        mine = chosen[start : start + size]
+        if mine.any():
+            out[name] = flat[torch.from_numpy(mine)]
+        start += size
+    return out
+
+
+def experiments(
+    ranking: pl.DataFrame,
+    sweeps: list[Spec],
+    headline_k: int | None = None,
+    mask_ratios: tuple[float, ...] = (),
+    seed: int = 0,
+) -> list[Experiment]:
+    """The sweep grid over every selection set of the ranking table (see the module doc)."""
+    out = []
+    for selection, k, draw, weights in selection_sets(ranking):
+        for p, strengths in sweeps:
+            grid = [(s, 1.0) for s in (strengths if k == headline_k else strengths[:1])]
+            if k == headline_k:
+                grid += [(strengths[0], r) for r in mask_ratios]
+            for strength, ratio in grid:
+                chosen = (
+                    weights if ratio == 1.0 else masked(weights, ratio, stream_seed(seed, k, ratio))
+                )
+                stream = stream_seed(seed, k, p.name, strength, ratio)
+                out.append(Experiment(p, strength, selection, draw, k, ratio, chosen, stream))
+    return out
+
+
+def run(model, exps: list[Experiment], windows: torch.Tensor, batch_size: int, desc="perturb"):
     """Evaluates each experiment; proves the model is bit-identical afterwards."""
     params = dict(model.named_parameters())
     touched = sorted({n for e in exps for n in e.weights})
+    for p, strength in {
+        (e.perturbation.name, e.strength): (e.perturbation, e.strength) for e in exps
+    }.values():
+        for dtype in {params[n].dtype for n in touched}:
+            check(p, strength, dtype)
     before = fingerprint([params[n] for n in touched])
     results = []
     for exp in progress(exps, desc=desc):
-        s = Settings(
-            settings.noise_sigma,
-            settings.flip_bit,
-            seed=settings.seed * 1_000_003 + exp.k * 1_009 + exp.draw,
-        )
-        with perturbed(params, exp.weights, exp.perturbation, s):
+        with perturbed(params, exp.weights, exp.perturbation, exp.strength, exp.seed):
             results.append(evaluate(model, windows, batch_size))
     if fingerprint([params[n] for n in touched]) != before:
         raise CwaError("model weights differ from the start of the sweep after restoring")
@@ -71,27 +152,16 @@ def run(
 
 
 def summarize(
-    exps: list[Experiment],
-    results: list[EvalResult],
-    base: EvalResult,
-    settings: Settings,
-    boot_idx: np.ndarray,
+    exps: list[Experiment], results: list[EvalResult], base: EvalResult, boot_idx: np.ndarray
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(effects, texts) tables without the metric/mode/seed columns the caller adds."""
     effects, texts = [], []
     base_ppl = base.ppl
     for exp, res in zip(exps, results, strict=True):
-        ident = {
-            "perturbation": exp.perturbation.name,
-            "strength": exp.perturbation.strength(settings),
-            "selection": exp.selection,
-            "draw": exp.draw,
-            "k": exp.k,
-        }
         lo, hi = paired_delta_ci(base.nll, res.nll, res.tokens, boot_idx)
         effects.append(
             {
-                **ident,
+                **exp.ident,
                 "weights": exp.size,
                 "ppl": res.ppl,
                 "delta_ppl": res.ppl - base_ppl,
@@ -104,8 +174,70 @@ def summarize(
                 "restored": True,
             }
         )
-        texts.append(text_rows(ident, res))
+        texts.append(text_rows(exp.ident, res))
     return pl.DataFrame(effects), pl.concat(texts)
+
+
+def compare(
+    exps: list[Experiment],
+    results: list[EvalResult],
+    base: EvalResult,
+    boot_idx: np.ndarray,
+    resamples: int,
+    seed: int,
+) -> pl.DataFrame:
+    """Top set against each control kind, per perturbation setting, k and mask ratio."""
+    groups: dict[tuple, dict[str, list]] = {}
+    idents = {}
+    for exp, res in zip(exps, results, strict=True):
+        key = (exp.perturbation.name, exp.ident["setting"], exp.k, exp.mask_ratio)
+        idents[key] = {c: v for c, v in exp.ident.items() if c not in ("selection", "draw")}
+        groups.setdefault(key, {}).setdefault(exp.selection, []).append(res)
+    rows = []
+    for key, by_selection in groups.items():
+        if "top" not in by_selection:
+            continue
+        top = by_selection["top"][0]
+        for control in sorted(set(by_selection) - {"top"}):
+            stats = _comparison(
+                by_selection[control],
+                top,
+                base,
+                boot_idx,
+                resamples,
+                stream_seed(seed, *key, control),
+            )
+            rows.append({**idents[key], "control": control, **stats})
+    return pl.DataFrame(rows)
+
+
+def _comparison(draws, top, base, boot_idx, resamples, seed) -> dict:
+    per_token = lambda r: (r.nll - base.nll) / r.tokens  # noqa: E731  ΔNLL per token, per text
+    control_delta = float(np.mean([r.ppl for r in draws])) - base.ppl
+    scale = float(np.mean([abs(r.ppl - base.ppl) for r in draws]))
+    top_delta = top.ppl - base.ppl
+    diff = per_token(top) - np.mean([per_token(r) for r in draws], axis=0)
+    test = paired_test(diff, resamples, seed)
+    lo, hi = separation_ci(
+        base.nll, top.nll, np.stack([r.nll for r in draws]), top.tokens, boot_idx
+    )
+    if math.isfinite(top_delta) and math.isfinite(scale):
+        separation = top_delta / scale if scale > 0 else math.inf
+    else:
+        separation = math.nan
+    return {
+        "draws": len(draws),
+        "top_delta_ppl": top_delta,
+        "control_delta_ppl": control_delta,
+        "separation": separation,
+        "separation_ci_low": lo,
+        "separation_ci_high": hi,
+        "effect_size": test.effect_size,
+        "p_value": test.p_permutation,
+        "p_wilcoxon": test.p_wilcoxon,
+        "top_diverged": top.diverged,
+        "control_diverged": int(sum(r.diverged for r in draws)),
+    }
 
 
 def text_rows(ident: dict, res: EvalResult) -> pl.DataFrame:
@@ -121,12 +253,28 @@ def text_rows(ident: dict, res: EvalResult) -> pl.DataFrame:
     )
 
 
-BASELINE = {"perturbation": "none", "strength": 0.0, "selection": "none", "draw": 0, "k": 0}
+BASELINE = {
+    "perturbation": "none",
+    "strength": math.nan,
+    "setting": "",
+    "selection": "none",
+    "draw": 0,
+    "k": 0,
+    "mask_ratio": 1.0,
+}
 
 
-def headline(effects: pl.DataFrame, k: int) -> dict:
-    """ΔPPL of zeroing the top-k, random_k (mean over draws) and bottom_k, and their separation."""
-    zero = effects.filter((pl.col("perturbation") == "zero") & (pl.col("k") == k))
+def headline_rows(table: pl.DataFrame, k: int) -> pl.DataFrame:
+    """Rows of the headline experiment: zeroing whole selections of k weights."""
+    return table.filter(
+        (pl.col("perturbation") == "zero") & (pl.col("k") == k) & (pl.col("mask_ratio") == 1.0)
+    )
+
+
+def headline(effects: pl.DataFrame, comparisons: pl.DataFrame | None, k: int) -> dict:
+    """ΔPPL of zeroing the top-k, random_k (mean over draws) and bottom_k, their separation with
+    its CI, and the p-value of top beating random_k."""
+    zero = headline_rows(effects, k)
 
     def mean(selection, col="delta_ppl"):
         vals = zero.filter(pl.col("selection") == selection)[col]
@@ -135,9 +283,18 @@ def headline(effects: pl.DataFrame, k: int) -> dict:
     random_abs = zero.filter(pl.col("selection") == "random_k")["delta_ppl"].abs()
     top = mean("top")
     random_scale = float(random_abs.mean()) if len(random_abs) else float("nan")
-    return {
+    out = {
         "delta_ppl_top": top,
         "delta_ppl_random": mean("random_k"),
         "delta_ppl_bottom": mean("bottom_k"),
         "separation": top / random_scale if random_scale > 0 else float("inf"),
     }
+    if comparisons is not None:
+        row = headline_rows(comparisons, k).filter(pl.col("control") == "random_k")
+        nan = float("nan")
+        out |= {
+            "separation_ci_low": float(row["separation_ci_low"][0]) if len(row) else nan,
+            "separation_ci_high": float(row["separation_ci_high"][0]) if len(row) else nan,
+            "p_value": float(row["p_value"][0]) if len(row) else nan,
+        }
+    return out

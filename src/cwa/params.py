@@ -6,6 +6,7 @@ A typo fails here, before any model loads, with a message that names the key and
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -57,9 +58,17 @@ class Params:
     include_1d: bool = False
     layers: tuple[int, ...] = ()
     # perturbation and evaluation
-    perturb: tuple[str, ...] = ("zero", "sign_flip", "gauss_noise", "bit_flip")
-    noise_sigma: float = 1.0
-    flip_bit: int = 30
+    perturb: tuple[str, ...] = ("zero", "sign_flip", "scale", "gauss_rel", "bit_flip", "quantize")
+    # strength sweeps: the first value is used for every k, all values at headline_k
+    scale_alpha: tuple[float, ...] = (2.0, 0.5, 10.0)
+    noise_sigma: tuple[float, ...] = (1.0, 0.5, 2.0)
+    abs_sigma: tuple[float, ...] = (0.05, 0.2)
+    flip_bit: tuple[int | str, ...] = (30, 26, 22, "exponent")
+    flip_prob: tuple[float, ...] = (0.01, 0.05)
+    quant_bits: tuple[int, ...] = (4, 8, 2)
+    mask_ratios: tuple[float, ...] = (0.25, 0.5)
+    target_components: tuple[str, ...] = ()
+    target_layers: tuple[int, ...] = ()
     spike_ratio: float = 100.0
     eval_samples: int = 128
     bootstrap: int = 1000
@@ -139,12 +148,9 @@ def _validate(p: Params):
         _fail("headline_k", f"({p.headline_k}) must be one of topk {list(p.topk)}")
     if "zero" not in p.perturb:
         _fail("perturb", "must include `zero`: the headline experiment zeroes the top-k weights")
-    if not 0 <= p.flip_bit < 32:
-        _fail("flip_bit", f"must be a bit position 0..31 (sign = 31 in fp32), got {p.flip_bit}")
     if p.spike_ratio <= 1:
         _fail("spike_ratio", f"must be > 1 (a spike is many times the median), got {p.spike_ratio}")
-    if p.noise_sigma <= 0:
-        _fail("noise_sigma", f"must be > 0, got {p.noise_sigma}")
+    _validate_strengths(p)
     if p.model.startswith(("/", "./", "../", "~")):
         directory = Path(p.model).expanduser()
         if not (directory / "config.json").exists():
@@ -160,9 +166,34 @@ def _validate(p: Params):
         )
 
 
+def _validate_strengths(p: Params):
+    from cwa.perturbations import FIELD_NAMES
+
+    rules = {
+        "scale_alpha": (lambda a: math.isfinite(a), "finite numbers"),
+        "noise_sigma": (lambda s: s > 0, "numbers > 0"),
+        "abs_sigma": (lambda s: s > 0, "numbers > 0"),
+        "flip_bit": (
+            lambda b: b in FIELD_NAMES if isinstance(b, str) else 0 <= b < 32,
+            f"bit positions 0..31 (fp32: 31 sign, 30-23 exponent; fp16/bf16: 15 sign) or "
+            f"fields {', '.join(FIELD_NAMES)}",
+        ),
+        "flip_prob": (lambda q: 0 < q <= 1, "probabilities in (0, 1]"),
+        "quant_bits": (lambda n: 2 <= n <= 16, "bit widths 2..16"),
+    }
+    for key, (ok, what) in rules.items():
+        values = getattr(p, key)
+        if not values or len(set(values)) != len(values) or not all(ok(v) for v in values):
+            _fail(key, f"must be a non-empty list of distinct {what}, got {list(values)}")
+    if len(set(p.mask_ratios)) != len(p.mask_ratios) or not all(0 < r < 1 for r in p.mask_ratios):
+        _fail("mask_ratios", f"must be distinct fractions in (0, 1), got {list(p.mask_ratios)}")
+    if any(layer < 0 for layer in p.target_layers):
+        _fail("target_layers", f"must be block indices >= 0, got {list(p.target_layers)}")
+
+
 def _coerce(name: str, ftype: str, value):
     """Converts YAML values to the declared field types; rejects the wrong kind by name."""
-    scalar = {"int": int, "float": float, "str": str, "bool": bool}
+    scalar = {"int": int, "float": float, "str": str, "bool": bool, "int | str": (int, str)}
     if ftype.startswith("tuple["):
         if not isinstance(value, list | tuple):
             value = [value]
@@ -173,7 +204,7 @@ def _coerce(name: str, ftype: str, value):
             _fail(name, f"must be a mapping, got {value!r}")
         return {str(k): _member(f"{name}.{k}", v) for k, v in value.items()}
     kind = scalar[ftype]
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not ok:

@@ -66,43 +66,88 @@ def layer_heatmap(ranking: pl.DataFrame, pool: pl.DataFrame, k: int, path) -> No
     _save(fig, path)
 
 
-def effects(effects_table: pl.DataFrame, path) -> None:
+def effects(effects: pl.DataFrame, path) -> None:
     """ΔPPL vs k per perturbation: top set against controls, with 95% paired-bootstrap CIs."""
-    perts = effects_table["perturbation"].unique(maintain_order=True).to_list()
+    perts = effects["perturbation"].unique().sort().to_list()
     fig, axes = plt.subplots(1, len(perts), figsize=(4.2 * len(perts), 3.8), squeeze=False)
     for ax, pert in zip(axes[0], perts, strict=True):
-        sub = effects_table.filter(pl.col("perturbation") == pert)
-        for sel, color in COLORS.items():
-            rows = sub.filter(pl.col("selection") == sel)
-            if rows.is_empty():
-                continue
-            agg = (
-                rows.group_by("k")
-                .agg(
-                    pl.col("delta_ppl").mean(),
-                    pl.col("ci_low").mean(),
-                    pl.col("ci_high").mean(),
-                    pl.col("diverged").any(),
-                )
-                .sort("k")
-            )
-            ok = agg.filter(~pl.col("diverged"))
-            ax.errorbar(
-                ok["k"],
-                ok["delta_ppl"],
-                color=color,
-                marker="o",
-                capsize=3,
-                label=sel,
-                yerr=[ok["delta_ppl"] - ok["ci_low"], ok["ci_high"] - ok["delta_ppl"]],
-            )
-            for k in agg.filter(pl.col("diverged"))["k"]:
-                ax.annotate("diverged", (k, 0), color=color, fontsize=7, rotation=90)
+        rows = effects.filter(pl.col("perturbation") == pert)
+        _selection_lines(ax, rows, "k")
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1e-2)
-        ax.set(title=pert, xlabel="k (weights perturbed)")
-        ax.axhline(0, color="black", lw=0.5)
-        ax.legend(fontsize=7)
+        ax.set(title=f"{pert} {rows['setting'][0]}".strip(), xlabel="k (weights perturbed)")
+    axes[0][0].set_ylabel("ΔPPL (symlog)")
+    _save(fig, path)
+
+
+def _selection_lines(ax, rows: pl.DataFrame, x: str, positions: dict | None = None) -> None:
+    """One line per selection (random draws averaged) of ΔPPL against column `x`, with CIs;
+    diverged points are marked instead of drawn."""
+    for sel, color in COLORS.items():
+        sub = rows.filter(pl.col("selection") == sel)
+        if sub.is_empty():
+            continue
+        agg = (
+            sub.group_by(x)
+            .agg(pl.col("delta_ppl", "ci_low", "ci_high").mean(), pl.col("diverged").any())
+            .sort(x)
+        )
+        if positions is not None:
+            agg = agg.with_columns(pl.col(x).replace_strict(positions).alias("_x")).sort("_x")
+        at = "_x" if positions is not None else x
+        ok = agg.filter(~pl.col("diverged"))
+        ax.errorbar(
+            ok[at],
+            ok["delta_ppl"],
+            color=color,
+            marker="o",
+            capsize=3,
+            label=sel,
+            yerr=[ok["delta_ppl"] - ok["ci_low"], ok["ci_high"] - ok["delta_ppl"]],
+        )
+        for v in agg.filter(pl.col("diverged"))[at]:
+            ax.annotate("diverged", (v, 0), color=color, fontsize=7, rotation=90)
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.legend(fontsize=7)
+
+
+def dose(effects: pl.DataFrame, path) -> None:
+    """ΔPPL against strength for every perturbation that has a sweep (settings in the order of
+    their numeric strength, bit fields last)."""
+    swept = [
+        name
+        for name, g in effects.group_by("perturbation", maintain_order=True)
+        if g["setting"].n_unique() > 1
+    ]
+    swept = sorted(p[0] if isinstance(p, tuple) else p for p in swept)
+    fig, axes = plt.subplots(
+        1, max(1, len(swept)), figsize=(4.2 * max(1, len(swept)), 3.8), squeeze=False
+    )
+    for ax, pert in zip(axes[0], swept, strict=False):
+        rows = effects.filter(pl.col("perturbation") == pert)
+        order = (
+            rows.select("setting", "strength")
+            .unique()
+            .sort(pl.col("strength").fill_nan(None), "setting", nulls_last=True)["setting"]
+            .to_list()
+        )
+        _selection_lines(ax, rows, "setting", {s: i for i, s in enumerate(order)})
+        ax.set_xticks(range(len(order)), order, rotation=30, ha="right", fontsize=8)
+        ax.set(title=pert, xlabel="strength")
+    axes[0][0].set_ylabel("ΔPPL (symlog)")
+    if not swept:
+        axes[0][0].text(0.5, 0.5, "no strength sweeps", ha="center", transform=axes[0][0].transAxes)
+    _save(fig, path)
+
+
+def mask(effects: pl.DataFrame, path) -> None:
+    """ΔPPL against the fraction of each selection perturbed, per perturbation."""
+    perts = effects["perturbation"].unique().sort().to_list()
+    fig, axes = plt.subplots(1, len(perts), figsize=(4.2 * len(perts), 3.8), squeeze=False)
+    for ax, pert in zip(axes[0], perts, strict=True):
+        rows = effects.filter(pl.col("perturbation") == pert)
+        _selection_lines(ax, rows, "mask_ratio")
+        ax.set(title=f"{pert} {rows['setting'][0]}".strip(), xlabel="fraction of the selection")
     axes[0][0].set_ylabel("ΔPPL (symlog)")
     _save(fig, path)
 

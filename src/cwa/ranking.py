@@ -174,6 +174,25 @@ def _by_head(infos: list[ParamInfo]) -> list[tuple[str, list[Member]]]:
     return groups
 
 
+def target(
+    infos: list[ParamInfo], components: tuple[str, ...] = (), layers: tuple[int, ...] = ()
+) -> list[ParamInfo]:
+    """The pool tensors of the given components and blocks (empty: all): targeted experiments
+    rank, and so perturb, only there, with controls drawn from the same tensors."""
+    for key, wanted, have in (
+        ("target_components", components, sorted({i.component for i in infos})),
+        ("target_layers", layers, sorted({i.layer for i in infos})),
+    ):
+        missing = sorted(set(wanted) - set(have))
+        if missing:
+            raise CwaError(f"params: `{key}` {missing} are not in the ranking pool; it has {have}")
+    return [
+        i
+        for i in infos
+        if (not components or i.component in components) and (not layers or i.layer in layers)
+    ]
+
+
 MODES: Registry[Mode] = Registry("mode")
 MODES.register(
     Mode(

@@ -27,9 +27,15 @@ def table(df: pl.DataFrame, digits: int = 3) -> str:
     return "\n".join([head, rule, *rows])
 
 
-def metrics(baseline: pl.DataFrame, effects: pl.DataFrame, stability: pl.DataFrame, k: int) -> dict:
+def metrics(
+    baseline: pl.DataFrame,
+    effects: pl.DataFrame,
+    comparisons: pl.DataFrame,
+    stability: pl.DataFrame,
+    k: int,
+) -> dict:
     """The flat keys `dvc exp show` displays (DESIGN.md §6)."""
-    h = headline(effects, k)
+    h = headline(effects, comparisons, k)
     jac = stability.filter(pl.col("k") == k)["jaccard"]
     return {
         "baseline_ppl": float(baseline["ppl"][0]),
@@ -40,9 +46,11 @@ def metrics(baseline: pl.DataFrame, effects: pl.DataFrame, stability: pl.DataFra
 
 
 def effects_table(effects: pl.DataFrame) -> pl.DataFrame:
-    """Per perturbation, selection and k: ΔPPL with CI (random draws: mean, CI over draws' CIs)."""
+    """Per experiment cell and selection: ΔPPL with CI (random draws: mean, CI over draws' CIs)."""
     return (
-        effects.group_by(["perturbation", "strength", "selection", "k"], maintain_order=True)
+        effects.group_by(
+            ["perturbation", "setting", "mask_ratio", "selection", "k"], maintain_order=True
+        )
         .agg(
             pl.col("delta_ppl").mean().alias("ΔPPL"),
             pl.col("delta_ppl").std().alias("sd draws"),
@@ -53,7 +61,69 @@ def effects_table(effects: pl.DataFrame) -> pl.DataFrame:
             pl.col("diverged").sum().alias("diverged"),
             pl.len().alias("runs"),
         )
-        .sort(["perturbation", "k", "selection"])
+        .sort(["perturbation", "setting", "k", "mask_ratio", "selection"])
+    )
+
+
+def headline_table(
+    comparisons: pl.DataFrame, effects: pl.DataFrame, k: int, first: dict
+) -> pl.DataFrame:
+    """Perturbation x selection at k (first strength, whole selections): ΔPPL with CI and the
+    p-value of the top set against that control."""
+    cells = effects_table(headline_rows_any(effects, k, first))
+    tests = headline_rows_any(comparisons, k, first).select(
+        "perturbation", pl.col("control").alias("selection"), "separation", "p_value"
+    )
+    return (
+        cells.join(tests, on=["perturbation", "selection"], how="left")
+        .select(
+            "perturbation",
+            "setting",
+            "selection",
+            "ΔPPL",
+            "CI low",
+            "CI high",
+            "diverged",
+            "separation",
+            pl.col("p_value").alias("p (top > this)"),
+        )
+        .sort("perturbation", "selection")
+    )
+
+
+def at_first_strength(table: pl.DataFrame, first: dict) -> pl.DataFrame:
+    firsts = pl.DataFrame({"perturbation": list(first), "setting": list(first.values())})
+    return table.join(firsts, on=["perturbation", "setting"], how="semi")
+
+
+def k_sweep(effects: pl.DataFrame, first: dict) -> pl.DataFrame:
+    """The experiments over k: whole selections, each perturbation at its first strength."""
+    return at_first_strength(effects.filter(pl.col("mask_ratio") == 1.0), first)
+
+
+def headline_rows_any(table: pl.DataFrame, k: int, first: dict) -> pl.DataFrame:
+    """Rows at k, whole selections, each perturbation at the first strength of its sweep."""
+    return k_sweep(table, first).filter(pl.col("k") == k)
+
+
+def comparisons_table(comparisons: pl.DataFrame, k: int) -> pl.DataFrame:
+    return (
+        comparisons.filter(pl.col("k") == k)
+        .select(
+            "perturbation",
+            "setting",
+            pl.col("mask_ratio").alias("mask"),
+            "control",
+            pl.col("top_delta_ppl").alias("ΔPPL top"),
+            pl.col("control_delta_ppl").alias("ΔPPL control"),
+            "separation",
+            pl.col("separation_ci_low").alias("sep. CI low"),
+            pl.col("separation_ci_high").alias("sep. CI high"),
+            pl.col("effect_size").alias("d_z"),
+            pl.col("p_value").alias("p perm."),
+            pl.col("p_wilcoxon").alias("p Wilcoxon"),
+        )
+        .sort("perturbation", "setting", "mask", "control")
     )
 
 
@@ -79,10 +149,15 @@ def render_markdown(ctx: dict) -> str:
         f"zeroing {k} random weights (same tensors, {p.random_draws} draws) by "
         f"{fmt(m['delta_ppl_random'])} on average; the {k} lowest-scored weights by "
         f"{fmt(m['delta_ppl_bottom'])}. Separation (top ΔPPL / mean |random ΔPPL|): "
-        f"**{fmt(m['separation'])}**. Top-{k} sets of different seeds overlap with mean "
+        f"**{fmt(m['separation'])}** (95% CI {fmt(m['separation_ci_low'])} – "
+        f"{fmt(m['separation_ci_high'])}); one-sided permutation p-value of top > random: "
+        f"**{fmt(m['p_value'])}**. Top-{k} sets of different seeds overlap with mean "
         f"Jaccard **{fmt(m['jaccard_top'])}**.",
         "",
-        table(ctx["headline_rows"]),
+        f"Every perturbation at k = {k} (first strength of its sweep, whole selections); "
+        "`p (top > this)` tests the top set against that control row:",
+        "",
+        table(ctx["headline_table"]),
         "",
         f"## The top {len(top)} weights (seed {p.seeds[0]})",
         "",
@@ -100,11 +175,33 @@ def render_markdown(ctx: dict) -> str:
         "",
         "ΔPPL = perplexity after − before, on the same windows; 95% CIs by paired bootstrap over "
         f"windows ({p.bootstrap} resamples). Random rows average {p.random_draws} draws "
-        f"(`sd draws` is their spread). gauss_noise: w·(1 + {p.noise_sigma}·ε); bit_flip flips "
-        f"bit {p.flip_bit} of the {p.dtype} storage. Every perturbed weight was restored bit "
-        "for bit after each experiment (checked in the run).",
+        "(`sd draws` is their spread); they share the perturbation's random numbers (ε, bit "
+        "positions) with the top set. Perturbations: "
+        + "; ".join(f"{name}: {doc}" for name, doc in ctx["perturbation_docs"])
+        + f". Bits are flipped in the {p.dtype} storage. Every perturbed weight was restored "
+        "bit for bit after each experiment (checked in the run).",
         "",
-        "![perturbation effects](effects.png)",
+        "### Dose-response in k (first strength of each sweep)",
+        "",
+        "![perturbation effects vs k](effects.png)",
+        "",
+        f"### Dose-response in strength (k = {k})",
+        "",
+        "![perturbation effects vs strength](dose.png)",
+        "",
+        f"### Perturbing a fraction of each selection (k = {k}, mask ratios {list(p.mask_ratios)})",
+        "",
+        "![perturbation effects vs mask ratio](mask.png)",
+        "",
+        f"### Top set against the controls (k = {k})",
+        "",
+        "Per text, d = ΔNLL per token of the top set − the control's (mean over draws); p perm. "
+        "= one-sided sign-flip permutation test of mean(d) > 0, p Wilcoxon = one-sided signed-"
+        "rank test, d_z = mean(d)/sd(d); separation CI by joint paired bootstrap over texts.",
+        "",
+        table(ctx["comparisons"]),
+        "",
+        "### Every experiment",
         "",
         table(ctx["effects"]),
         "",

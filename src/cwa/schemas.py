@@ -29,15 +29,28 @@ STR, INT, FLOAT, BOOL = pl.String(), pl.Int64(), pl.Float64(), pl.Boolean()
 
 _EXPERIMENT = (
     Column(
-        "perturbation", STR, "perturbation name (`zero`, `sign_flip`, `gauss_noise`, `bit_flip`)"
+        "perturbation",
+        STR,
+        "perturbation name: zero, sign_flip, scale, gauss_rel, gauss_abs, bit_flip, bit_flip_p, "
+        "quantize (docs/params.md)",
     ),
     Column(
-        "strength", FLOAT, "σ for gauss_noise, bit position for bit_flip, 0 where there is none"
+        "strength",
+        FLOAT,
+        "α (scale), σ (gauss_rel, gauss_abs), bit position (bit_flip), p (bit_flip_p), n bits "
+        "(quantize); NaN for none or for a bit field",
     ),
+    Column("setting", STR, "the strength in words (`α=2`, `bit 30`, `random exponent bit`, ...)"),
     Column("selection", STR, "`top`, `bottom_k` or `random_k`"),
     Column("draw", INT, "random draw number (0 for top and bottom_k)"),
     Column("k", INT, "weights selected per group (the whole pool in global mode)"),
+    Column(
+        "mask_ratio",
+        FLOAT,
+        "fraction of the selection perturbed (a seeded random subset; 1 = all of it)",
+    ),
 )
+_EXPERIMENT_ORDER = ("perturbation", "strength", "setting", "selection", "k", "mask_ratio", "draw")
 
 SCHEMAS: dict[str, Schema] = {
     "corpus": Schema(
@@ -71,7 +84,7 @@ SCHEMAS: dict[str, Schema] = {
             Column("tokens", INT, "predicted tokens in the window"),
             Column("correct", INT, "tokens whose greedy prediction is right"),
         ),
-        ("perturbation", "selection", "k", "draw", "text"),
+        (*_EXPERIMENT_ORDER, "text"),
     ),
     "baseline": Schema(
         "artifacts/baseline/summary.parquet",
@@ -191,7 +204,45 @@ SCHEMAS: dict[str, Schema] = {
             Column("diverged", BOOL, "the loss became inf or NaN"),
             Column("restored", BOOL, "every touched weight was restored bit for bit (always true)"),
         ),
-        ("perturbation", "selection", "k", "draw"),
+        _EXPERIMENT_ORDER,
+    ),
+    "comparisons": Schema(
+        "artifacts/perturb/comparisons.parquet",
+        "The top set against each control kind: one row per perturbation setting, k, mask ratio "
+        "and control. Unit of the tests: per-text differences d = ΔNLL/token(top) − mean over "
+        "draws of ΔNLL/token(control), on the same windows.",
+        (
+            Column("metric", STR, "sensitivity metric the selection came from"),
+            Column("mode", STR, "ranking mode"),
+            Column("seed", INT, "calibration seed of the ranking"),
+            *(c for c in _EXPERIMENT if c.name not in ("selection", "draw")),
+            Column("control", STR, "`random_k` or `bottom_k`"),
+            Column("draws", INT, "control draws averaged"),
+            Column("top_delta_ppl", FLOAT, "ΔPPL of the top set"),
+            Column("control_delta_ppl", FLOAT, "ΔPPL of the control (mean over draws)"),
+            Column(
+                "separation",
+                FLOAT,
+                "top_delta_ppl / mean over draws |control ΔPPL| (NaN: diverged)",
+            ),
+            Column(
+                "separation_ci_low",
+                FLOAT,
+                "2.5% paired-bootstrap quantile of the separation (texts resampled jointly)",
+            ),
+            Column("separation_ci_high", FLOAT, "97.5% quantile of the separation"),
+            Column("effect_size", FLOAT, "Cohen's d_z = mean(d) / sd(d)"),
+            Column(
+                "p_value",
+                FLOAT,
+                "one-sided sign-flip permutation test of mean(d) > 0 (`bootstrap` resamples; "
+                "exact for few texts); NaN when a side diverged",
+            ),
+            Column("p_wilcoxon", FLOAT, "one-sided Wilcoxon signed-rank test of d > 0"),
+            Column("top_diverged", BOOL, "the top-set experiment diverged"),
+            Column("control_diverged", INT, "control draws that diverged"),
+        ),
+        ("perturbation", "strength", "setting", "k", "mask_ratio", "control"),
     ),
     "spikes": Schema(
         "artifacts/superweight/spikes.parquet",

@@ -36,6 +36,74 @@ def paired_delta_ci(
     return float(lo), float(hi)
 
 
+def _ppl_rows(nll: np.ndarray, tok: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Perplexity of each bootstrap resample (rows of idx), shape (resamples,)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.exp(nll[idx].sum(axis=1) / tok)
+
+
+def separation_ci(
+    base_nll: np.ndarray,
+    top_nll: np.ndarray,
+    control_nll: np.ndarray,
+    tokens: np.ndarray,
+    idx: np.ndarray,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile CI of ΔPPL(top) / mean over draws |ΔPPL(control)|, resampling texts once for
+    the baseline, the top set and every control draw (control_nll: (draws, texts))."""
+    if not (np.isfinite(top_nll).all() and np.isfinite(control_nll).all()):
+        return math.nan, math.nan
+    tok = tokens[idx].sum(axis=1)
+    base = _ppl_rows(base_nll, tok, idx)
+    top = _ppl_rows(top_nll, tok, idx) - base
+    control = np.mean([np.abs(_ppl_rows(c, tok, idx) - base) for c in control_nll], axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(control > 0, top / control, np.inf)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(ratio, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Top set against a control, on per-text differences d_i of ΔNLL per token."""
+
+    p_permutation: float  # one-sided sign-flip permutation test of mean(d) > 0
+    p_wilcoxon: float  # one-sided Wilcoxon signed-rank test of d > 0
+    effect_size: float  # Cohen's d_z = mean(d) / sd(d)
+
+
+def paired_test(diff: np.ndarray, resamples: int, seed: int) -> PairedTest:
+    """Does the top set hurt more than the control? diff_i = top ΔNLL_i − control ΔNLL_i.
+
+    Exact when 2^n <= resamples (scipy enumerates every sign pattern), Monte Carlo otherwise.
+    """
+    diff = np.asarray(diff, float)
+    if len(diff) < 2 or not np.isfinite(diff).all():
+        return PairedTest(math.nan, math.nan, math.nan)
+    perm = sps.permutation_test(
+        (diff,),
+        lambda d, axis: np.mean(d, axis=axis),
+        permutation_type="samples",
+        alternative="greater",
+        n_resamples=resamples,
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    nonzero = diff[diff != 0]
+    wil = (
+        sps.wilcoxon(nonzero, alternative="greater").pvalue if len(nonzero) else 1.0
+    )  # all-zero differences: no evidence at all
+    sd = diff.std(ddof=1)
+    d_z = (
+        diff.mean() / sd
+        if sd > 0
+        else (math.copysign(math.inf, diff.mean()) if diff.mean() else 0.0)
+    )
+    return PairedTest(float(perm.pvalue), float(wil), float(d_z))
+
+
 def jaccard(a: set, b: set) -> float:
     union = len(a | b)
     return len(a & b) / union if union else 1.0

@@ -1,0 +1,120 @@
+"""The sweep grid, masked subsets and the top-vs-control comparisons on a tiny model."""
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from cwa.evaluation import evaluate
+from cwa.experiment import compare, experiments, headline, masked, summarize
+from cwa.experiment import run as run_experiments
+from cwa.metrics import compute_scores, get_metric
+from cwa.models import describe, pool
+from cwa.perturbations import get_perturbation
+from cwa.ranking import rank
+from cwa.stats import bootstrap_indices
+
+
+def test_masked_keeps_a_seeded_fraction_with_matched_per_tensor_counts():
+    a = {"x": torch.arange(0, 40), "y": torch.arange(100, 160)}
+    b = {"x": torch.arange(500, 540), "y": torch.arange(900, 960)}
+    ma, mb = masked(a, 0.25, seed=5), masked(b, 0.25, seed=5)
+    assert sum(len(v) for v in ma.values()) == 25
+    assert {k: len(v) for k, v in ma.items()} == {k: len(v) for k, v in mb.items()}
+    for name, flat in ma.items():
+        assert set(flat.tolist()) <= set(a[name].tolist())
+    assert {k: v.tolist() for k, v in masked(a, 0.25, seed=5).items()} == {
+        k: v.tolist() for k, v in ma.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama()
+    infos = pool(describe(model))
+    windows = torch.randint(0, 64, (12, 16), generator=torch.Generator().manual_seed(2))
+    scores = compute_scores(model, infos, get_metric("grad_x_weight"), windows, 4)
+    table = rank(infos, scores, "global", (5, 40), ("random_k", "bottom_k"), 2, 0, "gxw")
+    grid = [(get_perturbation("zero"), (None,)), (get_perturbation("scale"), (2.0, 0.5))]
+    exps = experiments(table, grid, headline_k=40, mask_ratios=(0.5,), seed=0)
+    results = run_experiments(model, exps, windows, 4, desc=None)
+    base = evaluate(model, windows, 4)
+    return exps, results, base
+
+
+def test_grid_sweeps_k_at_the_first_strength_and_everything_at_headline_k(sweep):
+    exps, _, _ = sweep
+    sets = 1 + 1 + 2  # top, bottom_k, two random draws
+    # k=5: zero + scale(2.0); k=40: zero, scale(2.0), scale(0.5), and both at mask 0.5
+    assert len(exps) == sets * (2 + 5)
+    at5 = {(e.perturbation.name, e.strength, e.mask_ratio) for e in exps if e.k == 5}
+    assert at5 == {("zero", None, 1.0), ("scale", 2.0, 1.0)}
+    half = [e for e in exps if e.mask_ratio == 0.5 and e.selection == "top"]
+    assert {e.size for e in half} == {20}
+    # a top set and its controls share the random stream of their cell
+    cell = {(e.perturbation.name, e.strength, e.k, e.mask_ratio): set() for e in exps}
+    for e in exps:
+        cell[(e.perturbation.name, e.strength, e.k, e.mask_ratio)].add(e.seed)
+    assert all(len(seeds) == 1 for seeds in cell.values())
+
+
+def test_comparisons_agree_with_the_effects_table(sweep):
+    exps, results, base = sweep
+    idx = bootstrap_indices(len(base.nll), 200, 0)
+    effects, texts = summarize(exps, results, base, idx)
+    comp = compare(exps, results, base, idx, 200, 0)
+    assert len(comp) == 7 * 2  # every cell x {random_k, bottom_k}
+    row = comp.filter(
+        (pl.col("perturbation") == "zero")
+        & (pl.col("k") == 40)
+        & (pl.col("mask_ratio") == 1.0)
+        & (pl.col("control") == "random_k")
+    )
+    cell = effects.filter(
+        (pl.col("perturbation") == "zero") & (pl.col("k") == 40) & (pl.col("mask_ratio") == 1.0)
+    )
+    top = cell.filter(pl.col("selection") == "top")["delta_ppl"][0]
+    rand = cell.filter(pl.col("selection") == "random_k")["delta_ppl"]
+    assert row["top_delta_ppl"][0] == pytest.approx(top)
+    assert row["control_delta_ppl"][0] == pytest.approx(rand.mean())
+    assert row["separation"][0] == pytest.approx(top / rand.abs().mean())
+    assert row["draws"][0] == 2
+    assert 0 < row["p_value"][0] <= 1 and 0 < row["p_wilcoxon"][0] <= 1
+    h = headline(effects, comp, 40)
+    assert h["delta_ppl_top"] == pytest.approx(top)
+    assert h["p_value"] == row["p_value"][0]
+    assert len(texts) == len(exps) * 12
+    assert set(effects["setting"]) == {"", "α=2", "α=0.5"}
+    assert effects.filter(pl.col("perturbation") == "zero")["strength"].is_nan().all()
+
+
+def test_a_consistent_top_effect_is_significant_and_noise_is_not():
+    """Hand-built per-text NLLs: the top set adds 0.3 nats/token to every text, the random
+    draws add zero-mean noise; the p-value must be tiny and the separation CI above 1."""
+    from cwa.evaluation import EvalResult
+    from cwa.experiment import Experiment
+
+    rng = np.random.default_rng(0)
+    n, tok = 40, np.full(40, 20)
+    base = EvalResult(rng.normal(60, 5, n), tok, np.zeros(n, np.int64))
+    zero = get_perturbation("zero")
+
+    def exp(selection, draw):
+        return Experiment(zero, None, selection, draw, 10, 1.0, {}, 0)
+
+    def res(extra):
+        return EvalResult(base.nll + tok * extra, tok, np.zeros(n, np.int64))
+
+    exps = [exp("top", 0), *(exp("random_k", d) for d in range(3))]
+    results = [res(0.3 + rng.normal(0, 0.05, n)), *(res(rng.normal(0, 0.05, n)) for _ in range(3))]
+    row = compare(exps, results, base, bootstrap_indices(n, 1000, 0), 2000, 0).row(0, named=True)
+    assert row["p_value"] == pytest.approx(1 / 2001)  # no sign pattern beats the observed one
+    assert row["p_wilcoxon"] < 1e-6 and row["effect_size"] > 3
+    assert row["separation_ci_low"] > 1 and not math.isnan(row["separation_ci_high"])
+    assert not row["top_diverged"] and row["control_diverged"] == 0
+    null = compare(exps[1:2], results[1:2], base, bootstrap_indices(n, 10, 0), 100, 0)
+    assert null.is_empty()  # no top set, nothing to compare
