@@ -5,26 +5,39 @@ its strength sweep for every k; at headline_k every strength and every mask rati
 experiment is evaluated on the baseline's windows; ΔPPL gets a paired bootstrap CI over texts; the
 top set is compared with each control (permutation and Wilcoxon p-values, effect size, separation
 CI). After each experiment the touched weights are checked bit for bit, the whole touched tensors
-by checksum after the sweep, and one baseline batch is re-evaluated.
-Reads: the corpus table, the model, the ranking and the baseline per-text table.
-Writes: one row per experiment (schema `effects`), per-text results (`eval_texts`) and top vs
-control comparisons (`comparisons`).
+by checksum after the sweep, and one baseline batch is re-evaluated. The downstream tasks run
+on the unperturbed model and under every experiment at headline_k (first strength, whole sets).
+Reads: the corpus table, the model, the ranking, the baseline per-text table, the task files.
+Writes: one row per experiment (schema `effects`), per-text results (`eval_texts`), top vs
+control comparisons (`comparisons`) and downstream task results (`tasks`).
 Params: model, dtype, device, seq_len, eval_samples, batch_size, seeds, perturb, scale_alpha,
-noise_sigma, abs_sigma, flip_bit, flip_prob, quant_bits, mask_ratios, headline_k, bootstrap.
+noise_sigma, abs_sigma, flip_bit, flip_prob, quant_bits, mask_ratios, headline_k, bootstrap,
+tasks, task_items.
 """
 
 import numpy as np
 import polars as pl
+import torch
 
 from cwa import CwaError
 from cwa.data import eval_windows
 from cwa.evaluation import evaluate, read_baseline
-from cwa.experiment import compare, experiments, specs, summarize
+from cwa.experiment import (
+    BASELINE,
+    compare,
+    experiments,
+    first_settings,
+    run_tasks,
+    specs,
+    summarize,
+    task_rows,
+)
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
 from cwa.models import load_model
-from cwa.stage import stage_main
+from cwa.stage import content_hash, stage_main
 from cwa.stats import bootstrap_indices
+from cwa.tasks import evaluate_task, load_task, task_path
 
 
 def add_args(p):
@@ -35,6 +48,8 @@ def add_args(p):
     p.add_argument("--effects", required=True)
     p.add_argument("--texts", required=True)
     p.add_argument("--comparisons", required=True)
+    p.add_argument("--tasks-dir", required=True)
+    p.add_argument("--task-results", required=True)
 
 
 def run(args, params):
@@ -51,11 +66,40 @@ def run(args, params):
     idx = bootstrap_indices(len(windows), params.bootstrap, seed)
     effects, texts = summarize(exps, results, base, idx)
     comparisons = compare(exps, results, base, idx, params.bootstrap, seed)
+    task_table = downstream(args, params, model, tokenizer, exps, seed)
     meta = {k: pl.lit(ranking[k][0]) for k in ("metric", "mode", "seed")}
     write_table(effects.with_columns(**meta), args.effects, "effects")
     write_table(comparisons.with_columns(**meta), args.comparisons, "comparisons")
+    write_table(task_table.with_columns(**meta), args.task_results, "tasks")
     write_table(texts, args.texts, "eval_texts")
-    return {"experiments": len(exps), "diverged": int(effects["diverged"].sum())}
+    return {
+        "experiments": len(exps),
+        "diverged": int(effects["diverged"].sum()),
+        "task_files": {t: content_hash(task_path(t, args.tasks_dir)) for t in params.tasks},
+    }
+
+
+def downstream(args, params, model, tokenizer, exps, seed) -> pl.DataFrame:
+    """Task results of the unperturbed model and of the headline cells' experiments."""
+    tasks = [load_task(t, args.tasks_dir, params.task_items) for t in params.tasks]
+    first = first_settings(params)
+    cells = [
+        e
+        for e in exps
+        if e.k == params.headline_k
+        and e.mask_ratio == 1.0
+        and e.ident["setting"] == first[e.perturbation.name]
+    ]
+    with torch.inference_mode():
+        base = {
+            t.name: evaluate_task(model, tokenizer, t, params.seq_len, params.batch_size)
+            for t in tasks
+        }
+    results = run_tasks(model, tokenizer, cells, tasks, params.seq_len, params.batch_size)
+    rows = task_rows(BASELINE, base, base, tasks, seed, params.bootstrap)
+    for exp, res in zip(cells, results, strict=True):
+        rows += task_rows(exp.ident, res, base, tasks, seed, params.bootstrap)
+    return pl.DataFrame(rows)
 
 
 if __name__ == "__main__":

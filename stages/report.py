@@ -1,11 +1,12 @@
 """report: the Markdown/HTML report with its plots, the DVC metrics and the plot side files.
 
-Reads: every upstream table (baseline, pool, scores, ranking, effects, comparisons, stability,
-scaling, training curves, super-weight spikes). Writes: report.md, report.html and PNGs in the
-report directory, metrics.json, and effects_vs_k.csv for `dvc plots`.
+Reads: every upstream table (baseline, pool, scores, ranking, effects, comparisons, tasks,
+stability, scaling, training curves, super-weight spikes). Writes: report.md, report.html and
+PNGs in the report directory, metrics.json, and effects_vs_k.csv for `dvc plots`.
 Params: model, metric, mode, seeds, calib_samples, seq_len, dtype, include_embeddings,
 random_draws, bootstrap, headline_k, topk, spike_ratio, compare_metrics, target_components,
-target_layers, perturb and the strength sweeps (the first strength of each is the k sweep's).
+target_layers, perturb and the strength sweeps (the first strength of each is the k sweep's),
+tasks, task_items.
 """
 
 import subprocess
@@ -26,6 +27,8 @@ from cwa.report import (
     metrics,
     render_html,
     render_markdown,
+    task_metrics,
+    tasks_table,
 )
 from cwa.scores import load_scores
 from cwa.stage import stage_main
@@ -40,6 +43,7 @@ def add_args(p):
         "ranking",
         "effects",
         "comparisons",
+        "tasks",
         "stability",
         "scaling",
         "fit",
@@ -60,6 +64,7 @@ def run(args, params):
     ranking = pl.read_parquet(args.ranking)
     effects = pl.read_parquet(args.effects)
     comparisons = pl.read_parquet(args.comparisons)
+    tasks = pl.read_parquet(args.tasks)
     stability = pl.read_parquet(args.stability)
     scaling, fits = pl.read_parquet(args.scaling), pl.read_parquet(args.fit)
     logs = sorted(Path(args.train_logs).glob("*.parquet"))
@@ -67,7 +72,7 @@ def run(args, params):
     agreement = pl.read_parquet(args.agreement)
     k, seed = params.headline_k, params.seeds[0]
 
-    m = metrics(baseline, effects, comparisons, stability, k)
+    m = metrics(baseline, effects, comparisons, stability, k) | task_metrics(tasks)
     write_json(m, args.metrics)
     first = first_settings(params)
     zero = effects.filter((pl.col("perturbation") == "zero") & (pl.col("mask_ratio") == 1.0))
@@ -124,6 +129,7 @@ def run(args, params):
         "effects": table,
         "headline_table": headline_table(comparisons, effects, k, first),
         "comparisons": comparisons_table(comparisons, k),
+        "tasks": tasks_table(tasks),
         "perturbation_docs": [
             (name, get_perturbation(name).doc) for name in effects["perturbation"].unique().sort()
         ],

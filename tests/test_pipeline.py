@@ -27,6 +27,7 @@ TINY = {
     "random_draws": 2,
     "eval_samples": 24,
     "bootstrap": 200,
+    "task_items": 16,
     "headline_k": 50,
     "vocab_size": 384,
     "train_steps": 40,
@@ -111,6 +112,7 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "report/dose.png",
         "report/mask.png",
         "perturb/comparisons.parquet",
+        "perturb/tasks.parquet",
     ]:
         assert (art / path).exists(), path
     manifest = json.loads((art / "perturb" / "manifest.json").read_text())
@@ -139,11 +141,11 @@ def test_metrics_hold_the_headline_keys(repo):
     whole = top.filter(pl.col("mask_ratio") == 1.0)
     assert m["delta_ppl_top"] == pytest.approx(whole["delta_ppl"][0])
     assert effects["restored"].all()
-    # (top + bottom + 2 random) x [6 perturbations at k=5; at k=50 all 14 strengths of the
+    # (top + bottom + 2 random) x [6 perturbations at k=5; at k=50 all 15 strengths of the
     # 6 sweeps and 2 mask ratios x 6]
-    assert len(effects) == 4 * (6 + 14 + 12)
+    assert len(effects) == 4 * (6 + 15 + 12)
     comparisons = pl.read_parquet(repo / "artifacts" / "perturb" / "comparisons.parquet")
-    assert len(comparisons) == 2 * (6 + 14 + 12)  # every cell x {random_k, bottom_k}
+    assert len(comparisons) == 2 * (6 + 15 + 12)  # every cell x {random_k, bottom_k}
     assert m["p_value"] == pytest.approx(
         comparisons.filter(
             (pl.col("perturbation") == "zero")
@@ -154,6 +156,14 @@ def test_metrics_hold_the_headline_keys(repo):
     )
     assert comparisons["p_value"].drop_nans().is_between(0, 1).all()
     assert m["separation_ci_low"] <= m["separation"] <= m["separation_ci_high"]
+    tasks = pl.read_parquet(repo / "artifacts" / "perturb" / "tasks.parquet")
+    assert len(tasks) == 2 * (1 + 6 * 4)  # 2 tasks x (unperturbed + 6 perturbations x 4 sets)
+    assert set(tasks["items"]) == {16} and tasks["accuracy"].is_between(0, 1).all()
+    base = tasks.filter(pl.col("perturbation") == "none")
+    assert base["delta_accuracy"].to_list() == [0.0, 0.0]
+    assert m["kjv_lambada_acc"] == base.filter(pl.col("task") == "kjv_lambada")["accuracy"][0]
+    lines = (repo / "data" / "tasks" / "kjv_hellaswag.jsonl").read_text().splitlines()
+    assert len(lines) == 500 and {"ctx", "endings", "label"} <= set(json.loads(lines[0]))
 
 
 def test_tables_are_consistent(repo):

@@ -20,7 +20,8 @@ from cwa import CwaError
 from cwa.evaluation import EvalResult, evaluate
 from cwa.perturbations import Perturbation, Strength, check, fingerprint, perturbed
 from cwa.progress import progress
-from cwa.stats import paired_delta_ci, paired_test, separation_ci
+from cwa.stats import bootstrap_indices, paired_delta_ci, paired_test, separation_ci
+from cwa.tasks import Task, TaskResult, evaluate_task
 
 # (perturbation, strengths to sweep); (None,) for a perturbation without a strength.
 Spec = tuple[Perturbation, tuple[Strength, ...]]
@@ -132,23 +133,77 @@ def experiments(
     return out
 
 
-def run(model, exps: list[Experiment], windows: torch.Tensor, batch_size: int, desc="perturb"):
-    """Evaluates each experiment; proves the model is bit-identical afterwards."""
+def sweep(model, exps: list[Experiment], measure, desc: str | None) -> list:
+    """measure(model) under each experiment's perturbation; proves the touched tensors are
+    bit-identical afterwards (each experiment's restore is checked on its own as well)."""
     params = dict(model.named_parameters())
     touched = sorted({n for e in exps for n in e.weights})
-    for p, strength in {
-        (e.perturbation.name, e.strength): (e.perturbation, e.strength) for e in exps
-    }.values():
+    cells = {(e.perturbation.name, str(e.strength)): e for e in exps}.values()
+    for e in cells:
         for dtype in {params[n].dtype for n in touched}:
-            check(p, strength, dtype)
+            check(e.perturbation, e.strength, dtype)
     before = fingerprint([params[n] for n in touched])
     results = []
     for exp in progress(exps, desc=desc):
         with perturbed(params, exp.weights, exp.perturbation, exp.strength, exp.seed):
-            results.append(evaluate(model, windows, batch_size))
+            results.append(measure(model))
     if fingerprint([params[n] for n in touched]) != before:
         raise CwaError("model weights differ from the start of the sweep after restoring")
     return results
+
+
+def run(model, exps: list[Experiment], windows: torch.Tensor, batch_size: int, desc="perturb"):
+    """Perplexity of every experiment on the evaluation windows."""
+    return sweep(model, exps, lambda m: evaluate(m, windows, batch_size), desc)
+
+
+def run_tasks(model, tokenizer, exps, tasks: list[Task], max_len: int, batch_size: int):
+    """Every downstream task under every experiment: [{task name: TaskResult}]."""
+
+    def measure(m):
+        return {t.name: evaluate_task(m, tokenizer, t, max_len, batch_size) for t in tasks}
+
+    return sweep(model, exps, measure, "tasks")
+
+
+def task_rows(
+    ident: dict,
+    results: dict[str, TaskResult],
+    base: dict[str, TaskResult],
+    tasks: list[Task],
+    seed: int,
+    resamples: int,
+) -> list[dict]:
+    """One row per task: accuracy, acc_norm and target PPL against the unperturbed model, with a
+    paired bootstrap CI over items of Δaccuracy."""
+    rows = []
+    for task in tasks:
+        res, ref = results[task.name], base[task.name]
+        n = len(res.correct)
+        idx = bootstrap_indices(n, resamples, stream_seed(seed, task.name))
+        delta = (res.correct - ref.correct)[idx].mean(axis=1)
+        lo, hi = np.quantile(delta, [0.025, 0.975])
+        rows.append(
+            {
+                **ident,
+                "task": task.name,
+                "kind": task.kind,
+                "items": n,
+                "accuracy": res.accuracy,
+                "acc_norm": res.acc_norm if task.kind == "choice" else math.nan,
+                "target_ppl": res.target_ppl if task.kind == "last_word" else math.nan,
+                "delta_accuracy": res.accuracy - ref.accuracy,
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+                "delta_acc_norm": res.acc_norm - ref.acc_norm
+                if task.kind == "choice"
+                else math.nan,
+                "delta_target_ppl": res.target_ppl - ref.target_ppl
+                if task.kind == "last_word"
+                else math.nan,
+            }
+        )
+    return rows
 
 
 def summarize(

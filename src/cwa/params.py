@@ -67,6 +67,8 @@ class Params:
     flip_prob: tuple[float, ...] = (0.01, 0.05)
     quant_bits: tuple[int, ...] = (4, 8, 2)
     mask_ratios: tuple[float, ...] = (0.25, 0.5)
+    tasks: tuple[str, ...] = ("kjv_lambada", "kjv_hellaswag")
+    task_items: int = 128
     target_components: tuple[str, ...] = ()
     target_layers: tuple[int, ...] = ()
     spike_ratio: float = 100.0
@@ -131,6 +133,7 @@ def _validate(p: Params):
         "eval_samples",
         "bootstrap",
         "headline_k",
+        "task_items",
         "vocab_size",
         "train_steps",
         "train_batch",

@@ -106,6 +106,34 @@ def headline_rows_any(table: pl.DataFrame, k: int, first: dict) -> pl.DataFrame:
     return k_sweep(table, first).filter(pl.col("k") == k)
 
 
+def tasks_table(tasks: pl.DataFrame) -> pl.DataFrame:
+    """Per task, perturbation and selection (random draws averaged): accuracy and its change."""
+    return (
+        tasks.group_by(["task", "perturbation", "setting", "selection"], maintain_order=True)
+        .agg(
+            pl.col("accuracy").mean(),
+            pl.col("delta_accuracy").mean().alias("Δacc"),
+            pl.col("ci_low").mean().alias("CI low"),
+            pl.col("ci_high").mean().alias("CI high"),
+            pl.col("acc_norm").mean(),
+            pl.col("target_ppl").mean().alias("target PPL"),
+            pl.len().alias("runs"),
+        )
+        .sort("task", "perturbation", "selection")
+    )
+
+
+def task_metrics(tasks: pl.DataFrame) -> dict:
+    """Baseline accuracy of each task and its change when the top-k are zeroed."""
+    out = {}
+    for (task,), rows in tasks.group_by("task", maintain_order=True):
+        base = rows.filter(pl.col("perturbation") == "none")
+        top = rows.filter((pl.col("perturbation") == "zero") & (pl.col("selection") == "top"))
+        out[f"{task}_acc"] = float(base["accuracy"][0]) if len(base) else float("nan")
+        out[f"{task}_delta_top"] = float(top["delta_accuracy"][0]) if len(top) else float("nan")
+    return dict(sorted(out.items()))
+
+
 def comparisons_table(comparisons: pl.DataFrame, k: int) -> pl.DataFrame:
     return (
         comparisons.filter(pl.col("k") == k)
@@ -200,6 +228,15 @@ def render_markdown(ctx: dict) -> str:
         "rank test, d_z = mean(d)/sd(d); separation CI by joint paired bootstrap over texts.",
         "",
         table(ctx["comparisons"]),
+        "",
+        f"### Downstream tasks (k = {k})",
+        "",
+        f"{', '.join(p.tasks)}: {p.task_items} items each; `none` is the unperturbed model. "
+        "last_word (LAMBADA-style): correct iff every target token is greedy; choice "
+        "(HellaSwag-style): argmax of summed log-likelihood (acc_norm: per character). Δacc "
+        "CIs by paired bootstrap over items.",
+        "",
+        table(ctx["tasks"]),
         "",
         "### Every experiment",
         "",

@@ -1,0 +1,43 @@
+"""tasks: built-in downstream task files from held-out corpus text.
+
+kjv_lambada (LAMBADA-style last word) and kjv_hellaswag (HellaSwag-style 4-way choice), 500 items
+each, from passages of the eval split (sentence ends within a paragraph, at most 60 words).
+Reads: the corpus table. Writes: <out>/kjv_lambada.jsonl and <out>/kjv_hellaswag.jsonl.
+Params: none (fixed construction and seed; `task_items` picks how many the perturb stage uses).
+"""
+
+from pathlib import Path
+
+import polars as pl
+
+from cwa.corpus import texts
+from cwa.io import atomic_write
+from cwa.stage import stage_main
+from cwa.tasks import build_choice, build_last_word, jsonl
+
+ITEMS, SEED = 500, 0
+
+
+def add_args(p):
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--out", required=True)
+
+
+def run(args, params):
+    held_out = texts(pl.read_parquet(args.corpus), "eval")
+    files = {
+        "kjv_lambada.jsonl": build_last_word(held_out, ITEMS, SEED),
+        "kjv_hellaswag.jsonl": build_choice(held_out, ITEMS, SEED),
+    }
+
+    def write(tmp: Path):
+        tmp.mkdir()
+        for name, items in files.items():
+            (tmp / name).write_text(jsonl(items))
+
+    atomic_write(args.out, write)
+    return {"items": {name: len(items) for name, items in files.items()}}
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run)
