@@ -6,18 +6,18 @@ experiment is evaluated on the baseline's windows; ΔPPL gets a paired bootstrap
 top set is compared with each control (permutation and Wilcoxon p-values, effect size, separation
 CI). After each experiment the touched weights are checked bit for bit, the whole touched tensors
 by checksum after the sweep, and one baseline batch is re-evaluated. The downstream tasks run
-on the unperturbed model and under every experiment at headline_k (first strength, whole sets).
+on the unperturbed model and under every experiment at headline_k (first strength, whole sets),
+lm-evaluation-harness tasks (`lm_eval_tasks`) on the same in-memory weights.
 Reads: the corpus table, the model, the ranking, the baseline per-text table, the task files.
 Writes: one row per experiment (schema `effects`), per-text results (`eval_texts`), top vs
 control comparisons (`comparisons`) and downstream task results (`tasks`).
 Params: model, dtype, device, seq_len, eval_samples, batch_size, seeds, perturb, scale_alpha,
 noise_sigma, abs_sigma, flip_bit, flip_prob, quant_bits, mask_ratios, headline_k, bootstrap,
-tasks, task_items.
+tasks, task_items, lm_eval_tasks.
 """
 
 import numpy as np
 import polars as pl
-import torch
 
 from cwa import CwaError
 from cwa.data import eval_windows
@@ -27,13 +27,14 @@ from cwa.experiment import (
     compare,
     experiments,
     first_settings,
-    run_tasks,
     specs,
     summarize,
+    sweep,
     task_rows,
 )
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
+from cwa.lmeval import LmEval
 from cwa.models import load_model
 from cwa.stage import content_hash, stage_main
 from cwa.stats import bootstrap_indices
@@ -50,6 +51,7 @@ def add_args(p):
     p.add_argument("--comparisons", required=True)
     p.add_argument("--tasks-dir", required=True)
     p.add_argument("--task-results", required=True)
+    p.add_argument("--lm-eval-include", required=True)
 
 
 def run(args, params):
@@ -82,6 +84,27 @@ def run(args, params):
 def downstream(args, params, model, tokenizer, exps, seed) -> pl.DataFrame:
     """Task results of the unperturbed model and of the headline cells' experiments."""
     tasks = [load_task(t, args.tasks_dir, params.task_items) for t in params.tasks]
+    harness = None
+    if params.lm_eval_tasks:
+        harness = LmEval(
+            model,
+            tokenizer,
+            params.lm_eval_tasks,
+            args.lm_eval_include,
+            params.seq_len,
+            params.batch_size,
+            params.task_items,
+        )
+        tasks += harness.as_tasks()
+
+    def measure(m):
+        out = {
+            t.name: evaluate_task(m, tokenizer, t, params.seq_len, params.batch_size)
+            for t in tasks
+            if t.kind != "lm_eval"
+        }
+        return out | (harness.run() if harness else {})
+
     first = first_settings(params)
     cells = [
         e
@@ -90,14 +113,9 @@ def downstream(args, params, model, tokenizer, exps, seed) -> pl.DataFrame:
         and e.mask_ratio == 1.0
         and e.ident["setting"] == first[e.perturbation.name]
     ]
-    with torch.inference_mode():
-        base = {
-            t.name: evaluate_task(model, tokenizer, t, params.seq_len, params.batch_size)
-            for t in tasks
-        }
-    results = run_tasks(model, tokenizer, cells, tasks, params.seq_len, params.batch_size)
+    base = measure(model)
     rows = task_rows(BASELINE, base, base, tasks, seed, params.bootstrap)
-    for exp, res in zip(cells, results, strict=True):
+    for exp, res in zip(cells, sweep(model, cells, measure, "tasks"), strict=True):
         rows += task_rows(exp.ident, res, base, tasks, seed, params.bootstrap)
     return pl.DataFrame(rows)
 

@@ -1,12 +1,12 @@
 """report: the Markdown/HTML report with its plots, the DVC metrics and the plot side files.
 
 Reads: every upstream table (baseline, pool, scores, ranking, effects, comparisons, tasks,
-stability, scaling, training curves, super-weight spikes). Writes: report.md, report.html and
-PNGs in the report directory, metrics.json, and effects_vs_k.csv for `dvc plots`.
+stability, scaling, training curves, super-weight spikes, fault campaign). Writes: report.md,
+report.html and PNGs in the report directory, metrics.json, and effects_vs_k.csv for `dvc plots`.
 Params: model, metric, mode, seeds, calib_samples, seq_len, dtype, include_embeddings,
 random_draws, bootstrap, headline_k, topk, spike_ratio, compare_metrics, target_components,
 target_layers, perturb and the strength sweeps (the first strength of each is the k sweep's),
-tasks, task_items.
+tasks, task_items, lm_eval_tasks, fault_rates, fault_trials, fault_protect.
 """
 
 import subprocess
@@ -50,6 +50,7 @@ def add_args(p):
         "train_logs",
         "spikes",
         "agreement",
+        "faults",
         "out_dir",
         "metrics",
         "effects_csv",
@@ -70,6 +71,7 @@ def run(args, params):
     logs = sorted(Path(args.train_logs).glob("*.parquet"))
     spikes = pl.read_parquet(args.spikes)
     agreement = pl.read_parquet(args.agreement)
+    faults = pl.read_parquet(args.faults)
     k, seed = params.headline_k, params.seeds[0]
 
     m = metrics(baseline, effects, comparisons, stability, k) | task_metrics(tasks)
@@ -98,6 +100,7 @@ def run(args, params):
     plots.mask(at_first_strength(effects.filter(pl.col("k") == k), first), out / "mask.png")
     plots.stability(stability, out / "stability.png")
     plots.agreement(agreement, k, out / "agreement.png")
+    plots.faults(faults, out / "faults.png")
     plots.scaling(scaling, fits, SCALING_STATISTICS, out / "scaling.png")
     if logs:
         plots.training_curves(pl.concat([pl.read_parquet(p) for p in logs]), out / "training.png")
@@ -130,6 +133,18 @@ def run(args, params):
         "headline_table": headline_table(comparisons, effects, k, first),
         "comparisons": comparisons_table(comparisons, k),
         "tasks": tasks_table(tasks),
+        "faults": faults.select(
+            "rate",
+            "protect",
+            "arm",
+            "protected",
+            "mean_flips",
+            "mean_blocked",
+            "diverged_share",
+            "median_delta_ppl",
+            "median_gain",
+            "gain_per_weight",
+        ),
         "perturbation_docs": [
             (name, get_perturbation(name).doc) for name in effects["perturbation"].unique().sort()
         ],

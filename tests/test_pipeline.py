@@ -28,6 +28,9 @@ TINY = {
     "eval_samples": 24,
     "bootstrap": 200,
     "task_items": 16,
+    "fault_rates": [1.0e-5],
+    "fault_trials": 2,
+    "fault_protect": [0.1],
     "headline_k": 50,
     "vocab_size": 384,
     "train_steps": 40,
@@ -68,7 +71,7 @@ def hashes(repo: Path) -> dict[str, str]:
 def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("cwa") / "project"
     repo.mkdir()
-    for item in ("dvc.yaml", "stages", "src", ".dvc/config"):
+    for item in ("dvc.yaml", "stages", "src", "configs", ".dvc/config"):
         dest = repo / item
         dest.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, dest)
@@ -113,6 +116,9 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "report/mask.png",
         "perturb/comparisons.parquet",
         "perturb/tasks.parquet",
+        "faults/trials.parquet",
+        "faults/summary.parquet",
+        "report/faults.png",
     ]:
         assert (art / path).exists(), path
     manifest = json.loads((art / "perturb" / "manifest.json").read_text())
@@ -182,6 +188,9 @@ def test_tables_are_consistent(repo):
     spikes = pl.read_parquet(art / "superweight" / "spikes.parquet")
     assert spikes["layer"].to_list() == [0, 1]  # t2 has 2 layers: one detector row each
     assert (spikes["in_ratio"] > 1).all() and spikes["delta_ppl"].is_finite().all()
+    faults = pl.read_parquet(art / "faults" / "trials.parquet")
+    assert len(faults) == 2 * (1 + 2) and faults["flips"].min() > 0
+    assert (faults["blocked"] <= faults["flips"]).all()
     fit = pl.read_parquet(art / "scaling" / "fit.parquet")
     assert fit["models"].to_list() == [3] * len(fit)
 
@@ -192,11 +201,30 @@ def test_second_repro_runs_nothing(repo):
 
 
 def test_metric_change_reruns_sensitivity_but_not_baseline(repo):
-    out = sh(repo, "dvc", "exp", "run", "-S", "metric=grad_squared", "-S", "target_layers=[1]")
+    out = sh(
+        repo,
+        "dvc",
+        "exp",
+        "run",
+        "-S",
+        "metric=grad_squared",
+        "-S",
+        "target_layers=[1]",
+        "-S",
+        "lm_eval_tasks=[lm_kjv_lambada]",
+    )
     assert "Running stage 'sensitivity'" in out and "Running stage 'report'" in out
     assert "Running stage 'baseline'" not in out and "Running stage 'train@" not in out
     ranking = pl.read_parquet(repo / "artifacts" / "rank" / "ranking.parquet")
     assert set(ranking["layer"]) == {1}  # targeted: selections and controls only in block 1
+    tasks = pl.read_parquet(repo / "artifacts" / "perturb" / "tasks.parquet")
+    ours = tasks.filter(pl.col("task") == "kjv_lambada").sort("perturbation", "selection", "draw")
+    harness = tasks.filter(pl.col("task") == "lm_eval:lm_kjv_lambada").sort(
+        "perturbation", "selection", "draw"
+    )
+    assert len(harness) == len(ours) == 1 + 6 * 4
+    # lm-eval's lambada recipe and cwa's scorer agree on every experiment
+    assert harness["accuracy"].to_list() == ours["accuracy"].to_list()
     shown = sh(repo, "dvc", "exp", "show", "--json")
     assert "separation" in shown and "grad_squared" in shown
 

@@ -53,12 +53,12 @@ def test_last_word_accuracy_and_target_ppl_by_hand():
 def test_choice_acc_and_acc_norm_by_hand():
     items = [
         {"ctx": "a b", "endings": ["c d", "x", "q x y"], "label": 0},
-        # " x": -L over 2 characters; " c d d d": 20 - 4L over 8 characters.
+        # "x": -L over 1 character; "c d d d": 20 - 4L over 7 characters.
         {"ctx": "a b", "endings": ["x", "c d d d"], "label": 1},
     ]
     res = evaluate_task(BigramModel(), WordTokenizer(), Task("c", "choice", items), 16, 3)
     assert res.correct.tolist() == [1.0, 0.0]  # summed: -L beats 20 - 4L
-    assert res.correct_norm.tolist() == [1.0, 1.0]  # per character: -(4L-20)/8 beats -L/2
+    assert res.correct_norm.tolist() == [1.0, 1.0]  # per character: -(4L-20)/7 beats -L/1
 
 
 def test_encode_pair_moves_trailing_spaces_like_lm_eval():

@@ -21,7 +21,7 @@ from cwa.evaluation import EvalResult, evaluate
 from cwa.perturbations import Perturbation, Strength, check, fingerprint, perturbed
 from cwa.progress import progress
 from cwa.stats import bootstrap_indices, paired_delta_ci, paired_test, separation_ci
-from cwa.tasks import Task, TaskResult, evaluate_task
+from cwa.tasks import Task, TaskResult
 
 # (perturbation, strengths to sweep); (None,) for a perturbation without a strength.
 Spec = tuple[Perturbation, tuple[Strength, ...]]
@@ -157,15 +157,6 @@ def run(model, exps: list[Experiment], windows: torch.Tensor, batch_size: int, d
     return sweep(model, exps, lambda m: evaluate(m, windows, batch_size), desc)
 
 
-def run_tasks(model, tokenizer, exps, tasks: list[Task], max_len: int, batch_size: int):
-    """Every downstream task under every experiment: [{task name: TaskResult}]."""
-
-    def measure(m):
-        return {t.name: evaluate_task(m, tokenizer, t, max_len, batch_size) for t in tasks}
-
-    return sweep(model, exps, measure, "tasks")
-
-
 def task_rows(
     ident: dict,
     results: dict[str, TaskResult],
@@ -190,17 +181,15 @@ def task_rows(
                 "kind": task.kind,
                 "items": n,
                 "accuracy": res.accuracy,
-                "acc_norm": res.acc_norm if task.kind == "choice" else math.nan,
-                "target_ppl": res.target_ppl if task.kind == "last_word" else math.nan,
+                "acc_norm": res.acc_norm if task.kind != "last_word" else math.nan,
+                "target_ppl": res.target_ppl,
                 "delta_accuracy": res.accuracy - ref.accuracy,
                 "ci_low": float(lo),
                 "ci_high": float(hi),
                 "delta_acc_norm": res.acc_norm - ref.acc_norm
-                if task.kind == "choice"
+                if task.kind != "last_word"
                 else math.nan,
-                "delta_target_ppl": res.target_ppl - ref.target_ppl
-                if task.kind == "last_word"
-                else math.nan,
+                "delta_target_ppl": res.target_ppl - ref.target_ppl,
             }
         )
     return rows

@@ -69,6 +69,11 @@ class Params:
     mask_ratios: tuple[float, ...] = (0.25, 0.5)
     tasks: tuple[str, ...] = ("kjv_lambada", "kjv_hellaswag")
     task_items: int = 128
+    lm_eval_tasks: tuple[str, ...] = ()
+    # fault-injection campaign
+    fault_rates: tuple[float, ...] = (1e-7, 1e-6)
+    fault_trials: int = 8
+    fault_protect: tuple[float, ...] = (0.01, 0.1)
     target_components: tuple[str, ...] = ()
     target_layers: tuple[int, ...] = ()
     spike_ratio: float = 100.0
@@ -134,6 +139,7 @@ def _validate(p: Params):
         "bootstrap",
         "headline_k",
         "task_items",
+        "fault_trials",
         "vocab_size",
         "train_steps",
         "train_batch",
@@ -190,6 +196,14 @@ def _validate_strengths(p: Params):
             _fail(key, f"must be a non-empty list of distinct {what}, got {list(values)}")
     if len(set(p.mask_ratios)) != len(p.mask_ratios) or not all(0 < r < 1 for r in p.mask_ratios):
         _fail("mask_ratios", f"must be distinct fractions in (0, 1), got {list(p.mask_ratios)}")
+    if not p.fault_rates or not all(0 < r < 1 for r in p.fault_rates):
+        _fail("fault_rates", f"must be bit error rates in (0, 1), got {list(p.fault_rates)}")
+    if not all(0 < f <= 0.5 for f in p.fault_protect):
+        _fail(
+            "fault_protect",
+            f"must be pool fractions in (0, 0.5] (a matched random set of the same size must "
+            f"fit beside the top set), got {list(p.fault_protect)}",
+        )
     if any(layer < 0 for layer in p.target_layers):
         _fail("target_layers", f"must be block indices >= 0, got {list(p.target_layers)}")
 

@@ -191,32 +191,46 @@ def check(perturbation: Perturbation, strength: Strength, dtype: torch.dtype) ->
 
 
 @contextmanager
+def edited(
+    params: dict[str, torch.nn.Parameter],
+    edits: dict[str, tuple[torch.Tensor, object]],
+    change: Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor],
+) -> Iterator[None]:
+    """Sets params[name].view(-1)[flat] = change(original values, whole tensor, extra) for each
+    `name: (flat, extra)`; on exit restores the saved originals and proves it bit for bit."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for name, (flat, extra) in edits.items():
+                tensor = params[name].data
+                storage = tensor.view(-1)  # a view: writes land in the parameter
+                flat = flat.to(storage.device)
+                original = storage[flat].clone()
+                saved.append((storage, flat, original))
+                storage[flat] = change(original, tensor, extra)
+        yield
+    finally:
+        restore(saved)
+
+
 def perturbed(
     params: dict[str, torch.nn.Parameter],
     selection: dict[str, torch.Tensor],
     perturbation: Perturbation,
     strength: Strength = None,
     seed: int = 0,
-) -> Iterator[None]:
+):
     """Applies `perturbation` to params[name].view(-1)[flat] for each entry; restores on exit.
 
     The random stream depends on `seed` only, so two selections of equal size and layout
     (a top set and its matched control) receive the same ε and the same bit positions.
     """
     gen = torch.Generator().manual_seed(seed)
-    saved = []
-    try:
-        with torch.no_grad():
-            for name, flat in selection.items():
-                tensor = params[name].data
-                storage = tensor.view(-1)  # a view: writes land in the parameter
-                flat = flat.to(storage.device)
-                original = storage[flat].clone()
-                saved.append((storage, flat, original))
-                storage[flat] = perturbation.apply(original, tensor, strength, gen)
-        yield
-    finally:
-        restore(saved)
+    return edited(
+        params,
+        {name: (flat, None) for name, flat in selection.items()},
+        lambda values, tensor, _: perturbation.apply(values, tensor, strength, gen),
+    )
 
 
 def restore(saved) -> None:

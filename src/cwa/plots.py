@@ -68,14 +68,23 @@ def layer_heatmap(ranking: pl.DataFrame, pool: pl.DataFrame, k: int, path) -> No
 
 def effects(effects: pl.DataFrame, path) -> None:
     """ΔPPL vs k per perturbation: top set against controls, with 95% paired-bootstrap CIs."""
+    _per_perturbation(effects, "k", "k (weights perturbed)", path, log_x=True)
+
+
+def mask(effects: pl.DataFrame, path) -> None:
+    """ΔPPL against the fraction of each selection perturbed, per perturbation."""
+    _per_perturbation(effects, "mask_ratio", "fraction of the selection", path)
+
+
+def _per_perturbation(effects: pl.DataFrame, x: str, xlabel: str, path, log_x=False) -> None:
     perts = effects["perturbation"].unique().sort().to_list()
-    fig, axes = plt.subplots(1, len(perts), figsize=(4.2 * len(perts), 3.8), squeeze=False)
-    for ax, pert in zip(axes[0], perts, strict=True):
+    fig, axes = _panels(len(perts))
+    for ax, pert in zip(axes, perts, strict=True):
         rows = effects.filter(pl.col("perturbation") == pert)
-        _selection_lines(ax, rows, "k")
-        ax.set_xscale("log")
-        ax.set(title=f"{pert} {rows['setting'][0]}".strip(), xlabel="k (weights perturbed)")
-    axes[0][0].set_ylabel("ΔPPL (symlog)")
+        _selection_lines(ax, rows, x)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set(title=f"{pert} {rows['setting'][0]}".strip(), xlabel=xlabel, ylabel="ΔPPL (symlog)")
     _save(fig, path)
 
 
@@ -107,23 +116,29 @@ def _selection_lines(ax, rows: pl.DataFrame, x: str, positions: dict | None = No
         for v in agg.filter(pl.col("diverged"))[at]:
             ax.annotate("diverged", (v, 0), color=color, fontsize=7, rotation=90)
     ax.set_yscale("symlog", linthresh=1e-2)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(min(lo, -1e-2), max(hi, 1e-2))  # tiny effects: keep readable symlog ticks
     ax.axhline(0, color="black", lw=0.5)
     ax.legend(fontsize=7)
+
+
+def _panels(n: int, cols: int = 3):
+    """A grid of n panels, `cols` per row; unused panels hidden."""
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n]) or [axes.flat[0]]
 
 
 def dose(effects: pl.DataFrame, path) -> None:
     """ΔPPL against strength for every perturbation that has a sweep (settings in the order of
     their numeric strength, bit fields last)."""
-    swept = [
-        name
-        for name, g in effects.group_by("perturbation", maintain_order=True)
-        if g["setting"].n_unique() > 1
-    ]
-    swept = sorted(p[0] if isinstance(p, tuple) else p for p in swept)
-    fig, axes = plt.subplots(
-        1, max(1, len(swept)), figsize=(4.2 * max(1, len(swept)), 3.8), squeeze=False
+    swept = sorted(
+        name for (name,), g in effects.group_by("perturbation") if g["setting"].n_unique() > 1
     )
-    for ax, pert in zip(axes[0], swept, strict=False):
+    fig, axes = _panels(len(swept))
+    for ax, pert in zip(axes, swept, strict=False):
         rows = effects.filter(pl.col("perturbation") == pert)
         order = (
             rows.select("setting", "strength")
@@ -133,22 +148,33 @@ def dose(effects: pl.DataFrame, path) -> None:
         )
         _selection_lines(ax, rows, "setting", {s: i for i, s in enumerate(order)})
         ax.set_xticks(range(len(order)), order, rotation=30, ha="right", fontsize=8)
-        ax.set(title=pert, xlabel="strength")
-    axes[0][0].set_ylabel("ΔPPL (symlog)")
+        ax.set(title=pert, xlabel="strength", ylabel="ΔPPL (symlog)")
     if not swept:
-        axes[0][0].text(0.5, 0.5, "no strength sweeps", ha="center", transform=axes[0][0].transAxes)
+        axes[0].text(0.5, 0.5, "no strength sweeps", ha="center", transform=axes[0].transAxes)
     _save(fig, path)
 
 
-def mask(effects: pl.DataFrame, path) -> None:
-    """ΔPPL against the fraction of each selection perturbed, per perturbation."""
-    perts = effects["perturbation"].unique().sort().to_list()
-    fig, axes = plt.subplots(1, len(perts), figsize=(4.2 * len(perts), 3.8), squeeze=False)
-    for ax, pert in zip(axes[0], perts, strict=True):
-        rows = effects.filter(pl.col("perturbation") == pert)
-        _selection_lines(ax, rows, "mask_ratio")
-        ax.set(title=f"{pert} {rows['setting'][0]}".strip(), xlabel="fraction of the selection")
-    axes[0][0].set_ylabel("ΔPPL (symlog)")
+def faults(summary: pl.DataFrame, path) -> None:
+    """Median ΔPPL over fault trials against the bit error rate: unprotected, and with the top
+    or a matched random fraction of the pool protected."""
+    fracs = sorted(f for f in summary["protect"].unique() if f > 0)
+    fig, axes = _panels(max(1, len(fracs)), cols=max(1, len(fracs)))
+    none = summary.filter(pl.col("arm") == "none").sort("rate")
+    for ax, frac in zip(axes, fracs, strict=False):
+        ax.plot(none["rate"], none["median_delta_ppl"], "o-", color="black", label="unprotected")
+        for arm, color in (("top", COLORS["top"]), ("random", COLORS["random_k"])):
+            rows = summary.filter((pl.col("protect") == frac) & (pl.col("arm") == arm)).sort("rate")
+            ax.plot(
+                rows["rate"], rows["median_delta_ppl"], "o-", color=color, label=f"{arm} protected"
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set(
+            title=f"protect {frac:g} of the pool",
+            xlabel="bit error rate",
+            ylabel="median ΔPPL over trials (symlog)",
+        )
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 

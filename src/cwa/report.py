@@ -242,6 +242,18 @@ def render_markdown(ctx: dict) -> str:
         "",
         table(ctx["effects"]),
         "",
+        "## Fault injection: what does protecting the top weights buy?",
+        "",
+        "Random bit flips over every pool weight's storage at each bit error rate "
+        f"({p.fault_trials} draws per rate). Each draw is evaluated unprotected, with the top "
+        f"fraction of the pool by {p.metric} protected (flips landing there are not applied), and "
+        "with a matched random set of the same size protected. median_gain = median over draws "
+        "of PPL(unprotected) − PPL(arm); gain_per_weight divides it by the protected weights.",
+        "",
+        "![fault injection](faults.png)",
+        "",
+        table(ctx["faults"]),
+        "",
         "## Stability across calibration seeds",
         "",
         "![stability](stability.png)",

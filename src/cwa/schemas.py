@@ -254,7 +254,12 @@ SCHEMAS: dict[str, Schema] = {
             Column("seed", INT, "calibration seed of the ranking"),
             *_EXPERIMENT,
             Column("task", STR, "task name (built-in name or the JSONL path given)"),
-            Column("kind", STR, "`last_word` (LAMBADA-style) or `choice` (HellaSwag-style)"),
+            Column(
+                "kind",
+                STR,
+                "`last_word` (LAMBADA-style), `choice` (HellaSwag-style) or `lm_eval` (a "
+                "harness task, named `lm_eval:<task>`, scored by lm-eval's own acc / acc_norm)",
+            ),
             Column("items", INT, "items scored"),
             Column(
                 "accuracy",
@@ -270,6 +275,46 @@ SCHEMAS: dict[str, Schema] = {
             Column("delta_target_ppl", FLOAT, "target_ppl − the unperturbed model's"),
         ),
         (*_EXPERIMENT_ORDER, "task"),
+    ),
+    "fault_trials": Schema(
+        "artifacts/faults/trials.parquet",
+        "Fault-injection campaign: one row per bit error rate, trial, protected fraction and arm. "
+        "Every arm of a trial shares its fault draw.",
+        (
+            Column("rate", FLOAT, "bit error rate: each storage bit of each pool weight flips"),
+            Column("trial", INT, "fault draw number"),
+            Column("protect", FLOAT, "fraction of the pool protected (0 for the unprotected arm)"),
+            Column("arm", STR, "`none`, `top` (top-scored weights protected) or `random`"),
+            Column("protected", INT, "weights protected"),
+            Column("flips", INT, "bits flipped in the draw"),
+            Column("blocked", INT, "flips that landed in the protected set and were not applied"),
+            Column("ppl", FLOAT, "perplexity with the applied flips (inf when diverged)"),
+            Column("delta_ppl", FLOAT, "ppl − baseline ppl"),
+            Column("diverged", BOOL, "the loss became inf or NaN"),
+        ),
+        ("rate", "protect", "arm", "trial"),
+    ),
+    "fault_summary": Schema(
+        "artifacts/faults/summary.parquet",
+        "The campaign per rate, protected fraction and arm.",
+        (
+            Column("rate", FLOAT, "bit error rate"),
+            Column("protect", FLOAT, "fraction of the pool protected"),
+            Column("arm", STR, "`none`, `top` or `random`"),
+            Column("trials", INT, "fault draws"),
+            Column("protected", INT, "weights protected"),
+            Column("mean_flips", FLOAT, "bits flipped per draw (mean)"),
+            Column("mean_blocked", FLOAT, "flips blocked by protection per draw (mean)"),
+            Column("diverged_share", FLOAT, "share of draws whose loss became inf/NaN"),
+            Column("median_delta_ppl", FLOAT, "median ΔPPL over draws (a diverged draw is +inf)"),
+            Column(
+                "median_gain",
+                FLOAT,
+                "median over draws of ppl(unprotected) − ppl(this arm): what protection bought",
+            ),
+            Column("gain_per_weight", FLOAT, "median_gain / protected weights"),
+        ),
+        ("rate", "protect", "arm"),
     ),
     "spikes": Schema(
         "artifacts/superweight/spikes.parquet",

@@ -6,7 +6,8 @@ Two kinds, told apart by their fields:
   target NLL gives the target perplexity.
 - multiple choice (HellaSwag-style), `{"ctx": ..., "endings": [...], "label": i}`: each ending
   is scored by the summed log-likelihood of " " + ending given the context; acc takes the
-  argmax, acc_norm the argmax after dividing by the continuation's length in characters.
+  argmax, acc_norm the argmax after dividing by the ending's length in characters (lm-eval's
+  definition: the ending without the joining space).
 Built-in files (`kjv_lambada`, `kjv_hellaswag`) are made from held-out corpus paragraphs by the
 `tasks` stage, so the default pipeline runs them offline.
 """
@@ -152,7 +153,7 @@ def evaluate_task(model, tokenizer, task: Task, max_len: int, batch_size: int) -
     correct, norm = [], []
     for it, cs in zip(task.items, conts, strict=True):
         lp = np.array([next(lps) for _ in cs])
-        lengths = np.array([len(c) for c in cs], dtype=float)
+        lengths = np.array([len(e) for e in it["endings"]], dtype=float)
         correct.append(float(np.argmax(lp) == it["label"]))
         norm.append(float(np.argmax(lp / lengths) == it["label"]))
     n = len(task.items)

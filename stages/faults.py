@@ -1,0 +1,60 @@
+"""faults: a fault-injection campaign priced against protection of the top-scored weights.
+
+Random bit flips at each rate in `fault_rates` (per storage bit of every pool weight),
+`fault_trials` draws per rate; each draw is evaluated unprotected, with the top fraction
+(`fault_protect`) of the pool by the first seed's scores protected, and with a matched random
+set of the same size protected. All arms share the draw and the evaluation windows.
+Reads: the corpus table, the model, the score store, the pool and the baseline per-text table.
+Writes: one row per trial and arm (schema `fault_trials`) and the summary (`fault_summary`).
+Params: model, dtype, device, seq_len, eval_samples, batch_size, seeds, fault_rates,
+fault_trials, fault_protect.
+"""
+
+import polars as pl
+
+from cwa.data import eval_windows
+from cwa.evaluation import read_baseline
+from cwa.faults import campaign, summary
+from cwa.io import write_table
+from cwa.models import load_model
+from cwa.scores import load_scores
+from cwa.stage import stage_main
+
+
+def add_args(p):
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--models-dir", required=True)
+    p.add_argument("--scores", required=True)
+    p.add_argument("--pool", required=True)
+    p.add_argument("--baseline-texts", required=True)
+    p.add_argument("--trials", required=True)
+    p.add_argument("--summary", required=True)
+
+
+def run(args, params):
+    model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
+    windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
+    base = read_baseline(args.baseline_texts, len(windows))
+    seed = params.seeds[0]
+    names = pl.read_parquet(args.pool).sort("position")["param"].to_list()
+    stored = load_scores(args.scores, seed)
+    scores = [stored[n].abs().reshape(-1) for n in names]
+    rows = campaign(
+        model,
+        names,
+        scores,
+        windows,
+        base,
+        params.fault_rates,
+        params.fault_trials,
+        params.fault_protect,
+        seed,
+        params.batch_size,
+    )
+    write_table(rows, args.trials, "fault_trials")
+    write_table(summary(rows), args.summary, "fault_summary")
+    return {"evaluations": len(rows), "diverged": int(rows["diverged"].sum())}
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run)

@@ -1,0 +1,76 @@
+"""Fault injection: the fault draw, mask building, and the paired arms on a tiny model."""
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from cwa.evaluation import evaluate
+from cwa.faults import campaign, draw_faults, masks, summary
+from cwa.models import describe, pool
+from cwa.perturbations import fingerprint, flip_bits
+
+
+def test_draw_faults_follows_the_bit_error_rate():
+    weights, bits = draw_faults([1000, 3000], 32, 1e-3, np.random.default_rng(0))
+    assert abs(len(weights) - 128) < 4 * np.sqrt(128)  # Binomial(128 000, 1e-3)
+    assert weights.min() >= 0 and weights.max() < 4000 and bits.min() >= 0 and bits.max() < 32
+    assert len(set(zip(weights.tolist(), bits.tolist(), strict=True))) == len(weights)
+    again = draw_faults([1000, 3000], 32, 1e-3, np.random.default_rng(0))
+    assert np.array_equal(again[0], weights) and np.array_equal(again[1], bits)
+
+
+def test_masks_combine_several_flips_of_one_weight():
+    got = masks(np.array([3, 3, 12]), np.array([0, 5, 31]), np.array([0, 10]), ["a", "b"])
+    assert got["a"][0].tolist() == [3] and got["a"][1].tolist() == [1 | 32]
+    assert got["b"][0].tolist() == [2] and got["b"][1].tolist() == [1 << 31]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama()
+    infos = pool(describe(model))
+    names = [i.name for i in infos]
+    params = dict(model.named_parameters())
+    scores = [params[n].detach().abs().reshape(-1) for n in names]  # magnitude
+    windows = torch.randint(0, 64, (8, 12), generator=torch.Generator().manual_seed(4))
+    return model, names, scores, windows, evaluate(model, windows, 4)
+
+
+def test_arms_are_paired_and_match_a_flip_by_flip_reference(tiny):
+    model, names, scores, windows, base = tiny
+    params = dict(model.named_parameters())
+    before = fingerprint(list(params.values()))
+    rate = 1e-5
+    rows = campaign(model, names, scores, windows, base, (rate,), 2, (0.3,), 7, 4)
+    assert fingerprint(list(params.values())) == before
+    assert len(rows) == 2 * (1 + 2)
+    assert (rows.group_by("trial").agg(pl.col("flips").n_unique())["flips"] == 1).all()
+    sizes = [s.numel() for s in scores]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    weights, bits = draw_faults(sizes, 32, rate, np.random.default_rng([7, 0, 0]))
+    assert len(weights) > 0
+    # the top arm blocks exactly the flips that land in the top 30% by score (brute-force sort)
+    flat = torch.cat(scores).numpy()
+    top = np.argsort(-flat, kind="stable")[: round(0.3 * len(flat))]
+    top_row = rows.filter((pl.col("trial") == 0) & (pl.col("arm") == "top"))
+    assert top_row["blocked"][0] == np.isin(weights, top).sum()
+    assert top_row["protected"][0] == len(top)
+    # the unprotected arm of trial 0 equals flipping each drawn bit by hand
+    saved = {n: params[n].detach().clone() for n in names}
+    with torch.no_grad():
+        for w, b in zip(weights, bits, strict=True):
+            t = int(np.searchsorted(offsets, w, side="right") - 1)
+            data = params[names[t]].data.view(-1)
+            data[w - offsets[t]] = flip_bits(data[w - offsets[t]], int(b))
+        want = evaluate(model, windows, 4).ppl
+        for n in names:
+            params[n].data.copy_(saved[n])
+    got = rows.filter((pl.col("trial") == 0) & (pl.col("arm") == "none"))["ppl"][0]
+    assert got == pytest.approx(want, rel=1e-6) or (np.isinf(got) and np.isinf(want))
+    table = summary(rows)
+    assert len(table) == 3 and set(table["arm"]) == {"none", "top", "random"}
+    none = table.filter(pl.col("arm") == "none")
+    assert none["median_gain"][0] == 0.0 and none["gain_per_weight"][0] is None
