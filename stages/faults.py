@@ -2,8 +2,8 @@
 
 Random bit flips at each rate in `fault_rates` (per storage bit of every pool weight),
 `fault_trials` draws per rate; each draw is evaluated unprotected, with the top fraction
-(`fault_protect`) of the pool by the first seed's scores protected, and with a matched random
-set of the same size protected. All arms share the draw and the evaluation windows.
+(`fault_protect`) of the pool by the first seed's scores protected, and with a random set of the
+same size (uniform over the rest of the pool) protected. All arms share the draw and the evaluation windows.
 Reads: the corpus table, the model, the score store, the pool and the baseline per-text table.
 Writes: one row per trial and arm (schema `fault_trials`) and the summary (`fault_summary`).
 Params: model, dtype, device, seq_len, eval_samples, batch_size, seeds, fault_rates,

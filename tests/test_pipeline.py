@@ -241,6 +241,10 @@ def test_second_order_metric_and_per_head_mode_through_dvc(repo):
         "mode=per_head",
         "-S",
         "probes=2",
+        "-S",
+        "target_layers=[]",  # the workspace keeps the previous experiment's params
+        "-S",
+        "lm_eval_tasks=[]",
     )
     ranking = pl.read_parquet(repo / "artifacts" / "rank" / "ranking.parquet")
     assert set(ranking["mode"]) == {"per_head"} and set(ranking["metric"]) == {"hutchinson_diag"}

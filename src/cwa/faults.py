@@ -2,8 +2,8 @@
 without protecting (not flipping) a set of weights, to price protection per protected weight.
 
 Each bit of each pool weight's storage flips independently with probability `rate`; the same
-fault draw is evaluated unprotected, with the top set protected and with a matched random set
-(same tensors and counts) protected, so the three arms are paired.
+fault draw is evaluated unprotected, with the top set protected and with a random set of the
+same size (uniform over the rest of the pool) protected, so the three arms are paired.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from cwa.evaluation import EvalResult, evaluate
 from cwa.perturbations import edited, int_view, xor_mask
 from cwa.progress import progress
-from cwa.ranking import Selected, extreme_k, matched_random
+from cwa.ranking import Selected, extreme_k, sample_excluding
 
 
 def draw_faults(sizes: list[int], width: int, rate: float, rng: np.random.Generator):
@@ -66,9 +66,9 @@ def campaign(
     width = int_view(params[names[0]].data).element_size() * 8
     protected = {0.0: {"none": np.empty(0, np.int64)}}
     for frac in fractions:
-        top = extreme_k(scores, max(1, round(frac * sum(sizes))))
-        rand = matched_random(top, sizes, np.random.default_rng([seed, len(top.flat)]), scores)
-        protected[frac] = {"top": global_index(top, offsets), "random": global_index(rand, offsets)}
+        top = global_index(extreme_k(scores, max(1, round(frac * sum(sizes)))), offsets)
+        rng = np.random.default_rng([seed, len(top)])
+        protected[frac] = {"top": top, "random": sample_excluding(rng, sum(sizes), len(top), top)}
     rows = []
     cells = [(r, t) for r in rates for t in range(trials)]
     for rate, trial in progress(cells, desc="faults"):

@@ -201,8 +201,8 @@ def _validate_strengths(p: Params):
     if not all(0 < f <= 0.5 for f in p.fault_protect):
         _fail(
             "fault_protect",
-            f"must be pool fractions in (0, 0.5] (a matched random set of the same size must "
-            f"fit beside the top set), got {list(p.fault_protect)}",
+            f"must be pool fractions in (0, 0.5] (a random set of the same size must fit "
+            f"beside the top set), got {list(p.fault_protect)}",
         )
     if any(layer < 0 for layer in p.target_layers):
         _fail("target_layers", f"must be block indices >= 0, got {list(p.target_layers)}")

@@ -82,8 +82,9 @@ def _per_perturbation(effects: pl.DataFrame, x: str, xlabel: str, path, log_x=Fa
     for ax, pert in zip(axes, perts, strict=True):
         rows = effects.filter(pl.col("perturbation") == pert)
         _selection_lines(ax, rows, x)
-        if log_x:
+        if log_x:  # explicit limits: a panel where everything diverged has no line to scale by
             ax.set_xscale("log")
+            ax.set_xlim(rows[x].min() / 1.5, rows[x].max() * 1.5)
         ax.set(title=f"{pert} {rows['setting'][0]}".strip(), xlabel=xlabel, ylabel="ΔPPL (symlog)")
     _save(fig, path)
 
@@ -168,6 +169,7 @@ def faults(summary: pl.DataFrame, path) -> None:
                 rows["rate"], rows["median_delta_ppl"], "o-", color=color, label=f"{arm} protected"
             )
         ax.set_xscale("log")
+        ax.set_xlim(summary["rate"].min() / 2, summary["rate"].max() * 2)  # even if all diverged
         ax.set_yscale("symlog", linthresh=1e-2)
         ax.set(
             title=f"protect {frac:g} of the pool",

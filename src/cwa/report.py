@@ -247,7 +247,8 @@ def render_markdown(ctx: dict) -> str:
         "Random bit flips over every pool weight's storage at each bit error rate "
         f"({p.fault_trials} draws per rate). Each draw is evaluated unprotected, with the top "
         f"fraction of the pool by {p.metric} protected (flips landing there are not applied), and "
-        "with a matched random set of the same size protected. median_gain = median over draws "
+        "with a random set of the same size (uniform over the rest of the pool) protected. "
+        "median_gain = median over draws "
         "of PPL(unprotected) − PPL(arm); gain_per_weight divides it by the protected weights.",
         "",
         "![fault injection](faults.png)",
