@@ -25,6 +25,16 @@ from cwa.perturbations import get_perturbation, perturbed
 from cwa.ranking import extreme_k
 from cwa.training import build_model
 
+# One experiment of each kind: apply to 1,000 weights, evaluate, restore (and verify).
+PERTURBATION_COSTS = [
+    ("zero", None),
+    ("scale", 2.0),
+    ("gauss_rel", 1.0),
+    ("bit_flip", "exponent"),
+    ("bit_flip_p", 0.05),
+    ("quantize", 4),
+]
+
 
 def best_of(fn, repeats: int = 3) -> float:
     times = []
@@ -74,15 +84,25 @@ def main():
     store_bytes = sum(s.numel() * s.element_size() for s in store.values())
     pool_fp32 = 4 * sum(i.numel for i in infos)
     rows.append(("score store bytes / one fp32 copy of the pool", store_bytes / pool_fp32))
-    ev = best_of(lambda: evaluate(model, windows, args.batch_size))
     params = dict(model.named_parameters())
     sel = {infos[0].name: torch.arange(0, 1000)}
+    for name, strength in PERTURBATION_COSTS:
+        pert = get_perturbation(name)
 
-    def one_experiment():
-        with perturbed(params, sel, get_perturbation("zero")):
-            evaluate(model, windows, args.batch_size)
+        def one_experiment(pert=pert, strength=strength):
+            with perturbed(params, sel, pert, strength, seed=0):
+                evaluate(model, windows, args.batch_size)
 
-    rows.append(("perturb experiment (k=1000) / evaluation", best_of(one_experiment) / ev))
+        def apply_restore(pert=pert, strength=strength):
+            with perturbed(params, sel, pert, strength, seed=0):
+                pass
+
+        # evaluation timed right beside each experiment: the machine's speed drifts over a run
+        ev = best_of(lambda: evaluate(model, windows, args.batch_size), 5)
+        ratio = best_of(one_experiment, 5) / ev
+        overhead = best_of(apply_restore, 5) / ev
+        rows.append((f"perturb experiment {name} {strength} (k=1000) / evaluation", ratio))
+        rows.append((f"  apply + restore + verify alone / evaluation ({name})", overhead))
     scores = [torch.rand(10_000_000, generator=torch.Generator().manual_seed(i)) for i in range(10)]
     rows.append(("global top-1000 of 100M scores (s)", best_of(lambda: extreme_k(scores, 1000), 2)))
     print(
@@ -91,7 +111,7 @@ def main():
     )
     print("| measurement | value |\n|---|---|")
     for label, value in rows:
-        print(f"| {label} | {value:.3f} |")
+        print(f"| {label} | {value:.4f} |")
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ register(
         "w → w·(1 + σε), ε ~ N(0, 1): noise relative to each weight's own magnitude",
         lambda v, t, s, g: (v.float() * (1 + float(s) * _noise(v, g))).to(v.dtype),
         "noise_sigma",
-        lambda s: f"σ={s:g}·|w|",
+        lambda s: f"σ={s:g} relative",
     )
 )
 PERTURBATIONS.alias("gauss_noise", "gauss_rel")

@@ -23,7 +23,10 @@ def fmt(x, digits: int = 3) -> str:
 def table(df: pl.DataFrame, digits: int = 3) -> str:
     head = "| " + " | ".join(df.columns) + " |"
     rule = "|" + "---|" * len(df.columns)
-    rows = ["| " + " | ".join(fmt(v, digits) for v in r) + " |" for r in df.iter_rows()]
+    rows = [
+        "| " + " | ".join(fmt(v, digits).replace("|", "\\|") for v in r) + " |"
+        for r in df.iter_rows()
+    ]
     return "\n".join([head, rule, *rows])
 
 
