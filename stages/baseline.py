@@ -5,8 +5,10 @@ per-text results (schema `eval_texts`), the reference for every paired statistic
 Params: model, dtype, device, seq_len, eval_samples, batch_size.
 """
 
+import numpy as np
 import polars as pl
 
+from cwa import CwaError
 from cwa.data import eval_windows
 from cwa.evaluation import evaluate
 from cwa.experiment import BASELINE, text_rows
@@ -26,6 +28,13 @@ def run(args, params):
     model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     result = evaluate(model, windows, params.batch_size, desc="baseline")
+    if result.diverged:  # finite weights, yet an inf/NaN loss: say where
+        bad = np.flatnonzero(~np.isfinite(result.nll))
+        raise CwaError(
+            f"the unperturbed model's loss is not finite on {len(bad)} of {len(windows)} "
+            f"evaluation windows (first: {bad[:10].tolist()}); with dtype {params.dtype}, an "
+            "overflow in fp16 is the usual cause: try bfloat16 or float32"
+        )
     summary = {
         "model": params.model,
         "texts": len(result.nll),

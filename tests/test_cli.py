@@ -2,7 +2,7 @@
 
 import pytest
 
-from cwa.cli import build_parser, main, overrides
+from cwa.cli import EXPORTS, build_parser, export, main, overrides
 
 
 def test_flags_map_onto_params_keys():
@@ -49,3 +49,35 @@ def test_help_has_examples(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "cwa run --metric grad_squared" in capsys.readouterr().out
+
+
+def test_out_dir_export_is_whole_or_nothing(tmp_path):
+    art = tmp_path / "artifacts"
+    for item in EXPORTS:
+        path = art / item
+        if "." in path.name:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(item)
+        else:
+            (path / "plots").mkdir(parents=True)
+            (path / "plots" / "a.png").write_text("png")
+    export(art, tmp_path / "out")
+    for item in EXPORTS:
+        assert (tmp_path / "out" / item).exists(), item
+    assert (tmp_path / "out" / "report" / "plots" / "a.png").read_text() == "png"
+    (art / "perturb" / "tasks.parquet").unlink()
+    with pytest.raises(FileNotFoundError):
+        export(art, tmp_path / "partial")
+    assert not (tmp_path / "partial").exists()  # nothing half-copied
+    assert not list(tmp_path.glob(".partial*"))
+
+
+def test_out_dir_flag_parses():
+    args = build_parser().parse_args(["run", "--metric", "magnitude", "--out-dir", "res/x"])
+    assert args.out_dir == "res/x" and overrides(args) == {"metric": "magnitude"}
+
+
+def test_show_of_an_unknown_experiment_lists_the_known_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no DVC repository here: dvc exp show fails, cleanly reported
+    assert main(["show", "--exp", "nope"]) == 2
+    assert "cwa: error:" in capsys.readouterr().err

@@ -54,3 +54,20 @@ def test_missing_models_say_what_to_do(tmp_path):
         load_model("builtin:kjv-huge", tmp_path)
     with pytest.raises(CwaError, match="does not exist"):
         load_model(str(tmp_path / "no" / "such" / "dir"), tmp_path)
+
+
+def test_non_finite_weights_are_reported_by_name(llama, tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    with torch.no_grad():
+        llama.model.layers[1].mlp.up_proj.weight[0, :3] = float("nan")
+        llama.model.norm.weight[0] = float("inf")
+    llama.save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
+    ).save_pretrained(tmp_path)
+    with pytest.raises(CwaError) as err:
+        load_model(str(tmp_path), "unused", "float32", "cpu")
+    assert "model.layers.1.mlp.up_proj.weight (3 of 2048)" in str(err.value)
+    assert "model.norm.weight (1 of 32)" in str(err.value)

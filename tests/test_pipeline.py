@@ -245,7 +245,12 @@ def test_second_order_metric_and_per_head_mode_through_dvc(repo):
         "target_layers=[]",  # the workspace keeps the previous experiment's params
         "-S",
         "lm_eval_tasks=[]",
+        "--name",
+        "hutch",
     )
+    shown = sh(repo, "cwa", "show", "--exp", "hutch")
+    assert "experiment hutch: metric=hutchinson_diag" in shown and "mode=per_head" in shown
+    assert "delta_ppl_top" in shown and "| zero |" in shown
     ranking = pl.read_parquet(repo / "artifacts" / "rank" / "ranking.parquet")
     assert set(ranking["mode"]) == {"per_head"} and set(ranking["metric"]) == {"hutchinson_diag"}
     assert sorted(ranking["group"].unique()) == [
@@ -267,4 +272,34 @@ def test_same_params_give_byte_identical_tables(repo):
     before = hashes(repo)
     assert len(before) >= 14
     sh(repo, "dvc", "repro", "--force")  # every stage again, training included
+    assert hashes(repo) == before
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("metric=fisher", "`metric` is 'fisher'; valid values:"),
+        ("topk=[0]", "`topk` must be a non-empty list of positive integers"),
+        ("flip_bit=[40]", "`flip_bit` must be a non-empty list of distinct bit positions"),
+        ("unknown_key=1", "unknown key(s) unknown_key"),
+    ],
+)
+def test_bad_params_through_dvc_exp_run(repo, setting, message):
+    """DVC removes a stage's outputs before running it, so a failed stage leaves none; the message
+    names the key and what is valid, and `dvc checkout` brings the previous outputs back."""
+    sh(repo, "dvc", "checkout", "--force")
+    before = hashes(repo)
+    done = subprocess.run(
+        ["dvc", "exp", "run", "-S", setting],
+        cwd=repo,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert message in out and "Traceback" not in out
+    sh(repo, "git", "checkout", "params.yaml")
+    sh(repo, "dvc", "checkout", "--force")
     assert hashes(repo) == before

@@ -4,8 +4,12 @@ Examples:
   cwa run --metric grad_squared --topk 10,100 --seeds 0,1,2
       one DVC experiment (`dvc exp run -S metric=grad_squared -S topk=[10,100] ...`)
   cwa run --model ./my-llama --dtype bfloat16 --perturb zero,sign_flip --controls random_k
+  cwa run --metric grad_x_weight --perturb zero,sign_flip --out-dir results/gxw
+      ... and copy the report, metrics and result tables to results/gxw afterwards
   cwa show
-      the headline numbers and effects table of the workspace's last run
+      the headline numbers and top-vs-control table of the workspace's last run
+  cwa show --exp pally-sacs
+      the same for a named DVC experiment (see `dvc exp show`), with the params it changed
 """
 
 from __future__ import annotations
@@ -67,30 +71,104 @@ def cmd_run(args) -> int:
         raise CwaError(f"params file {params_file} must hold a mapping of keys to values")
     changes = overrides(args)
     params_from_dict(raw | changes)  # fail before DVC starts
-    cmd = ["dvc", "exp", "run"]
+    cmd = [sys.executable, "-m", "dvc", "exp", "run"]  # the dvc of this environment
     for key, value in changes.items():
         cmd += ["-S", f"{key}={json.dumps(value) if isinstance(value, list) else value}"]
     if args.name:
         cmd += ["--name", args.name]
     print("+", " ".join(cmd), file=sys.stderr)
-    return subprocess.run(cmd, check=False).returncode
+    code = subprocess.run(cmd, check=False).returncode
+    if code == 0 and args.out_dir:
+        export(Path(args.artifacts), Path(args.out_dir))
+        print(f"results copied to {args.out_dir}", file=sys.stderr)
+    return code
+
+
+# What `--out-dir` receives: the files a reader of the old scripts' output directory expects.
+EXPORTS = (
+    "metrics.json",
+    "report",
+    "perturb/effects.parquet",
+    "perturb/comparisons.parquet",
+    "perturb/tasks.parquet",
+    "rank/ranking.parquet",
+    "faults/summary.parquet",
+)
+
+
+def export(artifacts: Path, out_dir: Path) -> None:
+    """Copies the run's results into out_dir, whole or not at all (temp dir, then rename)."""
+    import shutil
+
+    from cwa.io import atomic_write
+
+    def write(tmp: Path):
+        for item in EXPORTS:
+            src, dest = artifacts / item, tmp / item
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest)
+
+    atomic_write(out_dir, write)
 
 
 def cmd_show(args) -> int:
-    import polars as pl
+    from cwa.report import fmt
 
-    from cwa.report import comparisons_table, fmt, table
+    metrics, comparisons, changed = _experiment(args.exp) if args.exp else _workspace(args)
+    if args.exp:
+        print(
+            f"experiment {args.exp}: "
+            + (", ".join(f"{k}={v}" for k, v in changed) or "no param changes")
+        )
+    for key in sorted(metrics):
+        print(f"{key:>24}: {fmt(metrics[key])}")
+    if comparisons is not None:
+        from cwa.report import comparisons_table, table
+
+        print()
+        print(table(comparisons_table(comparisons, metrics["headline_k"])))
+    return 0
+
+
+def _workspace(args):
+    import polars as pl
 
     metrics_path = Path(args.artifacts) / "metrics.json"
     if not metrics_path.exists():
         raise CwaError(f"{metrics_path} not found: run the pipeline first (`dvc repro`)")
-    metrics = json.loads(metrics_path.read_text())
-    for key in sorted(metrics):
-        print(f"{key:>18}: {fmt(metrics[key])}")
     comparisons = pl.read_parquet(Path(args.artifacts) / "perturb" / "comparisons.parquet")
-    print()
-    print(table(comparisons_table(comparisons, metrics["headline_k"])))
-    return 0
+    return json.loads(metrics_path.read_text()), comparisons, []
+
+
+def _experiment(name: str):
+    """Metrics, comparisons table and changed params of a named experiment, from DVC."""
+    import io
+
+    import dvc.api
+    import polars as pl
+
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise CwaError(f"`dvc exp show` failed: {done.stderr.strip()[-300:]}")
+    names = []
+    for commit in json.loads(done.stdout):
+        base = (commit.get("data") or {}).get("params", {}).get("params.yaml", {}).get("data", {})
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                names.append(rev.get("name"))
+                if rev.get("name") == name:
+                    data = rev["data"]
+                    metrics = data["metrics"]["artifacts/metrics.json"]["data"]
+                    params = data["params"]["params.yaml"]["data"]
+                    changed = [(k, v) for k, v in params.items() if base.get(k) != v]
+                    path = "artifacts/perturb/comparisons.parquet"
+                    with dvc.api.open(path, rev=rev["rev"], mode="rb") as f:
+                        comparisons = pl.read_parquet(io.BytesIO(f.read()))
+                    return metrics, comparisons, changed
+    known = ", ".join(n for n in names if n) or "none"
+    raise CwaError(f"no experiment named {name!r}; experiments: {known}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,10 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         hint = "comma-separated list" if kind == _LIST else kind.__name__
         run.add_argument(f"--{flag.replace('_', '-')}", help=f"params `{key}` ({hint})")
     run.add_argument("--name", help="experiment name for `dvc exp show`")
+    run.add_argument("--out-dir", help="copy the report, metrics and result tables here afterwards")
+    run.add_argument("--artifacts", default="artifacts", help=argparse.SUPPRESS)
     run.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
-    show = sub.add_parser("show", help="print the headline metrics and effects table")
+    show = sub.add_parser("show", help="print the headline metrics and top-vs-control table")
     show.add_argument("--artifacts", default="artifacts")
+    show.add_argument("--exp", help="a named DVC experiment instead of the workspace")
     show.set_defaults(func=cmd_show)
     return parser
 

@@ -61,7 +61,20 @@ def load_model(
         ) from err
     model.to(resolve_device(device))
     model.eval()  # dropout off for every scoring and evaluation pass
+    check_finite(model, spec)
     return model, tokenizer
+
+
+def check_finite(model: nn.Module, spec: str) -> None:
+    """A checkpoint with NaN/inf weights fails here, naming where, not later as a NaN loss."""
+    bad = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            count = int((~torch.isfinite(p)).sum())
+            if count:
+                bad.append(f"{name} ({count} of {p.numel()})")
+    if bad:
+        raise CwaError(f"model {spec!r} has non-finite weights in: {'; '.join(bad[:10])}")
 
 
 def count_parameters(model: nn.Module) -> int:
