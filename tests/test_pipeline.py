@@ -303,3 +303,41 @@ def test_bad_params_through_dvc_exp_run(repo, setting, message):
     sh(repo, "git", "checkout", "params.yaml")
     sh(repo, "dvc", "checkout", "--force")
     assert hashes(repo) == before
+
+
+def test_kill_9_during_dvc_repro_then_repro_completes(repo, tmp_path):
+    """SIGKILL the whole `dvc repro` process group mid-way through the perturbation sweep: every
+    table left behind is complete (readable), and the next `dvc repro` finishes the job."""
+    import signal
+    import time
+
+    sh(repo, "git", "checkout", "params.yaml")
+    sh(repo, "dvc", "checkout", "--force")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(params | {"random_draws": 3}, sort_keys=False))
+    log = tmp_path / "repro.log"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro"],
+            cwd=repo,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.time() + 300
+        while "Running stage 'perturb'" not in log.read_text() and time.time() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.1)
+        time.sleep(1.5)  # inside the sweep
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for table in (repo / "artifacts").rglob("*.parquet"):
+        pl.read_parquet(table)  # never truncated: the previous file, the new one, or none
+    out = sh(repo, "dvc", "repro")
+    assert "Running stage 'perturb'" in out
+    assert "up to date" in sh(repo, "dvc", "status")
+    ranking = pl.read_parquet(repo / "artifacts" / "rank" / "ranking.parquet")
+    assert set(ranking.filter(pl.col("selection") == "random_k")["draw"]) == {0, 1, 2}
+    assert not list((repo / "artifacts").rglob(".*.tmp-*"))  # stale temporaries cleared
