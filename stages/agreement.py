@@ -21,7 +21,9 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
+    model, tokenizer = load_model(
+        params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
+    )
     infos = pool(describe(model), **params.pool_options)
     seed = params.seeds[0]
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)

@@ -3,10 +3,11 @@
 Random bit flips at each rate in `fault_rates` (per storage bit of every pool weight),
 `fault_trials` draws per rate; each draw is evaluated unprotected, with the top fraction
 (`fault_protect`) of the pool by the first seed's scores protected, and with a random set of the
-same size (uniform over the rest of the pool) protected. All arms share the draw and the evaluation windows.
+same size (uniform over the rest of the pool) protected. All arms share the draw and the
+evaluation windows.
 Reads: the corpus table, the model, the score store, the pool and the baseline per-text table.
 Writes: one row per trial and arm (schema `fault_trials`) and the summary (`fault_summary`).
-Params: model, dtype, device, seq_len, eval_samples, batch_size, seeds, fault_rates,
+Params: model, dtype, device, device_map, seq_len, eval_samples, batch_size, seeds, fault_rates,
 fault_trials, fault_protect.
 """
 
@@ -32,7 +33,9 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
+    model, tokenizer = load_model(
+        params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
+    )
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = read_baseline(args.baseline_texts, len(windows))
     seed = params.seeds[0]

@@ -55,7 +55,9 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
+    model, tokenizer = load_model(
+        params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
+    )
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = read_baseline(args.baseline_texts, len(windows))
     seed = params.seeds[0]

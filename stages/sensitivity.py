@@ -3,13 +3,18 @@
 Reads: the corpus table (calibration split) and the model.
 Writes: the score store (one safetensors file per seed), the pool description (schema `pool`)
 and per-tensor score statistics (schema `tensor_stats`).
-Params: model, dtype, device, metric, seeds, calib_samples, seq_len, batch_size,
-include_embeddings.
+Params: model, dtype, device, device_map, num_processes, metric, seeds, calib_samples, seq_len,
+batch_size, probes, layer_group, include_embeddings, include_1d, layers.
+
+With num_processes > 1 the stage runs itself again under `accelerate launch` (or runs under a
+launcher the user started): each process scores its share of every draw, the accumulators are
+all-reduced once per seed, and only the main process writes.
 """
 
 import polars as pl
 
 from cwa.data import calibration_draw, split_windows
+from cwa.distributed import init_world, relaunch
 from cwa.io import write_table
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import describe, load_model, pool
@@ -27,7 +32,15 @@ def add_args(p):
 
 def run(args, params):
     metric = get_metric(params.metric)
-    model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
+    relaunch(params.num_processes, params.device)  # exits here when it launched the processes
+    world = init_world(params.device)
+    model, tokenizer = load_model(
+        params.model,
+        args.models_dir,
+        params.dtype,
+        world.device or params.device,
+        device_map=params.device_map,
+    )
     infos = pool(describe(model), **params.pool_options)
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
     stats = []
@@ -42,12 +55,21 @@ def run(args, params):
             params.probes,
             seed,
             desc=f"{metric.name} seed {seed}",
+            world=world,
         )
+        if not world.main:
+            continue
         save_scores(scores, args.scores, seed, metric.name)
         stats.append(tensor_stats(infos, scores, metric.name, seed))
+    if not world.main:
+        return None
     write_table(pool_table(infos), args.pool, "pool")
     write_table(pl.concat(stats), args.stats, "tensor_stats")
-    return {"pool_tensors": len(infos), "pool_weights": sum(i.numel for i in infos)}
+    return {
+        "pool_tensors": len(infos),
+        "pool_weights": sum(i.numel for i in infos),
+        "processes": world.size,
+    }
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_model(params.model, args.models_dir, params.dtype, params.device)
+    model, tokenizer = load_model(
+        params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
+    )
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
     probe = calibration_draw(calib, params.calib_samples, params.seeds[0])[: params.batch_size]
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)

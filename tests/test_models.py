@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cwa import CwaError
-from cwa.models import classify, count_parameters, describe, load_model, pool
+from cwa.models import classify, count_parameters, describe, load_model, pool, refuse_offload
 
 
 def test_llama_parameters_are_classified_and_pooled(llama):
@@ -47,6 +47,37 @@ def test_load_from_save_pretrained_directory(llama, tmp_path):
         assert torch.equal(a, b), n
     model16, _ = load_model(str(tmp_path), "unused", "bfloat16", "cpu")
     assert next(model16.parameters()).dtype == torch.bfloat16
+
+
+def test_device_map_loads_the_same_weights_and_refuses_offload(llama, tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    llama.save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
+    ).save_pretrained(tmp_path)
+    # No GPU here: accelerate's plan keeps every block on the CPU, which is not offloading.
+    model, _ = load_model(str(tmp_path), "unused", device_map="auto")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    for (n, a), (_, b) in zip(llama.named_parameters(), model.named_parameters(), strict=True):
+        assert torch.equal(a, b), n
+    # Too little memory: the plan sends blocks to disk, refused before any weight is read.
+    with pytest.raises(CwaError, match=r"offload .* perturbations would not persist"):
+        load_model(str(tmp_path), "unused", device_map="sequential", max_memory={"cpu": 20_000})
+    with pytest.raises(
+        CwaError, match=r"offload 2 module\(s\) to CPU/disk \(lm_head, model.layers.1\)"
+    ):
+        refuse_offload(
+            {
+                "model.embed_tokens": 0,
+                "model.layers.0": 1,
+                "model.layers.1": "cpu",
+                "lm_head": "disk",
+            },
+            "m",
+        )
+    refuse_offload({"model.layers.0": 0, "model.layers.1": 1}, "m")  # split over GPUs: fine
 
 
 def test_missing_models_say_what_to_do(tmp_path):

@@ -242,6 +242,8 @@ def test_second_order_metric_and_per_head_mode_through_dvc(repo):
         "-S",
         "probes=2",
         "-S",
+        "num_processes=2",  # data parallel through accelerate launch, inside dvc exp run
+        "-S",
         "target_layers=[]",  # the workspace keeps the previous experiment's params
         "-S",
         "lm_eval_tasks=[]",
@@ -253,6 +255,8 @@ def test_second_order_metric_and_per_head_mode_through_dvc(repo):
     assert "delta_ppl_top" in shown and "| zero |" in shown
     ranking = pl.read_parquet(repo / "artifacts" / "rank" / "ranking.parquet")
     assert set(ranking["mode"]) == {"per_head"} and set(ranking["metric"]) == {"hutchinson_diag"}
+    manifest = json.loads((repo / "artifacts" / "sensitivity" / "manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["params"]["num_processes"] == 2
     assert sorted(ranking["group"].unique()) == [
         f"layers.{layer}.head.{h}" for layer in (0, 1) for h in (0, 1)
     ]

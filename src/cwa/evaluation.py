@@ -46,7 +46,7 @@ def read_baseline(path, windows: int) -> EvalResult:
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Per-token next-token NLL in fp32, shape (B, T-1)."""
     logits = logits[:, :-1].float()  # (B, T-1, V)
-    targets = input_ids[:, 1:]
+    targets = input_ids[:, 1:].to(logits.device)  # a split model's logits sit on its last GPU
     return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
 
 
@@ -59,7 +59,7 @@ def evaluate(model, windows: torch.Tensor, batch_size: int, desc: str | None = N
         batch = batch.to(device)
         logits = model(input_ids=batch, use_cache=False).logits
         nll.append(token_nll(logits, batch).double().sum(dim=1).cpu())
-        hits = logits[:, :-1].argmax(dim=-1) == batch[:, 1:]
+        hits = logits[:, :-1].argmax(dim=-1) == batch[:, 1:].to(logits.device)
         correct.append(hits.sum(dim=1).cpu())
     n, t = windows.shape
     return EvalResult(

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cwa import CwaError
+from cwa.distributed import SINGLE_PROCESS, World
 from cwa.evaluation import token_nll
 from cwa.hooks import forward_hooks
 from cwa.models import ParamInfo
@@ -33,6 +34,9 @@ class Calibration:
     probes: int = 16  # Hutchinson probes
     seed: int = 0  # Hutchinson probe seed
     desc: str | None = None
+    world: World = (
+        SINGLE_PROCESS  # data parallel: this process scores its shard, sums are all-reduced
+    )
 
     @property
     def targets(self) -> dict[str, nn.Parameter]:
@@ -40,7 +44,13 @@ class Calibration:
         return {i.name: params[i.name] for i in self.infos}
 
     @property
+    def shard(self) -> torch.Tensor:
+        """This process's windows (all of them in a single-process run)."""
+        return self.world.shard(self.windows)
+
+    @property
     def tokens(self) -> int:
+        """Predicted tokens of the whole draw, over every process."""
         n, t = self.windows.shape
         return n * (t - 1)
 
@@ -76,9 +86,15 @@ def compute_scores(
     probes: int = 16,
     seed: int = 0,
     desc: str | None = None,
+    world: World = SINGLE_PROCESS,
 ) -> dict[str, torch.Tensor]:
-    """Scores for the parameters in `infos`: fp32 CPU tensors shaped like the parameters."""
-    cal = Calibration(model, infos, windows, batch_size, probes, seed, desc)
+    """Scores for the parameters in `infos`: fp32 CPU tensors shaped like the parameters.
+
+    Under several processes each scores its shard of `windows`; every process returns the scores
+    of the whole draw.
+    """
+    desc = desc if world.main else None
+    cal = Calibration(model, infos, windows, batch_size, probes, seed, desc, world)
     model.eval()
     scores = metric_.score(cal)
     for name, s in scores.items():
@@ -103,7 +119,7 @@ def grads_for(model: nn.Module, targets: dict[str, nn.Parameter]) -> Iterator[No
 
 
 def _batches(cal: Calibration, size: int):
-    batches = cal.windows.split(size)
+    batches = cal.shard.split(size)
     return progress(batches, desc=cal.desc, total=len(batches))
 
 
@@ -134,6 +150,7 @@ def gradient_sums(cal: Calibration, per_window: bool, square: bool) -> dict[str,
                 targets, torch.autograd.grad(loss, list(targets.values())), strict=True
             ):
                 acc[name].add_(g.float().square() if square else g.float())
+    cal.world.reduce(acc.values())
     return acc
 
 
@@ -186,6 +203,7 @@ def hutchinson_diag(cal: Calibration) -> dict[str, torch.Tensor]:
                 hz = torch.autograd.grad(grads, params, grad_outputs=z, retain_graph=True)
                 for a, zi, hzi in zip(acc, z, hz, strict=True):
                     a.add_(zi.float() * hzi.float())
+    cal.world.reduce(acc)
     scale = 1.0 / (cal.tokens * cal.probes)
     return {n: a * scale for n, a in zip(targets, acc, strict=True)}
 
@@ -218,6 +236,7 @@ def input_sq_norms(cal: Calibration, modules: dict[str, nn.Module]) -> dict[str,
     with forward_hooks(modules, hook), torch.inference_mode():
         for batch in _batches(cal, cal.batch_size):
             cal.model(input_ids=batch.to(next(cal.model.parameters()).device), use_cache=False)
+    cal.world.reduce(acc[name] for name in modules)
     return acc
 
 
@@ -253,7 +272,8 @@ def wanda(cal: Calibration) -> dict[str, torch.Tensor]:
 )
 def super_weight(cal: Calibration) -> dict[str, torch.Tensor]:
     """Largest where a huge input activation meets a large weight: the super weight peaks here."""
-    stats = activation_maxima(cal.model, cal.windows, cal.batch_size)
+    stats = activation_maxima(cal.model, cal.shard, cal.batch_size)
+    cal.world.reduce((s["x_max"] for s in stats.values()), op="max")
     scores = {}
     for info in cal.infos:
         w = cal.targets[info.name].detach().float().abs()

@@ -39,8 +39,16 @@ def load_model(
     dtype: str = "float32",
     device: str = "auto",
     attn_implementation: str | None = None,
+    device_map: str = "none",
+    max_memory: dict | None = None,
 ):
-    """Loads (model, tokenizer) through AutoModelForCausalLM / AutoTokenizer, in eval mode."""
+    """Loads (model, tokenizer) through AutoModelForCausalLM / AutoTokenizer, in eval mode.
+
+    device_map "none" puts the whole model on `device`; any other strategy (auto, balanced,
+    balanced_low_0, sequential) splits it over the visible GPUs with accelerate, planned before
+    any weight is read, and refuses a plan that offloads to CPU or disk. transformers 5 always
+    loads through the meta device (what `low_cpu_mem_usage=True` did in 4.x).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(spec, builtin_dir)
@@ -52,6 +60,10 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        if device_map != "none":
+            kwargs["device_map"] = plan_devices(
+                spec, source, kwargs["dtype"], device_map, max_memory
+            )
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
         raise CwaError(
@@ -59,10 +71,58 @@ def load_model(
             f"the Hugging Face Hub could not provide it (offline? set HF_HUB_OFFLINE=1 to use "
             f"the local cache only, or pass a directory saved with save_pretrained): {err}"
         ) from err
-    model.to(resolve_device(device))
+    if device_map == "none":
+        model.to(resolve_device(device))
     model.eval()  # dropout off for every scoring and evaluation pass
     check_finite(model, spec)
     return model, tokenizer
+
+
+def plan_devices(
+    spec: str, source: str, dtype: torch.dtype, strategy: str, max_memory: dict | None = None
+) -> dict[str, int | str]:
+    """accelerate's placement of each block for `strategy`, computed on an empty (meta) model."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import get_balanced_memory, get_max_memory, infer_auto_device_map
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype)
+    keep_whole = empty._no_split_modules
+    if strategy == "sequential":
+        memory = get_max_memory(max_memory)
+    else:
+        memory = get_balanced_memory(
+            empty,
+            max_memory=max_memory,
+            no_split_module_classes=keep_whole,
+            dtype=dtype,
+            low_zero=strategy == "balanced_low_0",
+        )
+    plan = infer_auto_device_map(
+        empty, max_memory=memory, no_split_module_classes=keep_whole, dtype=dtype
+    )
+    refuse_offload(plan, spec)
+    return plan
+
+
+def refuse_offload(plan: dict[str, int | str], spec: str) -> None:
+    """cwa edits weights in place and takes their gradients; offloaded modules (kept on CPU or
+    disk by accelerate hooks, copied in at each forward) would keep neither."""
+    places = set(plan.values())
+    offloaded = "disk" in places or ("cpu" in places and places != {"cpu"})
+    if offloaded:
+        where = sorted(
+            name or "the whole model" for name, p in plan.items() if p in ("cpu", "disk")
+        )
+        listed = ", ".join(where[:4]) + (", ..." if len(where) > 4 else "")
+        raise CwaError(
+            f"model {spec!r} does not fit on the available devices: device_map would offload "
+            f"{len(where)} module(s) to CPU/disk ({listed}). Offloaded weights "
+            f"live outside the model between forwards, so perturbations would not persist and "
+            f"gradients would not reach them. Use more or larger GPUs, dtype bfloat16, or a "
+            f"smaller model"
+        )
 
 
 def check_finite(model: nn.Module, spec: str) -> None:

@@ -16,6 +16,7 @@ from cwa import CwaError
 
 CONTROLS = ("random_k", "bottom_k")
 DTYPES = ("float32", "bfloat16", "float16")
+DEVICE_MAPS = ("none", "auto", "balanced", "balanced_low_0", "sequential")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Params:
     model: str = "builtin:kjv-base"
     dtype: str = "float32"
     device: str = "auto"
+    device_map: str = "none"  # none | auto | balanced | sequential: split one model over GPUs
+    num_processes: int = 1  # sensitivity: data-parallel processes (one per GPU)
     # sensitivity
     metric: str = "grad_x_weight"
     compare_metrics: tuple[str, ...] = (
@@ -49,6 +52,7 @@ class Params:
     seq_len: int = 128
     batch_size: int = 16
     probes: int = 16
+    layer_group: int = 0  # second-order metrics: blocks per pass (0: all at once)
     # ranking
     mode: str = "global"
     topk: tuple[int, ...] = (10, 100, 1000)
@@ -125,6 +129,7 @@ def _validate(p: Params):
         )
     _check_choice("mode", p.mode, MODES.names())
     _check_choice("dtype", p.dtype, DTYPES)
+    _check_choice("device_map", p.device_map, DEVICE_MAPS)
     for name in p.perturb:
         _check_choice("perturb", name, PERTURBATIONS.names())
     for name in p.controls:
@@ -140,6 +145,7 @@ def _validate(p: Params):
         "headline_k",
         "task_items",
         "fault_trials",
+        "num_processes",
         "vocab_size",
         "train_steps",
         "train_batch",
@@ -147,6 +153,15 @@ def _validate(p: Params):
     ):
         if getattr(p, key) < 1:
             _fail(key, f"must be >= 1, got {getattr(p, key)}")
+    if p.layer_group < 0:
+        _fail("layer_group", f"must be >= 0 (0: every block in one pass), got {p.layer_group}")
+    if p.num_processes > 1 and p.device_map != "none":
+        _fail(
+            "num_processes",
+            f"is {p.num_processes} with device_map {p.device_map!r}: data parallelism copies "
+            f"the whole model to each process; split a model over devices in one process "
+            f"(num_processes: 1) or replicate it (device_map: none)",
+        )
     if p.seq_len < 2:
         _fail("seq_len", "must be >= 2 (one token predicts the next)")
     if not p.seeds or len(set(p.seeds)) != len(p.seeds):

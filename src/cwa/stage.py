@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import resource
 import subprocess
@@ -139,6 +140,6 @@ def stage_main(
     except CwaError as err:
         print(f"cwa {stage}: error: {err}", file=sys.stderr)
         sys.exit(2)
-    if args.manifest:
+    if args.manifest and int(os.environ.get("RANK", "0")) == 0:  # data parallel: main writes
         seconds = time.perf_counter() - started
         write_json(manifest(stage, params, seconds, extra, args), args.manifest)
