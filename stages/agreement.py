@@ -2,8 +2,8 @@
 pool on the first seed's calibration draw; every pair gets overlap@k (Jaccard of global top-k
 sets) for each k in `topk` and Spearman ρ over a fixed 100k-weight sample.
 Reads: the corpus table and the model. Writes: the agreement table (schema `agreement`).
-Params: model, dtype, device, compare_metrics, seeds, calib_samples, seq_len, batch_size, probes,
-include_embeddings, topk.
+Params: model, dtype, device, device_map, compare_metrics, seeds, calib_samples, seq_len,
+batch_size, probes, layer_group, include_embeddings, include_1d, layers, topk.
 """
 
 from cwa.agreement import metric_agreement
@@ -30,7 +30,15 @@ def run(args, params):
     draw = calibration_draw(calib, params.calib_samples, seed)
     by_metric = {
         name: compute_scores(
-            model, infos, get_metric(name), draw, params.batch_size, params.probes, seed, desc=name
+            model,
+            infos,
+            get_metric(name),
+            draw,
+            params.batch_size,
+            params.probes,
+            seed,
+            desc=name,
+            layer_group=params.layer_group,
         )
         for name in params.compare_metrics
     }

@@ -2,7 +2,7 @@
 
 Reads: the corpus table and the model. Writes: a one-row summary (schema `baseline`) and
 per-text results (schema `eval_texts`), the reference for every paired statistic.
-Params: model, dtype, device, seq_len, eval_samples, batch_size.
+Params: model, dtype, device, device_map, seq_len, eval_samples, batch_size.
 """
 
 import numpy as np

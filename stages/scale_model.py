@@ -3,8 +3,8 @@
 Scores the pool with `metric` on the first seed's calibration draw, measures how concentrated
 the scores are, and zeroes the global top-k (k = headline_k) against matched random draws.
 Reads: the corpus table and the built-in model. Writes: one row (schema `scaling_model`).
-Params: metric, seeds, calib_samples, seq_len, batch_size, eval_samples, headline_k,
-random_draws, include_embeddings, dtype, device.
+Params: metric, seeds, calib_samples, seq_len, batch_size, probes, layer_group, eval_samples,
+headline_k, random_draws, include_embeddings, include_1d, layers, dtype, device.
 """
 
 import polars as pl
@@ -48,6 +48,7 @@ def run(args, params):
         params.probes,
         seed,
         desc=f"{args.name} {metric.name}",
+        layer_group=params.layer_group,
     )
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = evaluate(model, windows, params.batch_size)

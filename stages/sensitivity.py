@@ -56,6 +56,7 @@ def run(args, params):
             seed,
             desc=f"{metric.name} seed {seed}",
             world=world,
+            layer_group=params.layer_group,
         )
         if not world.main:
             continue

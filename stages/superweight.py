@@ -6,7 +6,7 @@ joining them; each such weight is then zeroed alone (and restored bit for bit) a
 measured on the evaluation windows against the baseline.
 Reads: the corpus table, the model, the baseline per-text table.
 Writes: the spikes table (schema `spikes`).
-Params: model, dtype, device, seeds, calib_samples, seq_len, batch_size, eval_samples,
+Params: model, dtype, device, device_map, seeds, calib_samples, seq_len, batch_size, eval_samples,
 spike_ratio, bootstrap.
 """
 

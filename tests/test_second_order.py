@@ -146,3 +146,46 @@ def test_signed_scores_rank_by_magnitude():
     assert top["flat_index"].to_list() == [1, 2] and top["score"].to_list() == [5.0, 2.0]
     bottom = table.filter(table["selection"] == "bottom_k")
     assert bottom["flat_index"].to_list() == [3, 0]
+
+
+def _sdpa_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(4)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        attn_implementation="sdpa",  # the built-in family's attention
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("build", [tiny_gpt2, _sdpa_llama])
+@pytest.mark.parametrize("metric", ["hutchinson_diag", "obd_hutchinson"])
+def test_layer_groups_equal_the_all_at_once_pass(build, metric):
+    """Grouped forward-over-reverse products keep the cross-group Hessian terms: same scores."""
+    model = build()
+    infos = pool(describe(model), include_embeddings=True, include_1d=True)  # + outside group
+    windows = torch.randint(0, 64, (5, 10), generator=torch.Generator().manual_seed(6))
+    m = get_metric(metric)
+    whole = compute_scores(model, infos, m, windows, 2, probes=3, seed=1)
+    for size in (1, 2):
+        grouped = compute_scores(model, infos, m, windows, 2, probes=3, seed=1, layer_group=size)
+        for name, ref in whole.items():
+            atol = 1e-5 * float(ref.abs().max())
+            torch.testing.assert_close(grouped[name], ref, rtol=1e-4, atol=atol, msg=name)
+
+
+def test_layer_groups_split_blocks_and_keep_the_outside_apart():
+    from cwa.metrics import layer_groups
+
+    infos = pool(describe(_sdpa_llama()), include_embeddings=True)
+    groups = layer_groups(infos, 2)
+    assert [sorted({i.layer for i in g}) for g in groups] == [[0, 1], [2], [-1]]
+    assert sum(len(g) for g in groups) == len(infos)
+    assert layer_groups(infos, 0) == [infos]

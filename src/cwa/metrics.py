@@ -34,6 +34,7 @@ class Calibration:
     probes: int = 16  # Hutchinson probes
     seed: int = 0  # Hutchinson probe seed
     desc: str | None = None
+    layer_group: int = 0  # Hutchinson: blocks per pass (0: all at once)
     world: World = (
         SINGLE_PROCESS  # data parallel: this process scores its shard, sums are all-reduced
     )
@@ -87,6 +88,7 @@ def compute_scores(
     seed: int = 0,
     desc: str | None = None,
     world: World = SINGLE_PROCESS,
+    layer_group: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Scores for the parameters in `infos`: fp32 CPU tensors shaped like the parameters.
 
@@ -94,7 +96,7 @@ def compute_scores(
     of the whole draw.
     """
     desc = desc if world.main else None
-    cal = Calibration(model, infos, windows, batch_size, probes, seed, desc, world)
+    cal = Calibration(model, infos, windows, batch_size, probes, seed, desc, layer_group, world)
     model.eval()
     scores = metric_.score(cal)
     for name, s in scores.items():
@@ -189,9 +191,13 @@ def hutchinson_diag(cal: Calibration) -> dict[str, torch.Tensor]:
     Each probe's z is the same for every batch (seeded by seed and probe), so the sum over
     batches is z ⊙ (H z) for the Hessian of the whole draw's loss. Fused attention kernels have no
     double backward: attention runs on the math SDPA backend (eager models are unaffected).
+    With `layer_group` the same products are computed one group of blocks at a time.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    groups = layer_groups(cal.infos, cal.layer_group)
+    if len(groups) > 1:
+        return _hutchinson_by_group(cal, groups)
     targets = cal.targets
     params = list(targets.values())
     acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
@@ -206,6 +212,64 @@ def hutchinson_diag(cal: Calibration) -> dict[str, torch.Tensor]:
     cal.world.reduce(acc)
     scale = 1.0 / (cal.tokens * cal.probes)
     return {n: a * scale for n, a in zip(targets, acc, strict=True)}
+
+
+def layer_groups(infos: list[ParamInfo], size: int) -> list[list[ParamInfo]]:
+    """Pool tensors in runs of `size` consecutive blocks (0: one group), tensors outside the
+    blocks (embeddings, lm_head, final norm) as a group of their own."""
+    if size <= 0:
+        return [infos]
+    blocks = sorted({i.layer for i in infos if i.layer >= 0})
+    runs = [blocks[k : k + size] for k in range(0, len(blocks), size)]
+    groups = [[i for i in infos if i.layer in run] for run in runs]
+    outside = [i for i in infos if i.layer < 0]
+    return groups + ([outside] if outside else [])
+
+
+def _hutchinson_by_group(cal: Calibration, groups: list[list[ParamInfo]]) -> dict:
+    """z ⊙ (Hz) for one group of tensors at a time, by forward-over-reverse differentiation.
+
+    For group G, the JVP of θ ↦ ∇_G L(θ) in the direction z (z over every scored tensor) is
+    (Hz)_G: the group's rows of the all-at-once product, cross-group terms included, so the
+    result equals the one-pass estimate to float rounding. Reverse mode differentiates only the
+    group, so the backward graph, its saved activations and the products exist for one group.
+    """
+    from torch.func import functional_call, grad, jvp
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    targets = cal.targets
+    names = list(targets)
+    primal = {n: p.detach() for n, p in targets.items()}
+    fixed = {n: p.detach() for n, p in cal.model.named_parameters() if n not in targets}
+    acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in primal.items()}
+    device = next(cal.model.parameters()).device
+    batches = cal.shard.split(cal.batch_size)
+    steps = progress(
+        [(g, b) for g in groups for b in batches], desc=cal.desc, total=len(groups) * len(batches)
+    )
+    with sdpa_kernel(SDPBackend.MATH):
+        for group, batch in steps:
+            mine = [i.name for i in group]
+            batch = batch.to(device)
+
+            def group_grad(scored, mine=mine, batch=batch):
+                def loss(part):
+                    weights = {**fixed, **scored, **part}
+                    out = functional_call(
+                        cal.model, weights, args=(), kwargs={"input_ids": batch, "use_cache": False}
+                    )
+                    return token_nll(out.logits, batch).sum()
+
+                return grad(loss)({n: scored[n] for n in mine})
+
+            for s in range(cal.probes):
+                z = dict(zip(names, rademacher(list(primal.values()), cal.seed * 1_000_003 + s)))
+                _, hz = jvp(group_grad, (primal,), (z,))
+                for n in mine:
+                    acc[n].add_(z[n].float() * hz[n].float())
+    cal.world.reduce(acc[n] for n in names)
+    scale = 1.0 / (cal.tokens * cal.probes)
+    return {n: acc[n] * scale for n in names}
 
 
 @metric("obd", "½·F·w²: Optimal Brain Damage saliency with the empirical Fisher diagonal F")
