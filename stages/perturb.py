@@ -11,9 +11,9 @@ lm-evaluation-harness tasks (`lm_eval_tasks`) on the same in-memory weights.
 Reads: the corpus table, the model, the ranking, the baseline per-text table, the task files.
 Writes: one row per experiment (schema `effects`), per-text results (`eval_texts`), top vs
 control comparisons (`comparisons`) and downstream task results (`tasks`).
-Params: model, dtype, device, device_map, seq_len, eval_samples, batch_size, seeds, perturb, scale_alpha,
-noise_sigma, abs_sigma, flip_bit, flip_prob, quant_bits, mask_ratios, headline_k, bootstrap,
-tasks, task_items, lm_eval_tasks.
+Params: model, dtype, device, device_map, seq_len, eval_samples, batch_size, seeds, perturb,
+scale_alpha, noise_sigma, abs_sigma, flip_bit, flip_prob, quant_bits, mask_ratios, headline_k,
+bootstrap, tasks, task_items, lm_eval_tasks.
 """
 
 import numpy as np

@@ -263,7 +263,8 @@ def _hutchinson_by_group(cal: Calibration, groups: list[list[ParamInfo]]) -> dic
                 return grad(loss)({n: scored[n] for n in mine})
 
             for s in range(cal.probes):
-                z = dict(zip(names, rademacher(list(primal.values()), cal.seed * 1_000_003 + s)))
+                probe = rademacher(list(primal.values()), cal.seed * 1_000_003 + s)
+                z = dict(zip(names, probe, strict=True))
                 _, hz = jvp(group_grad, (primal,), (z,))
                 for n in mine:
                     acc[n].add_(z[n].float() * hz[n].float())
