@@ -9,6 +9,7 @@ batch_size, probes, layer_group, include_embeddings, include_1d, layers, topk.
 from cwa.agreement import metric_agreement
 from cwa.data import calibration_draw, split_windows
 from cwa.io import write_table
+from cwa.memory import guard
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import describe, load_model, pool
 from cwa.stage import stage_main
@@ -25,6 +26,18 @@ def run(args, params):
         params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
     )
     infos = pool(describe(model), **params.pool_options)
+    memory = {
+        name: guard(
+            model,
+            infos,
+            get_metric(name).needs,
+            params.batch_size,
+            params.seq_len,
+            f"the {name} pass",
+            params.layer_group,
+        )
+        for name in params.compare_metrics
+    }
     seed = params.seeds[0]
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
     draw = calibration_draw(calib, params.calib_samples, seed)
@@ -44,7 +57,7 @@ def run(args, params):
     }
     table = metric_agreement(by_metric, params.topk)
     write_table(table, args.out, "agreement")
-    return {"pairs": len(table)}
+    return {"pairs": len(table), "memory": memory}
 
 
 if __name__ == "__main__":

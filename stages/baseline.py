@@ -13,6 +13,7 @@ from cwa.data import eval_windows
 from cwa.evaluation import evaluate
 from cwa.experiment import BASELINE, text_rows
 from cwa.io import write_table
+from cwa.memory import guard
 from cwa.models import count_parameters, load_model
 from cwa.stage import stage_main
 
@@ -28,6 +29,7 @@ def run(args, params):
     model, tokenizer = load_model(
         params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
     )
+    memory = guard(model, [], "forward", params.batch_size, params.seq_len, "evaluation")
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     result = evaluate(model, windows, params.batch_size, desc="baseline")
     if result.diverged:  # finite weights, yet an inf/NaN loss: say where
@@ -48,7 +50,12 @@ def run(args, params):
     }
     write_table(pl.DataFrame([summary]), args.summary, "baseline")
     write_table(text_rows(BASELINE, result), args.texts, "eval_texts")
-    return {"ppl": result.ppl, "accuracy": result.accuracy, "vocab_size": len(tokenizer)}
+    return {
+        "ppl": result.ppl,
+        "accuracy": result.accuracy,
+        "vocab_size": len(tokenizer),
+        "memory": memory,
+    }
 
 
 if __name__ == "__main__":

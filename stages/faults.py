@@ -17,6 +17,7 @@ from cwa.data import eval_windows
 from cwa.evaluation import read_baseline
 from cwa.faults import campaign, summary
 from cwa.io import write_table
+from cwa.memory import guard
 from cwa.models import load_model
 from cwa.scores import load_scores
 from cwa.stage import stage_main
@@ -36,6 +37,7 @@ def run(args, params):
     model, tokenizer = load_model(
         params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
     )
+    memory = guard(model, [], "forward", params.batch_size, params.seq_len, "evaluation")
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = read_baseline(args.baseline_texts, len(windows))
     seed = params.seeds[0]
@@ -56,7 +58,11 @@ def run(args, params):
     )
     write_table(rows, args.trials, "fault_trials")
     write_table(summary(rows), args.summary, "fault_summary")
-    return {"evaluations": len(rows), "diverged": int(rows["diverged"].sum())}
+    return {
+        "evaluations": len(rows),
+        "diverged": int(rows["diverged"].sum()),
+        "memory": memory,
+    }
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from cwa.experiment import (
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
 from cwa.lmeval import LmEval
+from cwa.memory import guard
 from cwa.models import load_model
 from cwa.stage import content_hash, stage_main
 from cwa.stats import bootstrap_indices
@@ -58,6 +59,7 @@ def run(args, params):
     model, tokenizer = load_model(
         params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
     )
+    memory = guard(model, [], "forward", params.batch_size, params.seq_len, "evaluation")
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = read_baseline(args.baseline_texts, len(windows))
     seed = params.seeds[0]
@@ -80,6 +82,7 @@ def run(args, params):
         "experiments": len(exps),
         "diverged": int(effects["diverged"].sum()),
         "task_files": {t: content_hash(task_path(t, args.tasks_dir)) for t in params.tasks},
+        "memory": memory,
     }
 
 

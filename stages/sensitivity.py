@@ -16,6 +16,7 @@ import polars as pl
 from cwa.data import calibration_draw, split_windows
 from cwa.distributed import init_world, relaunch
 from cwa.io import write_table
+from cwa.memory import guard
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import describe, load_model, pool
 from cwa.scores import pool_table, save_scores, tensor_stats
@@ -42,6 +43,15 @@ def run(args, params):
         device_map=params.device_map,
     )
     infos = pool(describe(model), **params.pool_options)
+    memory = guard(
+        model,
+        infos,
+        metric.needs,
+        params.batch_size,
+        params.seq_len,
+        f"the {metric.name} pass",
+        params.layer_group,
+    )
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
     stats = []
     for seed in params.seeds:
@@ -70,6 +80,7 @@ def run(args, params):
         "pool_tensors": len(infos),
         "pool_weights": sum(i.numel for i in infos),
         "processes": world.size,
+        "memory": memory,
     }
 
 

@@ -16,6 +16,7 @@ import torch
 from cwa.data import calibration_draw, eval_windows, split_windows
 from cwa.evaluation import evaluate, read_baseline
 from cwa.io import write_table
+from cwa.memory import guard
 from cwa.models import load_model
 from cwa.perturbations import get_perturbation, perturbed
 from cwa.stage import stage_main
@@ -36,6 +37,7 @@ def run(args, params):
     )
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
     probe = calibration_draw(calib, params.calib_samples, params.seeds[0])[: params.batch_size]
+    memory = guard(model, [], "forward", params.batch_size, params.seq_len, "evaluation")
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = read_baseline(args.baseline_texts, len(windows))
     idx = bootstrap_indices(len(windows), params.bootstrap, params.seeds[0])
@@ -67,7 +69,7 @@ def run(args, params):
         )
     table = pl.DataFrame(rows)
     write_table(table, args.out, "spikes")
-    return {"layers": len(rows), "candidates": int(table["candidate"].sum())}
+    return {"layers": len(rows), "candidates": int(table["candidate"].sum()), "memory": memory}
 
 
 if __name__ == "__main__":

@@ -257,6 +257,7 @@ def test_second_order_metric_and_per_head_mode_through_dvc(repo):
     assert set(ranking["mode"]) == {"per_head"} and set(ranking["metric"]) == {"hutchinson_diag"}
     manifest = json.loads((repo / "artifacts" / "sensitivity" / "manifest.json").read_text())
     assert manifest["processes"] == 2 and manifest["params"]["num_processes"] == 2
+    assert manifest["memory"]["pass"] == "hessian" and manifest["memory"]["cpu"]["free_gib"] > 0
     assert sorted(ranking["group"].unique()) == [
         f"layers.{layer}.head.{h}" for layer in (0, 1) for h in (0, 1)
     ]

@@ -62,17 +62,19 @@ class Metric:
     doc: str
     score: Callable[[Calibration], dict[str, torch.Tensor]]
     signed: bool = False  # scores may be negative; ranking orders |score|
+    # the pass it makes, for the memory estimate: none | forward | backward | per_window | hessian
+    needs: str = "backward"
 
 
 METRICS: Registry[Metric] = Registry("metric")
 get_metric = METRICS.get
 
 
-def metric(name: str, doc: str, signed: bool = False):
+def metric(name: str, doc: str, signed: bool = False, needs: str = "backward"):
     """Registers the decorated function `(Calibration) -> {param name: fp32 scores}` by name."""
 
     def wrap(fn):
-        METRICS.register(Metric(name, doc, fn, signed))
+        METRICS.register(Metric(name, doc, fn, signed, needs))
         return fn
 
     return wrap
@@ -156,7 +158,7 @@ def gradient_sums(cal: Calibration, per_window: bool, square: bool) -> dict[str,
     return acc
 
 
-@metric("magnitude", "|w|: data-free baseline")
+@metric("magnitude", "|w|: data-free baseline", needs="none")
 def magnitude(cal: Calibration) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().abs() for n, p in cal.targets.items()}
 
@@ -167,7 +169,11 @@ def grad_x_weight(cal: Calibration) -> dict[str, torch.Tensor]:
     return {n: (acc[n] / cal.tokens * p.detach().float()).abs() for n, p in cal.targets.items()}
 
 
-@metric("grad_squared", "(1/N) Σₙ (∇ℓₙ)²: empirical Fisher diagonal, squared per window")
+@metric(
+    "grad_squared",
+    "(1/N) Σₙ (∇ℓₙ)²: empirical Fisher diagonal, squared per window",
+    needs="per_window",
+)
 def grad_squared(cal: Calibration) -> dict[str, torch.Tensor]:
     acc = gradient_sums(cal, per_window=True, square=True)
     return {n: a / len(cal.windows) for n, a in acc.items()}
@@ -184,7 +190,12 @@ def rademacher(params: list[nn.Parameter], seed: int) -> list[torch.Tensor]:
     ]
 
 
-@metric("hutchinson_diag", "diag(∇²L) ≈ (1/S) Σₛ zₛ ⊙ ∇²L zₛ, Rademacher zₛ (signed)", signed=True)
+@metric(
+    "hutchinson_diag",
+    "diag(∇²L) ≈ (1/S) Σₛ zₛ ⊙ ∇²L zₛ, Rademacher zₛ (signed)",
+    signed=True,
+    needs="hessian",
+)
 def hutchinson_diag(cal: Calibration) -> dict[str, torch.Tensor]:
     """One Hessian-vector product per probe and batch covers every scored tensor at once.
 
@@ -273,7 +284,11 @@ def _hutchinson_by_group(cal: Calibration, groups: list[list[ParamInfo]]) -> dic
     return {n: acc[n] * scale for n in names}
 
 
-@metric("obd", "½·F·w²: Optimal Brain Damage saliency with the empirical Fisher diagonal F")
+@metric(
+    "obd",
+    "½·F·w²: Optimal Brain Damage saliency with the empirical Fisher diagonal F",
+    needs="per_window",
+)
 def obd(cal: Calibration) -> dict[str, torch.Tensor]:
     fisher = grad_squared(cal)
     return {n: 0.5 * fisher[n] * p.detach().float().square() for n, p in cal.targets.items()}
@@ -283,6 +298,7 @@ def obd(cal: Calibration) -> dict[str, torch.Tensor]:
     "obd_hutchinson",
     "½·h·w²: OBD saliency with the Hutchinson Hessian diagonal h (signed)",
     signed=True,
+    needs="hessian",
 )
 def obd_hutchinson(cal: Calibration) -> dict[str, torch.Tensor]:
     h = hutchinson_diag(cal)
@@ -305,7 +321,11 @@ def input_sq_norms(cal: Calibration, modules: dict[str, nn.Module]) -> dict[str,
     return acc
 
 
-@metric("wanda", "|W_ij|·‖X_j‖₂, X_j = input feature j of the layer over all calibration tokens")
+@metric(
+    "wanda",
+    "|W_ij|·‖X_j‖₂, X_j = input feature j of the layer over all calibration tokens",
+    needs="forward",
+)
 def wanda(cal: Calibration) -> dict[str, torch.Tensor]:
     from transformers.pytorch_utils import Conv1D
 
@@ -334,6 +354,7 @@ def wanda(cal: Calibration) -> dict[str, torch.Tensor]:
 @metric(
     "super_weight",
     "|W_ij|·max_t |x_tj| on MLP down projections (0 elsewhere): the super-weight spike score",
+    needs="forward",
 )
 def super_weight(cal: Calibration) -> dict[str, torch.Tensor]:
     """Largest where a huge input activation meets a large weight: the super weight peaks here."""

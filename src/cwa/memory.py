@@ -1,0 +1,221 @@
+"""Memory a pass will need on each device, estimated from the model's shape before it starts.
+
+A run that cannot fit fails at once with the numbers and what to change, not after an hour with
+an out-of-memory error. The estimate is deliberately simple and conservative (upper bound):
+
+- weights: the parameters resident on the device (already loaded: counted in its used memory);
+- gradients: one per scored weight in the model dtype (backward passes);
+- accumulators: fp32 per scored weight, plus the fp32 score copy kept in CPU memory;
+- activations: per block and token, the tensors a backward pass keeps, in the model dtype:
+  10·hidden + 4·intermediate (×experts per token) + 2·heads·seq (attention probabilities);
+  logits b·s·vocab in the model dtype plus three fp32 copies (upcast, log-softmax, gradient).
+  A forward-only pass keeps one block's working set. Hessian-vector products keep the first
+  backward's graph: ×3 activations all at once, ×2 (dual tensors) for a `layer_group` pass,
+  plus a probe and a product per scored weight of the group.
+docs/benchmarks.md compares the estimate with measured peaks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from cwa import CwaError
+from cwa.models import ParamInfo, describe
+
+GIB = 2**30
+NEEDS = ("none", "forward", "backward", "per_window", "hessian")
+HEADROOM = 0.9  # use at most this share of the free memory (allocator fragmentation, buffers)
+
+
+@dataclass
+class Need:
+    """Bytes one device needs, by kind."""
+
+    weights: int = 0
+    gradients: int = 0
+    accumulators: int = 0
+    activations: int = 0
+
+    @property
+    def beyond_weights(self) -> int:
+        return self.gradients + self.accumulators + self.activations
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate reads from the model config."""
+
+    hidden: int
+    intermediate: int  # per token: × experts per token for MoE
+    heads: int
+    vocab: int
+    elem: int  # bytes per weight / activation element
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Shape:
+        c = model.config
+        hidden = c.hidden_size
+        inner = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * hidden
+        experts = getattr(c, "num_experts_per_tok", None) or 1
+        elem = next(model.parameters()).element_size()
+        return cls(hidden, inner * experts, c.num_attention_heads, c.vocab_size, elem)
+
+
+@dataclass
+class Estimate:
+    """Per-device needs of one pass, with what it was estimated for."""
+
+    needs: str
+    batch: int
+    seq_len: int
+    devices: dict[str, Need] = field(default_factory=dict)
+
+    def as_dict(self, free: dict[str, int] | None = None) -> dict:
+        """GiB per device and kind, for the run manifest."""
+        out = {"pass": self.needs, "batch": self.batch, "seq_len": self.seq_len}
+        for dev, n in self.devices.items():
+            out[dev] = {
+                "weights_gib": round(n.weights / GIB, 3),
+                "gradients_gib": round(n.gradients / GIB, 3),
+                "accumulators_gib": round(n.accumulators / GIB, 3),
+                "activations_gib": round(n.activations / GIB, 3),
+                **({"free_gib": round(free[dev] / GIB, 3)} if free and dev in free else {}),
+            }
+        return out
+
+
+def _block_activations(shape: Shape, batch: int, seq_len: int) -> int:
+    """Bytes one block keeps for the backward pass."""
+    per_token = 10 * shape.hidden + 4 * shape.intermediate + 2 * shape.heads * seq_len
+    return batch * seq_len * per_token * shape.elem
+
+
+def _logits(shape: Shape, batch: int, seq_len: int, backward: bool) -> int:
+    fp32_copies = 3 if backward else 2
+    return batch * seq_len * shape.vocab * (shape.elem + 4 * fp32_copies)
+
+
+def estimate(
+    model: nn.Module,
+    infos: list[ParamInfo],
+    needs: str,
+    batch_size: int,
+    seq_len: int,
+    layer_group: int = 0,
+) -> Estimate:
+    """Per-device bytes of a pass of kind `needs` scoring `infos` (empty: an evaluation)."""
+    if needs not in NEEDS:
+        raise CwaError(f"unknown pass kind {needs!r}; valid: {', '.join(NEEDS)}")
+    shape = Shape.of(model)
+    batch = 1 if needs == "per_window" else batch_size
+    est = Estimate(needs, batch, seq_len, defaultdict(Need))
+    params = dict(model.named_parameters())
+    layer_device: dict[int, str] = {}
+    for p in params.values():
+        est.devices[str(p.device)].weights += p.numel() * p.element_size()
+    for info in describe(model):
+        if info.layer >= 0:
+            layer_device.setdefault(info.layer, str(params[info.name].device))
+    backward = needs in ("backward", "per_window", "hessian")
+    grouped = needs == "hessian" and layer_group > 0
+    if needs != "none":
+        scored = {i.name for i in infos}
+        group_share = _largest_group_share(infos, layer_group) if grouped else 1.0
+        for name in scored:
+            p = params[name]
+            n = est.devices[str(p.device)]
+            n.accumulators += 4 * p.numel()
+            if backward:
+                n.gradients += p.numel() * p.element_size()
+            if needs == "hessian":  # graph of the gradient, probe z and product Hz
+                n.gradients += int(2 * group_share * p.numel() * p.element_size())
+        est.devices["cpu"].accumulators += 4 * sum(params[n].numel() for n in scored)
+    if needs == "none":  # data-free: reads the weights only
+        est.devices = dict(est.devices)
+        return est
+    block = _block_activations(shape, batch, seq_len)
+    factor = {"hessian": 2 if grouped else 3}.get(needs, 1)
+    for dev in layer_device.values():
+        est.devices[dev].activations += block * factor if backward else 0
+    if not backward:  # forward only: one block's working set at a time
+        first = next(iter(layer_device.values()), "cpu")
+        est.devices[first].activations += block
+    head = model.get_output_embeddings()
+    head_dev = str(head.weight.device) if head is not None else "cpu"
+    est.devices[head_dev].activations += _logits(shape, batch, seq_len, backward)
+    est.devices = dict(est.devices)
+    return est
+
+
+def _largest_group_share(infos: list[ParamInfo], layer_group: int) -> float:
+    """The largest layer group's share of the scored weights (probes exist for one group)."""
+    from cwa.metrics import layer_groups
+
+    total = sum(i.numel for i in infos) or 1
+    return max(sum(i.numel for i in g) for g in layer_groups(infos, layer_group)) / total
+
+
+def free_memory(device: str) -> int:
+    """Bytes the device can still allocate (weights already loaded are not in it)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def check(est: Estimate, what: str, free: dict[str, int] | None = None) -> dict:
+    """Raises a CwaError naming the device, the numbers and the remedies when a need exceeds
+    HEADROOM of the free memory; returns the estimate for the manifest otherwise."""
+    free = free if free is not None else {dev: free_memory(dev) for dev in est.devices}
+    for dev, need in est.devices.items():
+        budget = HEADROOM * free[dev]
+        if need.beyond_weights <= budget:
+            continue
+        raise CwaError(
+            f"memory: {what} needs an estimated {_size(need.beyond_weights)} on {dev} beyond "
+            f"the {_size(need.weights)} of weights (gradients {_size(need.gradients)}, fp32 "
+            f"accumulators {_size(need.accumulators)}, activations {_size(need.activations)} "
+            f"for batch {est.batch} x {est.seq_len} tokens) and {_size(free[dev])} is free. "
+            f"{_remedies(est, need, budget)}"
+        )
+    return est.as_dict(free)
+
+
+def _size(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 4 else f"{n / 2**20:.1f} MiB"
+
+
+def _remedies(est: Estimate, need: Need, budget: float) -> str:
+    tips = []
+    fixed = need.gradients + need.accumulators
+    if fixed < budget and need.activations > 0 and est.needs != "per_window":
+        fits = int(est.batch * (budget - fixed) / need.activations)
+        if fits >= 1:
+            tips.append(f"batch_size: {fits} (activations scale with it)")
+    if est.needs == "hessian":
+        tips.append("layer_group: 1 (Hutchinson one block at a time)")
+    if fixed > 0:
+        tips.append("fewer scored tensors (`layers`, include_embeddings: false)")
+    tips.append("dtype: bfloat16 (half the weights, gradients and activations)")
+    tips.append("more devices (device_map: auto splits the model over the GPUs)")
+    return "Try: " + "; ".join(tips) + "."
+
+
+def guard(
+    model: nn.Module,
+    infos: list[ParamInfo],
+    needs: str,
+    batch_size: int,
+    seq_len: int,
+    what: str,
+    layer_group: int = 0,
+) -> dict:
+    """Estimates and checks a pass before it starts; the manifest's `memory` entry."""
+    return check(estimate(model, infos, needs, batch_size, seq_len, layer_group), what)

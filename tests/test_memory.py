@@ -1,0 +1,67 @@
+"""The memory estimate: its arithmetic on a known shape, and the guard's message and remedies."""
+
+import pytest
+
+from cwa import CwaError
+from cwa.memory import check, estimate
+from cwa.models import describe, pool
+from tests.conftest import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def model_and_pool():
+    model = tiny_llama()  # hidden 32, 2 blocks, 4 heads, intermediate 64, vocab 64, fp32
+    return model, pool(describe(model))
+
+
+def test_backward_pass_arithmetic(model_and_pool):
+    model, infos = model_and_pool
+    scored = sum(i.numel for i in infos)
+    total = sum(p.numel() for p in model.parameters())
+    need = estimate(model, infos, "backward", batch_size=3, seq_len=10).devices["cpu"]
+    assert need.weights == 4 * total
+    assert need.gradients == 4 * scored
+    assert need.accumulators == 4 * scored + 4 * scored  # on the device, and the CPU score copy
+    block = 3 * 10 * (10 * 32 + 4 * 64 + 2 * 4 * 10) * 4
+    logits = 3 * 10 * 64 * (4 + 4 * 3)
+    assert need.activations == 2 * block + logits
+
+
+def test_pass_kinds_order_as_their_memory(model_and_pool):
+    model, infos = model_and_pool
+
+    def act(needs, **kw):
+        return estimate(model, infos, needs, 8, 16, **kw).devices["cpu"].activations
+
+    assert act("none") == 0
+    assert act("forward") < act("backward") < act("hessian", layer_group=1) < act("hessian")
+    assert act("per_window") == estimate(model, infos, "backward", 1, 16).devices["cpu"].activations
+    assert estimate(model, [], "forward", 8, 16).devices["cpu"].gradients == 0  # an evaluation
+
+
+def test_guard_names_the_numbers_and_a_batch_that_fits(model_and_pool):
+    model, infos = model_and_pool
+    est = estimate(model, infos, "backward", 64, 32)
+    need = est.devices["cpu"]
+    tight = int((need.gradients + need.accumulators + need.activations / 2) / 0.9)
+    with pytest.raises(CwaError) as err:
+        check(est, "the grad_x_weight pass", free={"cpu": tight})
+    message = str(err.value)
+    assert message.startswith("memory: the grad_x_weight pass needs an estimated")
+    assert "on cpu beyond the" in message and "for batch 64 x 32 tokens" in message
+    suggested = int(message.split("batch_size: ")[1].split(" ")[0])
+    assert 1 <= suggested < 64
+    smaller = estimate(model, infos, "backward", suggested, 32)
+    assert check(smaller, "the grad_x_weight pass", free={"cpu": tight})["batch"] == suggested
+
+
+def test_hessian_guard_suggests_layer_groups(model_and_pool):
+    model, infos = model_and_pool
+    with pytest.raises(CwaError, match=r"layer_group: 1 .*dtype: bfloat16.*device_map: auto"):
+        check(estimate(model, infos, "hessian", 8, 16), "the hutchinson_diag pass", {"cpu": 1})
+
+
+def test_unknown_pass_kind_is_refused(model_and_pool):
+    model, infos = model_and_pool
+    with pytest.raises(CwaError, match="valid: none, forward, backward, per_window, hessian"):
+        estimate(model, infos, "sideways", 8, 16)
