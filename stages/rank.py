@@ -10,7 +10,7 @@ import polars as pl
 
 from cwa.io import write_table
 from cwa.ranking import rank, target
-from cwa.scores import load_scores, pool_infos, seeds_in
+from cwa.scores import StoredScores, pool_infos, seeds_in
 from cwa.stage import stage_main
 
 
@@ -27,7 +27,7 @@ def run(args, params):
     tables = [
         rank(
             infos,
-            load_scores(args.scores, seed),
+            StoredScores(args.scores, seed),
             params.mode,
             params.topk,
             params.controls,

@@ -221,3 +221,34 @@ def test_pool_options(llama):
     assert "model.norm.weight" in {i.name for i in with_1d}
     with pytest.raises(CwaError, match=r"layers \[5\] do not exist; the model has layers 0..1"):
         pool(infos, layers=(5,))
+
+
+class CountingStore(dict):
+    """A dict that records which tensors were read, in order."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.reads = []
+
+    def __getitem__(self, name):
+        self.reads.append(name)
+        return super().__getitem__(name)
+
+
+@pytest.mark.parametrize("mode", ["global", "per_head"])
+def test_rank_reads_the_store_tensor_by_tensor_and_equals_the_in_memory_ranking(
+    llama, tmp_path, mode
+):
+    from cwa.scores import StoredScores, save_scores
+
+    infos = pool(describe(llama))
+    gen = torch.Generator().manual_seed(2)
+    scores = {i.name: torch.randn(i.shape, generator=gen) for i in infos}
+    save_scores(scores, tmp_path, 0, "hutchinson_diag")
+    args = (mode, (3, 40), ("random_k", "bottom_k"), 2, 0, "hutchinson_diag")
+    lazy = rank(infos, StoredScores(tmp_path, 0), *args)
+    assert lazy.equals(rank(infos, scores, *args))
+    counting = CountingStore(scores)
+    rank(infos, counting, *args)
+    # tensors are fetched one at a time as each is visited, never as one concatenated copy
+    assert set(counting.reads) <= set(scores) and len(counting.reads) >= len(infos)

@@ -3,11 +3,13 @@
 Global top-k is a subset of the union of per-tensor top-k, so each tensor contributes the
 candidates at or above its own k-th value (ties included) and one lexicographic sort of the
 candidates by (score desc, tensor order, flat index) gives the exact, deterministic answer.
+Tensors are visited one at a time (`rank` reads each from the store when visited), so no copy of
+every score, let alone a concatenated one, is ever held: memory is one tensor plus candidates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +31,10 @@ class Selected:
     cutoff_ties: int = 0
 
 
-def extreme_k(scores: list[torch.Tensor], k: int, largest: bool = True) -> Selected:
+def extreme_k(scores: Sequence[torch.Tensor], k: int, largest: bool = True) -> Selected:
     """The k highest (or lowest) scores over all tensors, ties broken by tensor then flat index."""
-    total = sum(s.numel() for s in scores)
+    sizes = scores.sizes if isinstance(scores, MemberScores) else [s.numel() for s in scores]
+    total = sum(sizes)
     if k > total:
         raise CwaError(f"topk {k} exceeds the {total} weights in the ranking pool")
     tid, idx, val = [], [], []
@@ -71,7 +74,7 @@ def sample_excluding(
 
 
 def matched_random(
-    top: Selected, sizes: list[int], rng: np.random.Generator, scores: list[torch.Tensor]
+    top: Selected, sizes: list[int], rng: np.random.Generator, scores: Sequence[torch.Tensor]
 ) -> Selected:
     """Random weights with the top set's per-tensor counts, none of them in the top set."""
     tid, idx, score = [], [], []
@@ -87,7 +90,7 @@ def matched_random(
 
 
 def select(
-    scores: list[torch.Tensor], k: int, controls: tuple[str, ...], draws: int, seed: int
+    scores: Sequence[torch.Tensor], k: int, controls: tuple[str, ...], draws: int, seed: int
 ) -> list[tuple[str, int, Selected]]:
     """(selection, draw, weights) for the top set and each control, over `scores`."""
     top = extreme_k(scores, k, largest=True)
@@ -95,7 +98,7 @@ def select(
     if "bottom_k" in controls:
         out.append(("bottom_k", 0, extreme_k(scores, k, largest=False)))
     if "random_k" in controls:
-        sizes = [s.numel() for s in scores]
+        sizes = scores.sizes if isinstance(scores, MemberScores) else [s.numel() for s in scores]
         for draw in range(draws):
             rng = np.random.default_rng([seed, k, draw])
             out.append(("random_k", draw, matched_random(top, sizes, rng, scores)))
@@ -104,6 +107,22 @@ def select(
 
 # A group member: a pool tensor, or a sorted subset of its flat storage indices (one head's rows).
 Member = tuple[ParamInfo, torch.Tensor | None]
+
+
+class MemberScores(Sequence):
+    """|score| of each member of a group as a flat vector, read from the store when indexed."""
+
+    def __init__(self, scores: Mapping[str, torch.Tensor], members: list[Member]):
+        self.scores, self.members = scores, members
+        self.sizes = [info.numel if sub is None else len(sub) for info, sub in members]
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, t: int) -> torch.Tensor:
+        info, subset = self.members[t]
+        flat = self.scores[info.name].abs().reshape(-1)  # signed metrics rank by |score|
+        return flat if subset is None else flat[subset]
 
 
 @dataclass(frozen=True)
@@ -222,7 +241,7 @@ MODES.register(
 
 def rank(
     infos: list[ParamInfo],
-    scores: dict[str, torch.Tensor],
+    scores: Mapping[str, torch.Tensor],
     mode: str,
     ks: tuple[int, ...],
     controls: tuple[str, ...],
@@ -233,10 +252,7 @@ def rank(
     """The ranking table (schema `ranking`) for one seed's scores over the pool `infos`."""
     frames = []
     for group, members in MODES.get(mode).groups(infos):
-        vectors = []
-        for info, subset in members:
-            flat = scores[info.name].abs().reshape(-1)  # signed metrics rank by |score|
-            vectors.append(flat if subset is None else flat[subset])
+        vectors = MemberScores(scores, members)
         tensors = [info for info, _ in members]
         for k in ks:
             for selection, draw, sel in select(vectors, k, controls, draws, seed):

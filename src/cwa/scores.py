@@ -6,11 +6,13 @@ and `stability` can correlate seeds, without recomputing sensitivity.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from cwa.io import atomic_write
@@ -33,6 +35,24 @@ def save_scores(
 
 def load_scores(directory: str | Path, seed: int) -> dict[str, torch.Tensor]:
     return load_file(str(store_path(directory, seed)))
+
+
+class StoredScores(Mapping):
+    """One seed's scores, each tensor read (memory-mapped) only when asked for: a big model's
+    store is never held in memory at once."""
+
+    def __init__(self, directory: str | Path, seed: int):
+        self._file = safe_open(str(store_path(directory, seed)), "pt")
+        self._names = list(self._file.keys())
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._file.get_tensor(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def seeds_in(directory: str | Path) -> list[int]:
