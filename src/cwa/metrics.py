@@ -179,15 +179,22 @@ def grad_squared(cal: Calibration) -> dict[str, torch.Tensor]:
     return {n: a / len(cal.windows) for n, a in acc.items()}
 
 
-def rademacher(params: list[nn.Parameter], seed: int) -> list[torch.Tensor]:
-    """±1 probes, one per tensor, drawn on the CPU from `seed` (identical on every device)."""
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randint(0, 2, p.shape, generator=gen, dtype=torch.int8) * 2 - 1).to(
-            p.device, p.dtype
+def rademacher(params: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
+    """±1 probes, one per tensor, drawn on each tensor's own device from `seed`.
+
+    One generator per device, consumed in tensor order: the same probes in every process of a
+    data-parallel run (same device type), and no host-side draw of a billion signs per probe on
+    a GPU run. CPU and CUDA generators give different (equally valid) probes.
+    """
+    gens: dict[torch.device, torch.Generator] = {}
+    out = []
+    for p in params:
+        gen = gens.get(p.device) or gens.setdefault(
+            p.device, torch.Generator(device=p.device).manual_seed(seed)
         )
-        for p in params
-    ]
+        signs = torch.randint(0, 2, p.shape, generator=gen, dtype=torch.int8, device=p.device)
+        out.append((signs * 2 - 1).to(p.dtype))
+    return out
 
 
 @metric(

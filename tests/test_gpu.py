@@ -1,0 +1,89 @@
+"""The CUDA path: scores on the GPU against the CPU, a device_map-loaded model, bf16 scoring.
+
+Skipped without a CUDA device (CI has none); run on a GPU machine with `pytest -m gpu`.
+"""
+
+import pytest
+import torch
+
+from cwa.evaluation import evaluate
+from cwa.memory import check, estimate
+from cwa.metrics import compute_scores, get_metric
+from cwa.models import describe, load_model, pool
+from tests.conftest import VOCAB, tiny_llama
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+DETERMINISTIC = ("magnitude", "grad_x_weight", "grad_squared", "obd", "wanda", "super_weight")
+
+
+@pytest.fixture
+def windows():
+    return torch.randint(0, VOCAB, (6, 16), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("metric", DETERMINISTIC)
+def test_gpu_scores_equal_cpu_scores(metric, windows):
+    cpu = tiny_llama(seed=2)
+    gpu = tiny_llama(seed=2).cuda()
+    infos = pool(describe(cpu))
+    m = get_metric(metric)
+    a = compute_scores(cpu, infos, m, windows, 4)
+    b = compute_scores(gpu, infos, m, windows, 4)
+    for name in a:
+        assert b[name].device.type == "cpu" and b[name].dtype == torch.float32
+        scale = float(a[name].abs().max()) or 1.0
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_hutchinson_layer_groups_on_gpu(windows):
+    model = tiny_llama(seed=2, layers=3).cuda()
+    infos = pool(describe(model))
+    m = get_metric("hutchinson_diag")
+    whole = compute_scores(model, infos, m, windows, 3, probes=2)
+    grouped = compute_scores(model, infos, m, windows, 3, probes=2, layer_group=1)
+    for name, ref in whole.items():
+        torch.testing.assert_close(
+            grouped[name], ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max())
+        )
+
+
+def test_device_map_model_scores_and_evaluates_on_the_gpu(tmp_path, windows):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    reference = tiny_llama(seed=2)
+    reference.save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
+    ).save_pretrained(tmp_path)
+    model, _ = load_model(str(tmp_path), "unused", device_map="auto")
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    infos = pool(describe(model))
+    assert check(estimate(model, infos, "backward", 4, 16), "test")["batch"] == 4
+    on_gpu = evaluate(model, windows, 4)
+    on_cpu = evaluate(reference, windows, 4)
+    assert on_gpu.ppl == pytest.approx(on_cpu.ppl, rel=1e-4)
+    scores = compute_scores(model, infos, get_metric("grad_x_weight"), windows, 4)
+    ref = compute_scores(reference, infos, get_metric("grad_x_weight"), windows, 4)
+    for name in ref:
+        scale = float(ref[name].abs().max())
+        torch.testing.assert_close(scores[name], ref[name], rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_bf16_model_accumulates_in_fp32(windows):
+    model = tiny_llama(seed=2).cuda().to(torch.bfloat16)
+    reference = tiny_llama(seed=2)
+    infos = pool(describe(model))
+    for metric in ("grad_x_weight", "grad_squared"):
+        scores = compute_scores(model, infos, get_metric(metric), windows, 4)
+        ref = compute_scores(reference, infos, get_metric(metric), windows, 4)
+        for name in ref:
+            assert scores[name].dtype == torch.float32
+            # bf16 forward/backward: scores agree with fp32 in bulk (rank correlation)
+            a, b = scores[name].flatten(), ref[name].flatten()
+            ranks = torch.stack([a.argsort().argsort(), b.argsort().argsort()]).float()
+            assert torch.corrcoef(ranks)[0, 1] > 0.9, (metric, name)
