@@ -18,8 +18,9 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from cwa import CwaError
 from cwa.evaluation import evaluate, token_nll
-from cwa.memory import estimate
+from cwa.memory import check, estimate
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import describe, pool
 
@@ -111,11 +112,12 @@ def main():
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--probes", type=int, default=2)
+    ap.add_argument("--hessian-batch", type=int, default=2, help="batch of Hutchinson passes")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
-    check = consistency()
+    agreement = consistency()
     dtype = getattr(torch, args.dtype)
     model = llama(
         args.layers,
@@ -134,14 +136,15 @@ def main():
     tokens = args.windows * (args.seq_len - 1)
     rows = []
 
-    def row(name, seconds, peak, needs, layer_group=0, base=None):
+    def row(name, seconds, peak, needs, layer_group=0, base=None, batch=args.batch_size):
         scored = [] if name.startswith("plain forward (") else infos
-        need = estimate(model, scored, needs, args.batch_size, args.seq_len, layer_group)
+        need = estimate(model, scored, needs, batch, args.seq_len, layer_group)
         dev = need.devices[str(next(model.parameters()).device)]
         est = (dev.weights + dev.beyond_weights) / GIB
         rows.append(
             {
                 "pass": name,
+                "batch": batch,
                 "seconds": round(seconds, 3),
                 "tokens_per_s": round(tokens / seconds),
                 "peak_gib": round(peak, 2),
@@ -163,22 +166,37 @@ def main():
     with sdpa_kernel(SDPBackend.MATH):
         math_base, peak = timed(lambda: forward_backward(model, infos, windows, args.batch_size))
     row("plain forward+backward, math attention", math_base, peak, "backward", base=base)
-    for name, kwargs in [
-        ("grad_x_weight", {}),
-        ("grad_squared", {}),
-        ("wanda", {}),
-        ("super_weight", {}),
-        ("hutchinson_diag", {"probes": args.probes}),
-        ("hutchinson_diag", {"probes": args.probes, "layer_group": args.layers // 2}),
+    scores = [torch.rand(i.shape, device=DEVICE) for i in infos]
+    t, _ = timed(lambda: [s.cpu() for s in scores])
+    print(f"copy of the pool's fp32 scores to the host: {t:.2f} s", flush=True)
+    host = {"score_copy_s": round(t, 3)}
+    del scores
+    for name, kwargs, batch in [
+        ("grad_x_weight", {}, args.batch_size),
+        ("grad_squared", {}, args.batch_size),
+        ("wanda", {}, args.batch_size),
+        ("super_weight", {}, args.batch_size),
+        ("hutchinson_diag", {"probes": args.probes}, args.hessian_batch),
+        (
+            "hutchinson_diag",
+            {"probes": args.probes, "layer_group": args.layers // 2},
+            args.hessian_batch,
+        ),
     ]:
         m = get_metric(name)
+        label = name + "".join(f", {k} {v}" for k, v in kwargs.items())
+        group = kwargs.get("layer_group", 0)
+        try:
+            check(estimate(model, infos, m.needs, batch, args.seq_len, group), label)
+        except CwaError as err:
+            print(f"{label}: refused by the memory guard: {err}", flush=True)
+            continue
         t, peak = timed(
-            lambda m=m, kw=kwargs: compute_scores(
-                model, infos, m, windows, args.batch_size, seed=0, **kw
+            lambda m=m, kw=kwargs, b=batch: compute_scores(
+                model, infos, m, windows, b, seed=0, **kw
             )
         )
-        label = name + "".join(f", {k} {v}" for k, v in kwargs.items())
-        row(label, t, peak, m.needs, kwargs.get("layer_group", 0), base=base)
+        row(label, t, peak, m.needs, group, base=base, batch=batch)
     info = {
         "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -188,14 +206,16 @@ def main():
         "windows": args.windows,
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
-        "gpu_vs_cpu_max_rel_diff": check,
+        "gpu_vs_cpu_max_rel_diff": agreement,
+        **host,
     }
     print(json.dumps(info, indent=1))
-    print("\n| pass | s | tokens/s | peak GiB | estimate GiB | / forward+backward |")
-    print("|---|---|---|---|---|---|")
+    print("\n| pass | batch | s | tokens/s | peak GiB | estimate GiB | / forward+backward |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['pass']} | {r['seconds']} | {r['tokens_per_s']:,} | {r['peak_gib']} | "
+            f"| {r['pass']} | {r['batch']} | {r['seconds']} | {r['tokens_per_s']:,} | "
+            f"{r['peak_gib']} | "
             f"{r['estimate_gib']} | {r['ratio'] if r['ratio'] is not None else '–'} |"
         )
     if args.json:

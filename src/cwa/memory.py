@@ -7,7 +7,8 @@ an out-of-memory error. The estimate is deliberately simple and conservative (up
 - gradients: one per scored weight in the model dtype (backward passes);
 - accumulators: fp32 per scored weight, plus the fp32 score copy kept in CPU memory;
 - activations: per block and token, the tensors a backward pass keeps, in the model dtype:
-  10·hidden + 4·intermediate (×experts per token) + 2·heads·seq (attention probabilities);
+  10·hidden + 4·intermediate (×experts per token), + 2·heads·seq attention probabilities with
+  eager or math attention (Hutchinson; fused SDPA kernels keep none);
   logits b·s·vocab in the model dtype plus three fp32 copies (upcast, log-softmax, gradient).
   A forward-only pass keeps one block's working set. Hessian-vector products keep the first
   backward's graph: ×3 activations all at once, ×2 (dual tensors) for a `layer_group` pass,
@@ -88,9 +89,11 @@ class Estimate:
         return out
 
 
-def _block_activations(shape: Shape, batch: int, seq_len: int) -> int:
-    """Bytes one block keeps for the backward pass."""
-    per_token = 10 * shape.hidden + 4 * shape.intermediate + 2 * shape.heads * seq_len
+def _block_activations(shape: Shape, batch: int, seq_len: int, probabilities: bool) -> int:
+    """Bytes one block keeps for the backward pass; `probabilities`: attention keeps its
+    (heads x seq x seq) weights (eager or math attention; fused SDPA kernels do not)."""
+    per_token = 10 * shape.hidden + 4 * shape.intermediate
+    per_token += 2 * shape.heads * seq_len if probabilities else 0
     return batch * seq_len * per_token * shape.elem
 
 
@@ -137,7 +140,9 @@ def estimate(
     if needs == "none":  # data-free: reads the weights only
         est.devices = dict(est.devices)
         return est
-    block = _block_activations(shape, batch, seq_len)
+    fused = getattr(model.config, "_attn_implementation", "eager") != "eager"
+    probabilities = needs == "hessian" or not fused  # Hutchinson runs on math attention
+    block = _block_activations(shape, batch, seq_len, probabilities)
     factor = {"hessian": 2 if grouped else 3}.get(needs, 1)
     for dev in layer_device.values():
         est.devices[dev].activations += block * factor if backward else 0
