@@ -167,7 +167,7 @@ def main():
         math_base, peak = timed(lambda: forward_backward(model, infos, windows, args.batch_size))
     row("plain forward+backward, math attention", math_base, peak, "backward", base=base)
     scores = [torch.rand(i.shape, device=DEVICE) for i in infos]
-    t, _ = timed(lambda: [s.cpu() for s in scores])
+    t, _ = timed(lambda scores=scores: [s.cpu() for s in scores])
     print(f"copy of the pool's fp32 scores to the host: {t:.2f} s", flush=True)
     host = {"score_copy_s": round(t, 3)}
     del scores
