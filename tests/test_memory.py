@@ -34,7 +34,17 @@ def test_pass_kinds_order_as_their_memory(model_and_pool):
         return estimate(model, infos, needs, 8, 16, **kw).devices["cpu"].activations
 
     assert act("none") == 0
-    assert act("forward") < act("backward") < act("hessian", layer_group=1) < act("hessian")
+    assert act("forward") < act("backward") < act("hessian")
+    # layer groups hold the gradient and product of one group, not less activation memory:
+    # the backward of the lowest group still crosses every block above it
+    assert act("hessian", layer_group=1) == act("hessian")
+
+    def grads(**kw):
+        return estimate(model, infos, "hessian", 8, 16, **kw).devices["cpu"].gradients
+
+    scored = 4 * sum(i.numel for i in infos)
+    assert grads() == 3 * scored  # gradient graph, probe, product
+    assert grads(layer_group=1) == scored + 2 * scored // 2  # probe whole, the rest per block
     assert act("per_window") == estimate(model, infos, "backward", 1, 16).devices["cpu"].activations
     assert estimate(model, [], "forward", 8, 16).devices["cpu"].gradients == 0  # an evaluation
 

@@ -251,7 +251,8 @@ def test_second_order_metric_and_per_head_mode_through_dvc(repo):
         "hutch",
     )
     shown = sh(repo, "cwa", "show", "--exp", "hutch")
-    assert "experiment hutch: metric=hutchinson_diag" in shown and "mode=per_head" in shown
+    assert "experiment hutch: num_processes=2, metric=hutchinson_diag" in shown
+    assert "mode=per_head" in shown
     assert "delta_ppl_top" in shown and "| zero |" in shown
     ranking = pl.read_parquet(repo / "artifacts" / "rank" / "ranking.parquet")
     assert set(ranking["mode"]) == {"per_head"} and set(ranking["metric"]) == {"hutchinson_diag"}

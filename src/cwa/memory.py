@@ -11,8 +11,8 @@ an out-of-memory error. The estimate is deliberately simple and conservative (up
   eager or math attention (Hutchinson; fused SDPA kernels keep none);
   logits b·s·vocab in the model dtype plus three fp32 copies (upcast, log-softmax, gradient).
   A forward-only pass keeps one block's working set. Hessian-vector products keep the first
-  backward's graph: ×3 activations all at once, ×2 (dual tensors) for a `layer_group` pass,
-  plus a probe and a product per scored weight of the group.
+  backward's graph: ×7 activations (measured), plus the gradient graph and a product per scored
+  weight of the group and a probe per scored weight.
 docs/benchmarks.md compares the estimate with measured peaks.
 """
 
@@ -30,6 +30,9 @@ from cwa.models import ParamInfo, describe
 GIB = 2**30
 NEEDS = ("none", "forward", "backward", "per_window", "hessian")
 HEADROOM = 0.9  # use at most this share of the free memory (allocator fragmentation, buffers)
+# Hessian-vector products keep the first backward's graph: measured 6.9x (one pass) and 6.4x
+# (layer groups) the backward activations on a 1.1B Llama, H100 (docs/benchmarks.md).
+HESSIAN_FACTOR = 7
 
 
 @dataclass
@@ -127,15 +130,16 @@ def estimate(
     grouped = needs == "hessian" and layer_group > 0
     if needs != "none":
         scored = {i.name for i in infos}
-        group_share = _largest_group_share(infos, layer_group) if grouped else 1.0
+        share = _largest_group_share(infos, layer_group) if grouped else 1.0
         for name in scored:
             p = params[name]
             n = est.devices[str(p.device)]
+            size = p.numel() * p.element_size()
             n.accumulators += 4 * p.numel()
-            if backward:
-                n.gradients += p.numel() * p.element_size()
-            if needs == "hessian":  # graph of the gradient, probe z and product Hz
-                n.gradients += int(2 * group_share * p.numel() * p.element_size())
+            if backward:  # the gradient (of one group at a time when grouped)
+                n.gradients += int(share * size)
+            if needs == "hessian":  # the probe z (every scored weight) and the product Hz
+                n.gradients += size + int(share * size)
         est.devices["cpu"].accumulators += 4 * sum(params[n].numel() for n in scored)
     if needs == "none":  # data-free: reads the weights only
         est.devices = dict(est.devices)
@@ -143,7 +147,7 @@ def estimate(
     fused = getattr(model.config, "_attn_implementation", "eager") != "eager"
     probabilities = needs == "hessian" or not fused  # Hutchinson runs on math attention
     block = _block_activations(shape, batch, seq_len, probabilities)
-    factor = {"hessian": 2 if grouped else 3}.get(needs, 1)
+    factor = HESSIAN_FACTOR if needs == "hessian" else 1
     for dev in layer_device.values():
         est.devices[dev].activations += block * factor if backward else 0
     if not backward:  # forward only: one block's working set at a time

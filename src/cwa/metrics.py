@@ -104,7 +104,33 @@ def compute_scores(
     for name, s in scores.items():
         if not torch.isfinite(s).all():
             raise CwaError(f"{metric_.name}: non-finite scores in {name}")
-    return {name: s.float().cpu() for name, s in scores.items()}
+    return to_host(scores)
+
+
+def to_host(tensors: dict[str, torch.Tensor], chunk: int = 1 << 26) -> dict[str, torch.Tensor]:
+    """fp32 CPU copies, GPU tensors through one reused pinned buffer of `chunk` elements.
+
+    A plain device-to-pageable copy ran at ~1.2 GB/s on the H100 machine (3.3 s for a 1B-weight
+    pool); device-to-pinned is DMA (~50 GB/s) and pinned-to-pageable a host memcpy.
+    """
+    on_gpu = [t.numel() for t in tensors.values() if t.device.type != "cpu"]
+    if on_gpu:
+        chunk = min(chunk, max(on_gpu))
+        staging = torch.empty(chunk, dtype=torch.float32, pin_memory=True)
+    out = {}
+    for name, t in tensors.items():
+        t = t.float()
+        if t.device.type == "cpu":
+            out[name] = t
+            continue
+        flat, host = t.reshape(-1), torch.empty(t.numel(), dtype=torch.float32)
+        for start in range(0, flat.numel(), chunk):
+            part = flat[start : start + chunk]
+            buf = staging[: part.numel()]
+            buf.copy_(part)  # blocking: the buffer is reused by the next part
+            host[start : start + part.numel()].copy_(buf)
+        out[name] = host.view(t.shape)
+    return out
 
 
 @contextmanager
