@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from cwa.distributed import launch_command
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -59,26 +61,7 @@ def worker(args) -> None:
 
 def launch(n: int, args) -> dict:
     out = Path(tempfile.mkdtemp()) / "time.json"
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(n),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--num_cpu_threads_per_process",
-        str(max(1, (os.cpu_count() or 1) // n)),
-        "--main_process_port",
-        "0",
-    ]
-    cmd = [
-        *(launcher if n > 1 else [sys.executable]),  # one process: no launcher, every core
+    script = [
         __file__,
         "--worker",
         "--out",
@@ -89,6 +72,8 @@ def launch(n: int, args) -> dict:
             if k not in ("worker", "out", "processes")
         ],
     ]
+    # one process: no launcher, every core
+    cmd = launch_command(n, script) if n > 1 else [sys.executable, *script]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CI": "true"}
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True)

@@ -9,7 +9,7 @@ batch_size, probes, layer_group, include_embeddings, include_1d, layers, topk.
 from cwa.agreement import metric_agreement
 from cwa.data import calibration_draw, split_windows
 from cwa.io import write_table
-from cwa.memory import guard
+from cwa.memory import guard_scoring
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import describe, load_model, pool
 from cwa.stage import stage_main
@@ -27,15 +27,7 @@ def run(args, params):
     )
     infos = pool(describe(model), **params.pool_options)
     memory = {
-        name: guard(
-            model,
-            infos,
-            get_metric(name).needs,
-            params.batch_size,
-            params.seq_len,
-            f"the {name} pass",
-            params.layer_group,
-        )
+        name: guard_scoring(model, infos, get_metric(name), params)
         for name in params.compare_metrics
     }
     seed = params.seeds[0]

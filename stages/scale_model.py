@@ -14,7 +14,7 @@ from cwa.evaluation import evaluate
 from cwa.experiment import experiments, headline, summarize
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
-from cwa.memory import guard
+from cwa.memory import guard_scoring
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import count_parameters, describe, load_model, pool
 from cwa.perturbations import get_perturbation
@@ -37,15 +37,7 @@ def run(args, params):
         f"builtin:{args.name}", args.models_dir, params.dtype, params.device
     )
     infos = pool(describe(model), **params.pool_options)
-    guard(
-        model,
-        infos,
-        metric.needs,
-        params.batch_size,
-        params.seq_len,
-        f"the {metric.name} pass",
-        params.layer_group,
-    )
+    guard_scoring(model, infos, metric, params)
     calib = calibration_draw(
         split_windows(tokenizer, args.corpus, "calib", params.seq_len), params.calib_samples, seed
     )

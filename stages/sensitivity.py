@@ -16,7 +16,7 @@ import polars as pl
 from cwa.data import calibration_draw, split_windows
 from cwa.distributed import init_world, relaunch
 from cwa.io import write_table
-from cwa.memory import guard
+from cwa.memory import guard_scoring
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import describe, load_model, pool
 from cwa.scores import pool_table, save_scores, tensor_stats
@@ -43,15 +43,7 @@ def run(args, params):
         device_map=params.device_map,
     )
     infos = pool(describe(model), **params.pool_options)
-    memory = guard(
-        model,
-        infos,
-        metric.needs,
-        params.batch_size,
-        params.seq_len,
-        f"the {metric.name} pass",
-        params.layer_group,
-    )
+    memory = guard_scoring(model, infos, metric, params)
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
     stats = []
     for seed in params.seeds:

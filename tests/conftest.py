@@ -40,6 +40,17 @@ def tiny_gpt2(seed: int = 0):
     return GPT2LMHeadModel(config).eval()
 
 
+def save_with_tokenizer(model, directory) -> None:
+    """A local model directory as save_pretrained writes it, with a one-word tokenizer."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    model.save_pretrained(directory)
+    PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
+    ).save_pretrained(directory)
+
+
 @pytest.fixture
 def llama():
     return tiny_llama()

@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from cwa import CwaError
-from cwa.distributed import World
+from cwa.distributed import World, launch_command
 from tests.distributed_worker import METRICS, all_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,24 +30,7 @@ def test_more_processes_than_windows_is_refused():
 
 def test_two_processes_give_the_single_process_scores(tmp_path):
     out = tmp_path / "scores.safetensors"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-        str(ROOT / "tests" / "distributed_worker.py"),
-        str(out),
-    ]
+    launch = launch_command(2, [str(ROOT / "tests" / "distributed_worker.py"), str(out)])
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}", "CI": "true"}
     done = subprocess.run(launch, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

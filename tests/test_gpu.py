@@ -10,7 +10,7 @@ from cwa.evaluation import evaluate
 from cwa.memory import check, estimate
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import describe, load_model, pool
-from tests.conftest import VOCAB, tiny_llama
+from tests.conftest import VOCAB, save_with_tokenizer, tiny_llama
 
 pytestmark = [
     pytest.mark.gpu,
@@ -52,14 +52,8 @@ def test_hutchinson_layer_groups_on_gpu(windows):
 
 
 def test_device_map_model_scores_and_evaluates_on_the_gpu(tmp_path, windows):
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
     reference = tiny_llama(seed=2)
-    reference.save_pretrained(tmp_path)
-    PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
-    ).save_pretrained(tmp_path)
+    save_with_tokenizer(reference, tmp_path)
     model, _ = load_model(str(tmp_path), "unused", device_map="auto")
     assert {p.device.type for p in model.parameters()} == {"cuda"}
     infos = pool(describe(model))

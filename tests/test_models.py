@@ -5,6 +5,7 @@ import torch
 
 from cwa import CwaError
 from cwa.models import classify, count_parameters, describe, load_model, pool, refuse_offload
+from tests.conftest import save_with_tokenizer
 
 
 def test_llama_parameters_are_classified_and_pooled(llama):
@@ -33,14 +34,7 @@ def test_unknown_module_fails_clearly():
 
 
 def test_load_from_save_pretrained_directory(llama, tmp_path):
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
-    )
-    llama.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
+    save_with_tokenizer(llama, tmp_path)
     model, _ = load_model(str(tmp_path), "unused", "float32", "cpu")
     assert not model.training
     for (n, a), (_, b) in zip(llama.named_parameters(), model.named_parameters(), strict=True):
@@ -50,13 +44,7 @@ def test_load_from_save_pretrained_directory(llama, tmp_path):
 
 
 def test_device_map_loads_the_same_weights_and_refuses_offload(llama, tmp_path):
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    llama.save_pretrained(tmp_path)
-    PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
-    ).save_pretrained(tmp_path)
+    save_with_tokenizer(llama, tmp_path)
     # No GPU here: accelerate's plan keeps every block on the CPU, which is not offloading.
     model, _ = load_model(str(tmp_path), "unused", device_map="auto")
     assert {p.device.type for p in model.parameters()} == {"cpu"}
@@ -88,16 +76,10 @@ def test_missing_models_say_what_to_do(tmp_path):
 
 
 def test_non_finite_weights_are_reported_by_name(llama, tmp_path):
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
     with torch.no_grad():
         llama.model.layers[1].mlp.up_proj.weight[0, :3] = float("nan")
         llama.model.norm.weight[0] = float("inf")
-    llama.save_pretrained(tmp_path)
-    PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
-    ).save_pretrained(tmp_path)
+    save_with_tokenizer(llama, tmp_path)
     with pytest.raises(CwaError) as err:
         load_model(str(tmp_path), "unused", "float32", "cpu")
     assert "model.layers.1.mlp.up_proj.weight (3 of 2048)" in str(err.value)

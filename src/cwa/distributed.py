@@ -80,7 +80,13 @@ def relaunch(num_processes: int, device: str = "auto") -> None:
             f"num_processes {num_processes} exceeds the {torch.cuda.device_count()} visible GPUs: "
             f"data parallelism runs one process per GPU"
         )
-    cmd = [
+    cmd = launch_command(num_processes, [sys.argv[0], *sys.argv[1:]])
+    sys.exit(subprocess.run(cmd, check=False).returncode)
+
+
+def launch_command(num_processes: int, script_and_args: list[str]) -> list[str]:
+    """`accelerate launch` of a script in `num_processes` processes on this machine."""
+    return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
@@ -97,7 +103,5 @@ def relaunch(num_processes: int, device: str = "auto") -> None:
         str(max(1, (os.cpu_count() or 1) // num_processes)),  # CPU runs share the cores
         "--main_process_port",
         "0",  # a free port: several runs may share a machine
-        sys.argv[0],
-        *sys.argv[1:],
+        *script_and_args,
     ]
-    sys.exit(subprocess.run(cmd, check=False).returncode)

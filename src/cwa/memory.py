@@ -76,6 +76,7 @@ class Estimate:
     needs: str
     batch: int
     seq_len: int
+    elem: int  # bytes per weight of the model dtype
     devices: dict[str, Need] = field(default_factory=dict)
 
     def as_dict(self, free: dict[str, int] | None = None) -> dict:
@@ -118,7 +119,7 @@ def estimate(
         raise CwaError(f"unknown pass kind {needs!r}; valid: {', '.join(NEEDS)}")
     shape = Shape.of(model)
     batch = 1 if needs == "per_window" else batch_size
-    est = Estimate(needs, batch, seq_len, defaultdict(Need))
+    est = Estimate(needs, batch, seq_len, shape.elem, defaultdict(Need))
     params = dict(model.named_parameters())
     layer_device: dict[int, str] = {}
     for p in params.values():
@@ -212,9 +213,23 @@ def _remedies(est: Estimate, need: Need, budget: float) -> str:
         tips.append("layer_group: 1 (Hutchinson one block at a time)")
     if fixed > 0:
         tips.append("fewer scored tensors (`layers`, include_embeddings: false)")
-    tips.append("dtype: bfloat16 (half the weights, gradients and activations)")
+    if est.elem > 2:
+        tips.append("dtype: bfloat16 (half the weights, gradients and activations)")
     tips.append("more devices (device_map: auto splits the model over the GPUs)")
     return "Try: " + "; ".join(tips) + "."
+
+
+def guard_scoring(model: nn.Module, infos: list[ParamInfo], metric, params) -> dict:
+    """The guard of a sensitivity pass of `metric` (a cwa.metrics.Metric) under `params`."""
+    return guard(
+        model,
+        infos,
+        metric.needs,
+        params.batch_size,
+        params.seq_len,
+        f"the {metric.name} pass",
+        params.layer_group,
+    )
 
 
 def guard(
