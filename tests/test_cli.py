@@ -21,6 +21,10 @@ def test_flags_map_onto_params_keys():
             "256",
             "--controls",
             "random_k",
+            "--num-processes",
+            "4",
+            "--device-map",
+            "auto",
         ]
     )
     assert overrides(args) == {
@@ -30,6 +34,8 @@ def test_flags_map_onto_params_keys():
         "calib_samples": 32,
         "seq_len": 256,
         "controls": ["random_k"],
+        "num_processes": 4,
+        "device_map": "auto",
     }
 
 

@@ -29,6 +29,13 @@ def test_repository_params_file_is_valid():
         ({"mode": "per_row"}, "valid values: global, per_component, per_head, per_layer"),
         ({"perturb": ["zero", "melt"]}, "`perturb` is 'melt'; valid values: bit_flip"),
         ({"controls": ["random"]}, "valid values: random_k, bottom_k"),
+        ({"num_processes": 0}, "`num_processes` must be >= 1, got 0"),
+        ({"layer_group": -1}, "`layer_group` must be >= 0 \\(0: every block in one pass\\)"),
+        ({"device_map": "everywhere"}, "`device_map` is 'everywhere'; valid values: none, auto"),
+        (
+            {"num_processes": 2, "device_map": "auto"},
+            "data parallelism copies the whole model to each process",
+        ),
         ({"seeds": [0, "one"]}, "`seeds` must be int, got 'one'"),
         ({"seeds": [1, 1]}, "distinct"),
         ({"topk": [0, 10]}, "positive"),

@@ -4,6 +4,7 @@ Examples:
   cwa run --metric grad_squared --topk 10,100 --seeds 0,1,2
       one DVC experiment (`dvc exp run -S metric=grad_squared -S topk=[10,100] ...`)
   cwa run --model ./my-llama --dtype bfloat16 --perturb zero,sign_flip --controls random_k
+  cwa run --model ./llama-8b --dtype bfloat16 --num-processes 8     (one GPU per process)
   cwa run --metric grad_x_weight --perturb zero,sign_flip --out-dir results/gxw
       ... and copy the report, metrics and result tables to results/gxw afterwards
   cwa show
@@ -39,6 +40,8 @@ FLAGS = {
     "max_length": ("seq_len", int),
     "dtype": ("dtype", str),
     "device": ("device", str),
+    "device_map": ("device_map", str),
+    "num_processes": ("num_processes", int),
 }
 
 
