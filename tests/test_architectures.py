@@ -127,3 +127,21 @@ def test_per_head_groups_follow_each_architecture_layout(arch):
         axis = rows["col"] if comp[0] == "attn_o" else rows["row"]
         assert set(axis.to_list()) == expected_head_features(arch, comp[0], g, heads, kv, hd)
     assert table["group"].n_unique() == 2 * kv
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_batched_per_window_squares_equal_one_backward_per_window(arch):
+    """grad_squared's hooked batched passes (Linear and Conv1D weights) and its fallback (fused
+    experts, token-routed layers) against plain one-window-per-backward passes, every tensor."""
+    from cwa.metrics import Calibration, gradient_sums, per_window_squares
+
+    model = build(arch)
+    infos = pool(describe(model), include_1d=True)
+    windows = torch.randint(1, 64, (5, 10), generator=torch.Generator().manual_seed(0))
+    cal = Calibration(model, infos, windows, batch_size=3)
+    batched = per_window_squares(cal)
+    reference = gradient_sums(cal, per_window=True, square=True)
+    assert batched.keys() == reference.keys()
+    for name, ref in reference.items():
+        atol = 1e-6 * float(ref.abs().max())
+        torch.testing.assert_close(batched[name], ref, rtol=1e-4, atol=atol, msg=name)

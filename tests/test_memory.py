@@ -45,15 +45,19 @@ def test_pass_kinds_order_as_their_memory(model_and_pool):
     scored = 4 * sum(i.numel for i in infos)
     assert grads() == 3 * scored  # gradient graph, probe, product
     assert grads(layer_group=1) == scored + 2 * scored // 2  # probe whole, the rest per block
-    assert act("per_window") == estimate(model, infos, "backward", 1, 16).devices["cpu"].activations
+    assert act("per_window") == act("backward")  # batched passes; per-window gradients per layer
+    per_window = estimate(model, infos, "per_window", 8, 16).devices["cpu"]
+    backward = estimate(model, infos, "backward", 8, 16).devices["cpu"]
+    assert per_window.gradients - backward.gradients == 8 * 8 * 64 * 32  # batch x largest x 8 B
     assert estimate(model, [], "forward", 8, 16).devices["cpu"].gradients == 0  # an evaluation
 
 
-def test_guard_names_the_numbers_and_a_batch_that_fits(model_and_pool):
+@pytest.mark.parametrize("needs", ["backward", "per_window"])
+def test_guard_names_the_numbers_and_a_batch_that_fits(model_and_pool, needs):
     model, infos = model_and_pool
-    est = estimate(model, infos, "backward", 64, 32)
+    est = estimate(model, infos, needs, 64, 32)
     need = est.devices["cpu"]
-    tight = int((need.gradients + need.accumulators + need.activations / 2) / 0.9)
+    tight = int((need.beyond_weights - need.per_batch / 2) / 0.9)
     with pytest.raises(CwaError) as err:
         check(est, "the grad_x_weight pass", free={"cpu": tight})
     message = str(err.value)
@@ -61,7 +65,7 @@ def test_guard_names_the_numbers_and_a_batch_that_fits(model_and_pool):
     assert "on cpu beyond the" in message and "for batch 64 x 32 tokens" in message
     suggested = int(message.split("batch_size: ")[1].split(" ")[0])
     assert 1 <= suggested < 64
-    smaller = estimate(model, infos, "backward", suggested, 32)
+    smaller = estimate(model, infos, needs, suggested, 32)
     assert check(smaller, "the grad_x_weight pass", free={"cpu": tight})["batch"] == suggested
 
 

@@ -4,7 +4,8 @@ A run that cannot fit fails at once with the numbers and what to change, not aft
 an out-of-memory error. The estimate is deliberately simple and conservative (upper bound):
 
 - weights: the parameters resident on the device (already loaded: counted in its used memory);
-- gradients: one per scored weight in the model dtype (backward passes);
+- gradients: one per scored weight in the model dtype (backward passes); `grad_squared` adds
+  the per-window fp32 gradients of one layer and their squares (batch x largest tensor x 8 B);
 - accumulators: fp32 per scored weight, plus the fp32 score copy kept in CPU memory;
 - activations: per block and token, the tensors a backward pass keeps, in the model dtype:
   10·hidden + 4·intermediate (×experts per token), + 2·heads·seq attention probabilities with
@@ -43,6 +44,7 @@ class Need:
     gradients: int = 0
     accumulators: int = 0
     activations: int = 0
+    per_batch: int = 0  # the part of gradients + activations that scales with the batch
 
     @property
     def beyond_weights(self) -> int:
@@ -118,7 +120,7 @@ def estimate(
     if needs not in NEEDS:
         raise CwaError(f"unknown pass kind {needs!r}; valid: {', '.join(NEEDS)}")
     shape = Shape.of(model)
-    batch = 1 if needs == "per_window" else batch_size
+    batch = batch_size
     est = Estimate(needs, batch, seq_len, shape.elem, defaultdict(Need))
     params = dict(model.named_parameters())
     layer_device: dict[int, str] = {}
@@ -142,6 +144,14 @@ def estimate(
             if needs == "hessian":  # the probe z (every scored weight) and the product Hz
                 n.gradients += size + int(share * size)
         est.devices["cpu"].accumulators += 4 * sum(params[n].numel() for n in scored)
+        if needs == "per_window":  # one layer's per-window fp32 gradients and their squares
+            largest: dict[str, int] = {}
+            for name in scored:
+                dev = str(params[name].device)
+                largest[dev] = max(largest.get(dev, 0), params[name].numel())
+            for dev, numel in largest.items():
+                est.devices[dev].gradients += 8 * batch * numel
+                est.devices[dev].per_batch += 8 * batch * numel
     if needs == "none":  # data-free: reads the weights only
         est.devices = dict(est.devices)
         return est
@@ -157,6 +167,8 @@ def estimate(
     head = model.get_output_embeddings()
     head_dev = str(head.weight.device) if head is not None else "cpu"
     est.devices[head_dev].activations += _logits(shape, batch, seq_len, backward)
+    for need in est.devices.values():
+        need.per_batch += need.activations
     est.devices = dict(est.devices)
     return est
 
@@ -204,9 +216,9 @@ def _size(n: float) -> str:
 
 def _remedies(est: Estimate, need: Need, budget: float) -> str:
     tips = []
-    fixed = need.gradients + need.accumulators
-    if fixed < budget and need.activations > 0 and est.needs != "per_window":
-        fits = int(est.batch * (budget - fixed) / need.activations)
+    fixed = need.beyond_weights - need.per_batch
+    if fixed < budget and need.per_batch > 0:
+        fits = int(est.batch * (budget - fixed) / need.per_batch)
         if fits >= 1:
             tips.append(f"batch_size: {fits} (activations scale with it)")
     if est.needs == "hessian":

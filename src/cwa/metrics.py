@@ -168,7 +168,10 @@ def gradient_sums(cal: Calibration, per_window: bool, square: bool) -> dict[str,
     per_window: one window per pass, loss = that window's mean token NLL (exact per-sample
     gradients); otherwise batches of `batch_size`, loss = summed NLL.
     """
-    targets = cal.targets
+    return _gradient_sums(cal, cal.targets, per_window, square)
+
+
+def _gradient_sums(cal, targets, per_window: bool, square: bool) -> dict[str, torch.Tensor]:
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in targets.items()}
     window_tokens = cal.windows.shape[1] - 1
     with grads_for(cal.model, targets):
@@ -182,6 +185,56 @@ def gradient_sums(cal: Calibration, per_window: bool, square: bool) -> dict[str,
                 acc[name].add_(g.float().square() if square else g.float())
     cal.world.reduce(acc.values())
     return acc
+
+
+def per_window_squares(cal: Calibration) -> dict[str, torch.Tensor]:
+    """Σₙ (∇ℓₙ)², ℓₙ = window n's mean token loss, from batched backward passes.
+
+    Windows are independent sequences, so in a batch the gradient reaching a linear layer's
+    output at window n is window n's own; its weight gradient is Σₜ δₙₜ xₙₜᵀ, formed per window
+    from the layer's input (forward hook) and output gradient (tensor hook) one layer at a time.
+    Tensors that are not linear weights applied per window (norms, biases, embeddings, fused or
+    token-routed experts) take one backward per window instead.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    targets = cal.targets
+    named = dict(cal.model.named_modules())
+    linear = {
+        name: named[name.rsplit(".", 1)[0]]
+        for name in targets
+        if name.endswith(".weight")
+        and isinstance(named.get(name.rsplit(".", 1)[0]), nn.Linear | Conv1D)
+    }
+    acc = {n: torch.zeros_like(targets[n], dtype=torch.float32) for n in linear}
+    routed: set[str] = set()  # inputs not shaped (windows, tokens, features): fall back
+    window_tokens = cal.windows.shape[1] - 1
+
+    def hook(name, module, inputs, output):
+        x = inputs[0].detach()
+        if x.dim() != 3 or x.shape[:2] != current[0].shape:
+            routed.add(name)
+            return
+        conv1d = isinstance(module, Conv1D)  # weight [in, out]; nn.Linear: [out, in]
+
+        def on_grad(g):
+            a, b = (x, g) if conv1d else (g, x)
+            per_window = torch.einsum("btp,btq->bpq", a.float(), b.float())
+            acc[name].add_(per_window.square().sum(dim=0))
+
+        output.register_hook(on_grad)
+
+    current = [None]
+    with grads_for(cal.model, targets), forward_hooks(linear, hook):
+        for batch in _batches(cal, cal.batch_size):
+            current[0] = batch
+            loss = _loss(cal.model, batch) / window_tokens
+            torch.autograd.grad(loss, [targets[n] for n in linear])
+    cal.world.reduce(acc[n] for n in linear)
+    rest = {n: p for n, p in targets.items() if n not in linear or n in routed}
+    if rest:
+        acc |= _gradient_sums(cal, rest, per_window=True, square=True)
+    return {n: acc[n] for n in targets}
 
 
 @metric("magnitude", "|w|: data-free baseline", needs="none")
@@ -201,7 +254,7 @@ def grad_x_weight(cal: Calibration) -> dict[str, torch.Tensor]:
     needs="per_window",
 )
 def grad_squared(cal: Calibration) -> dict[str, torch.Tensor]:
-    acc = gradient_sums(cal, per_window=True, square=True)
+    acc = per_window_squares(cal)
     return {n: a / len(cal.windows) for n, a in acc.items()}
 
 
