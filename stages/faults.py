@@ -19,7 +19,7 @@ from cwa.faults import campaign, summary
 from cwa.io import write_table
 from cwa.memory import guard
 from cwa.models import load_model
-from cwa.scores import load_scores
+from cwa.scores import StoredScores
 from cwa.stage import stage_main
 
 
@@ -42,7 +42,7 @@ def run(args, params):
     base = read_baseline(args.baseline_texts, len(windows))
     seed = params.seeds[0]
     names = pl.read_parquet(args.pool).sort("position")["param"].to_list()
-    stored = load_scores(args.scores, seed)
+    stored = StoredScores(args.scores, seed)
     scores = [stored[n].abs().reshape(-1) for n in names]
     rows = campaign(
         model,

@@ -30,7 +30,7 @@ from cwa.report import (
     task_metrics,
     tasks_table,
 )
-from cwa.scores import load_scores
+from cwa.scores import StoredScores
 from cwa.stage import stage_main
 from cwa.stats import SCALING_STATISTICS
 
@@ -87,7 +87,7 @@ def run(args, params):
     )
     write_csv(curve, args.effects_csv)
 
-    scores = load_scores(args.scores, seed)
+    scores = StoredScores(args.scores, seed)  # read tensor by tensor
     plots.score_distribution(
         scores,
         dict(zip(pool["param"], pool["component"], strict=True)),

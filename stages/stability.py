@@ -12,10 +12,9 @@ import itertools
 
 import numpy as np
 import polars as pl
-import torch
 
 from cwa.io import write_csv, write_table
-from cwa.scores import load_scores, pool_sample, sampled_scores
+from cwa.scores import StoredScores, pool_sample, sampled_scores, scores_at
 from cwa.stage import stage_main
 from cwa.stats import jaccard, spearman
 
@@ -35,17 +34,13 @@ def top_sets(ranking: pl.DataFrame) -> dict[tuple[int, int], set]:
     }
 
 
-def score_at(scores: dict[str, torch.Tensor], coords: list[tuple[str, int]]) -> np.ndarray:
-    return np.array([float(scores[name].reshape(-1)[i]) for name, i in coords])
-
-
 def run(args, params):
     ranking = pl.read_parquet(args.ranking)
     sets = top_sets(ranking)
     seeds = sorted(ranking["seed"].unique().to_list())
-    stores = {s: {n: t.abs() for n, t in load_scores(args.scores, s).items()} for s in seeds}
-    sample = pool_sample(stores[seeds[0]])
-    bulk = {s: sampled_scores(stores[s], sample) for s in seeds}
+    stores = {s: StoredScores(args.scores, s) for s in seeds}  # read tensor by tensor
+    sample = pool_sample(stores[seeds[0]].sizes())
+    bulk = {s: np.abs(sampled_scores(stores[s], sample)) for s in seeds}
     rows = []
     for k in sorted(ranking["k"].unique().to_list()):
         for a, b in itertools.combinations(seeds, 2):
@@ -56,7 +51,9 @@ def run(args, params):
                     "seed_a": a,
                     "seed_b": b,
                     "jaccard": jaccard(sets[a, k], sets[b, k]),
-                    "spearman": spearman(score_at(stores[a], union), score_at(stores[b], union)),
+                    "spearman": spearman(
+                        np.abs(scores_at(stores[a], union)), np.abs(scores_at(stores[b], union))
+                    ),
                     "spearman_pool": spearman(bulk[a], bulk[b]),
                     "union": len(union),
                 }

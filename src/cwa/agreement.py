@@ -23,7 +23,7 @@ def metric_agreement(
     """One row per metric pair and k: Jaccard of global top-k sets, Spearman over a 100k sample."""
     metrics = sorted(by_metric)
     names = sorted(next(iter(by_metric.values())))
-    sample = pool_sample(by_metric[metrics[0]])
+    sample = pool_sample({n: t.numel() for n, t in by_metric[metrics[0]].items()})
     bulk = {m: abs(sampled_scores(by_metric[m], sample)) for m in metrics}
     tops = {(m, k): top_set(by_metric[m], names, k) for m in metrics for k in ks}
     rows = [

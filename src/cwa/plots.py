@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -29,17 +30,25 @@ def _save(fig, path: str | Path) -> None:
 
 
 def score_distribution(
-    scores: dict[str, torch.Tensor], components: dict[str, str], metric: str, path
+    scores: Mapping[str, torch.Tensor], components: dict[str, str], metric: str, path, bins=80
 ) -> None:
-    """Histogram of log10 score per component: how heavy is the tail?"""
+    """Histogram of log10 |score| per component (how heavy is the tail?), streamed tensor by
+    tensor over bins shared by every component."""
+
+    def logs(name):
+        v = scores[name].reshape(-1).double().abs()
+        return torch.log10(v[v > 0]).numpy()
+
+    extremes = [(v.min(), v.max()) for v in map(logs, scores) if v.size]
+    edges = np.linspace(min(e[0] for e in extremes), max(e[1] for e in extremes) + 1e-9, bins + 1)
+    counts: dict[str, np.ndarray] = {}
+    for name in scores:
+        comp = components[name]
+        counts[comp] = counts.get(comp, 0) + np.histogram(logs(name), edges)[0]
     fig, ax = plt.subplots(figsize=(7, 4))
-    by_comp: dict[str, list[torch.Tensor]] = {}
-    for name, s in scores.items():
-        by_comp.setdefault(components[name], []).append(s.reshape(-1))
-    for comp, parts in sorted(by_comp.items()):
-        v = torch.cat(parts).double().abs().numpy()
-        v = np.log10(v[v > 0])
-        ax.hist(v, bins=80, histtype="step", label=comp, density=True)
+    for comp, c in sorted(counts.items()):
+        if c.sum():
+            ax.stairs(c / (c.sum() * np.diff(edges)), edges, label=comp)
     ax.set(
         xlabel=f"log10 |{metric} score|", ylabel="density", title="Score distribution by component"
     )

@@ -1,7 +1,8 @@
 """The score store: one fp32 tensor per scored parameter and seed, plus its pool description.
 
 Scores are kept whole (safetensors, one file per seed) so `rank` can serve any k and any control,
-and `stability` can correlate seeds, without recomputing sensitivity.
+and `stability` can correlate seeds, without recomputing sensitivity. Later stages read them back
+tensor by tensor (`StoredScores`), so a big model's store is never in memory at once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import polars as pl
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from cwa.io import atomic_write
 from cwa.models import ParamInfo
@@ -33,10 +34,6 @@ def save_scores(
     )
 
 
-def load_scores(directory: str | Path, seed: int) -> dict[str, torch.Tensor]:
-    return load_file(str(store_path(directory, seed)))
-
-
 class StoredScores(Mapping):
     """One seed's scores, each tensor read (memory-mapped) only when asked for: a big model's
     store is never held in memory at once."""
@@ -47,6 +44,10 @@ class StoredScores(Mapping):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._file.get_tensor(name)
+
+    def sizes(self) -> dict[str, int]:
+        """Weights per tensor, from the file header (no tensor is read)."""
+        return {n: int(np.prod(self._file.get_slice(n).get_shape())) for n in self._names}
 
     def __iter__(self):
         return iter(self._names)
@@ -129,9 +130,10 @@ def concentration(scores: list[torch.Tensor], top_fraction: float = 1e-3) -> dic
     }
 
 
-def pool_sample(store: dict[str, torch.Tensor], size: int = 100_000) -> dict[str, torch.Tensor]:
-    """A fixed uniform sample of pool coordinates (the same for every seed): bulk agreement."""
-    sizes = {name: t.numel() for name, t in sorted(store.items())}
+def pool_sample(sizes: Mapping[str, int], size: int = 100_000) -> dict[str, torch.Tensor]:
+    """A fixed uniform sample of pool coordinates (the same for every seed): bulk agreement.
+    `sizes`: weights per pool tensor."""
+    sizes = dict(sorted(sizes.items()))
     total = sum(sizes.values())
     picks = np.sort(np.random.default_rng(0).choice(total, size=min(size, total), replace=False))
     out, start = {}, 0
@@ -142,5 +144,20 @@ def pool_sample(store: dict[str, torch.Tensor], size: int = 100_000) -> dict[str
     return out
 
 
-def sampled_scores(store: dict[str, torch.Tensor], sample: dict[str, torch.Tensor]) -> np.ndarray:
+def sampled_scores(
+    store: Mapping[str, torch.Tensor], sample: dict[str, torch.Tensor]
+) -> np.ndarray:
     return torch.cat([store[n].reshape(-1)[i].double() for n, i in sample.items()]).numpy()
+
+
+def scores_at(store: Mapping[str, torch.Tensor], coords: list[tuple[str, int]]) -> np.ndarray:
+    """The scores at (tensor name, flat index) coordinates, in order, each tensor read once."""
+    out = np.empty(len(coords))
+    by_name: dict[str, list[int]] = {}
+    for pos, (name, _) in enumerate(coords):
+        by_name.setdefault(name, []).append(pos)
+    for name, positions in by_name.items():
+        flat = store[name].reshape(-1)
+        index = torch.tensor([coords[p][1] for p in positions])
+        out[positions] = flat[index].double().numpy()
+    return out

@@ -1,0 +1,27 @@
+"""The score store read back lazily: contents, sizes from the header, coordinate lookups."""
+
+import numpy as np
+import torch
+
+from cwa.scores import StoredScores, pool_sample, sampled_scores, save_scores, scores_at
+
+
+def test_stored_scores_read_tensor_by_tensor(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    scores = {
+        "b.weight": torch.randn(3, 5, generator=gen),
+        "a.weight": torch.randn(7, generator=gen),
+    }
+    save_scores(scores, tmp_path, 4, "grad_x_weight")
+    store = StoredScores(tmp_path, 4)
+    assert sorted(store) == ["a.weight", "b.weight"] and len(store) == 2
+    assert store.sizes() == {"a.weight": 7, "b.weight": 15}
+    for name, t in scores.items():
+        assert torch.equal(store[name], t)
+    coords = [("b.weight", 14), ("a.weight", 0), ("b.weight", 2), ("a.weight", 6)]
+    expected = [float(scores[n].reshape(-1)[i]) for n, i in coords]
+    assert scores_at(store, coords).tolist() == expected  # in the given order
+    sample = pool_sample(store.sizes(), size=10)
+    assert sum(len(i) for i in sample.values()) == 10
+    assert pool_sample({n: t.numel() for n, t in scores.items()}, size=10).keys() == sample.keys()
+    np.testing.assert_array_equal(sampled_scores(store, sample), sampled_scores(scores, sample))
