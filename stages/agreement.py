@@ -6,7 +6,7 @@ Params: model, dtype, device, device_map, compare_metrics, seeds, calib_samples,
 batch_size, probes, layer_group, include_embeddings, include_1d, layers, topk.
 """
 
-from cwa.agreement import metric_agreement
+from cwa.agreement import metric_agreement, summarize
 from cwa.data import calibration_draw, split_windows
 from cwa.io import write_table
 from cwa.memory import guard_scoring
@@ -26,27 +26,26 @@ def run(args, params):
         params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
     )
     infos = pool(describe(model), **params.pool_options)
-    memory = {
-        name: guard_scoring(model, infos, get_metric(name), params)
-        for name in params.compare_metrics
-    }
+    metrics = [get_metric(name) for name in params.compare_metrics]
+    memory = {m.name: guard_scoring(model, infos, m, params) for m in metrics}
     seed = params.seeds[0]
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
     draw = calibration_draw(calib, params.calib_samples, seed)
-    by_metric = {
-        name: compute_scores(
+    by_metric = {}
+    for metric in metrics:  # one metric's scores in memory at a time
+        scores = compute_scores(
             model,
             infos,
-            get_metric(name),
+            metric,
             draw,
             params.batch_size,
             params.probes,
             seed,
-            desc=name,
+            desc=metric.name,
             layer_group=params.layer_group,
         )
-        for name in params.compare_metrics
-    }
+        by_metric[metric.name] = summarize(scores, params.topk)
+        del scores
     table = metric_agreement(by_metric, params.topk)
     write_table(table, args.out, "agreement")
     return {"pairs": len(table), "memory": memory}

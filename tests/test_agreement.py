@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cwa.agreement import metric_agreement
+from cwa.agreement import metric_agreement, summarize
 
 
 def test_identical_reversed_and_unrelated_metrics():
@@ -12,7 +12,11 @@ def test_identical_reversed_and_unrelated_metrics():
     same = {n: t * 3.0 for n, t in a.items()}  # a monotone transform: same ranking
     reverse = {n: 1.0 - t for n, t in a.items()}
     signed = {n: -t for n, t in a.items()}  # signed metrics compare by |score|
-    table = metric_agreement({"a": a, "b": same, "c": reverse, "d": signed}, (10, 100))
+    ks = (10, 100)
+    summaries = {
+        m: summarize(s, ks) for m, s in {"a": a, "b": same, "c": reverse, "d": signed}.items()
+    }
+    table = metric_agreement(summaries, ks)
     row = {(r["metric_a"], r["metric_b"], r["k"]): r for r in table.iter_rows(named=True)}
     assert len(table) == 6 * 2
     assert row["a", "b", 10]["jaccard"] == 1.0

@@ -1,9 +1,15 @@
-"""Do metrics agree? Overlap of top-k sets and rank correlation for every pair of metrics."""
+"""Do metrics agree? Overlap of top-k sets and rank correlation for every pair of metrics.
+
+Each metric's scores are reduced to what the comparison needs (its top-k sets and its scores at a
+fixed pool sample) as soon as they exist, so one metric's scores are in memory at a time.
+"""
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -12,20 +18,33 @@ from cwa.scores import pool_sample, sampled_scores
 from cwa.stats import jaccard, spearman
 
 
+@dataclass(frozen=True)
+class Summary:
+    """One metric's part of the comparison: |score| at the pool sample, top-k sets by k."""
+
+    bulk: np.ndarray
+    tops: dict[int, set[tuple[int, int]]]
+
+
 def top_set(scores: dict[str, torch.Tensor], names: list[str], k: int) -> set[tuple[int, int]]:
     sel = extreme_k([scores[n].abs() for n in names], k)
     return set(zip(sel.tensor.tolist(), sel.flat.tolist(), strict=True))
 
 
-def metric_agreement(
-    by_metric: dict[str, dict[str, torch.Tensor]], ks: tuple[int, ...]
-) -> pl.DataFrame:
+def summarize(scores: dict[str, torch.Tensor], ks: tuple[int, ...]) -> Summary:
+    """The same pool sample for every metric: it depends on the tensor names and sizes only."""
+    names = sorted(scores)
+    sample = pool_sample({n: scores[n].numel() for n in names})
+    return Summary(
+        np.abs(sampled_scores(scores, sample)), {k: top_set(scores, names, k) for k in ks}
+    )
+
+
+def metric_agreement(by_metric: dict[str, Summary], ks: tuple[int, ...]) -> pl.DataFrame:
     """One row per metric pair and k: Jaccard of global top-k sets, Spearman over a 100k sample."""
     metrics = sorted(by_metric)
-    names = sorted(next(iter(by_metric.values())))
-    sample = pool_sample({n: t.numel() for n, t in by_metric[metrics[0]].items()})
-    bulk = {m: abs(sampled_scores(by_metric[m], sample)) for m in metrics}
-    tops = {(m, k): top_set(by_metric[m], names, k) for m in metrics for k in ks}
+    bulk = {m: by_metric[m].bulk for m in metrics}
+    tops = {(m, k): by_metric[m].tops[k] for m in metrics for k in ks}
     rows = [
         {
             "metric_a": a,
