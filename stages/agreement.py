@@ -11,7 +11,7 @@ from cwa.data import calibration_draw, split_windows
 from cwa.io import write_table
 from cwa.memory import guard_scoring
 from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, load_model, pool
+from cwa.models import describe, load_studied, pool
 from cwa.stage import stage_main
 
 
@@ -22,9 +22,7 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_model(
-        params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
-    )
+    model, tokenizer = load_studied(params, args.models_dir)
     infos = pool(describe(model), **params.pool_options)
     metrics = [get_metric(name) for name in params.compare_metrics]
     memory = {m.name: guard_scoring(model, infos, m, params) for m in metrics}

@@ -13,8 +13,8 @@ from cwa.data import eval_windows
 from cwa.evaluation import evaluate
 from cwa.experiment import BASELINE, text_rows
 from cwa.io import write_table
-from cwa.memory import guard
-from cwa.models import count_parameters, load_model
+from cwa.memory import guard_evaluation
+from cwa.models import count_parameters, load_studied
 from cwa.stage import stage_main
 
 
@@ -26,10 +26,8 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_model(
-        params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
-    )
-    memory = guard(model, [], "forward", params.batch_size, params.seq_len, "evaluation")
+    model, tokenizer = load_studied(params, args.models_dir)
+    memory = guard_evaluation(model, params)
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     result = evaluate(model, windows, params.batch_size, desc="baseline")
     if result.diverged:  # finite weights, yet an inf/NaN loss: say where

@@ -17,8 +17,8 @@ from cwa.data import eval_windows
 from cwa.evaluation import read_baseline
 from cwa.faults import campaign, summary
 from cwa.io import write_table
-from cwa.memory import guard
-from cwa.models import load_model
+from cwa.memory import guard_evaluation
+from cwa.models import load_studied
 from cwa.scores import StoredScores
 from cwa.stage import stage_main
 
@@ -34,10 +34,8 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_model(
-        params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
-    )
-    memory = guard(model, [], "forward", params.batch_size, params.seq_len, "evaluation")
+    model, tokenizer = load_studied(params, args.models_dir)
+    memory = guard_evaluation(model, params)
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = read_baseline(args.baseline_texts, len(windows))
     seed = params.seeds[0]

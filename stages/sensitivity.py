@@ -18,7 +18,7 @@ from cwa.distributed import init_world, relaunch
 from cwa.io import write_table
 from cwa.memory import guard_scoring
 from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, load_model, pool
+from cwa.models import describe, load_studied, pool
 from cwa.scores import pool_table, save_scores, tensor_stats
 from cwa.stage import stage_main
 
@@ -35,13 +35,7 @@ def run(args, params):
     metric = get_metric(params.metric)
     relaunch(params.num_processes, params.device)  # exits here when it launched the processes
     world = init_world(params.device)
-    model, tokenizer = load_model(
-        params.model,
-        args.models_dir,
-        params.dtype,
-        world.device or params.device,
-        device_map=params.device_map,
-    )
+    model, tokenizer = load_studied(params, args.models_dir, world.device)
     infos = pool(describe(model), **params.pool_options)
     memory = guard_scoring(model, infos, metric, params)
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)

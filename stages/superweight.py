@@ -16,8 +16,8 @@ import torch
 from cwa.data import calibration_draw, eval_windows, split_windows
 from cwa.evaluation import evaluate, read_baseline
 from cwa.io import write_table
-from cwa.memory import guard
-from cwa.models import load_model
+from cwa.memory import guard_evaluation
+from cwa.models import load_studied
 from cwa.perturbations import get_perturbation, perturbed
 from cwa.stage import stage_main
 from cwa.stats import bootstrap_indices, paired_delta_ci
@@ -32,12 +32,10 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_model(
-        params.model, args.models_dir, params.dtype, params.device, device_map=params.device_map
-    )
+    model, tokenizer = load_studied(params, args.models_dir)
     calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
     probe = calibration_draw(calib, params.calib_samples, params.seeds[0])[: params.batch_size]
-    memory = guard(model, [], "forward", params.batch_size, params.seq_len, "evaluation")
+    memory = guard_evaluation(model, params)
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = read_baseline(args.baseline_texts, len(windows))
     idx = bootstrap_indices(len(windows), params.bootstrap, params.seeds[0])

@@ -244,6 +244,11 @@ def guard_scoring(model: nn.Module, infos: list[ParamInfo], metric, params) -> d
     )
 
 
+def guard_evaluation(model: nn.Module, params) -> dict:
+    """The guard of evaluation passes (forward only, batches of `batch_size`)."""
+    return guard(model, [], "forward", params.batch_size, params.seq_len, "evaluation")
+
+
 def guard(
     model: nn.Module,
     infos: list[ParamInfo],

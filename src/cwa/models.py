@@ -78,6 +78,18 @@ def load_model(
     return model, tokenizer
 
 
+def load_studied(params, builtin_dir: str | Path, device: str | None = None):
+    """(model, tokenizer) of the model under study, as params set it: model, dtype, device,
+    device_map (`device` overrides params', e.g. a data-parallel process's own GPU)."""
+    return load_model(
+        params.model,
+        builtin_dir,
+        params.dtype,
+        device or params.device,
+        device_map=params.device_map,
+    )
+
+
 def plan_devices(
     spec: str, source: str, dtype: torch.dtype, strategy: str, max_memory: dict | None = None
 ) -> dict[str, int | str]:
