@@ -35,9 +35,14 @@ def test_pass_kinds_order_as_their_memory(model_and_pool):
 
     assert act("none") == 0
     assert act("forward") < act("backward") < act("hessian")
-    # layer groups hold the gradient and product of one group, not less activation memory:
-    # the backward of the lowest group still crosses every block above it
-    assert act("hessian", layer_group=1) == act("hessian")
+    # layer groups hold one group's activations (x7 for the products) and, per group, its
+    # boundary state and tangent, instead of every block's
+    block = 8 * 16 * (10 * 32 + 4 * 64 + 2 * 4 * 16) * 4
+    logits = 8 * 16 * 64 * (4 + 4 * 3)
+    boundaries = 2 * (2 * 8 * 16 * 32 * 4)  # two groups of one block
+    assert act("hessian") == 2 * 7 * block + logits
+    assert act("hessian", layer_group=1) == 7 * block + boundaries + logits
+    assert act("hessian", layer_group=2) == 7 * 2 * block + boundaries // 2 + logits
 
     def grads(**kw):
         return estimate(model, infos, "hessian", 8, 16, **kw).devices["cpu"].gradients

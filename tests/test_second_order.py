@@ -179,13 +179,3 @@ def test_layer_groups_equal_the_all_at_once_pass(build, metric):
         for name, ref in whole.items():
             atol = 1e-5 * float(ref.abs().max())
             torch.testing.assert_close(grouped[name], ref, rtol=1e-4, atol=atol, msg=name)
-
-
-def test_layer_groups_split_blocks_and_keep_the_outside_apart():
-    from cwa.metrics import layer_groups
-
-    infos = pool(describe(_sdpa_llama()), include_embeddings=True)
-    groups = layer_groups(infos, 2)
-    assert [sorted({i.layer for i in g}) for g in groups] == [[0, 1], [2], [-1]]
-    assert sum(len(g) for g in groups) == len(infos)
-    assert layer_groups(infos, 0) == [infos]

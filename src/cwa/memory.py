@@ -13,7 +13,9 @@ an out-of-memory error. The estimate is deliberately simple and conservative (up
   logits b·s·vocab in the model dtype plus three fp32 copies (upcast, log-softmax, gradient).
   A forward-only pass keeps one block's working set. Hessian-vector products keep the first
   backward's graph: ×7 activations (measured), plus the gradient graph and a product per scored
-  weight of the group and a probe per scored weight.
+  weight and a probe per scored weight. With `layer_group` (cwa.blockwise) only one group's
+  blocks hold activations (×7), plus the hidden state and its tangent where each group starts,
+  and the gradient and product exist for one group (or the tensors outside the blocks).
 docs/benchmarks.md compares the estimate with measured peaks.
 """
 
@@ -26,13 +28,15 @@ import torch
 from torch import nn
 
 from cwa import CwaError
+from cwa.blockwise import group_ranges
 from cwa.models import ParamInfo, describe
 
 GIB = 2**30
 NEEDS = ("none", "forward", "backward", "per_window", "hessian")
 HEADROOM = 0.9  # use at most this share of the free memory (allocator fragmentation, buffers)
-# Hessian-vector products keep the first backward's graph: measured 6.9x (one pass) and 6.4x
-# (layer groups) the backward activations on a 1.1B Llama, H100 (docs/benchmarks.md).
+# Hessian-vector products keep the first backward's graph: measured 6.9x the backward
+# activations on a 1.1B Llama, H100 (docs/benchmarks.md); 3.4x one pass and 2.3-4.4x per block
+# of a group (cwa.blockwise) on CPU (benchmarks/layer_groups.py).
 HESSIAN_FACTOR = 7
 
 
@@ -159,8 +163,18 @@ def estimate(
     probabilities = needs == "hessian" or not fused  # Hutchinson runs on math attention
     block = _block_activations(shape, batch, seq_len, probabilities)
     factor = HESSIAN_FACTOR if needs == "hessian" else 1
-    for dev in layer_device.values():
-        est.devices[dev].activations += block * factor if backward else 0
+    if grouped:  # one group's blocks at a time, plus (h, ḣ) where each group starts
+        boundary = 2 * batch * seq_len * shape.hidden * shape.elem
+        peak: dict[str, int] = defaultdict(int)
+        for group in group_ranges(len(layer_device), layer_group):
+            dev = layer_device[group[0]]
+            peak[dev] = max(peak[dev], block * factor * len(group))
+            est.devices[dev].activations += boundary
+        for dev, held in peak.items():
+            est.devices[dev].activations += held
+    else:
+        for dev in layer_device.values():
+            est.devices[dev].activations += block * factor if backward else 0
     if not backward:  # forward only: one block's working set at a time
         first = next(iter(layer_device.values()), "cpu")
         est.devices[first].activations += block
@@ -174,11 +188,13 @@ def estimate(
 
 
 def _largest_group_share(infos: list[ParamInfo], layer_group: int) -> float:
-    """The largest layer group's share of the scored weights (probes exist for one group)."""
-    from cwa.metrics import layer_groups
-
+    """The largest share of the scored weights whose products exist at once: a group of blocks,
+    or the tensors outside the blocks."""
     total = sum(i.numel for i in infos) or 1
-    return max(sum(i.numel for i in g) for g in layer_groups(infos, layer_group)) / total
+    blocks = max((i.layer for i in infos), default=-1) + 1
+    parts = [[i for i in infos if i.layer in g] for g in group_ranges(blocks, layer_group)]
+    parts.append([i for i in infos if i.layer < 0])
+    return max(sum(i.numel for i in part) for part in parts) / total
 
 
 def free_memory(device: str) -> int:

@@ -292,9 +292,8 @@ def hutchinson_diag(cal: Calibration) -> dict[str, torch.Tensor]:
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    groups = layer_groups(cal.infos, cal.layer_group)
-    if len(groups) > 1:
-        return _hutchinson_by_group(cal, groups)
+    if cal.layer_group > 0:
+        return _hutchinson_blockwise(cal)
     targets = cal.targets
     params = list(targets.values())
     acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
@@ -311,63 +310,38 @@ def hutchinson_diag(cal: Calibration) -> dict[str, torch.Tensor]:
     return {n: a * scale for n, a in zip(targets, acc, strict=True)}
 
 
-def layer_groups(infos: list[ParamInfo], size: int) -> list[list[ParamInfo]]:
-    """Pool tensors in runs of `size` consecutive blocks (0: one group), tensors outside the
-    blocks (embeddings, lm_head, final norm) as a group of their own."""
-    if size <= 0:
-        return [infos]
-    blocks = sorted({i.layer for i in infos if i.layer >= 0})
-    runs = [blocks[k : k + size] for k in range(0, len(blocks), size)]
-    groups = [[i for i in infos if i.layer in run] for run in runs]
-    outside = [i for i in infos if i.layer < 0]
-    return groups + ([outside] if outside else [])
-
-
-def _hutchinson_by_group(cal: Calibration, groups: list[list[ParamInfo]]) -> dict:
-    """z ⊙ (Hz) for one group of tensors at a time, by forward-over-reverse differentiation.
-
-    For group G, the JVP of θ ↦ ∇_G L(θ) in the direction z (z over every scored tensor) is
-    (Hz)_G: the group's rows of the all-at-once product, cross-group terms included, so the
-    result equals the one-pass estimate to float rounding. Reverse mode differentiates only the
-    group, so the backward graph, its saved activations and the products exist for one group.
-    """
-    from torch.func import functional_call, grad, jvp
+def _hutchinson_blockwise(cal: Calibration) -> dict[str, torch.Tensor]:
+    """The same z ⊙ (Hz), `layer_group` blocks at a time (cwa.blockwise): the activations of one
+    group exist at a time, and the products equal the all-at-once pass to float rounding."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from cwa.blockwise import Segments
+
     targets = cal.targets
-    names = list(targets)
     primal = {n: p.detach() for n, p in targets.items()}
-    fixed = {n: p.detach() for n, p in cal.model.named_parameters() if n not in targets}
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in primal.items()}
-    device = next(cal.model.parameters()).device
     batches = cal.shard.split(cal.batch_size)
     steps = progress(
-        [(g, b) for g in groups for b in batches], desc=cal.desc, total=len(groups) * len(batches)
+        [(k, b, s) for k, b in enumerate(batches) for s in range(cal.probes)],
+        desc=cal.desc,
+        total=len(batches) * cal.probes,
     )
+    segments = None
     with sdpa_kernel(SDPBackend.MATH):
-        for group, batch in steps:
-            mine = [i.name for i in group]
-            batch = batch.to(device)
+        for k, batch, s in steps:
+            if s == 0:  # the blocks' calls are recorded per batch; the first checks them
+                segments = Segments(cal.model, primal, batch, cal.layer_group, verify=k == 0)
+            probe = rademacher(list(primal.values()), cal.seed * 1_000_003 + s)
+            z = dict(zip(primal, probe, strict=True))
 
-            def group_grad(scored, mine=mine, batch=batch):
-                def loss(part):
-                    weights = {**fixed, **scored, **part}
-                    out = functional_call(
-                        cal.model, weights, args=(), kwargs={"input_ids": batch, "use_cache": False}
-                    )
-                    return token_nll(out.logits, batch).sum()
+            def add(hz, z=z):
+                for n, h in hz.items():
+                    acc[n].add_(z[n].float() * h.float())
 
-                return grad(loss)({n: scored[n] for n in mine})
-
-            for s in range(cal.probes):
-                probe = rademacher(list(primal.values()), cal.seed * 1_000_003 + s)
-                z = dict(zip(names, probe, strict=True))
-                _, hz = jvp(group_grad, (primal,), (z,))
-                for n in mine:
-                    acc[n].add_(z[n].float() * hz[n].float())
-    cal.world.reduce(acc[n] for n in names)
+            segments.products(z, add)
+    cal.world.reduce(acc.values())
     scale = 1.0 / (cal.tokens * cal.probes)
-    return {n: acc[n] * scale for n in names}
+    return {n: a * scale for n, a in acc.items()}
 
 
 @metric(

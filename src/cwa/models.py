@@ -206,6 +206,18 @@ class ParamInfo:
         return (b, a) if self.transposed else (a, b)
 
 
+def block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(parameter-name prefix of block 0 less its index, e.g. "model.layers.", the blocks)."""
+    for name, _ in model.named_parameters():
+        found = _LAYER.search(f".{name}")
+        if found:
+            path = name[: found.start(1) - 2]
+            blocks = model.get_submodule(path)
+            if isinstance(blocks, nn.ModuleList):
+                return f"{path}.", blocks
+    raise CwaError(f"{type(model).__name__}: no list of transformer blocks found")
+
+
 def classify(name: str) -> str:
     path = name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
     for pattern, component in _COMPONENTS:
