@@ -19,7 +19,8 @@ from cwa.faults import campaign, summary
 from cwa.io import write_table
 from cwa.memory import guard_evaluation
 from cwa.models import load_studied
-from cwa.scores import StoredScores
+from cwa.ranking import MemberScores
+from cwa.scores import StoredScores, pool_infos
 from cwa.stage import stage_main
 
 
@@ -39,12 +40,11 @@ def run(args, params):
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = read_baseline(args.baseline_texts, len(windows))
     seed = params.seeds[0]
-    names = pl.read_parquet(args.pool).sort("position")["param"].to_list()
-    stored = StoredScores(args.scores, seed)
-    scores = [stored[n].abs().reshape(-1) for n in names]
+    infos = pool_infos(pl.read_parquet(args.pool))
+    scores = MemberScores(StoredScores(args.scores, seed), [(i, None) for i in infos])
     rows = campaign(
         model,
-        names,
+        [i.name for i in infos],
         scores,
         windows,
         base,

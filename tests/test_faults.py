@@ -74,3 +74,17 @@ def test_arms_are_paired_and_match_a_flip_by_flip_reference(tiny):
     assert len(table) == 3 and set(table["arm"]) == {"none", "top", "random"}
     none = table.filter(pl.col("arm") == "none")
     assert none["median_gain"][0] == 0.0 and none["gain_per_weight"][0] is None
+
+
+def test_a_lazy_score_store_gives_the_same_campaign(tiny, tmp_path):
+    """The stage reads |score| tensor by tensor from the store (no copy of every score)."""
+    from cwa.ranking import MemberScores
+    from cwa.scores import StoredScores, save_scores
+
+    model, names, scores, windows, base = tiny
+    infos = {i.name: i for i in pool(describe(model))}
+    signed = {n: -s.reshape(infos[n].shape) for n, s in zip(names, scores, strict=True)}
+    save_scores(signed, tmp_path, 0, "magnitude")
+    lazy = MemberScores(StoredScores(tmp_path, 0), [(infos[n], None) for n in names])
+    args = (windows, base, (1e-5,), 1, (0.3,), 7, 4)
+    assert campaign(model, names, lazy, *args).equals(campaign(model, names, scores, *args))

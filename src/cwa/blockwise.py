@@ -198,8 +198,11 @@ class Segments:
                     h = self.run(g, self.inside[g], h)
         finally:
             hook.remove()
-        if not torch.allclose(h, seen[0], rtol=1e-3, atol=1e-5):
-            diff = float((h - seen[0]).abs().max())
+        # same kernels, same order: equal up to nondeterministic reductions (atomics on GPUs);
+        # a missed step between blocks differs by O(1)
+        tolerance = 1e-3 if h.dtype == torch.float32 else 3e-2
+        diff = float((h.float() - seen[0].float()).abs().max())
+        if diff > tolerance * float(seen[0].float().abs().max()):
             raise CwaError(
                 f"layer_group: recomputing the blocks of {type(self.model).__name__} a group at a "
                 f"time does not reproduce its forward pass (max difference {diff:.3g}); use "

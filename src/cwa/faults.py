@@ -15,7 +15,7 @@ import torch
 from cwa.evaluation import EvalResult, evaluate
 from cwa.perturbations import edited, int_view, xor_mask
 from cwa.progress import progress
-from cwa.ranking import Selected, extreme_k, sample_excluding
+from cwa.ranking import Selected, extreme_k, sample_excluding, sizes_of
 
 
 def draw_faults(sizes: list[int], width: int, rate: float, rng: np.random.Generator):
@@ -59,9 +59,12 @@ def campaign(
     seed: int,
     batch_size: int,
 ) -> pl.DataFrame:
-    """One row per (rate, trial, protected fraction, arm): flips drawn and blocked, ΔPPL."""
+    """One row per (rate, trial, protected fraction, arm): flips drawn and blocked, ΔPPL.
+
+    scores: |score| per pool tensor, flat (a lazy cwa.ranking.MemberScores reads them from the
+    store one tensor at a time)."""
     params = dict(model.named_parameters())
-    sizes = [s.numel() for s in scores]
+    sizes = sizes_of(scores)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     width = int_view(params[names[0]].data).element_size() * 8
     protected = {0.0: {"none": np.empty(0, np.int64)}}

@@ -31,9 +31,14 @@ class Selected:
     cutoff_ties: int = 0
 
 
+def sizes_of(scores: Sequence[torch.Tensor]) -> list[int]:
+    """Element counts of the tensors, without reading a lazy store's scores."""
+    return scores.sizes if isinstance(scores, MemberScores) else [s.numel() for s in scores]
+
+
 def extreme_k(scores: Sequence[torch.Tensor], k: int, largest: bool = True) -> Selected:
     """The k highest (or lowest) scores over all tensors, ties broken by tensor then flat index."""
-    sizes = scores.sizes if isinstance(scores, MemberScores) else [s.numel() for s in scores]
+    sizes = sizes_of(scores)
     total = sum(sizes)
     if k > total:
         raise CwaError(f"topk {k} exceeds the {total} weights in the ranking pool")
@@ -98,7 +103,7 @@ def select(
     if "bottom_k" in controls:
         out.append(("bottom_k", 0, extreme_k(scores, k, largest=False)))
     if "random_k" in controls:
-        sizes = scores.sizes if isinstance(scores, MemberScores) else [s.numel() for s in scores]
+        sizes = sizes_of(scores)
         for draw in range(draws):
             rng = np.random.default_rng([seed, k, draw])
             out.append(("random_k", draw, matched_random(top, sizes, rng, scores)))
