@@ -16,6 +16,7 @@ from cwa import CwaError
 from cwa.corpus import texts
 from cwa.data import windows
 from cwa.io import atomic_write, write_table
+from cwa.memory import guard_training
 from cwa.models import count_parameters
 from cwa.stage import stage_main
 from cwa.training import build_model, save_tokenizer, train
@@ -39,6 +40,7 @@ def run(args, params):
     model = build_model(
         params.family[args.name], len(tokenizer), params.train_seq_len, params.train_seed
     )
+    memory = guard_training(model, params.train_batch, params.train_seq_len)
     log = train(
         model,
         stream,
@@ -63,6 +65,7 @@ def run(args, params):
         "final_loss": final,
         "final_train_ppl": math.exp(final),
         "threads": torch.get_num_threads(),
+        "memory": memory,
     }
 
 

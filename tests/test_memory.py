@@ -84,3 +84,16 @@ def test_unknown_pass_kind_is_refused(model_and_pool):
     model, infos = model_and_pool
     with pytest.raises(CwaError, match="valid: none, forward, backward, per_window, hessian"):
         estimate(model, infos, "sideways", 8, 16)
+
+
+def test_training_guard_counts_adamw_moments_and_names_train_batch(model_and_pool):
+    from cwa.memory import guard_training
+
+    model, _ = model_and_pool
+    total = sum(p.numel() for p in model.parameters())
+    assert guard_training(model, 4, 16)["cpu"]["accumulators_gib"] == round(8 * total / 2**30, 3)
+    est = estimate(model, describe(model), "backward", 64, 32)
+    need = est.devices["cpu"]
+    tight = int((need.beyond_weights - need.per_batch / 2) / 0.9)
+    with pytest.raises(CwaError, match=r"Try: train_batch: \d+ .*; a smaller family member\.$"):
+        check(est, "training", free={"cpu": tight}, training=True)

@@ -33,6 +33,7 @@ from cwa.models import ParamInfo, describe
 
 GIB = 2**30
 NEEDS = ("none", "forward", "backward", "per_window", "hessian")
+ADAMW_MOMENTS = 8  # bytes per weight: exp_avg and exp_avg_sq in fp32
 HEADROOM = 0.9  # use at most this share of the free memory (allocator fragmentation, buffers)
 # Hessian-vector products keep the first backward's graph: measured 6.9x the backward
 # activations on a 1.1B Llama, H100 (docs/benchmarks.md); 3.4x one pass and 2.3-4.4x per block
@@ -208,7 +209,9 @@ def free_memory(device: str) -> int:
     return psutil.virtual_memory().available
 
 
-def check(est: Estimate, what: str, free: dict[str, int] | None = None) -> dict:
+def check(
+    est: Estimate, what: str, free: dict[str, int] | None = None, training: bool = False
+) -> dict:
     """Raises a CwaError naming the device, the numbers and the remedies when a need exceeds
     HEADROOM of the free memory; returns the estimate for the manifest otherwise."""
     free = free if free is not None else {dev: free_memory(dev) for dev in est.devices}
@@ -221,7 +224,7 @@ def check(est: Estimate, what: str, free: dict[str, int] | None = None) -> dict:
             f"the {_size(need.weights)} of weights (gradients {_size(need.gradients)}, fp32 "
             f"accumulators {_size(need.accumulators)}, activations {_size(need.activations)} "
             f"for batch {est.batch} x {est.seq_len} tokens) and {_size(free[dev])} is free. "
-            f"{_remedies(est, need, budget)}"
+            f"{_remedies(est, need, budget, training)}"
         )
     return est.as_dict(free)
 
@@ -230,13 +233,16 @@ def _size(n: float) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB / 4 else f"{n / 2**20:.1f} MiB"
 
 
-def _remedies(est: Estimate, need: Need, budget: float) -> str:
+def _remedies(est: Estimate, need: Need, budget: float, training: bool = False) -> str:
     tips = []
     fixed = need.beyond_weights - need.per_batch
     if fixed < budget and need.per_batch > 0:
         fits = int(est.batch * (budget - fixed) / need.per_batch)
         if fits >= 1:
-            tips.append(f"batch_size: {fits} (activations scale with it)")
+            key = "train_batch" if training else "batch_size"
+            tips.append(f"{key}: {fits} (activations scale with it)")
+    if training:
+        return "Try: " + "; ".join([*tips, "a smaller family member"]) + "."
     if est.needs == "hessian":
         tips.append("layer_group: 1 (Hutchinson one block at a time)")
     if fixed > 0:
@@ -263,6 +269,17 @@ def guard_scoring(model: nn.Module, infos: list[ParamInfo], metric, params) -> d
 def guard_evaluation(model: nn.Module, params) -> dict:
     """The guard of evaluation passes (forward only, batches of `batch_size`)."""
     return guard(model, [], "forward", params.batch_size, params.seq_len, "evaluation")
+
+
+def guard_training(model: nn.Module, batch_size: int, seq_len: int) -> dict:
+    """The guard of a training run: a backward pass over every weight, and AdamW's two fp32
+    moments per weight in place of score accumulators."""
+    est = estimate(model, describe(model), "backward", batch_size, seq_len)
+    for need in est.devices.values():
+        need.accumulators = 0
+    for p in model.parameters():
+        est.devices[str(p.device)].accumulators += ADAMW_MOMENTS * p.numel()
+    return check(est, "training", training=True)
 
 
 def guard(
