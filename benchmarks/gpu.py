@@ -178,11 +178,10 @@ def main():
         ("wanda", {}, args.batch_size),
         ("super_weight", {}, args.batch_size),
         ("hutchinson_diag", {"probes": args.probes}, args.hessian_batch),
-        (
-            "hutchinson_diag",
-            {"probes": args.probes, "layer_group": args.layers // 2},
-            args.hessian_batch,
-        ),
+        *[
+            ("hutchinson_diag", {"probes": args.probes, "layer_group": g}, args.hessian_batch)
+            for g in (args.layers // 2, 1)
+        ],
     ]:
         m = get_metric(name)
         label = name + "".join(f", {k} {v}" for k, v in kwargs.items())
