@@ -83,6 +83,22 @@ def test_padding_rows_are_constant_as_in_the_all_at_once_pass():
         torch.testing.assert_close(grouped[name], ref, rtol=1e-4, atol=atol, msg=name)
 
 
+@pytest.mark.parametrize("layers", [(0,), (2,)])
+@pytest.mark.parametrize("embeddings", [False, True])
+def test_a_partial_pool_keeps_the_blocks_around_it(layers, embeddings):
+    """Unscored blocks still carry the tangent up and the adjoint down (and blocks below the
+    lowest scored one need no reverse pass unless the embeddings are scored)."""
+    model = tiny_llama(layers=4)
+    infos = pool(describe(model), include_embeddings=embeddings, layers=layers)
+    windows = torch.randint(0, VOCAB, (5, 10), generator=torch.Generator().manual_seed(0))
+    m = get_metric("obd_hutchinson")
+    whole = compute_scores(model, infos, m, windows, 2, probes=2)
+    grouped = compute_scores(model, infos, m, windows, 2, probes=2, layer_group=1)
+    for name, ref in whole.items():
+        atol = 1e-5 * float(ref.abs().max())
+        torch.testing.assert_close(grouped[name], ref, rtol=1e-4, atol=atol, msg=name)
+
+
 _PEAK = """
 import json, re, sys, torch
 from cwa.metrics import compute_scores, get_metric
