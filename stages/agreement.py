@@ -10,7 +10,7 @@ from cwa.agreement import metric_agreement, summarize
 from cwa.data import calibration_draw, split_windows
 from cwa.io import write_table
 from cwa.memory import guard_scoring
-from cwa.metrics import compute_scores, get_metric
+from cwa.metrics import get_metric, score_with_params
 from cwa.models import describe, load_studied, pool
 from cwa.stage import stage_main
 
@@ -31,17 +31,7 @@ def run(args, params):
     draw = calibration_draw(calib, params.calib_samples, seed)
     by_metric = {}
     for metric in metrics:  # one metric's scores in memory at a time
-        scores = compute_scores(
-            model,
-            infos,
-            metric,
-            draw,
-            params.batch_size,
-            params.probes,
-            seed,
-            desc=metric.name,
-            layer_group=params.layer_group,
-        )
+        scores = score_with_params(params, model, infos, metric, draw, seed, desc=metric.name)
         by_metric[metric.name] = summarize(scores, params.topk)
         del scores
     table = metric_agreement(by_metric, params.topk)

@@ -15,7 +15,7 @@ from cwa.experiment import experiments, headline, summarize
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
 from cwa.memory import guard_scoring
-from cwa.metrics import compute_scores, get_metric
+from cwa.metrics import get_metric, score_with_params
 from cwa.models import count_parameters, describe, load_model, pool
 from cwa.perturbations import get_perturbation
 from cwa.ranking import rank
@@ -41,17 +41,8 @@ def run(args, params):
     calib = calibration_draw(
         split_windows(tokenizer, args.corpus, "calib", params.seq_len), params.calib_samples, seed
     )
-    scores = compute_scores(
-        model,
-        infos,
-        metric,
-        calib,
-        params.batch_size,
-        params.probes,
-        seed,
-        desc=f"{args.name} {metric.name}",
-        layer_group=params.layer_group,
-    )
+    desc = f"{args.name} {metric.name}"
+    scores = score_with_params(params, model, infos, metric, calib, seed, desc)
     windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
     base = evaluate(model, windows, params.batch_size)
     ranking = rank(

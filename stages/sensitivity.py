@@ -17,7 +17,7 @@ from cwa.data import calibration_draw, split_windows
 from cwa.distributed import init_world, relaunch
 from cwa.io import write_table
 from cwa.memory import guard_scoring
-from cwa.metrics import compute_scores, get_metric
+from cwa.metrics import get_metric, score_with_params
 from cwa.models import describe, load_studied, pool
 from cwa.scores import pool_table, save_scores, tensor_stats
 from cwa.stage import stage_main
@@ -42,18 +42,8 @@ def run(args, params):
     stats = []
     for seed in params.seeds:
         draw = calibration_draw(calib, params.calib_samples, seed)
-        scores = compute_scores(
-            model,
-            infos,
-            metric,
-            draw,
-            params.batch_size,
-            params.probes,
-            seed,
-            desc=f"{metric.name} seed {seed}",
-            world=world,
-            layer_group=params.layer_group,
-        )
+        desc = f"{metric.name} seed {seed}"
+        scores = score_with_params(params, model, infos, metric, draw, seed, desc, world)
         if not world.main:
             continue
         save_scores(scores, args.scores, seed, metric.name)

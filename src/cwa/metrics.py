@@ -107,6 +107,32 @@ def compute_scores(
     return to_host(scores)
 
 
+def score_with_params(
+    params,
+    model,
+    infos: list[ParamInfo],
+    metric_: Metric,
+    windows: torch.Tensor,
+    seed: int,
+    desc: str | None = None,
+    world: World = SINGLE_PROCESS,
+) -> dict[str, torch.Tensor]:
+    """compute_scores with the batch size, probes and layer groups that `params` (cwa.params)
+    set: the call every scoring stage makes."""
+    return compute_scores(
+        model,
+        infos,
+        metric_,
+        windows,
+        params.batch_size,
+        params.probes,
+        seed,
+        desc,
+        world,
+        params.layer_group,
+    )
+
+
 def to_host(tensors: dict[str, torch.Tensor], chunk: int = 1 << 26) -> dict[str, torch.Tensor]:
     """fp32 CPU copies, GPU tensors through one reused pinned buffer of `chunk` elements.
 
