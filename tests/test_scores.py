@@ -25,3 +25,15 @@ def test_stored_scores_read_tensor_by_tensor(tmp_path):
     assert sum(len(i) for i in sample.values()) == 10
     assert pool_sample({n: t.numel() for n, t in scores.items()}, size=10).keys() == sample.keys()
     np.testing.assert_array_equal(sampled_scores(store, sample), sampled_scores(scores, sample))
+
+
+def test_identical_scores_give_identical_bytes(tmp_path):
+    """DVC compares files by hash: the same scores must write the same store, every time."""
+    from cwa.scores import save_scores, store_path
+
+    scores = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.weight": torch.ones(4)}
+    written = set()
+    for i in range(8):
+        save_scores(scores, tmp_path / str(i), 0, "magnitude")
+        written.add(store_path(tmp_path / str(i), 0).read_bytes())
+    assert len(written) == 1

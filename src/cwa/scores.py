@@ -7,6 +7,7 @@ tensor by tensor (`StoredScores`), so a big model's store is never in memory at 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def save_scores(
     scores: dict[str, torch.Tensor], directory: str | Path, seed: int, metric: str
 ) -> Path:
     tensors = {name: t.contiguous() for name, t in scores.items()}
-    meta = {"metric": metric, "seed": str(seed)}
+    # one key: safetensors writes metadata keys in a random order (a Rust HashMap), which would
+    # make identical scores differ byte for byte (and rerun every stage downstream in DVC)
+    meta = {"cwa": json.dumps({"metric": metric, "seed": seed}, sort_keys=True)}
     return atomic_write(
         store_path(directory, seed), lambda tmp: save_file(tensors, str(tmp), metadata=meta)
     )
