@@ -56,6 +56,15 @@ def test_products_sum_to_the_hessian_vector_product(build, size):
         torch.testing.assert_close(total[n], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
 
 
+def _assert_one_block_at_a_time_equals_one_pass(model, infos, metric, windows):
+    m = get_metric(metric)
+    whole = compute_scores(model, infos, m, windows, 2, probes=2)
+    grouped = compute_scores(model, infos, m, windows, 2, probes=2, layer_group=1)
+    for name, ref in whole.items():
+        atol = 1e-5 * float(ref.abs().max())
+        torch.testing.assert_close(grouped[name], ref, rtol=1e-4, atol=atol, msg=name)
+
+
 def test_padding_rows_are_constant_as_in_the_all_at_once_pass():
     """nn.Embedding's gradient skips padding_idx; the grouped products treat that row the same
     way when a padding token occurs in the calibration text."""
@@ -75,12 +84,7 @@ def test_padding_rows_are_constant_as_in_the_all_at_once_pass():
     infos = pool(describe(model), include_embeddings=True)
     windows = torch.randint(0, VOCAB, (4, 12), generator=torch.Generator().manual_seed(2))
     windows[:, 5] = 3
-    m = get_metric("hutchinson_diag")
-    whole = compute_scores(model, infos, m, windows, 2, probes=2)
-    grouped = compute_scores(model, infos, m, windows, 2, probes=2, layer_group=1)
-    for name, ref in whole.items():
-        atol = 1e-5 * float(ref.abs().max())
-        torch.testing.assert_close(grouped[name], ref, rtol=1e-4, atol=atol, msg=name)
+    _assert_one_block_at_a_time_equals_one_pass(model, infos, "hutchinson_diag", windows)
 
 
 @pytest.mark.parametrize("layers", [(0,), (2,)])
@@ -91,12 +95,7 @@ def test_a_partial_pool_keeps_the_blocks_around_it(layers, embeddings):
     model = tiny_llama(layers=4)
     infos = pool(describe(model), include_embeddings=embeddings, layers=layers)
     windows = torch.randint(0, VOCAB, (5, 10), generator=torch.Generator().manual_seed(0))
-    m = get_metric("obd_hutchinson")
-    whole = compute_scores(model, infos, m, windows, 2, probes=2)
-    grouped = compute_scores(model, infos, m, windows, 2, probes=2, layer_group=1)
-    for name, ref in whole.items():
-        atol = 1e-5 * float(ref.abs().max())
-        torch.testing.assert_close(grouped[name], ref, rtol=1e-4, atol=atol, msg=name)
+    _assert_one_block_at_a_time_equals_one_pass(model, infos, "obd_hutchinson", windows)
 
 
 _PEAK = """

@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_leaves
 
 from cwa import CwaError
 from cwa.evaluation import token_nll
+from cwa.metrics import grads_for
 from cwa.models import block_stack
 
 Params = dict[str, torch.Tensor]
@@ -51,20 +52,6 @@ class _StandIn(nn.Module):
             return self.fn(self.index, args[0], args[1:], kwargs)
         kwargs = dict(kwargs)
         return self.fn(self.index, kwargs.pop("hidden_states"), (), kwargs)
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """No parameter requires grad, so no graph forms outside the function transforms (which
-    need grad mode on: their forward-mode rules for backward ops live there)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 @contextmanager
@@ -168,7 +155,8 @@ class Segments:
             return self._shaped(hidden)
 
         leaves = {k: v.detach().requires_grad_() for k, v in self.outside.items()}
-        with frozen(self.model), torch.enable_grad():  # what depends on a scored weight needs grad
+        # no weight of the model requires grad, so only what depends on `leaves` does
+        with grads_for(self.model, {}), torch.enable_grad():
             self._forward(record, leaves)
 
     def _forward(self, fn: Callable, params: Params | None = None):
@@ -249,7 +237,9 @@ class Segments:
         """Hz (H: Hessian of the batch's summed NLL over the targets) in parts: one per group
         from the top, and for the tensors outside the blocks a head and an embedding part
         (a tied tensor appears in both: its product is their sum), each handed to `sink`."""
-        with frozen(self.model), eager_experts(self.model), torch.enable_grad():
+        # no weight requires grad: no graph forms outside the function transforms, which need
+        # grad mode on (their forward-mode rules for backward ops live there)
+        with grads_for(self.model, {}), eager_experts(self.model), torch.enable_grad():
             self._products(z, sink)
 
     def _products(self, z: Params, sink: Callable[[Params], None]) -> None:
