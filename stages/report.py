@@ -2,14 +2,14 @@
 
 Reads: every upstream table (baseline, pool, scores, ranking, effects, comparisons, tasks,
 stability, scaling, training curves, super-weight spikes, fault campaign). Writes: report.md,
-report.html and PNGs in the report directory, metrics.json, and effects_vs_k.csv for `dvc plots`.
+report.html and PNGs in the report directory, summary.json (the numbers of the README's results
+section, rendered by `cwa readme`), metrics.json, and effects_vs_k.csv for `dvc plots`.
 Params: model, metric, mode, seeds, calib_samples, seq_len, dtype, include_embeddings,
 random_draws, bootstrap, headline_k, topk, spike_ratio, compare_metrics, target_components,
 target_layers, perturb and the strength sweeps (the first strength of each is the k sweep's),
 tasks, task_items, lm_eval_tasks, fault_rates, fault_trials, fault_protect.
 """
 
-import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -27,6 +27,7 @@ from cwa.report import (
     metrics,
     render_html,
     render_markdown,
+    summary,
     task_metrics,
     tasks_table,
 )
@@ -116,12 +117,6 @@ def run(args, params):
         .select("rank", "param", "layer", "component", "row", "col", "score")
     )
     table = effects_table(effects)
-    commit = (
-        subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        or "unknown"
-    )
     ctx = {
         "params": params,
         "metrics": m,
@@ -169,8 +164,10 @@ def run(args, params):
             "ci_low",
             "ci_high",
         ),
-        "commit": commit,
     }
+    pool_weights = ctx["pool_weights"]
+    facts = summary(params, baseline, pool_weights, comparisons, effects, scaling, first)
+    write_json(facts, out / "summary.json")
     text = render_markdown(ctx)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
     html = render_html(text, f"cwa report: {params.model}")

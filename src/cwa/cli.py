@@ -11,6 +11,11 @@ Examples:
       the headline numbers and top-vs-control table of the workspace's last run
   cwa show --exp pally-sacs
       the same for a named DVC experiment (see `dvc exp show`), with the params it changed
+  cwa readme [--write]
+      check (or rewrite) README.md's results section against artifacts/metrics.json
+  cwa verify [--rev HEAD] [--rtol 1e-4]
+      after `dvc repro`: which outputs match what the committed dvc.lock records, and by how much
+      the others differ
 """
 
 from __future__ import annotations
@@ -174,6 +179,27 @@ def _experiment(name: str):
     raise CwaError(f"no experiment named {name!r}; experiments: {known}")
 
 
+def cmd_readme(args) -> int:
+    from cwa.readme import sync
+
+    if sync(Path(args.readme), Path(args.artifacts), args.write):
+        return 0
+    print(
+        f"{args.readme}: the results section disagrees with {args.artifacts}/metrics.json; "
+        "`cwa readme --write` rewrites it",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def cmd_verify(args) -> int:
+    from cwa.verify import format_report, verify
+
+    report = verify(Path("."), args.rev, args.rtol, args.atol)
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cwa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -192,6 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--artifacts", default="artifacts")
     show.add_argument("--exp", help="a named DVC experiment instead of the workspace")
     show.set_defaults(func=cmd_show)
+    readme = sub.add_parser("readme", help="check README.md's results section (--write: update)")
+    readme.add_argument("--write", action="store_true", help="rewrite it from the artifacts")
+    readme.add_argument("--readme", default="README.md")
+    readme.add_argument("--artifacts", default="artifacts")
+    readme.set_defaults(func=cmd_readme)
+    check = sub.add_parser(
+        "verify", help="compare the workspace's outputs with those a committed dvc.lock records"
+    )
+    check.add_argument("--rev", default="HEAD", help="git revision of the reference dvc.lock")
+    check.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for values")
+    check.add_argument("--atol", type=float, default=0.0, help="absolute tolerance for values")
+    check.set_defaults(func=cmd_verify)
     return parser
 
 

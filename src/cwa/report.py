@@ -158,6 +158,60 @@ def comparisons_table(comparisons: pl.DataFrame, k: int) -> pl.DataFrame:
     )
 
 
+def summary(
+    params,
+    baseline: pl.DataFrame,
+    pool_weights: int,
+    comparisons: pl.DataFrame,
+    effects: pl.DataFrame,
+    scaling: pl.DataFrame,
+    first: dict,
+) -> dict:
+    """The numbers the README's results section shows (cwa.readme renders them): the set-up,
+    each perturbation's top / random_k / bottom_k at headline_k, and the family's sizes."""
+    k = params.headline_k
+    cells = effects_table(headline_rows_any(effects, k, first))
+    tests = headline_rows_any(comparisons, k, first).filter(pl.col("control") == "random_k")
+    rows = []
+    for (name, setting), group in cells.group_by("perturbation", "setting", maintain_order=True):
+        by = {r["selection"]: r for r in group.iter_rows(named=True)}
+        matched = tests.filter(pl.col("perturbation") == name).to_dicts()
+        test = matched[0] if matched else {}
+        rows.append(
+            {
+                "perturbation": name,
+                "setting": setting,
+                **{
+                    f"{sel}_{key}": by[sel][col] if sel in by else None
+                    for sel in ("top", "random_k", "bottom_k")
+                    for key, col in (("delta_ppl", "ΔPPL"), ("diverged", "diverged"))
+                },
+                "top_ci": [by["top"]["CI low"], by["top"]["CI high"]] if "top" in by else None,
+                "random_k_runs": by["random_k"]["runs"] if "random_k" in by else 0,
+                "separation": test.get("separation"),
+                "separation_ci": [test.get("separation_ci_low"), test.get("separation_ci_high")],
+                "p_value": test.get("p_value"),
+                "p_wilcoxon": test.get("p_wilcoxon"),
+            }
+        )
+    return {
+        "setup": {
+            "model": params.model,
+            "metric": params.metric,
+            "mode": params.mode,
+            "pool_weights": pool_weights,
+            "seeds": len(params.seeds),
+            "calib_samples": params.calib_samples,
+            "eval_windows": int(baseline["texts"][0]),
+            "eval_tokens": int(baseline["tokens"][0]),
+            "random_draws": params.random_draws,
+            "bootstrap": params.bootstrap,
+        },
+        "perturbations": rows,
+        "models": scaling.select("model", "params", "baseline_ppl").to_dicts(),
+    }
+
+
 def render_markdown(ctx: dict) -> str:
     m, p = ctx["metrics"], ctx["params"]
     k = m["headline_k"]
@@ -171,7 +225,8 @@ def render_markdown(ctx: dict) -> str:
         f"({ctx['baseline']['tokens'][0]} predicted tokens), dtype {p.dtype}. "
         f"Ranking pool: {ctx['pool_weights']:,} weights in {ctx['pool_tensors']} tensors "
         f"({'with' if p.include_embeddings else 'without'} embeddings and lm_head) "
-        f"of a {ctx['baseline']['params'][0]:,}-parameter model. Commit `{ctx['commit']}`.",
+        f"of a {ctx['baseline']['params'][0]:,}-parameter model. Versions, commit and hashes of "
+        "every input: the stages' manifest.json files.",
         "",
         "## Headline",
         "",

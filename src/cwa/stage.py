@@ -54,6 +54,13 @@ def _versions() -> dict:
     return found
 
 
+def _lock_hash() -> str | None:
+    """SHA-256 of the requirements.lock the environment was installed from (the project root is
+    the working directory of every stage); None outside a project that has one."""
+    lock = Path("requirements.lock")
+    return content_hash(lock) if lock.is_file() else None
+
+
 def content_hash(path: Path, budget: int = 1 << 30) -> str | None:
     """SHA-256 over a file, or a directory's relative paths and file contents; None past `budget`
     bytes (a multi-GB checkpoint is identified by its config and file sizes instead)."""
@@ -109,6 +116,7 @@ def manifest(
         "paths": _paths(args) if args else {},
         "params": as_dict(params),
         "versions": _versions(),
+        "lock_sha256": _lock_hash(),
         "git": _git(),
         "wall_seconds": round(seconds, 3),
         "peak_rss_mib": round(peak, 1),
@@ -116,6 +124,25 @@ def manifest(
         "argv": sys.argv[1:],
         **extra,
     }
+
+
+def setup_logging(stage: str, log_dir: Path) -> None:
+    """Messages and progress lines to stderr and to `log_dir/<stage>.log` (appended, timestamped),
+    so a run without a terminal can be followed with `tail -f`; on a terminal the progress bar
+    replaces the lines on stderr (cwa.progress)."""
+    from cwa.progress import log as progress_log
+
+    to_stderr = logging.StreamHandler()
+    to_stderr.setFormatter(logging.Formatter(f"[{stage}] %(message)s"))
+    if sys.stderr.isatty():
+        to_stderr.addFilter(lambda record: record.name != progress_log.name)
+    handlers: list[logging.Handler] = [to_stderr]
+    if int(os.environ.get("RANK", "0")) == 0:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(log_dir / f"{stage}.log")
+        to_file.setFormatter(logging.Formatter(f"%(asctime)s [{stage}] %(message)s"))
+        handlers.append(to_file)
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
 def stage_main(
@@ -132,7 +159,9 @@ def stage_main(
     add_args(parser)
     args = parser.parse_args()
     stage = doc.strip().split(":", 1)[0]
-    logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s")
+    setup_logging(stage, Path(os.environ.get("CWA_LOG_DIR", "logs")))
+    log = logging.getLogger(f"cwa.{stage}")
+    log.info("started: %s", " ".join(sys.argv[1:]))
     started = time.perf_counter()
     try:
         params = load_params(args.params)
@@ -140,6 +169,7 @@ def stage_main(
     except CwaError as err:
         print(f"cwa {stage}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    seconds = time.perf_counter() - started
     if args.manifest and int(os.environ.get("RANK", "0")) == 0:  # data parallel: main writes
-        seconds = time.perf_counter() - started
         write_json(manifest(stage, params, seconds, extra, args), args.manifest)
+    log.info("done in %.1f s", seconds)
