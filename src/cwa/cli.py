@@ -5,6 +5,8 @@ Examples:
       one DVC experiment (`dvc exp run -S metric=grad_squared -S topk=[10,100] ...`)
   cwa run --model ./my-llama --dtype bfloat16 --perturb zero,sign_flip --controls random_k
   cwa run --model ./llama-8b --dtype bfloat16 --num-processes 8     (one GPU per process)
+  cwa run --preset configs/full.yaml --name full
+      the full sweep (more windows, strengths, mask ratios and fault draws) as one experiment
   cwa run --metric grad_x_weight --perturb zero,sign_flip --out-dir results/gxw
       ... and copy the report, metrics and result tables to results/gxw afterwards
   cwa show
@@ -70,6 +72,19 @@ def overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+def preset(path: str | None) -> dict:
+    """A named set of param values (e.g. configs/full.yaml), applied as `-S` overrides."""
+    if path is None:
+        return {}
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise CwaError(f"--preset {path}: cannot read it ({err})") from err
+    if not isinstance(values, dict):
+        raise CwaError(f"--preset {path}: must hold a mapping of param keys to values")
+    return values
+
+
 def cmd_run(args) -> int:
     params_file = Path(args.params)
     if not params_file.exists():
@@ -77,7 +92,7 @@ def cmd_run(args) -> int:
     raw = yaml.safe_load(params_file.read_text()) or {}
     if not isinstance(raw, dict):
         raise CwaError(f"params file {params_file} must hold a mapping of keys to values")
-    changes = overrides(args)
+    changes = preset(args.preset) | overrides(args)
     params_from_dict(raw | changes)  # fail before DVC starts
     cmd = [sys.executable, "-m", "dvc", "exp", "run"]  # the dvc of this environment
     for key, value in changes.items():
@@ -209,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (key, kind) in FLAGS.items():
         hint = "comma-separated list" if kind == _LIST else kind.__name__
         run.add_argument(f"--{flag.replace('_', '-')}", help=f"params `{key}` ({hint})")
+    run.add_argument("--preset", help="a params file whose keys override params.yaml")
     run.add_argument("--name", help="experiment name for `dvc exp show`")
     run.add_argument("--out-dir", help="copy the report, metrics and result tables here afterwards")
     run.add_argument("--artifacts", default="artifacts", help=argparse.SUPPRESS)

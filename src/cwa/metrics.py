@@ -1,6 +1,6 @@
 """Sensitivity metrics: a registry of per-weight scores, each one function of a calibration draw.
 
-Conventions (SCIENCE.md §5): eval mode, fp32 accumulators, fixed-length unpadded windows, loss =
+Conventions (docs/science.md): eval mode, fp32 accumulators, fixed-length unpadded windows, loss =
 next-token NLL. L = mean token loss over the draw; ℓₙ = mean token loss of window n.
 """
 

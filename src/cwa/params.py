@@ -62,26 +62,26 @@ class Params:
     include_1d: bool = False
     layers: tuple[int, ...] = ()
     # perturbation and evaluation
-    perturb: tuple[str, ...] = ("zero", "sign_flip", "scale", "gauss_rel", "bit_flip", "quantize")
+    perturb: tuple[str, ...] = ("zero", "sign_flip", "scale", "bit_flip", "quantize")
     # strength sweeps: the first value is used for every k, all values at headline_k
     scale_alpha: tuple[float, ...] = (2.0, 0.5, 10.0)
     noise_sigma: tuple[float, ...] = (1.0, 0.5, 2.0)
     abs_sigma: tuple[float, ...] = (0.05, 0.2)
-    flip_bit: tuple[int | str, ...] = (30, 26, 22, "exponent")
+    flip_bit: tuple[int | str, ...] = (30, 26)
     flip_prob: tuple[float, ...] = (0.01, 0.05)
-    quant_bits: tuple[int, ...] = (4, 8, 2)
-    mask_ratios: tuple[float, ...] = (0.25, 0.5)
+    quant_bits: tuple[int, ...] = (4, 2)
+    mask_ratios: tuple[float, ...] = (0.5,)
     tasks: tuple[str, ...] = ("kjv_lambada", "kjv_hellaswag")
     task_items: int = 128
     lm_eval_tasks: tuple[str, ...] = ()
     # fault-injection campaign
     fault_rates: tuple[float, ...] = (1e-7, 1e-6)
-    fault_trials: int = 8
+    fault_trials: int = 4
     fault_protect: tuple[float, ...] = (0.01, 0.1)
     target_components: tuple[str, ...] = ()
     target_layers: tuple[int, ...] = ()
     spike_ratio: float = 100.0
-    eval_samples: int = 128
+    eval_samples: int = 64
     bootstrap: int = 1000
     headline_k: int = 100
     # built-in corpus and model family

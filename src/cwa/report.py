@@ -37,7 +37,7 @@ def metrics(
     stability: pl.DataFrame,
     k: int,
 ) -> dict:
-    """The flat keys `dvc exp show` displays (DESIGN.md §6)."""
+    """The flat keys `dvc exp show` displays (docs/science.md, Headline numbers)."""
     h = headline(effects, comparisons, k)
     jac = stability.filter(pl.col("k") == k)["jaccard"]
     return {
@@ -194,6 +194,7 @@ def summary(
                 "p_wilcoxon": test.get("p_wilcoxon"),
             }
         )
+    rows.sort(key=lambda r: list(params.perturb).index(r["perturbation"]))  # as params lists
     return {
         "setup": {
             "model": params.model,

@@ -18,8 +18,13 @@ def bootstrap_indices(n_texts: int, resamples: int, seed: int) -> np.ndarray:
 
 
 def ppl(nll: np.ndarray, tokens: np.ndarray) -> float:
-    total = float(nll.sum())
-    return math.exp(total / float(tokens.sum())) if math.isfinite(total) else math.inf
+    """exp(Σ NLL / Σ tokens); inf past float range (a mean NLL above ~709.8 nats, which a
+    perturbed model with huge finite logits reaches) as for a non-finite NLL."""
+    mean = float(nll.sum()) / float(tokens.sum())
+    try:
+        return math.exp(mean) if math.isfinite(mean) else math.inf
+    except OverflowError:
+        return math.inf
 
 
 def paired_delta_ci(
