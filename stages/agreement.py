@@ -12,6 +12,7 @@ from cwa.io import write_table
 from cwa.memory import guard_scoring
 from cwa.metrics import get_metric, score_with_params
 from cwa.models import describe, load_studied, pool
+from cwa.schemas.agreement import AGREEMENT_TABLE
 from cwa.stage import stage_main
 
 
@@ -35,7 +36,7 @@ def run(args, params):
         by_metric[metric.name] = summarize(scores, params.topk)
         del scores
     table = metric_agreement(by_metric, params.topk)
-    write_table(table, args.out, "agreement")
+    write_table(table, args.out, AGREEMENT_TABLE)
     return {"pairs": len(table), "memory": memory}
 
 

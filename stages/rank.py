@@ -10,6 +10,7 @@ import polars as pl
 
 from cwa.io import write_table
 from cwa.ranking import rank, target
+from cwa.schemas.ranking import RANKING_TABLE
 from cwa.scores import StoredScores, pool_infos, seeds_in
 from cwa.stage import stage_main
 
@@ -38,7 +39,7 @@ def run(args, params):
         for seed in seeds_in(args.scores)
     ]
     table = pl.concat(tables)
-    write_table(table, args.out, "ranking")
+    write_table(table, args.out, RANKING_TABLE)
     return {"rows": len(table)}
 
 

@@ -19,6 +19,7 @@ from cwa.metrics import get_metric, score_with_params
 from cwa.models import count_parameters, describe, load_model, pool
 from cwa.perturbations import get_perturbation
 from cwa.ranking import rank
+from cwa.schemas.scaling_model import SCALING_MODEL_TABLE
 from cwa.scores import concentration
 from cwa.stage import stage_main
 from cwa.stats import bootstrap_indices
@@ -62,7 +63,7 @@ def run(args, params):
     }
     h = headline(effects, None, k)
     row |= {key: h[key] for key in ("delta_ppl_top", "delta_ppl_random", "separation")}
-    write_table(pl.DataFrame([row]), args.out, "scaling_model")
+    write_table(pl.DataFrame([row]), args.out, SCALING_MODEL_TABLE)
     return row
 
 

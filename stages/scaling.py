@@ -11,6 +11,8 @@ from pathlib import Path
 import polars as pl
 
 from cwa.io import write_csv, write_table
+from cwa.schemas.scaling_fit import SCALING_FIT_TABLE
+from cwa.schemas.scaling_model import SCALING_MODEL_TABLE
 from cwa.stage import stage_main
 from cwa.stats import SCALING_STATISTICS, fit_power_law
 
@@ -39,8 +41,8 @@ def run(args, params):
                 "models": len(table),
             }
         )
-    write_table(table, args.out, "scaling_model")
-    write_table(pl.DataFrame(fits), args.fit, "scaling_fit")
+    write_table(table, args.out, SCALING_MODEL_TABLE)
+    write_table(pl.DataFrame(fits), args.fit, SCALING_FIT_TABLE)
     write_csv(table.select("model", "params", *SCALING_STATISTICS), args.csv)
     return {"fits": {f["statistic"]: f["slope"] for f in fits}}
 

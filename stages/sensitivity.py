@@ -19,6 +19,8 @@ from cwa.io import write_table
 from cwa.memory import guard_scoring
 from cwa.metrics import get_metric, score_with_params
 from cwa.models import describe, load_studied, pool
+from cwa.schemas.pool import POOL_TABLE
+from cwa.schemas.tensor_stats import TENSOR_STATS_TABLE
 from cwa.scores import pool_table, save_scores, tensor_stats
 from cwa.stage import stage_main
 
@@ -50,8 +52,8 @@ def run(args, params):
         stats.append(tensor_stats(infos, scores, metric.name, seed))
     if not world.main:
         return None
-    write_table(pool_table(infos), args.pool, "pool")
-    write_table(pl.concat(stats), args.stats, "tensor_stats")
+    write_table(pool_table(infos), args.pool, POOL_TABLE)
+    write_table(pl.concat(stats), args.stats, TENSOR_STATS_TABLE)
     return {
         "pool_tensors": len(infos),
         "pool_weights": sum(i.numel for i in infos),

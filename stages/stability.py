@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from cwa.io import write_csv, write_table
+from cwa.schemas.stability import STABILITY_TABLE
 from cwa.scores import StoredScores, pool_sample, sampled_scores, scores_at
 from cwa.stage import stage_main
 from cwa.stats import jaccard, spearman
@@ -69,7 +70,7 @@ def run(args, params):
     }
     table = pl.DataFrame(rows, schema=schema)
     table = table.with_columns(metric=pl.lit(ranking["metric"][0]), mode=pl.lit(ranking["mode"][0]))
-    write_table(table, args.out, "stability")
+    write_table(table, args.out, STABILITY_TABLE)
     means = table.group_by("k").agg(pl.col("jaccard", "spearman", "spearman_pool").mean()).sort("k")
     write_csv(means, args.csv)
     return {"pairs": len(rows)}

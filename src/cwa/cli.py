@@ -72,6 +72,15 @@ def overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+def validate_everything(raw: dict):
+    """Params with every registry's names checked (each registry adds its checks on import)."""
+    import cwa.metrics
+    import cwa.perturbations
+    import cwa.ranking  # noqa: F401
+
+    return params_from_dict(raw)
+
+
 def preset(path: str | None) -> dict:
     """A named set of param values (e.g. configs/full.yaml), applied as `-S` overrides."""
     if path is None:
@@ -93,7 +102,7 @@ def cmd_run(args) -> int:
     if not isinstance(raw, dict):
         raise CwaError(f"params file {params_file} must hold a mapping of keys to values")
     changes = preset(args.preset) | overrides(args)
-    params_from_dict(raw | changes)  # fail before DVC starts
+    validate_everything(raw | changes)  # fail before DVC starts
     cmd = [sys.executable, "-m", "dvc", "exp", "run"]  # the dvc of this environment
     for key, value in changes.items():
         cmd += ["-S", f"{key}={json.dumps(value) if isinstance(value, list) else value}"]

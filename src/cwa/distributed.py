@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from cwa import CwaError
-from cwa.models import resolve_device
+from cwa.devices import resolve_device
 
 
 @dataclass(frozen=True)

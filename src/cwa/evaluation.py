@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 import torch
 import torch.nn.functional as F
 
@@ -33,8 +35,6 @@ class EvalResult:
 
 def read_baseline(path, windows: int) -> EvalResult:
     """The baseline stage's per-text table as an EvalResult, checked against the current windows."""
-    import polars as pl
-
     from cwa import CwaError
 
     rows = pl.read_parquet(path).sort("text")
@@ -67,3 +67,28 @@ def evaluate(model, windows: torch.Tensor, batch_size: int, desc: str | None = N
         tokens=np.full(n, t - 1, dtype=np.int64),
         correct=torch.cat(correct).numpy().astype(np.int64),
     )
+
+
+def text_rows(ident: dict, res: EvalResult) -> pl.DataFrame:
+    n = len(res.nll)
+    return pl.DataFrame(
+        {
+            **{k: [v] * n for k, v in ident.items()},
+            "text": np.arange(n),
+            "nll": res.nll,
+            "tokens": res.tokens,
+            "correct": res.correct,
+        }
+    )
+
+
+# The identity columns of the unperturbed model in per-text and task tables.
+BASELINE = {
+    "perturbation": "none",
+    "strength": math.nan,
+    "setting": "",
+    "selection": "none",
+    "draw": 0,
+    "k": 0,
+    "mask_ratio": 1.0,
+}

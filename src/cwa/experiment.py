@@ -17,7 +17,7 @@ import polars as pl
 import torch
 
 from cwa import CwaError
-from cwa.evaluation import EvalResult, evaluate
+from cwa.evaluation import EvalResult, evaluate, text_rows
 from cwa.perturbations import Perturbation, Strength, check, fingerprint, perturbed
 from cwa.progress import progress
 from cwa.stats import bootstrap_indices, paired_delta_ci, paired_test, separation_ci
@@ -282,30 +282,6 @@ def _comparison(draws, top, base, boot_idx, resamples, seed) -> dict:
         "top_diverged": top.diverged,
         "control_diverged": int(sum(r.diverged for r in draws)),
     }
-
-
-def text_rows(ident: dict, res: EvalResult) -> pl.DataFrame:
-    n = len(res.nll)
-    return pl.DataFrame(
-        {
-            **{k: [v] * n for k, v in ident.items()},
-            "text": np.arange(n),
-            "nll": res.nll,
-            "tokens": res.tokens,
-            "correct": res.correct,
-        }
-    )
-
-
-BASELINE = {
-    "perturbation": "none",
-    "strength": math.nan,
-    "setting": "",
-    "selection": "none",
-    "draw": 0,
-    "k": 0,
-    "mask_ratio": 1.0,
-}
 
 
 def headline_rows(table: pl.DataFrame, k: int) -> pl.DataFrame:

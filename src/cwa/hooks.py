@@ -1,4 +1,5 @@
-"""Forward hooks that are always removed, keyed by qualified module name."""
+"""Temporary model state that is always undone: forward hooks keyed by qualified module name,
+and which parameters require grad."""
 
 from __future__ import annotations
 
@@ -20,3 +21,18 @@ def forward_hooks(modules: dict[str, nn.Module], hook) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def grads_for(model: nn.Module, targets: dict[str, nn.Parameter]) -> Iterator[None]:
+    """Only the scored tensors require grad (less compute and memory); flags restored after."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in targets.values():
+            p.requires_grad_(True)
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])

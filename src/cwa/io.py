@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from cwa.schemas import SCHEMAS
+from cwa.schemas import Schema
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -40,17 +40,18 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def write_table(df: pl.DataFrame, path: str | Path, table: str) -> Path:
-    """Writes `df` as Parquet with the schema of `table`: columns cast, ordered and rows sorted.
+def write_table(df: pl.DataFrame, path: str | Path, schema: Schema) -> Path:
+    """Writes `df` as Parquet with `schema`: columns cast, ordered and rows sorted.
 
     The same content always gives the same bytes, so DVC sees unchanged outputs as unchanged.
     """
-    schema = SCHEMAS[table]
     names = [c.name for c in schema.columns]
     missing = sorted(set(names) - set(df.columns))
     extra = sorted(set(df.columns) - set(names))
     if missing or extra:
-        raise ValueError(f"table {table!r}: missing columns {missing}, unexpected columns {extra}")
+        raise ValueError(
+            f"table {schema.name!r}: missing columns {missing}, unexpected columns {extra}"
+        )
     df = df.select([pl.col(c.name).cast(c.dtype) for c in schema.columns])
     if schema.sort_by:
         df = df.sort(list(schema.sort_by), maintain_order=True)

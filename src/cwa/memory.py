@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from cwa import CwaError
-from cwa.blockwise import group_ranges
-from cwa.models import ParamInfo, describe
+from cwa.models import ParamInfo, describe, group_ranges
 
 GIB = 2**30
 NEEDS = ("none", "forward", "backward", "per_window", "hessian")

@@ -6,8 +6,7 @@ next-token NLL. L = mean token loss over the draw; ℓₙ = mean token loss of w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +15,10 @@ from torch import nn
 from cwa import CwaError
 from cwa.distributed import SINGLE_PROCESS, World
 from cwa.evaluation import token_nll
-from cwa.hooks import forward_hooks
+from cwa.hooks import forward_hooks, grads_for
 from cwa.models import ParamInfo
+from cwa.params import check as params_check
+from cwa.params import check_choice
 from cwa.progress import progress
 from cwa.registry import Registry
 from cwa.superweight import activation_maxima
@@ -157,21 +158,6 @@ def to_host(tensors: dict[str, torch.Tensor], chunk: int = 1 << 26) -> dict[str,
             host[start : start + part.numel()].copy_(buf)
         out[name] = host.view(t.shape)
     return out
-
-
-@contextmanager
-def grads_for(model: nn.Module, targets: dict[str, nn.Parameter]) -> Iterator[None]:
-    """Only the scored tensors require grad (less compute and memory); flags restored after."""
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in targets.values():
-            p.requires_grad_(True)
-        yield
-    finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
 
 
 def _batches(cal: Calibration, size: int):
@@ -458,3 +444,11 @@ def super_weight(cal: Calibration) -> dict[str, torch.Tensor]:
 
 
 METRICS.alias("act_mag", "wanda")
+
+
+@params_check
+def _valid_metrics(p) -> None:
+    """`metric` and every `compare_metrics` entry name a registered metric."""
+    check_choice("metric", p.metric, METRICS.names())
+    for name in p.compare_metrics:
+        check_choice("compare_metrics", name, METRICS.names())

@@ -10,14 +10,9 @@ import torch
 from torch import nn
 
 from cwa import CwaError
+from cwa.devices import resolve_device
 
 BUILTIN = "builtin:"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve_model(spec: str, builtin_dir: str | Path) -> str:
@@ -299,3 +294,8 @@ def pool(
     if not chosen:
         raise CwaError("the ranking pool is empty: check `layers`, `include_embeddings`")
     return chosen
+
+
+def group_ranges(blocks: int, size: int) -> list[range]:
+    """Consecutive runs of `size` block indices covering `blocks` blocks."""
+    return [range(k, min(k + size, blocks)) for k in range(0, blocks, size)]

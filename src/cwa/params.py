@@ -1,12 +1,16 @@
 """Typed, validated params: every stage reads params.yaml through `load_params`.
 
 A typo fails here, before any model loads, with a message that names the key and what is valid.
+Checks that need a registry's names (metrics, perturbations, ranking modes) live with the
+registry, which adds them with `@check` when imported: this module imports none of them, so a
+stage's code dependencies stay its own, and a stage validates the names of what it can run.
+`cwa run` imports every registry and so checks every key before DVC starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -106,34 +110,31 @@ class Params:
         }
 
 
-def _fail(key: str, message: str):
+def fail(key: str, message: str):
     raise CwaError(f"params: `{key}` {message}")
 
 
-def _check_choice(key: str, value, valid):
+def check_choice(key: str, value, valid):
     if value not in valid:
-        _fail(key, f"is {value!r}; valid values: {', '.join(valid)}")
+        fail(key, f"is {value!r}; valid values: {', '.join(valid)}")
+
+
+_CHECKS: list[Callable[[Params], None]] = []
+
+
+def check(rule: Callable[[Params], None]) -> Callable[[Params], None]:
+    """Registers a rule every Params built afterwards must pass (a registry's names)."""
+    _CHECKS.append(rule)
+    return rule
 
 
 def _validate(p: Params):
-    from cwa.metrics import METRICS
-    from cwa.perturbations import PERTURBATIONS
-    from cwa.ranking import MODES
-
-    _check_choice("metric", p.metric, METRICS.names())
-    for name in p.compare_metrics:
-        _check_choice("compare_metrics", name, METRICS.names())
     if len(set(p.compare_metrics)) < 2:
-        _fail(
-            "compare_metrics", f"needs at least 2 distinct metrics, got {list(p.compare_metrics)}"
-        )
-    _check_choice("mode", p.mode, MODES.names())
-    _check_choice("dtype", p.dtype, DTYPES)
-    _check_choice("device_map", p.device_map, DEVICE_MAPS)
-    for name in p.perturb:
-        _check_choice("perturb", name, PERTURBATIONS.names())
+        fail("compare_metrics", f"needs at least 2 distinct metrics, got {list(p.compare_metrics)}")
+    check_choice("dtype", p.dtype, DTYPES)
+    check_choice("device_map", p.device_map, DEVICE_MAPS)
     for name in p.controls:
-        _check_choice("controls", name, CONTROLS)
+        check_choice("controls", name, CONTROLS)
     for key in (
         "calib_samples",
         "seq_len",
@@ -152,75 +153,57 @@ def _validate(p: Params):
         "train_seq_len",
     ):
         if getattr(p, key) < 1:
-            _fail(key, f"must be >= 1, got {getattr(p, key)}")
+            fail(key, f"must be >= 1, got {getattr(p, key)}")
     if p.layer_group < 0:
-        _fail("layer_group", f"must be >= 0 (0: every block in one pass), got {p.layer_group}")
+        fail("layer_group", f"must be >= 0 (0: every block in one pass), got {p.layer_group}")
     if p.num_processes > 1 and p.device_map != "none":
-        _fail(
+        fail(
             "num_processes",
             f"is {p.num_processes} with device_map {p.device_map!r}: data parallelism copies "
             f"the whole model to each process; split a model over devices in one process "
             f"(num_processes: 1) or replicate it (device_map: none)",
         )
     if p.seq_len < 2:
-        _fail("seq_len", "must be >= 2 (one token predicts the next)")
+        fail("seq_len", "must be >= 2 (one token predicts the next)")
     if not p.seeds or len(set(p.seeds)) != len(p.seeds):
-        _fail("seeds", f"must be a non-empty list of distinct integers, got {list(p.seeds)}")
+        fail("seeds", f"must be a non-empty list of distinct integers, got {list(p.seeds)}")
     if not p.topk or any(k < 1 for k in p.topk):
-        _fail("topk", f"must be a non-empty list of positive integers, got {list(p.topk)}")
+        fail("topk", f"must be a non-empty list of positive integers, got {list(p.topk)}")
     if p.headline_k not in p.topk:
-        _fail("headline_k", f"({p.headline_k}) must be one of topk {list(p.topk)}")
-    if "zero" not in p.perturb:
-        _fail("perturb", "must include `zero`: the headline experiment zeroes the top-k weights")
+        fail("headline_k", f"({p.headline_k}) must be one of topk {list(p.topk)}")
     if p.spike_ratio <= 1:
-        _fail("spike_ratio", f"must be > 1 (a spike is many times the median), got {p.spike_ratio}")
-    _validate_strengths(p)
+        fail("spike_ratio", f"must be > 1 (a spike is many times the median), got {p.spike_ratio}")
+    _validate_ranges(p)
     if p.model.startswith(("/", "./", "../", "~")):
         directory = Path(p.model).expanduser()
         if not (directory / "config.json").exists():
-            _fail(
+            fail(
                 "model",
                 f"is the path {p.model!r}, which holds no config.json: give a directory "
                 f"saved with save_pretrained, a hub id, or builtin:<name>",
             )
     if p.model.startswith("builtin:") and p.model.removeprefix("builtin:") not in p.family:
-        _fail(
+        fail(
             "model",
             f"names no built-in model; valid: {', '.join('builtin:' + n for n in p.family)}",
         )
+    for rule in _CHECKS:
+        rule(p)
 
 
-def _validate_strengths(p: Params):
-    from cwa.perturbations import FIELD_NAMES
-
-    rules = {
-        "scale_alpha": (lambda a: math.isfinite(a), "finite numbers"),
-        "noise_sigma": (lambda s: s > 0, "numbers > 0"),
-        "abs_sigma": (lambda s: s > 0, "numbers > 0"),
-        "flip_bit": (
-            lambda b: b in FIELD_NAMES if isinstance(b, str) else 0 <= b < 32,
-            f"bit positions 0..31 (fp32: 31 sign, 30-23 exponent; fp16/bf16: 15 sign) or "
-            f"fields {', '.join(FIELD_NAMES)}",
-        ),
-        "flip_prob": (lambda q: 0 < q <= 1, "probabilities in (0, 1]"),
-        "quant_bits": (lambda n: 2 <= n <= 16, "bit widths 2..16"),
-    }
-    for key, (ok, what) in rules.items():
-        values = getattr(p, key)
-        if not values or len(set(values)) != len(values) or not all(ok(v) for v in values):
-            _fail(key, f"must be a non-empty list of distinct {what}, got {list(values)}")
+def _validate_ranges(p: Params):
     if len(set(p.mask_ratios)) != len(p.mask_ratios) or not all(0 < r < 1 for r in p.mask_ratios):
-        _fail("mask_ratios", f"must be distinct fractions in (0, 1), got {list(p.mask_ratios)}")
+        fail("mask_ratios", f"must be distinct fractions in (0, 1), got {list(p.mask_ratios)}")
     if not p.fault_rates or not all(0 < r < 1 for r in p.fault_rates):
-        _fail("fault_rates", f"must be bit error rates in (0, 1), got {list(p.fault_rates)}")
+        fail("fault_rates", f"must be bit error rates in (0, 1), got {list(p.fault_rates)}")
     if not all(0 < f <= 0.5 for f in p.fault_protect):
-        _fail(
+        fail(
             "fault_protect",
             f"must be pool fractions in (0, 0.5] (a random set of the same size must fit "
             f"beside the top set), got {list(p.fault_protect)}",
         )
     if any(layer < 0 for layer in p.target_layers):
-        _fail("target_layers", f"must be block indices >= 0, got {list(p.target_layers)}")
+        fail("target_layers", f"must be block indices >= 0, got {list(p.target_layers)}")
 
 
 def _coerce(name: str, ftype: str, value):
@@ -233,21 +216,21 @@ def _coerce(name: str, ftype: str, value):
         return tuple(_coerce(name, inner, v) for v in value)
     if ftype.startswith("dict["):
         if not isinstance(value, dict):
-            _fail(name, f"must be a mapping, got {value!r}")
+            fail(name, f"must be a mapping, got {value!r}")
         return {str(k): _member(f"{name}.{k}", v) for k, v in value.items()}
     kind = scalar[ftype]
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not ok:
-        _fail(name, f"must be {ftype}, got {value!r}")
+        fail(name, f"must be {ftype}, got {value!r}")
     return value
 
 
 def _member(name: str, value) -> FamilyMember:
     valid = [f.name for f in fields(FamilyMember)]
     if not isinstance(value, dict) or sorted(value) != sorted(valid):
-        _fail(name, f"must be a mapping with exactly the keys {', '.join(valid)}, got {value!r}")
+        fail(name, f"must be a mapping with exactly the keys {', '.join(valid)}, got {value!r}")
     return FamilyMember(**{k: _coerce(f"{name}.{k}", "int", value[k]) for k in valid})
 
 

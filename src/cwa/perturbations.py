@@ -8,6 +8,7 @@ A perturbation with a strength (α, σ, bit, n bits, p) names the params key tha
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from cwa import CwaError
+from cwa.params import check as params_check
+from cwa.params import check_choice, fail
 from cwa.registry import Registry
 
 # Integer view with the same width as each float storage dtype.
@@ -35,13 +38,16 @@ Strength = float | int | str | None
 class Perturbation:
     """apply(values, tensor, strength, generator) -> new values (same dtype) for the selected
     weights; `tensor` is the whole parameter they come from (for grids); `strength_key` names the
-    params key holding the strengths to sweep (None: the perturbation has no strength)."""
+    params key holding the strengths to sweep (None: the perturbation has no strength), `valid`
+    the rule each strength obeys and `valid_doc` how the refusal names it."""
 
     name: str
     doc: str
     apply: Callable[[torch.Tensor, torch.Tensor, Strength, torch.Generator], torch.Tensor]
     strength_key: str | None = None
     label: Callable[[Strength], str] = lambda s: ""
+    valid: Callable[[Strength], bool] = lambda s: True
+    valid_doc: str = ""
 
 
 PERTURBATIONS: Registry[Perturbation] = Registry("perturbation")
@@ -133,6 +139,8 @@ register(
         lambda v, t, a, g: (v.float() * float(a)).to(v.dtype),
         "scale_alpha",
         lambda a: f"α={a:g}",
+        lambda a: math.isfinite(a),
+        "finite numbers",
     )
 )
 register(
@@ -142,6 +150,8 @@ register(
         lambda v, t, s, g: (v.float() * (1 + float(s) * _noise(v, g))).to(v.dtype),
         "noise_sigma",
         lambda s: f"σ={s:g} relative",
+        lambda s: s > 0,
+        "numbers > 0",
     )
 )
 PERTURBATIONS.alias("gauss_noise", "gauss_rel")
@@ -152,6 +162,8 @@ register(
         lambda v, t, s, g: (v.float() + float(s) * _noise(v, g)).to(v.dtype),
         "abs_sigma",
         lambda s: f"σ={s:g}",
+        lambda s: s > 0,
+        "numbers > 0",
     )
 )
 register(
@@ -162,6 +174,9 @@ register(
         _bit_flip,
         "flip_bit",
         _bit_label,
+        lambda b: b in FIELD_NAMES if isinstance(b, str) else 0 <= b < 32,
+        f"bit positions 0..31 (fp32: 31 sign, 30-23 exponent; fp16/bf16: 15 sign) or "
+        f"fields {', '.join(FIELD_NAMES)}",
     )
 )
 register(
@@ -171,6 +186,8 @@ register(
         _bit_flip_p,
         "flip_prob",
         lambda p: f"p={p:g}",
+        lambda q: 0 < q <= 1,
+        "probabilities in (0, 1]",
     )
 )
 register(
@@ -180,8 +197,30 @@ register(
         _quantize,
         "quant_bits",
         lambda n: f"{n}-bit",
+        lambda n: 2 <= n <= 16,
+        "bit widths 2..16",
     )
 )
+
+
+@params_check
+def _valid_perturbations(p) -> None:
+    """`perturb` names registered perturbations, `zero` among them; each strength sweep is a
+    non-empty list of distinct values its perturbation accepts."""
+    for name in p.perturb:
+        check_choice("perturb", name, PERTURBATIONS.names())
+    if "zero" not in p.perturb:
+        fail("perturb", "must include `zero`: the headline experiment zeroes the top-k")
+    for pert in PERTURBATIONS.items():
+        if pert.strength_key is None:
+            continue
+        values = getattr(p, pert.strength_key)
+        distinct = len(set(values)) == len(values)
+        if not values or not distinct or not all(pert.valid(v) for v in values):
+            fail(
+                pert.strength_key,
+                f"must be a non-empty list of distinct {pert.valid_doc}, got {list(values)}",
+            )
 
 
 def check(perturbation: Perturbation, strength: Strength, dtype: torch.dtype) -> None:

@@ -18,6 +18,8 @@ import torch
 
 from cwa import CwaError
 from cwa.models import ParamInfo
+from cwa.params import check as params_check
+from cwa.params import check_choice
 from cwa.registry import Registry
 
 
@@ -242,6 +244,11 @@ MODES.register(
 MODES.register(
     Mode("per_head", "top-k in each attention head (q/k/v rows, o columns; GQA-aware)", _by_head)
 )
+
+
+@params_check
+def _valid_mode(p) -> None:
+    check_choice("mode", p.mode, MODES.names())
 
 
 def rank(

@@ -36,6 +36,9 @@ class Registry(Generic[T]):
             raise CwaError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}")
         return self._items[name]
 
+    def items(self) -> list[T]:
+        return list(self._items.values())
+
     def names(self) -> list[str]:
         return sorted([*self._items, *self._aliases])
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from cwa import CwaError
+from cwa.devices import resolve_device
 from cwa.io import write_json
-from cwa.models import resolve_device
 from cwa.params import Params, as_dict, load_params
 
 _PACKAGES = (

@@ -1,0 +1,44 @@
+"""The `comparisons` table."""
+
+from cwa.schemas import BOOL, FLOAT, INT, STR, Column, Schema
+from cwa.schemas.experiment import EXPERIMENT
+
+COMPARISONS_TABLE = Schema(
+    "comparisons",
+    "artifacts/perturb/comparisons.parquet",
+    "The top set against each control kind: one row per perturbation setting, k, mask ratio "
+    "and control. Unit of the tests: per-text differences d = ΔNLL/token(top) − mean over "
+    "draws of ΔNLL/token(control), on the same windows.",
+    (
+        Column("metric", STR, "sensitivity metric the selection came from"),
+        Column("mode", STR, "ranking mode"),
+        Column("seed", INT, "calibration seed of the ranking"),
+        *(c for c in EXPERIMENT if c.name not in ("selection", "draw")),
+        Column("control", STR, "`random_k` or `bottom_k`"),
+        Column("draws", INT, "control draws averaged"),
+        Column("top_delta_ppl", FLOAT, "ΔPPL of the top set"),
+        Column("control_delta_ppl", FLOAT, "ΔPPL of the control (mean over draws)"),
+        Column(
+            "separation",
+            FLOAT,
+            "top_delta_ppl / mean over draws |control ΔPPL| (NaN: diverged)",
+        ),
+        Column(
+            "separation_ci_low",
+            FLOAT,
+            "2.5% paired-bootstrap quantile of the separation (texts resampled jointly)",
+        ),
+        Column("separation_ci_high", FLOAT, "97.5% quantile of the separation"),
+        Column("effect_size", FLOAT, "Cohen's d_z = mean(d) / sd(d)"),
+        Column(
+            "p_value",
+            FLOAT,
+            "one-sided sign-flip permutation test of mean(d) > 0 (`bootstrap` resamples; "
+            "exact for few texts); NaN when a side diverged",
+        ),
+        Column("p_wilcoxon", FLOAT, "one-sided Wilcoxon signed-rank test of d > 0"),
+        Column("top_diverged", BOOL, "the top-set experiment diverged"),
+        Column("control_diverged", INT, "control draws that diverged"),
+    ),
+    ("perturbation", "strength", "setting", "k", "mask_ratio", "control"),
+)

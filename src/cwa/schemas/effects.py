@@ -1,0 +1,27 @@
+"""The `effects` table."""
+
+from cwa.schemas import BOOL, FLOAT, INT, STR, Column, Schema
+from cwa.schemas.experiment import EXPERIMENT, EXPERIMENT_ORDER
+
+EFFECTS_TABLE = Schema(
+    "effects",
+    "artifacts/perturb/effects.parquet",
+    "One row per perturbation experiment: damage against the baseline, with a paired CI.",
+    (
+        Column("metric", STR, "sensitivity metric the selection came from"),
+        Column("mode", STR, "ranking mode"),
+        Column("seed", INT, "calibration seed of the ranking"),
+        *EXPERIMENT,
+        Column("weights", INT, "weights perturbed"),
+        Column("ppl", FLOAT, "perplexity after the perturbation (inf when diverged)"),
+        Column("delta_ppl", FLOAT, "ppl − baseline ppl"),
+        Column("ci_low", FLOAT, "2.5% paired-bootstrap quantile of delta_ppl (resampling texts)"),
+        Column("ci_high", FLOAT, "97.5% paired-bootstrap quantile of delta_ppl"),
+        Column("rel_delta", FLOAT, "delta_ppl / baseline ppl"),
+        Column("accuracy", FLOAT, "greedy next-token accuracy after the perturbation"),
+        Column("delta_accuracy", FLOAT, "accuracy − baseline accuracy"),
+        Column("diverged", BOOL, "the loss became inf or NaN"),
+        Column("restored", BOOL, "every touched weight was restored bit for bit (always true)"),
+    ),
+    EXPERIMENT_ORDER,
+)

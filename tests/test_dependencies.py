@@ -1,0 +1,111 @@
+"""A stage's code dependencies in dvc.yaml are exactly its script and the cwa modules it imports.
+
+DVC reruns a stage when a dependency changes: a module missing from the list is a stale cache,
+a module listed but never imported is a needless rerun (hours on a real model). The closure is
+computed from the source (`ast`, imports inside functions included), never typed by hand.
+"""
+
+import ast
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "src" / "cwa"
+
+
+def module_files(dotted: str) -> set[str]:
+    """Files (relative to src/cwa, no suffix) that importing `dotted` runs: each package's
+    __init__ on the way, then the module itself."""
+    parts = dotted.split(".")[1:]
+    found = {"__init__"}
+    for i in range(1, len(parts) + 1):
+        path = "/".join(parts[:i])
+        if (LIB / path / "__init__.py").exists():
+            found.add(f"{path}/__init__")
+        elif (LIB / f"{path}.py").exists():
+            found.add(path)
+        else:
+            break  # a name inside the module (from cwa.x import name)
+    return found
+
+
+def cwa_imports(path: Path) -> set[str]:
+    """Module files of cwa that `path` imports anywhere (top level or inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # a module or a name in it
+    found = set()
+    for name in names:
+        if name == "cwa" or name.startswith("cwa."):
+            found |= module_files(name)
+    return found
+
+
+def closure(script: Path) -> set[str]:
+    seen, todo = set(), [script]
+    while todo:
+        for module in cwa_imports(todo.pop()) - seen:
+            seen.add(module)
+            todo.append(LIB / f"{module}.py")
+    return seen
+
+
+def stages() -> dict[str, dict]:
+    """name -> {cmd, deps} with the dvc.yaml vars substituted (foreach bodies once)."""
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    values = {k: v for entry in spec["vars"] for k, v in entry.items()}
+
+    def sub(text: str) -> str:
+        return re.sub(r"\$\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), text)
+
+    out = {}
+    for name, stage in spec["stages"].items():
+        body = stage.get("do", stage)
+        out[name] = {"cmd": sub(body["cmd"]), "deps": [sub(str(d)) for d in body["deps"]]}
+    return out
+
+
+def test_every_stage_depends_on_exactly_its_script_and_import_closure():
+    wrong = {}
+    for name, stage in stages().items():
+        script = re.search(r"python (stages/\w+\.py)", stage["cmd"]).group(1)
+        want = {script} | {f"src/cwa/{m}.py" for m in closure(ROOT / script)}
+        code = {d for d in stage["deps"] if d.startswith(("stages/", "src/"))}
+        if code != want:
+            wrong[name] = sorted(want)
+    assert not wrong, "dvc.yaml code deps should be:\n" + "\n".join(
+        f"  {name}: {deps}" for name, deps in wrong.items()
+    )
+
+
+def test_no_import_cycle_in_the_library():
+    graph = {
+        str(p.relative_to(LIB).with_suffix("")): cwa_imports(p) - {"__init__"}
+        for p in LIB.rglob("*.py")
+    }
+
+    def visit(module, path):
+        assert module not in path, "import cycle: " + " -> ".join([*path, module])
+        for other in sorted(graph[module]):
+            visit(other, [*path, module])
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_closures_stay_small():
+    """The edges that made every stage import most of the library stay cut: validation imports
+    no registry, training and the corpus import no metric, and nothing imports the report."""
+    assert "metrics" not in closure(ROOT / "stages" / "train.py")
+    assert "metrics" not in closure(ROOT / "stages" / "baseline.py")
+    assert "plots" not in closure(ROOT / "stages" / "perturb.py")
+    assert closure(ROOT / "stages" / "corpus.py") == {
+        "__init__", "corpus", "devices", "io", "params", "progress", "stage",
+        "schemas/__init__", "schemas/corpus",
+    }  # fmt: skip
+    assert "schemas/effects" not in closure(ROOT / "stages" / "train.py")
