@@ -8,7 +8,7 @@ import polars as pl
 
 from cwa.corpus import texts
 from cwa.stage import stage_main
-from cwa.training import save_tokenizer, train_tokenizer
+from cwa.tokenizer import save_tokenizer, train_tokenizer
 
 
 def add_args(p):

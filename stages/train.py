@@ -20,7 +20,8 @@ from cwa.memory import guard_training
 from cwa.models import count_parameters
 from cwa.schemas.train_log import TRAIN_LOG_TABLE
 from cwa.stage import stage_main
-from cwa.training import build_model, save_tokenizer, train
+from cwa.tokenizer import save_tokenizer
+from cwa.training import build_model, train
 
 
 def add_args(p):

@@ -373,3 +373,32 @@ def test_a_colleague_pulls_from_a_dvc_remote_and_reproduces_nothing(repo, tmp_pa
     out = sh(colleague, "dvc", "repro")
     assert "Running stage" not in out
     assert hashes(colleague) == hashes(repo)
+
+
+SCALE_MODELS = {f"scale_model@t{i}" for i in (1, 2, 3)}
+
+
+@pytest.mark.parametrize(
+    ("edited", "changed"),
+    [
+        ("src/cwa/plots.py", {"report"}),
+        ("src/cwa/schemas/effects.py", {"perturb"}),  # the one stage that writes the table
+        ("src/cwa/training.py", {"train@t1", "train@t2", "train@t3"}),
+        ("src/cwa/metrics.py", {"sensitivity", "agreement", *SCALE_MODELS}),
+    ],
+)
+def test_a_one_line_change_reruns_only_what_imports_it(repo, edited, changed):
+    """`dvc status` after a one-line edit: the stages whose own code changed (what follows them
+    reruns only if their outputs change)."""
+    sh(repo, "git", "checkout", "params.yaml", "dvc.lock")  # undo earlier tests' experiments
+    sh(repo, "dvc", "checkout", "--force")
+    assert "up to date" in sh(repo, "dvc", "status")
+    path = repo / edited
+    original = path.read_text()
+    try:
+        path.write_text(original + "# a one-line change\n")
+        status = json.loads(sh(repo, "dvc", "status", "--json").strip().splitlines()[-1])
+    finally:
+        path.write_text(original)
+    assert set(status) == changed
+    assert "up to date" in sh(repo, "dvc", "status")

@@ -1,4 +1,4 @@
-"""The built-in model family: a byte-level BPE tokenizer and small Llama models trained here.
+"""The built-in model family: small Llama models trained here (their tokenizer: cwa.tokenizer).
 
 Training is a fixed step budget (not a time budget) from fixed seeds, so it is deterministic.
 """
@@ -12,38 +12,6 @@ import torch
 
 from cwa.params import FamilyMember
 from cwa.progress import progress
-
-EOS = "<|endoftext|>"
-
-
-def train_tokenizer(texts: list[str], vocab_size: int):
-    """Byte-level BPE (GPT-2 style) wrapped as a PreTrainedTokenizerFast for AutoTokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
-
-
-def save_tokenizer(tokenizer, directory) -> None:
-    """save_pretrained, naming the class that transformers 4.x and 5.x both load."""
-    import json
-    from pathlib import Path
-
-    tokenizer.save_pretrained(directory)
-    config_path = Path(directory) / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # 5.x writes TokenizersBackend
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def build_model(shape: FamilyMember, vocab_size: int, seq_len: int, seed: int):
