@@ -11,6 +11,7 @@ from cwa.metrics import compute_scores, get_metric
 from cwa.models import describe, pool
 from cwa.perturbations import get_perturbation
 from cwa.ranking import rank
+from tests.tolerance import FLOOR32, assert_close_scaled
 
 SMALL = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
 GQA = {**SMALL, "num_key_value_heads": 2, "intermediate_size": 64}
@@ -143,8 +144,11 @@ def test_batched_per_window_squares_equal_one_backward_per_window(arch):
     reference = gradient_sums(cal, per_window=True, square=True)
     assert batched.keys() == reference.keys()
     for name, ref in reference.items():
-        atol = 1e-6 * float(ref.abs().max())
-        torch.testing.assert_close(batched[name], ref, rtol=1e-4, atol=atol, msg=name)
+        # float32: per-window weight gradients formed from hooked activations and output
+        # gradients (einsum over tokens) vs autograd, one window per backward: other summation
+        # orders (tests/tolerance.py); observed <= 6.2e-7 of the largest score, above the
+        # former floor of 1e-6 of it where rtol did not cover
+        assert_close_scaled(batched[name], ref, name=name)
 
 
 @pytest.mark.parametrize("arch", sorted(CONFIGS))
@@ -160,7 +164,10 @@ def test_blockwise_hutchinson_equals_the_all_at_once_pass(arch):
     whole = compute_scores(model, infos, m, windows, 3, probes=2, seed=3)
     for size in (1, 2):
         grouped = compute_scores(model, infos, m, windows, 3, probes=2, seed=3, layer_group=size)
-        floor = 1e-7 * max(float(ref.abs().max()) for ref in whole.values())
+        # float32: the same products summed per group of blocks in another order
+        # (tests/tolerance.py). Key-bias scores are 0 in exact arithmetic and rounding of
+        # cancelling terms in float32: for them a floor of 0.1 · FLOOR32 (~8 eps32) of the
+        # model's largest score, ~5,000x the ~2e-10 of it observed.
+        model_floor = 0.1 * FLOOR32 * max(float(ref.abs().max()) for ref in whole.values())
         for name, ref in whole.items():
-            atol = max(1e-5 * float(ref.abs().max()), floor)
-            torch.testing.assert_close(grouped[name], ref, rtol=1e-4, atol=atol, msg=name)
+            assert_close_scaled(grouped[name], ref, name=name, atol_min=model_floor)

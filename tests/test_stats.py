@@ -17,6 +17,10 @@ from cwa.stats import (
     spearman,
 )
 
+# Unless noted, the comparisons are float64 against scipy or closed forms over a handful of values:
+# rounding ~1e-15 relative, so pytest.approx's default rel=1e-6 is loose for rounding and still
+# fails a formula error (a wrong weighting, ddof or tail moves these values by percents).
+
 
 def test_ppl_is_token_weighted():
     nll, tokens = np.array([10.0, 1.0]), np.array([10, 1])
@@ -44,6 +48,8 @@ def test_paired_bootstrap_matches_scipy_percentile_bootstrap():
         random_state=1,
     )
     lo, hi = paired_delta_ci(base, pert, tokens, bootstrap_indices(n, 20000, 0))
+    # Monte Carlo: two independent 20,000-resample draws; each percentile endpoint has a relative
+    # sd of ~0.3% over seeds, so 3% is ~8 sd of their difference
     assert lo == pytest.approx(ref.confidence_interval.low, rel=0.03)
     assert hi == pytest.approx(ref.confidence_interval.high, rel=0.03)
     assert lo < stat(base, pert, tokens) < hi
@@ -52,7 +58,7 @@ def test_paired_bootstrap_matches_scipy_percentile_bootstrap():
 def test_paired_ci_of_identical_runs_is_zero_and_diverged_is_nan():
     idx = bootstrap_indices(5, 100, 0)
     nll, tok = np.arange(1.0, 6.0), np.ones(5, dtype=int) * 3
-    assert paired_delta_ci(nll, nll, tok, idx) == (0.0, 0.0)
+    assert paired_delta_ci(nll, nll, tok, idx) == (0.0, 0.0)  # exact: x − x
     lo, hi = paired_delta_ci(nll, np.array([1, 2, np.nan, 4, 5.0]), tok, idx)
     assert math.isnan(lo) and math.isnan(hi)
 
@@ -81,6 +87,7 @@ def test_power_law_fit_recovers_exponent_and_ci():
 def test_permutation_p_value_equals_full_sign_flip_enumeration():
     diff = np.array([0.8, -0.2, 0.5, 1.1, 0.05, -0.6, 0.9, 0.3])
     signs = np.array(np.meshgrid(*[[-1, 1]] * len(diff))).reshape(len(diff), -1).T  # (256, 8)
+    # 1e-12: the observed pattern's own mean, recomputed, may round ~1e-16 below diff.mean()
     exact = np.mean((signs * diff).mean(axis=1) >= diff.mean() - 1e-12)
     got = paired_test(diff, resamples=1000, seed=0)  # 2^8 <= 1000: scipy enumerates
     assert got.p_permutation == pytest.approx(exact)

@@ -46,8 +46,11 @@ def test_last_word_accuracy_and_target_ppl_by_hand():
     task = Task("t", "last_word", [{"text": "a b c d"}, {"text": "a b c q"}])
     res = evaluate_task(BigramModel(), WordTokenizer(), task, max_len=16, batch_size=2)
     assert res.correct.tolist() == [1.0, 0.0]  # " d" follows " c"; " q" does not
-    assert res.nll == pytest.approx([L - 10, L], abs=1e-6)  # fp32 log-softmax
-    assert res.target_ppl == pytest.approx(math.exp((2 * L - 10) / 2))
+    # fp32 log-softmax of logits 10 and 0: a rounding or two at magnitude 10, ulp(10) = 9.5e-7;
+    # the wrong token would cost 10 nats
+    assert res.nll == pytest.approx([L - 10, L], abs=4e-6)
+    # exp of the mean of those NLLs: their absolute error (<= 4e-6, above) is ppl's relative error
+    assert res.target_ppl == pytest.approx(math.exp((2 * L - 10) / 2), rel=1e-5)
 
 
 def test_choice_acc_and_acc_norm_by_hand():
@@ -81,18 +84,24 @@ def test_batching_and_padding_do_not_change_loglikelihoods():
     one = loglikelihoods(model, pairs, max_len=16, batch_size=1)
     many = loglikelihoods(model, pairs, max_len=16, batch_size=4)
     assert [g for _, g, _ in one] == [g for _, g, _ in many]
-    assert np.allclose([lp for lp, _, _ in one], [lp for lp, _, _ in many], atol=1e-4)
+    # fp32 log-likelihoods (|lp| <= 17, ulp 2e-6) of padded and unpadded batches, whose matmuls
+    # and masked softmaxes may sum in other orders: a few ulp per token; one context token more
+    # or less moves lp by ~7e-3, 70x atol
+    assert np.allclose([lp for lp, _, _ in one], [lp for lp, _, _ in many], rtol=0, atol=1e-4)
     # direct computation for the last pair, truncated to its last 16 + 1 tokens as lm-eval does
     ctx, cont = pairs[3]
     seq = torch.tensor((ctx + cont)[-17:])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=seq[None, :-1]).logits[0].float(), -1)
     want = float(logp[-4:].gather(1, seq[-4:, None]).sum())
+    # the same fp32 forward (here without the all-ones mask), the 4 log-probs summed in another
+    # order: a few ulp(17) = 2e-6
     assert one[3][0] == pytest.approx(want, abs=1e-4) and one[3][2] == 4
     # a continuation longer than the window is scored on its last max_len tokens
     ((lp, _, n),) = loglikelihoods(model, [([1, 2], list(range(3, 23)))], max_len=8, batch_size=1)
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=torch.tensor([list(range(14, 22))])).logits[0], -1)
+    # as above (|lp| ~ 34, ulp 4e-6); a window shifted by one token moves lp by 2.5e-2
     assert n == 8 and lp == pytest.approx(
         float(logp.gather(1, torch.arange(15, 23)[:, None]).sum()), abs=1e-4
     )
