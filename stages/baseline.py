@@ -9,11 +9,10 @@ import numpy as np
 import polars as pl
 
 from cwa import CwaError
-from cwa.data import eval_windows
 from cwa.evaluation import BASELINE, evaluate, text_rows
+from cwa.evaluation_setup import prepare
 from cwa.io import write_table
-from cwa.memory import guard_evaluation
-from cwa.models import count_parameters, load_studied
+from cwa.models import count_parameters
 from cwa.schemas.baseline import BASELINE_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
 from cwa.stage import stage_main
@@ -27,9 +26,8 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_studied(params, args.models_dir)
-    memory = guard_evaluation(model, params)
-    windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
+    ev = prepare(params, args.models_dir, args.corpus)
+    model, windows, memory = ev.model, ev.windows, ev.memory
     result = evaluate(model, windows, params.batch_size, desc="baseline")
     if result.diverged:  # finite weights, yet an inf/NaN loss: say where
         bad = np.flatnonzero(~np.isfinite(result.nll))
@@ -52,7 +50,7 @@ def run(args, params):
     return {
         "ppl": result.ppl,
         "accuracy": result.accuracy,
-        "vocab_size": len(tokenizer),
+        "vocab_size": len(ev.tokenizer),
         "memory": memory,
     }
 

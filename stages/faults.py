@@ -13,12 +13,9 @@ fault_trials, fault_protect.
 
 import polars as pl
 
-from cwa.data import eval_windows
-from cwa.evaluation import read_baseline
+from cwa.evaluation_setup import prepare
 from cwa.faults import campaign, summary
 from cwa.io import write_table
-from cwa.memory import guard_evaluation
-from cwa.models import load_studied
 from cwa.ranking import MemberScores
 from cwa.schemas.fault_summary import FAULT_SUMMARY_TABLE
 from cwa.schemas.fault_trials import FAULT_TRIALS_TABLE
@@ -37,19 +34,16 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_studied(params, args.models_dir)
-    memory = guard_evaluation(model, params)
-    windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
-    base = read_baseline(args.baseline_texts, len(windows))
+    ev = prepare(params, args.models_dir, args.corpus, args.baseline_texts)
     seed = params.seeds[0]
     infos = pool_infos(pl.read_parquet(args.pool))
     scores = MemberScores(StoredScores(args.scores, seed), [(i, None) for i in infos])
     rows = campaign(
-        model,
+        ev.model,
         [i.name for i in infos],
         scores,
-        windows,
-        base,
+        ev.windows,
+        ev.base,
         params.fault_rates,
         params.fault_trials,
         params.fault_protect,
@@ -61,7 +55,7 @@ def run(args, params):
     return {
         "evaluations": len(rows),
         "diverged": int(rows["diverged"].sum()),
-        "memory": memory,
+        "memory": ev.memory,
     }
 
 

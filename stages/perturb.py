@@ -20,12 +20,13 @@ import numpy as np
 import polars as pl
 
 from cwa import CwaError
-from cwa.data import eval_windows
-from cwa.evaluation import BASELINE, evaluate, read_baseline
+from cwa.evaluation import BASELINE, evaluate
+from cwa.evaluation_setup import prepare
 from cwa.experiment import (
     compare,
     experiments,
     first_settings,
+    headline_cell,
     specs,
     summarize,
     sweep,
@@ -34,8 +35,6 @@ from cwa.experiment import (
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
 from cwa.lmeval import LmEval
-from cwa.memory import guard_evaluation
-from cwa.models import load_studied
 from cwa.schemas.comparisons import COMPARISONS_TABLE
 from cwa.schemas.effects import EFFECTS_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
@@ -59,10 +58,8 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_studied(params, args.models_dir)
-    memory = guard_evaluation(model, params)
-    windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
-    base = read_baseline(args.baseline_texts, len(windows))
+    ev = prepare(params, args.models_dir, args.corpus, args.baseline_texts)
+    model, tokenizer, windows, base, memory = ev.model, ev.tokenizer, ev.windows, ev.base, ev.memory
     seed = params.seeds[0]
     ranking = pl.read_parquet(args.ranking).filter(pl.col("seed") == seed)
     exps = experiments(ranking, specs(params), params.headline_k, params.mask_ratios, seed)
@@ -111,14 +108,9 @@ def downstream(args, params, model, tokenizer, exps, seed) -> pl.DataFrame:
         }
         return out | (harness.run() if harness else {})
 
-    first = first_settings(params)
-    cells = [
-        e
-        for e in exps
-        if e.k == params.headline_k
-        and e.mask_ratio == 1.0
-        and e.ident["setting"] == first[e.perturbation.name]
-    ]
+    idents = pl.DataFrame([e.ident for e in exps]).with_row_index()
+    keep = idents.filter(headline_cell(params.headline_k, first_settings(params)))["index"]
+    cells = [exps[i] for i in keep]
     base = measure(model)
     rows = task_rows(BASELINE, base, base, tasks, seed, params.bootstrap)
     for exp, res in zip(cells, sweep(model, cells, measure, "tasks"), strict=True):

@@ -15,11 +15,10 @@ from pathlib import Path
 import polars as pl
 
 from cwa import plots
-from cwa.experiment import first_settings
+from cwa.experiment import first_settings, first_strength
 from cwa.io import atomic_write, write_csv, write_json
 from cwa.perturbations import get_perturbation
 from cwa.report import (
-    at_first_strength,
     comparisons_table,
     effects_table,
     headline_table,
@@ -75,7 +74,7 @@ def run(args, params):
     faults = pl.read_parquet(args.faults)
     k, seed = params.headline_k, params.seeds[0]
 
-    m = metrics(baseline, effects, comparisons, stability, k) | task_metrics(tasks)
+    m = metrics(baseline, effects, comparisons, stability, k) | task_metrics(tasks, k)
     write_json(m, args.metrics)
     first = first_settings(params)
     zero = effects.filter((pl.col("perturbation") == "zero") & (pl.col("mask_ratio") == 1.0))
@@ -98,7 +97,8 @@ def run(args, params):
     plots.layer_heatmap(ranking.filter(pl.col("seed") == seed), pool, k, out / "heatmap.png")
     plots.effects(k_sweep(effects, first), out / "effects.png")
     plots.dose(effects.filter((pl.col("k") == k) & (pl.col("mask_ratio") == 1.0)), out / "dose.png")
-    plots.mask(at_first_strength(effects.filter(pl.col("k") == k), first), out / "mask.png")
+    at_k = effects.filter((pl.col("k") == k) & first_strength(first))
+    plots.mask(at_k, out / "mask.png")
     plots.stability(stability, out / "stability.png")
     plots.agreement(agreement, k, out / "agreement.png")
     plots.faults(faults, out / "faults.png")

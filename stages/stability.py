@@ -15,9 +15,9 @@ import polars as pl
 
 from cwa.io import write_csv, write_table
 from cwa.schemas.stability import STABILITY_TABLE
-from cwa.scores import StoredScores, pool_sample, sampled_scores, scores_at
+from cwa.scores import StoredScores, bulk, scores_at
 from cwa.stage import stage_main
-from cwa.stats import jaccard, spearman
+from cwa.stats import agreement, spearman
 
 
 def add_args(p):
@@ -40,8 +40,7 @@ def run(args, params):
     sets = top_sets(ranking)
     seeds = sorted(ranking["seed"].unique().to_list())
     stores = {s: StoredScores(args.scores, s) for s in seeds}  # read tensor by tensor
-    sample = pool_sample(stores[seeds[0]].sizes())
-    bulk = {s: np.abs(sampled_scores(stores[s], sample)) for s in seeds}
+    bulks = {s: bulk(stores[s], stores[seeds[0]].sizes()) for s in seeds}
     rows = []
     for k in sorted(ranking["k"].unique().to_list()):
         for a, b in itertools.combinations(seeds, 2):
@@ -51,11 +50,10 @@ def run(args, params):
                     "k": k,
                     "seed_a": a,
                     "seed_b": b,
-                    "jaccard": jaccard(sets[a, k], sets[b, k]),
+                    **agreement(sets[a, k], sets[b, k], bulks[a], bulks[b]),
                     "spearman": spearman(
                         np.abs(scores_at(stores[a], union)), np.abs(scores_at(stores[b], union))
                     ),
-                    "spearman_pool": spearman(bulk[a], bulk[b]),
                     "union": len(union),
                 }
             )

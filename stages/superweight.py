@@ -13,11 +13,10 @@ spike_ratio, bootstrap.
 import polars as pl
 import torch
 
-from cwa.data import calibration_draw, eval_windows, split_windows
-from cwa.evaluation import evaluate, read_baseline
+from cwa.data import calibration_draw, split_windows
+from cwa.evaluation import evaluate
+from cwa.evaluation_setup import prepare
 from cwa.io import write_table
-from cwa.memory import guard_evaluation
-from cwa.models import load_studied
 from cwa.perturbations import get_perturbation, perturbed
 from cwa.schemas.spikes import SPIKES_TABLE
 from cwa.stage import stage_main
@@ -33,12 +32,10 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_studied(params, args.models_dir)
-    calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
+    ev = prepare(params, args.models_dir, args.corpus, args.baseline_texts)
+    model, windows, base = ev.model, ev.windows, ev.base
+    calib = split_windows(ev.tokenizer, args.corpus, "calib", params.seq_len)
     probe = calibration_draw(calib, params.calib_samples, params.seeds[0])[: params.batch_size]
-    memory = guard_evaluation(model, params)
-    windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
-    base = read_baseline(args.baseline_texts, len(windows))
     idx = bootstrap_indices(len(windows), params.bootstrap, params.seeds[0])
     weights = dict(model.named_parameters())
     rows = []
@@ -68,7 +65,7 @@ def run(args, params):
         )
     table = pl.DataFrame(rows)
     write_table(table, args.out, SPIKES_TABLE)
-    return {"layers": len(rows), "candidates": int(table["candidate"].sum()), "memory": memory}
+    return {"layers": len(rows), "candidates": int(table["candidate"].sum()), "memory": ev.memory}
 
 
 if __name__ == "__main__":

@@ -121,3 +121,19 @@ def test_a_consistent_top_effect_is_significant_and_noise_is_not():
     assert not row["top_diverged"] and row["control_diverged"] == 0
     null = compare(exps[1:2], results[1:2], base, bootstrap_indices(n, 10, 0), 100, 0)
     assert null.is_empty()  # no top set, nothing to compare
+
+
+def test_headline_cells_are_first_strengths_of_whole_selections_at_k():
+    from cwa.experiment import headline_cell, headline_rows
+
+    rows = pl.DataFrame(
+        {
+            "perturbation": ["zero", "zero", "zero", "scale", "scale", "scale"],
+            "setting": ["", "", "", "α=2", "α=10", "α=2"],
+            "k": [100, 10, 100, 100, 100, 100],
+            "mask_ratio": [1.0, 1.0, 0.5, 1.0, 1.0, 0.5],
+        }
+    ).with_row_index()
+    first = {"zero": "", "scale": "α=2"}
+    assert rows.filter(headline_cell(100, first))["index"].to_list() == [0, 3]
+    assert headline_rows(rows, 100)["index"].to_list() == [0]

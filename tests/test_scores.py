@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from cwa.scores import StoredScores, pool_sample, sampled_scores, save_scores, scores_at
+from cwa.scores import StoredScores, bulk, pool_sample, save_scores, scores_at
 
 
 def test_stored_scores_read_tensor_by_tensor(tmp_path):
@@ -24,7 +24,10 @@ def test_stored_scores_read_tensor_by_tensor(tmp_path):
     sample = pool_sample(store.sizes(), size=10)
     assert sum(len(i) for i in sample.values()) == 10
     assert pool_sample({n: t.numel() for n, t in scores.items()}, size=10).keys() == sample.keys()
-    np.testing.assert_array_equal(sampled_scores(store, sample), sampled_scores(scores, sample))
+    sizes = store.sizes()  # 22 weights: the 100k-weight sample covers all, in name order
+    want = [abs(float(v)) for n in sorted(scores) for v in scores[n].reshape(-1)]
+    assert bulk(store, sizes).tolist() == want
+    np.testing.assert_array_equal(bulk(store, sizes), bulk(scores, sizes))  # lazy store = dict
 
 
 def test_identical_scores_give_identical_bytes(tmp_path):

@@ -125,3 +125,13 @@ def test_perplexity_past_float_range_is_inf_not_a_crash():
     assert ppl(np.array([20.0, 40.0]), tokens) == pytest.approx(math.exp(3.0))
     assert ppl(np.array([8000.0, 8000.0]), tokens) == math.inf  # mean 800 nats: finite, huge
     assert ppl(np.array([np.inf, 1.0]), tokens) == math.inf
+
+
+def test_separation_is_one_rule_with_its_non_finite_cases():
+    from cwa.stats import separation
+
+    assert separation(0.2, [0.01, -0.03]) == pytest.approx(0.2 / 0.02)  # |draws| averaged
+    assert separation(0.2, [0.0, 0.0]) == math.inf  # random weights changed nothing at all
+    assert math.isnan(separation(0.2, []))  # no control draw: no ratio
+    assert math.isnan(separation(math.inf, [0.1]))  # the top set diverged
+    assert math.isnan(separation(0.2, [0.1, math.inf]))  # a control draw diverged

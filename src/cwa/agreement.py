@@ -14,8 +14,8 @@ import polars as pl
 import torch
 
 from cwa.ranking import extreme_k
-from cwa.scores import pool_sample, sampled_scores
-from cwa.stats import jaccard, spearman
+from cwa.scores import bulk
+from cwa.stats import agreement
 
 
 @dataclass(frozen=True)
@@ -34,24 +34,21 @@ def top_set(scores: dict[str, torch.Tensor], names: list[str], k: int) -> set[tu
 def summarize(scores: dict[str, torch.Tensor], ks: tuple[int, ...]) -> Summary:
     """The same pool sample for every metric: it depends on the tensor names and sizes only."""
     names = sorted(scores)
-    sample = pool_sample({n: scores[n].numel() for n in names})
-    return Summary(
-        np.abs(sampled_scores(scores, sample)), {k: top_set(scores, names, k) for k in ks}
-    )
+    sizes = {n: scores[n].numel() for n in names}
+    return Summary(bulk(scores, sizes), {k: top_set(scores, names, k) for k in ks})
 
 
 def metric_agreement(by_metric: dict[str, Summary], ks: tuple[int, ...]) -> pl.DataFrame:
     """One row per metric pair and k: Jaccard of global top-k sets, Spearman over a 100k sample."""
     metrics = sorted(by_metric)
-    bulk = {m: by_metric[m].bulk for m in metrics}
+    bulks = {m: by_metric[m].bulk for m in metrics}
     tops = {(m, k): by_metric[m].tops[k] for m in metrics for k in ks}
     rows = [
         {
             "metric_a": a,
             "metric_b": b,
             "k": k,
-            "jaccard": jaccard(tops[a, k], tops[b, k]),
-            "spearman_pool": spearman(bulk[a], bulk[b]),
+            **agreement(tops[a, k], tops[b, k], bulks[a], bulks[b]),
         }
         for a, b in itertools.combinations(metrics, 2)
         for k in ks

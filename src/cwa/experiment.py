@@ -20,7 +20,13 @@ from cwa import CwaError
 from cwa.evaluation import EvalResult, evaluate, text_rows
 from cwa.perturbations import Perturbation, Strength, check, fingerprint, perturbed
 from cwa.progress import progress
-from cwa.stats import bootstrap_indices, paired_delta_ci, paired_test, separation_ci
+from cwa.stats import (
+    bootstrap_indices,
+    paired_delta_ci,
+    paired_test,
+    separation,
+    separation_ci,
+)
 from cwa.tasks import Task, TaskResult
 
 # (perturbation, strengths to sweep); (None,) for a perturbation without a strength.
@@ -258,22 +264,17 @@ def compare(
 def _comparison(draws, top, base, boot_idx, resamples, seed) -> dict:
     per_token = lambda r: (r.nll - base.nll) / r.tokens  # noqa: E731  ΔNLL per token, per text
     control_delta = float(np.mean([r.ppl for r in draws])) - base.ppl
-    scale = float(np.mean([abs(r.ppl - base.ppl) for r in draws]))
     top_delta = top.ppl - base.ppl
     diff = per_token(top) - np.mean([per_token(r) for r in draws], axis=0)
     test = paired_test(diff, resamples, seed)
     lo, hi = separation_ci(
         base.nll, top.nll, np.stack([r.nll for r in draws]), top.tokens, boot_idx
     )
-    if math.isfinite(top_delta) and math.isfinite(scale):
-        separation = top_delta / scale if scale > 0 else math.inf
-    else:
-        separation = math.nan
     return {
         "draws": len(draws),
         "top_delta_ppl": top_delta,
         "control_delta_ppl": control_delta,
-        "separation": separation,
+        "separation": separation(top_delta, [r.ppl - base.ppl for r in draws]),
         "separation_ci_low": lo,
         "separation_ci_high": hi,
         "effect_size": test.effect_size,
@@ -284,11 +285,22 @@ def _comparison(draws, top, base, boot_idx, resamples, seed) -> dict:
     }
 
 
-def headline_rows(table: pl.DataFrame, k: int) -> pl.DataFrame:
-    """Rows of the headline experiment: zeroing whole selections of k weights."""
-    return table.filter(
-        (pl.col("perturbation") == "zero") & (pl.col("k") == k) & (pl.col("mask_ratio") == 1.0)
+def first_strength(first: dict[str, str]) -> pl.Expr:
+    """Rows at the first strength of their perturbation's sweep (`first`: first_settings)."""
+    return pl.any_horizontal(
+        [(pl.col("perturbation") == p) & (pl.col("setting") == s) for p, s in first.items()]
     )
+
+
+def headline_cell(k: int, first: dict[str, str]) -> pl.Expr:
+    """The headline cells: each perturbation at its first strength on whole selections of k
+    weights. Their downstream tasks run, the report's headline table shows them."""
+    return first_strength(first) & (pl.col("k") == k) & (pl.col("mask_ratio") == 1.0)
+
+
+def headline_rows(table: pl.DataFrame, k: int) -> pl.DataFrame:
+    """Rows of the headline experiment: the zero cell (zero has no strength to sweep)."""
+    return table.filter(headline_cell(k, {"zero": ""}))
 
 
 def headline(effects: pl.DataFrame, comparisons: pl.DataFrame | None, k: int) -> dict:
@@ -300,14 +312,13 @@ def headline(effects: pl.DataFrame, comparisons: pl.DataFrame | None, k: int) ->
         vals = zero.filter(pl.col("selection") == selection)[col]
         return float(vals.mean()) if len(vals) else float("nan")
 
-    random_abs = zero.filter(pl.col("selection") == "random_k")["delta_ppl"].abs()
     top = mean("top")
-    random_scale = float(random_abs.mean()) if len(random_abs) else float("nan")
+    random = zero.filter(pl.col("selection") == "random_k")["delta_ppl"].to_list()
     out = {
         "delta_ppl_top": top,
         "delta_ppl_random": mean("random_k"),
         "delta_ppl_bottom": mean("bottom_k"),
-        "separation": top / random_scale if random_scale > 0 else float("inf"),
+        "separation": separation(top, random),
     }
     if comparisons is not None:
         row = headline_rows(comparisons, k).filter(pl.col("control") == "random_k")

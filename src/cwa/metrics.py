@@ -16,7 +16,7 @@ from cwa import CwaError
 from cwa.distributed import SINGLE_PROCESS, World
 from cwa.evaluation import token_nll
 from cwa.hooks import forward_hooks, grads_for
-from cwa.models import ParamInfo
+from cwa.models import ParamInfo, along_inputs, owning_modules
 from cwa.params import check as params_check
 from cwa.params import check_choice
 from cwa.progress import progress
@@ -211,13 +211,8 @@ def per_window_squares(cal: Calibration) -> dict[str, torch.Tensor]:
     from transformers.pytorch_utils import Conv1D
 
     targets = cal.targets
-    named = dict(cal.model.named_modules())
-    linear = {
-        name: named[name.rsplit(".", 1)[0]]
-        for name in targets
-        if name.endswith(".weight")
-        and isinstance(named.get(name.rsplit(".", 1)[0]), nn.Linear | Conv1D)
-    }
+    owners = owning_modules(cal.model, [n for n in targets if n.endswith(".weight")])
+    linear = {n: m for n, m in owners.items() if isinstance(m, nn.Linear | Conv1D)}
     acc = {n: torch.zeros_like(targets[n], dtype=torch.float32) for n in linear}
     routed: set[str] = set()  # inputs not shaped (windows, tokens, features): fall back
     window_tokens = cal.windows.shape[1] - 1
@@ -401,25 +396,20 @@ def input_sq_norms(cal: Calibration, modules: dict[str, nn.Module]) -> dict[str,
 def wanda(cal: Calibration) -> dict[str, torch.Tensor]:
     from transformers.pytorch_utils import Conv1D
 
-    named = dict(cal.model.named_modules())
-    owners = {}
+    owners = owning_modules(cal.model, [info.name for info in cal.infos])
     for info in cal.infos:
-        owner = named.get(info.name.rsplit(".", 1)[0])
-        if not isinstance(owner, nn.Linear | Conv1D) or not info.name.endswith("weight"):
+        linear = isinstance(owners[info.name], nn.Linear | Conv1D)
+        if not (linear and info.name.endswith("weight")):
             raise CwaError(
                 f"wanda scores linear-layer weights only; {info.name} is not one (embeddings, "
                 f"norms and fused MoE experts have no input features to weigh): narrow the pool "
                 f"with include_embeddings: false, include_1d: false or `layers`"
             )
-        owners[info.name] = owner
     norms = {n: v.sqrt() for n, v in input_sq_norms(cal, owners).items()}
     scores = {}
     for info in cal.infos:
         w = cal.targets[info.name].detach().float().abs()
-        # nn.Linear stores [out, in]: inputs index columns; Conv1D stores [in, out]: rows.
-        scores[info.name] = w * (
-            norms[info.name][:, None] if info.transposed else norms[info.name][None, :]
-        )
+        scores[info.name] = w * along_inputs(info, norms[info.name])
     return scores
 
 
@@ -438,8 +428,7 @@ def super_weight(cal: Calibration) -> dict[str, torch.Tensor]:
         if info.name not in stats:
             scores[info.name] = torch.zeros_like(w)
             continue
-        x_max = stats[info.name]["x_max"]
-        scores[info.name] = w * (x_max[:, None] if info.transposed else x_max[None, :])
+        scores[info.name] = w * along_inputs(info, stats[info.name]["x_max"])
     return scores
 
 

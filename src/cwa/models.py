@@ -224,16 +224,28 @@ def classify(name: str) -> str:
     )
 
 
+def owning_modules(model: nn.Module, names) -> dict[str, nn.Module | None]:
+    """The module each parameter belongs to (`a.b.weight` -> module `a.b`; None if absent)."""
+    modules = dict(model.named_modules())
+    return {name: modules.get(name.rsplit(".", 1)[0]) for name in names}
+
+
+def along_inputs(info: ParamInfo, per_input: torch.Tensor) -> torch.Tensor:
+    """A per-input-feature vector shaped to broadcast against the stored weight: columns of
+    nn.Linear's [out, in], rows of GPT-2 Conv1D's [in, out]."""
+    return per_input[:, None] if info.transposed else per_input[None, :]
+
+
 def describe(model: nn.Module) -> list[ParamInfo]:
     """One ParamInfo per parameter (tied ones once), in named_parameters order."""
     from transformers.pytorch_utils import Conv1D
 
-    modules = dict(model.named_modules())
+    owners = owning_modules(model, [name for name, _ in model.named_parameters()])
     geometry = _head_geometry(getattr(model, "config", None))
     infos = []
     for name, p in model.named_parameters():
         layer = _LAYER.search(f".{name}")
-        owner = modules.get(name.rsplit(".", 1)[0])
+        owner = owners[name]
         component = classify(name)
         attention = component.startswith("attn_") and p.dim() == 2
         n_heads, n_kv, head_dim = geometry if attention else (0, 0, 0)

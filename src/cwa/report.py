@@ -7,7 +7,7 @@ import math
 import markdown as md
 import polars as pl
 
-from cwa.experiment import headline
+from cwa.experiment import first_strength, headline, headline_cell, headline_rows
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -73,8 +73,8 @@ def headline_table(
 ) -> pl.DataFrame:
     """Perturbation x selection at k (first strength, whole selections): ΔPPL with CI and the
     p-value of the top set against that control."""
-    cells = effects_table(headline_rows_any(effects, k, first))
-    tests = headline_rows_any(comparisons, k, first).select(
+    cells = effects_table(effects.filter(headline_cell(k, first)))
+    tests = comparisons.filter(headline_cell(k, first)).select(
         "perturbation", pl.col("control").alias("selection"), "separation", "p_value"
     )
     return (
@@ -94,19 +94,9 @@ def headline_table(
     )
 
 
-def at_first_strength(table: pl.DataFrame, first: dict) -> pl.DataFrame:
-    firsts = pl.DataFrame({"perturbation": list(first), "setting": list(first.values())})
-    return table.join(firsts, on=["perturbation", "setting"], how="semi")
-
-
 def k_sweep(effects: pl.DataFrame, first: dict) -> pl.DataFrame:
     """The experiments over k: whole selections, each perturbation at its first strength."""
-    return at_first_strength(effects.filter(pl.col("mask_ratio") == 1.0), first)
-
-
-def headline_rows_any(table: pl.DataFrame, k: int, first: dict) -> pl.DataFrame:
-    """Rows at k, whole selections, each perturbation at the first strength of its sweep."""
-    return k_sweep(table, first).filter(pl.col("k") == k)
+    return effects.filter(first_strength(first) & (pl.col("mask_ratio") == 1.0))
 
 
 def tasks_table(tasks: pl.DataFrame) -> pl.DataFrame:
@@ -126,12 +116,12 @@ def tasks_table(tasks: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def task_metrics(tasks: pl.DataFrame) -> dict:
+def task_metrics(tasks: pl.DataFrame, k: int) -> dict:
     """Baseline accuracy of each task and its change when the top-k are zeroed."""
     out = {}
     for (task,), rows in tasks.group_by("task", maintain_order=True):
         base = rows.filter(pl.col("perturbation") == "none")
-        top = rows.filter((pl.col("perturbation") == "zero") & (pl.col("selection") == "top"))
+        top = headline_rows(rows, k).filter(pl.col("selection") == "top")
         out[f"{task}_acc"] = float(base["accuracy"][0]) if len(base) else float("nan")
         out[f"{task}_delta_top"] = float(top["delta_accuracy"][0]) if len(top) else float("nan")
     return dict(sorted(out.items()))
@@ -170,8 +160,8 @@ def summary(
     """The numbers the README's results section shows (cwa.readme renders them): the set-up,
     each perturbation's top / random_k / bottom_k at headline_k, and the family's sizes."""
     k = params.headline_k
-    cells = effects_table(headline_rows_any(effects, k, first))
-    tests = headline_rows_any(comparisons, k, first).filter(pl.col("control") == "random_k")
+    cells = effects_table(effects.filter(headline_cell(k, first)))
+    tests = comparisons.filter(headline_cell(k, first)).filter(pl.col("control") == "random_k")
     rows = []
     for (name, setting), group in cells.group_by("perturbation", "setting", maintain_order=True):
         by = {r["selection"]: r for r in group.iter_rows(named=True)}

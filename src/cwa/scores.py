@@ -147,10 +147,11 @@ def pool_sample(sizes: Mapping[str, int], size: int = 100_000) -> dict[str, torc
     return out
 
 
-def sampled_scores(
-    store: Mapping[str, torch.Tensor], sample: dict[str, torch.Tensor]
-) -> np.ndarray:
-    return torch.cat([store[n].reshape(-1)[i].double() for n, i in sample.items()]).numpy()
+def bulk(store: Mapping[str, torch.Tensor], sizes: Mapping[str, int]) -> np.ndarray:
+    """|score| at the fixed pool sample of `sizes`: the same weights for every seed and metric,
+    so two bulks compare rank for rank."""
+    sample = pool_sample(sizes)
+    return np.abs(torch.cat([store[n].reshape(-1)[i].double() for n, i in sample.items()]).numpy())
 
 
 def scores_at(store: Mapping[str, torch.Tensor], coords: list[tuple[str, int]]) -> np.ndarray:

@@ -55,10 +55,12 @@ def _versions() -> dict:
 
 
 def _lock_hash() -> str | None:
-    """SHA-256 of the requirements.lock the environment was installed from (the project root is
-    the working directory of every stage); None outside a project that has one."""
+    """`sha256sum requirements.lock`: the lock the environment was installed from (the project
+    root is the working directory of every stage); None outside a project that has one."""
+    import hashlib
+
     lock = Path("requirements.lock")
-    return content_hash(lock) if lock.is_file() else None
+    return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None
 
 
 def content_hash(path: Path, budget: int = 1 << 30) -> str | None:

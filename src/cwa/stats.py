@@ -47,6 +47,23 @@ def _ppl_rows(nll: np.ndarray, tok: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return np.exp(nll[idx].sum(axis=1) / tok)
 
 
+def agreement(top_a: set, top_b: set, bulk_a: np.ndarray, bulk_b: np.ndarray) -> dict:
+    """How two rankings of one pool agree (two seeds, two metrics): Jaccard of their top-k sets
+    and Spearman of their |scores| at the same pool sample."""
+    return {"jaccard": jaccard(top_a, top_b), "spearman_pool": spearman(bulk_a, bulk_b)}
+
+
+def separation(top_delta: float, control_deltas) -> float:
+    """ΔPPL(top) / mean over draws |ΔPPL(control)|: absolute values, so a lucky negative draw
+    cannot inflate it. NaN when a side is not finite (a diverged run has no ratio) or there is
+    no control draw; +inf when every draw left perplexity exactly unchanged."""
+    deltas = np.abs(np.asarray(control_deltas, dtype=np.float64))
+    if not (len(deltas) and math.isfinite(top_delta) and np.isfinite(deltas).all()):
+        return math.nan
+    scale = float(deltas.mean())
+    return top_delta / scale if scale > 0 else math.inf
+
+
 def separation_ci(
     base_nll: np.ndarray,
     top_nll: np.ndarray,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cwa.hooks import forward_hooks
-from cwa.models import describe
+from cwa.models import describe, owning_modules
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,8 @@ class Spike:
 
 def down_projections(model: nn.Module) -> dict[str, nn.Module]:
     """weight name -> module for every MLP down projection (any supported architecture)."""
-    modules = dict(model.named_modules())
-    return {
-        i.name: modules[i.name.rsplit(".", 1)[0]]
-        for i in describe(model)
-        if i.component == "mlp_down" and i.name.endswith("weight")
-    }
+    names = [i.name for i in describe(model) if i.component == "mlp_down"]
+    return owning_modules(model, [n for n in names if n.endswith("weight")])
 
 
 def activation_maxima(model, windows: torch.Tensor, batch_size: int):

@@ -1,0 +1,32 @@
+"""What every stage that evaluates the studied model sets up first, in one place: the model and
+tokenizer as params load them, the memory guard of an evaluation pass, the evaluation windows
+and, after the baseline stage, the baseline's per-window results (checked against the windows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cwa.data import eval_windows
+from cwa.evaluation import EvalResult, read_baseline
+from cwa.memory import guard_evaluation
+from cwa.models import load_studied
+
+
+@dataclass
+class Evaluation:
+    model: torch.nn.Module
+    tokenizer: object
+    windows: torch.Tensor  # (eval_samples, seq_len) token ids
+    memory: dict  # the guard's estimate, for the manifest
+    base: EvalResult | None  # the baseline stage's per-window results, when asked for
+
+
+def prepare(params, models_dir, corpus, baseline_texts=None) -> Evaluation:
+    """Loads and guards before tokenizing, so a model that cannot fit fails first."""
+    model, tokenizer = load_studied(params, models_dir)
+    memory = guard_evaluation(model, params)
+    windows = eval_windows(tokenizer, corpus, params.seq_len, params.eval_samples)
+    base = read_baseline(baseline_texts, len(windows)) if baseline_texts else None
+    return Evaluation(model, tokenizer, windows, memory, base)
