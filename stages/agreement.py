@@ -2,8 +2,6 @@
 pool on the first seed's calibration draw; every pair gets overlap@k (Jaccard of global top-k
 sets) for each k in `topk` and Spearman ρ over a fixed 100k-weight sample.
 Reads: the corpus table and the model. Writes: the agreement table (schema `agreement`).
-Params: model, dtype, device, device_map, compare_metrics, seeds, calib_samples, seq_len,
-batch_size, probes, layer_group, include_embeddings, include_1d, layers, topk.
 """
 
 from cwa.agreement import metric_agreement, summarize
@@ -14,6 +12,25 @@ from cwa.metrics import get_metric, score_with_params
 from cwa.models import describe, load_studied, pool
 from cwa.schemas.agreement import AGREEMENT_TABLE
 from cwa.stage import stage_main
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = (
+    "model",
+    "dtype",
+    "device",
+    "device_map",
+    "compare_metrics",
+    "seeds",
+    "calib_samples",
+    "seq_len",
+    "batch_size",
+    "probes",
+    "layer_group",
+    "include_embeddings",
+    "include_1d",
+    "layers",
+    "topk",
+)
 
 
 def add_args(p):
@@ -41,4 +58,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

@@ -2,7 +2,6 @@
 
 Reads: the corpus table and the model. Writes: a one-row summary (schema `baseline`) and
 per-text results (schema `eval_texts`), the reference for every paired statistic.
-Params: model, dtype, device, device_map, seq_len, eval_samples, batch_size.
 """
 
 import numpy as np
@@ -16,6 +15,9 @@ from cwa.models import count_parameters
 from cwa.schemas.baseline import BASELINE_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
 from cwa.stage import stage_main
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = ("model", "dtype", "device", "device_map", "seq_len", "eval_samples", "batch_size")
 
 
 def add_args(p):
@@ -56,4 +58,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

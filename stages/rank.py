@@ -3,7 +3,6 @@
 Reads: the score store and the pool description.
 With target_components / target_layers only those pool tensors compete (targeted experiments).
 Writes: the ranking table (schema `ranking`).
-Params: metric, mode, topk, controls, random_draws, target_components, target_layers.
 """
 
 import polars as pl
@@ -13,6 +12,17 @@ from cwa.ranking import rank, target
 from cwa.schemas.ranking import RANKING_TABLE
 from cwa.scores import StoredScores, pool_infos, seeds_in
 from cwa.stage import stage_main
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = (
+    "metric",
+    "mode",
+    "topk",
+    "controls",
+    "random_draws",
+    "target_components",
+    "target_layers",
+)
 
 
 def add_args(p):
@@ -44,4 +54,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

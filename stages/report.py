@@ -4,10 +4,6 @@ Reads: every upstream table (baseline, pool, scores, ranking, effects, compariso
 stability, scaling, training curves, super-weight spikes, fault campaign). Writes: report.md,
 report.html and PNGs in the report directory, summary.json (the numbers of the README's results
 section, rendered by `cwa readme`), metrics.json, and effects_vs_k.csv for `dvc plots`.
-Params: model, metric, mode, seeds, calib_samples, seq_len, dtype, include_embeddings,
-random_draws, bootstrap, headline_k, topk, spike_ratio, compare_metrics, target_components,
-target_layers, perturb and the strength sweeps (the first strength of each is the k sweep's),
-tasks, task_items, lm_eval_tasks, fault_rates, fault_trials, fault_protect.
 """
 
 from pathlib import Path
@@ -33,6 +29,40 @@ from cwa.report import (
 from cwa.scores import StoredScores
 from cwa.stage import stage_main
 from cwa.stats import SCALING_STATISTICS
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = (
+    "model",
+    "metric",
+    "mode",
+    "seeds",
+    "calib_samples",
+    "seq_len",
+    "dtype",
+    "include_embeddings",
+    "random_draws",
+    "bootstrap",
+    "headline_k",
+    "topk",
+    "spike_ratio",
+    "compare_metrics",
+    "target_components",
+    "target_layers",
+    "perturb",
+    "scale_alpha",
+    "noise_sigma",
+    "abs_sigma",
+    "flip_bit",
+    "flip_prob",
+    "quant_bits",
+    "mask_ratios",
+    "tasks",
+    "task_items",
+    "lm_eval_tasks",
+    "fault_rates",
+    "fault_trials",
+    "fault_protect",
+)
 
 
 def add_args(p):
@@ -176,4 +206,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

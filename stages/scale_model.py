@@ -3,8 +3,6 @@
 Scores the pool with `metric` on the first seed's calibration draw, measures how concentrated
 the scores are, and zeroes the global top-k (k = headline_k) against matched random draws.
 Reads: the corpus table and the built-in model. Writes: one row (schema `scaling_model`).
-Params: metric, seeds, calib_samples, seq_len, batch_size, probes, layer_group, eval_samples,
-headline_k, random_draws, include_embeddings, include_1d, layers, dtype, device.
 """
 
 import polars as pl
@@ -23,6 +21,25 @@ from cwa.schemas.scaling_model import SCALING_MODEL_TABLE
 from cwa.scores import concentration
 from cwa.stage import stage_main
 from cwa.stats import bootstrap_indices
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = (
+    "metric",
+    "seeds",
+    "calib_samples",
+    "seq_len",
+    "batch_size",
+    "probes",
+    "layer_group",
+    "eval_samples",
+    "headline_k",
+    "random_draws",
+    "include_embeddings",
+    "include_1d",
+    "layers",
+    "dtype",
+    "device",
+)
 
 
 def add_args(p):
@@ -68,4 +85,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

@@ -3,7 +3,6 @@
 Reads: one row per model from scale_model. Writes: the combined table (schema
 `scaling_model`), power-law fits of each statistic against parameter count (schema
 `scaling_fit`) and a CSV for `dvc plots`.
-Params: none.
 """
 
 from pathlib import Path
@@ -15,6 +14,9 @@ from cwa.schemas.scaling_fit import SCALING_FIT_TABLE
 from cwa.schemas.scaling_model import SCALING_MODEL_TABLE
 from cwa.stage import stage_main
 from cwa.stats import SCALING_STATISTICS, fit_power_law
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = ()
 
 
 def add_args(p):
@@ -48,4 +50,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

@@ -3,8 +3,6 @@
 Reads: the corpus table (calibration split) and the model.
 Writes: the score store (one safetensors file per seed), the pool description (schema `pool`)
 and per-tensor score statistics (schema `tensor_stats`).
-Params: model, dtype, device, device_map, num_processes, metric, seeds, calib_samples, seq_len,
-batch_size, probes, layer_group, include_embeddings, include_1d, layers.
 
 With num_processes > 1 the stage runs itself again under `accelerate launch` (or runs under a
 launcher the user started): each process scores its share of every draw, the accumulators are
@@ -23,6 +21,25 @@ from cwa.schemas.pool import POOL_TABLE
 from cwa.schemas.tensor_stats import TENSOR_STATS_TABLE
 from cwa.scores import pool_table, save_scores, tensor_stats
 from cwa.stage import stage_main
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = (
+    "model",
+    "dtype",
+    "device",
+    "device_map",
+    "num_processes",
+    "metric",
+    "seeds",
+    "calib_samples",
+    "seq_len",
+    "batch_size",
+    "probes",
+    "layer_group",
+    "include_embeddings",
+    "include_1d",
+    "layers",
+)
 
 
 def add_args(p):
@@ -63,4 +80,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

@@ -5,7 +5,6 @@ seeds' scores over their union (restricting to the union biases ρ downwards whe
 and Spearman ρ over a fixed uniform sample of 100k pool weights (agreement of the bulk).
 Reads: the ranking table and the score store.
 Writes: the stability table (schema `stability`) and a CSV of mean Jaccard vs k for `dvc plots`.
-Params: none (everything comes from the ranking).
 """
 
 import itertools
@@ -18,6 +17,9 @@ from cwa.schemas.stability import STABILITY_TABLE
 from cwa.scores import StoredScores, bulk, scores_at
 from cwa.stage import stage_main
 from cwa.stats import agreement, spearman
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = ()
 
 
 def add_args(p):
@@ -75,4 +77,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

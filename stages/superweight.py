@@ -6,8 +6,6 @@ joining them; each such weight is then zeroed alone (and restored bit for bit) a
 measured on the evaluation windows against the baseline.
 Reads: the corpus table, the model, the baseline per-text table.
 Writes: the spikes table (schema `spikes`).
-Params: model, dtype, device, device_map, seeds, calib_samples, seq_len, batch_size, eval_samples,
-spike_ratio, bootstrap.
 """
 
 import polars as pl
@@ -22,6 +20,21 @@ from cwa.schemas.spikes import SPIKES_TABLE
 from cwa.stage import stage_main
 from cwa.stats import bootstrap_indices, paired_delta_ci
 from cwa.superweight import detect
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = (
+    "model",
+    "dtype",
+    "device",
+    "device_map",
+    "seeds",
+    "calib_samples",
+    "seq_len",
+    "batch_size",
+    "eval_samples",
+    "spike_ratio",
+    "bootstrap",
+)
 
 
 def add_args(p):
@@ -69,4 +82,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

@@ -3,7 +3,6 @@
 kjv_lambada (LAMBADA-style last word) and kjv_hellaswag (HellaSwag-style 4-way choice), 500 items
 each, from passages of the eval split (sentence ends within a paragraph, at most 60 words).
 Reads: the corpus table. Writes: <out>/kjv_lambada.jsonl and <out>/kjv_hellaswag.jsonl.
-Params: none (fixed construction and seed; `task_items` picks how many the perturb stage uses).
 """
 
 from pathlib import Path
@@ -14,6 +13,9 @@ from cwa.corpus import texts
 from cwa.io import atomic_write
 from cwa.stage import stage_main
 from cwa.tasks import build_choice, build_last_word, jsonl
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = ()
 
 ITEMS, SEED = 500, 0
 
@@ -40,4 +42,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

@@ -1,7 +1,6 @@
 """tokenizer: a byte-level BPE tokenizer for the built-in models, trained on the train split.
 
 Reads: the corpus table. Writes: a tokenizer directory loadable with AutoTokenizer.
-Params: vocab_size.
 """
 
 import polars as pl
@@ -9,6 +8,9 @@ import polars as pl
 from cwa.corpus import texts
 from cwa.stage import stage_main
 from cwa.tokenizer import save_tokenizer, train_tokenizer
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = ("vocab_size",)
 
 
 def add_args(p):
@@ -23,4 +25,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

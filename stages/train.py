@@ -3,7 +3,6 @@
 Reads: the corpus table and the tokenizer.
 Writes: a save_pretrained model directory (with its tokenizer) and the training curve
 (schema `train_log`).
-Params: family.<name>, vocab_size, train_steps, train_batch, train_seq_len, train_lr, train_seed.
 """
 
 import math
@@ -22,6 +21,9 @@ from cwa.schemas.train_log import TRAIN_LOG_TABLE
 from cwa.stage import stage_main
 from cwa.tokenizer import save_tokenizer
 from cwa.training import build_model, train
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = ("family", "train_steps", "train_batch", "train_seq_len", "train_lr", "train_seed")
 
 
 def add_args(p):
@@ -72,4 +74,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run)
+    stage_main(__doc__, add_args, run, PARAMS)

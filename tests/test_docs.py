@@ -1,36 +1,64 @@
-"""Docs that cannot drift: every param documented, with the stages that declare it in dvc.yaml."""
+"""Params are single-sourced: each key's default and meaning live in cwa.params, each stage
+declares what it reads in one place (PARAMS), and every other copy is generated or checked."""
 
+import ast
+import dataclasses
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
-from cwa.params import Params
+from cwa import CwaError
+from cwa.params import DOCS, Params, StageParams, load_params, params_from_dict
+from cwa.params_doc import markdown
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def declared_stages() -> dict[str, set[str]]:
-    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
-    users: dict[str, set[str]] = {}
+def declared(script: Path) -> tuple[str, ...]:
+    """A stage script's PARAMS, read from its source."""
+    for node in ast.parse(script.read_text()).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PARAMS":
+            return tuple(ast.literal_eval(node.value))
+    raise AssertionError(f"{script} declares no PARAMS")
+
+
+def test_each_stage_declares_exactly_its_dvc_params():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         body = stage.get("do", stage)
-        for key in body.get("params", []):
-            top = re.sub(r"\..*", "", str(key))  # family.${key} -> family
-            users.setdefault(top, set()).add(name)
-    return users
+        script = ROOT / re.search(r"python (stages/\w+\.py)", body["cmd"]).group(1)
+        in_dvc = [str(k).split(".")[0] for k in body.get("params", [])]  # family.${key}
+        assert list(declared(script)) == in_dvc, name
 
 
-def documented() -> dict[str, set[str]]:
-    rows = {}
-    for line in Path("docs/params.md").read_text().splitlines():
-        m = re.match(r"\| `(\w+)` \|.*\| ([\w, ]+) \|$", line)
-        if m:
-            rows[m.group(1)] = {s.strip() for s in m.group(2).split(",")}
-    return rows
+def test_params_reference_is_generated():
+    assert (ROOT / "docs" / "params.md").read_text() == markdown(ROOT), (
+        "run: python -m cwa.params_doc > docs/params.md"
+    )
 
 
-def test_every_param_is_documented_with_the_stages_that_read_it():
-    docs = documented()
-    assert set(docs) == set(Params.__dataclass_fields__)
-    declared = declared_stages()
-    for key, stages in docs.items():
-        assert stages == declared.get(key, set()), key
+def test_every_key_has_a_meaning_and_params_yaml_holds_the_defaults():
+    keys = [f.name for f in dataclasses.fields(Params)]
+    assert sorted(DOCS) == sorted(keys)
+    written = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert sorted(written) == sorted(keys)
+    family = written.pop("family")
+    defaults = params_from_dict({"family": family, **written})
+    assert defaults == Params(family=defaults.family)  # the file and the dataclass agree
+
+
+def test_a_stage_reads_only_what_it_declared():
+    params = StageParams(load_params(ROOT / "params.yaml"), ("seq_len", "include_1d"))
+    assert params.seq_len == 128
+    with pytest.raises(AttributeError, match="`metric` is read but not declared"):
+        _ = params.metric
+    with pytest.raises(AttributeError, match="`include_embeddings` is read but not declared"):
+        _ = params.pool_options  # a property reads through the view
+    assert params.as_dict() == {"seq_len": 128, "include_1d": False}
+
+
+def test_a_bad_value_is_still_refused_when_no_stage_reads_it():
+    with pytest.raises(CwaError, match="`seq_len` must be >= 2"):
+        params_from_dict({"seq_len": 1})

@@ -110,6 +110,202 @@ class Params:
         }
 
 
+# What each key means; docs/params.md is generated from DOCS (`python -m cwa.params`).
+DOCS = {
+    "model": (
+        "model under study: `builtin:<name>` (a member of `family`, trained by the `train` "
+        "stage), a Hugging Face hub id (needs the hub or its local cache; set `HF_HUB_OFFLINE=1` "
+        "to use the cache only) or a local directory saved with `save_pretrained`"
+    ),
+    "dtype": (
+        "`float32`, `bfloat16` or `float16`: the dtype weights are loaded, scored and perturbed "
+        "in (bit flips act on this storage). Scores always accumulate in fp32."
+    ),
+    "device": "`auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:N`",
+    "device_map": (
+        "`none`: the whole model on `device`. `auto`, `balanced`, `balanced_low_0` or "
+        "`sequential`: accelerate splits one model over the visible GPUs by blocks (a model "
+        "larger than one GPU), planned on an empty model before any weight is read; a plan that "
+        "would offload blocks to CPU or disk is refused (perturbations would not persist in "
+        "offloaded weights, gradients would not reach them). See docs/scale-out.md"
+    ),
+    "num_processes": (
+        "sensitivity: data-parallel processes. Above 1 the stage relaunches itself under "
+        "`accelerate launch` (gloo on CPU, NCCL on GPUs, one process per GPU): each process "
+        "scores a contiguous share of every calibration draw, the fp32 accumulators are "
+        "all-reduced once per seed, and only the main process writes. Scores equal the 1-process "
+        "ones to float rounding. Needs `calib_samples` >= `num_processes` and `device_map: none`"
+    ),
+    "metric": (
+        "sensitivity metric: `magnitude` (|w|), `grad_x_weight` (|ḡ·w|, ḡ = gradient of the mean "
+        "token loss over the calibration draw), `grad_squared` (empirical Fisher diagonal (1/N) "
+        "Σₙ gₙ², gₙ = gradient of window n's mean loss), `hutchinson_diag` (Hessian diagonal of "
+        "the mean token loss, (1/S) Σₛ zₛ ⊙ Hzₛ with Rademacher zₛ; signed), `obd` (½·F·w² with "
+        "the Fisher diagonal F), `obd_hutchinson` (½·h·w² with the Hutchinson diagonal h; "
+        "signed), `wanda` or its alias `act_mag` (|W_ij|·‖X_j‖₂ over all calibration tokens, X_j "
+        "= input feature j of the linear layer; linear weights only), `super_weight` "
+        "(|W_ij|·max_t |x_tj| on MLP down projections, 0 elsewhere: the super-weight spike "
+        "score). Signed metrics keep their sign in the score store and are ranked by |score|."
+    ),
+    "compare_metrics": (
+        "metrics compared pairwise by the `agreement` stage on the first seed's draw (at least 2)"
+    ),
+    "seeds": (
+        "one calibration draw per seed (each seed draws its own `calib_samples` windows); "
+        "`perturb` and `scale_model` use the first seed's ranking"
+    ),
+    "calib_samples": (
+        "calibration windows per seed, drawn without replacement from the calibration split"
+    ),
+    "seq_len": "tokens per calibration and evaluation window (non-overlapping, unpadded)",
+    "batch_size": (
+        "windows per forward pass. Scores do not depend on it (sums over batches); activation "
+        "memory scales with it. `grad_squared` forms per-window gradients of linear weights "
+        "inside each batch and backpropagates one window at a time only for other pool tensors "
+        "(norms, biases, embeddings, fused MoE experts)"
+    ),
+    "probes": (
+        "Hutchinson probes (`hutchinson_diag`, `obd_hutchinson`): each probe is one "
+        "Hessian-vector product per batch over every pool tensor at once; a probe's ±1 vector is "
+        "seeded by the calibration seed and reused across batches"
+    ),
+    "layer_group": (
+        "`hutchinson_diag` and `obd_hutchinson`: compute the Hessian-vector products this many "
+        "transformer blocks at a time (0: the whole model in one pass). A forward-mode pass keeps"
+        " the hidden state entering each group and its derivative along the probe; the reverse "
+        "pass then recomputes one group at a time from that state and differentiates it "
+        "forward-over-reverse, so the cross-group terms are kept and the scores equal the "
+        "one-pass scores to float rounding, while only one group's activations (plus two "
+        "hidden-state tensors per group) and one group's products exist at once. It costs "
+        "2.2–2.5× the one-pass time at 4 probes on CPU (every probe recomputes the model; "
+        "docs/benchmarks.md). Needs blocks that the model calls one after another with arguments "
+        "that do not depend on scored weights (every supported architecture; checked, with a "
+        "clear error otherwise). Other metrics ignore it"
+    ),
+    "mode": (
+        "`global`: top-k over the whole pool; `per_layer`: top-k in each pool tensor; "
+        "`per_component`: top-k in each component class (attn_q, attn_k, attn_v, attn_o, "
+        "mlp_gate, mlp_up, mlp_down, moe_*, router, embed, lm_head, norm) across layers; "
+        "`per_head`: top-k in each attention head of each layer, a head being its q rows, its k "
+        "and v rows and its o columns (under GQA one group per key/value head with all its query "
+        "heads; fused qkv weights are sliced by their layout: GPT-2 `c_attn` [q | k | v], "
+        "GPT-NeoX `query_key_value` per-head [q, k, v] blocks, Phi-3 `qkv_proj` [q | k | v] with "
+        "kv heads; MLP weights are not ranked in this mode)"
+    ),
+    "topk": "every k ranked, perturbed and compared across seeds in one run",
+    "controls": (
+        "`random_k`: random weights with the same per-tensor counts as the top set, excluding it;"
+        " `bottom_k`: the lowest scores (ties broken by tensor order, then flat index)"
+    ),
+    "random_draws": "independent random_k draws per k",
+    "include_1d": (
+        "add 1-D parameters (norm gains, biases) to the pool; they are not comparable with "
+        "projection weights in a global ranking, so prefer `per_layer` or `per_component` with it"
+    ),
+    "layers": (
+        "keep only these transformer-block indices in the pool (empty: every block); an index the"
+        " model lacks is an error"
+    ),
+    "include_embeddings": (
+        "add embeddings and lm_head to the pool (by default: every ≥2-D weight of the transformer"
+        " blocks, tied parameters once)"
+    ),
+    "target_components": (
+        "targeted experiments: only these components (`attn_q`, `mlp_down`, ...) of the pool are "
+        "ranked, so the top set and its controls, and every perturbation, stay inside them (no "
+        "rescoring needed); an absent component is an error listing the pool's"
+    ),
+    "target_layers": (
+        "targeted experiments: only these block indices are ranked (a layer range, e.g. `[2, "
+        "3]`); unlike `layers` the scores are reused"
+    ),
+    "perturb": (
+        "perturbations applied to each selection; must include `zero` (the headline). `zero` w → "
+        "0; `sign_flip` w → −w; `scale` w → αw; `gauss_rel` (old name `gauss_noise`) w → w(1 + "
+        "σε), ε ~ N(0, 1), relative to each weight; `gauss_abs` w → w + σε, σ in weight units; "
+        "`bit_flip` flips one IEEE-754 bit in the storage dtype; `bit_flip_p` flips each storage "
+        "bit with probability p; `quantize` rounds to the n-bit symmetric absmax grid of the "
+        "weight's tensor (2^(n−1)−1 levels each side). A top set and its controls receive the "
+        "same random numbers (ε, bit positions, masks)."
+    ),
+    "scale_alpha": (
+        "`scale` strengths α. In every strength list the first value is swept over all k; every "
+        "value is run at `headline_k`"
+    ),
+    "noise_sigma": "`gauss_rel` strengths σ (relative: w(1 + σε))",
+    "abs_sigma": "`gauss_abs` strengths σ (absolute: w + σε, weight units)",
+    "flip_bit": (
+        "`bit_flip` strengths: a bit position in the storage dtype (bit 0 = mantissa LSB; fp32: "
+        "sign 31, exponent 30–23; fp16: sign 15, exponent 14–10; bf16: sign 15, exponent 14–7), "
+        "or a field `sign`, `exponent`, `mantissa` (one uniformly random bit of that field per "
+        "weight). Bit 30 of an fp32 weight with |w| < 1 multiplies it by 2¹²⁸; a position the "
+        "dtype lacks fails before the sweep"
+    ),
+    "flip_prob": (
+        "`bit_flip_p` strengths: each bit of each selected weight flips independently with "
+        "probability p"
+    ),
+    "quant_bits": "`quantize` strengths: grid bits n (2..16)",
+    "mask_ratios": (
+        "at `headline_k`, also perturb this seeded random fraction of every selection (first "
+        "strength of each perturbation; 1.0, the whole set, is always run)"
+    ),
+    "tasks": (
+        "downstream tasks run on the unperturbed model and under every experiment at `headline_k`"
+        " (first strength, whole selections): a built-in name (files made by the `tasks` stage "
+        "from held-out passages: `kjv_lambada` LAMBADA-style last word, `kjv_hellaswag` "
+        'HellaSwag-style 4-way choice) or a path to a JSONL file with `{"text"}` lines (last '
+        'word) or `{"ctx", "endings", "label"}` lines (choice). A user file is not a DVC '
+        "dependency: its SHA-256 goes into the perturb manifest; change its name to rerun"
+    ),
+    "task_items": "items used from the start of each task file",
+    "lm_eval_tasks": (
+        "lm-evaluation-harness tasks run like `tasks` (unperturbed, and under every headline "
+        "experiment) on the in-memory model through `HFLM(pretrained=model)`: names of YAML task "
+        "definitions under `configs/lm_eval/` (shipped: `lm_kjv_lambada`, `lm_kjv_hellaswag` over"
+        " the built-in task files) or of lm-eval's own tasks (their data must be available "
+        "offline, e.g. in the Hugging Face cache). Per-document acc / acc_norm land in the tasks "
+        "table as `lm_eval:<task>`; `task_items` limits the documents"
+    ),
+    "fault_rates": (
+        "fault-injection bit error rates: every storage bit of every pool weight flips "
+        "independently with this probability (kjv-base: 33.5M bits, so ~3 and ~34 flips per draw)"
+    ),
+    "fault_trials": "fault draws per rate (each evaluated in every arm)",
+    "fault_protect": (
+        "fractions of the pool, in (0, 0.5], protected (flips there are not applied): the "
+        "top-scored weights by the first seed's scores, and a random set of the same size drawn "
+        "uniformly from the rest of the pool"
+    ),
+    "spike_ratio": (
+        "super-weight detector: a down projection's strongest input and output activations are "
+        "spikes when each is at least this many times the layer's median |activation| (Yu et al. "
+        "eyeball > 50 in absolute terms; a ratio is scale-free)"
+    ),
+    "eval_samples": (
+        "evaluation windows: the first ones of the evaluation split; the texts of every paired "
+        "bootstrap"
+    ),
+    "bootstrap": "bootstrap resamples per CI, and sign-flip permutations per p-value",
+    "headline_k": (
+        "the k of the headline numbers in `metrics.json`, of the strength and mask sweeps and of "
+        "the scaling experiments; must be in `topk`"
+    ),
+    "vocab_size": "built-in tokenizer's vocabulary",
+    "train_steps": (
+        "optimizer steps per built-in model (a step budget, so training is deterministic)"
+    ),
+    "train_batch": "windows per training step",
+    "train_seq_len": "tokens per training window (also the models' context length)",
+    "train_lr": "AdamW peak learning rate (5% warm-up, cosine to 10%)",
+    "train_seed": "initialisation and data-order seed",
+    "family": (
+        "built-in Llama shapes: `{name: {hidden, layers, heads, intermediate}}`; each member is "
+        "one `train@<name>` and one `scale_model@<name>` stage"
+    ),
+}
+
+
 def fail(key: str, message: str):
     raise CwaError(f"params: `{key}` {message}")
 
@@ -255,6 +451,32 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(raw)
 
 
-def as_dict(p: Params) -> dict:
-    """Plain-data form for manifests."""
-    return dataclasses.asdict(p)
+class StageParams:
+    """The params one stage declared (its PARAMS, which dvc.yaml lists too): reading any other
+    key raises, so DVC reruns a stage for every key that can change what it computes. Properties
+    of Params (pool_options) read through the view and are checked the same way."""
+
+    def __init__(self, params: Params, keys: tuple[str, ...]):
+        self._params, self._keys = params, frozenset(keys)
+
+    def __getattr__(self, key: str):
+        if key in _FIELDS:
+            if key not in self._keys:
+                raise AttributeError(
+                    f"params `{key}` is read but not declared: add it to the stage's PARAMS and "
+                    f"its `params:` in dvc.yaml"
+                )
+            return getattr(self._params, key)
+        attr = getattr(Params, key)
+        return attr.fget(self) if isinstance(attr, property) else attr
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in as_dict(self._params).items() if k in self._keys}
+
+
+_FIELDS = frozenset(f.name for f in fields(Params))
+
+
+def as_dict(p: Params | StageParams) -> dict:
+    """Plain-data form for manifests (a stage's: the keys it declared)."""
+    return p.as_dict() if isinstance(p, StageParams) else dataclasses.asdict(p)

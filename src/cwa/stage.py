@@ -19,7 +19,7 @@ import torch
 from cwa import CwaError
 from cwa.devices import resolve_device
 from cwa.io import write_json
-from cwa.params import Params, as_dict, load_params
+from cwa.params import Params, StageParams, as_dict, load_params
 
 _PACKAGES = (
     "cwa",
@@ -88,35 +88,43 @@ def _paths(args: argparse.Namespace) -> dict:
     return out
 
 
-def _model_source(params: Params) -> dict:
-    path = Path(params.model).expanduser()
-    if params.model.startswith("builtin:") or not path.is_dir():
-        return {"spec": params.model}
+def _model_source(spec: str | None) -> dict:
+    if spec is None:  # the stage loads no model under study
+        return {}
+    path = Path(spec).expanduser()
+    if spec.startswith("builtin:") or not path.is_dir():
+        return {"spec": spec}
     sizes = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
     config = path / "config.json"
     return {
-        "spec": params.model,
+        "spec": spec,
         "files": sizes,
         "config_sha256": content_hash(config) if config.exists() else None,
     }
 
 
 def manifest(
-    stage: str, params: Params, seconds: float, extra: dict, args: argparse.Namespace | None = None
+    stage: str,
+    params: Params | StageParams,
+    seconds: float,
+    extra: dict,
+    args: argparse.Namespace | None = None,
 ) -> dict:
+    """The run record: what ran where, on what, with which versions, for how long."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    device = resolve_device(params.device)
+    declared = as_dict(params)
+    device = resolve_device(declared.get("device", "cpu"))  # a stage without `device`: the CPU
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {
         "stage": stage,
         "device": str(device),
         "device_name": name,
-        "dtype": params.dtype,
+        "dtype": declared.get("dtype"),
         "threads": torch.get_num_threads(),
-        "model": _model_source(params),
+        "model": _model_source(declared.get("model")),
         "paths": _paths(args) if args else {},
-        "params": as_dict(params),
+        "params": declared,
         "versions": _versions(),
         "lock_sha256": _lock_hash(),
         "git": _git(),
@@ -150,9 +158,11 @@ def setup_logging(stage: str, log_dir: Path) -> None:
 def stage_main(
     doc: str,
     add_args: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[argparse.Namespace, Params], dict | None],
+    run: Callable[[argparse.Namespace, StageParams], dict | None],
+    reads: tuple[str, ...],
 ) -> None:
-    """Parses args, loads params, runs the stage; a CwaError exits 2 with one clear line."""
+    """Parses args, loads params, runs the stage on the keys it `reads` (its PARAMS); a CwaError
+    exits 2 with one clear line."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -166,7 +176,7 @@ def stage_main(
     log.info("started: %s", " ".join(sys.argv[1:]))
     started = time.perf_counter()
     try:
-        params = load_params(args.params)
+        params = StageParams(load_params(args.params), reads)
         extra = run(args, params) or {}
     except CwaError as err:
         print(f"cwa {stage}: error: {err}", file=sys.stderr)
