@@ -15,6 +15,7 @@ from cwa.experiment import first_settings, first_strength
 from cwa.io import atomic_write, write_csv, write_json
 from cwa.perturbations import get_perturbation
 from cwa.report import (
+    ReportInputs,
     comparisons_table,
     effects_table,
     headline_table,
@@ -65,144 +66,119 @@ PARAMS = (
 )
 
 
+# Upstream tables, each named as its argument.
+TABLES = (
+    "baseline",
+    "pool",
+    "ranking",
+    "effects",
+    "comparisons",
+    "tasks",
+    "stability",
+    "scaling",
+    "fit",
+    "spikes",
+    "agreement",
+    "faults",
+)
+
+
 def add_args(p):
-    for name in (
-        "baseline",
-        "pool",
-        "scores",
-        "ranking",
-        "effects",
-        "comparisons",
-        "tasks",
-        "stability",
-        "scaling",
-        "fit",
-        "train_logs",
-        "spikes",
-        "agreement",
-        "faults",
-        "out_dir",
-        "metrics",
-        "effects_csv",
-    ):
+    for name in (*TABLES, "scores", "train_logs", "out_dir", "metrics", "effects_csv"):
         p.add_argument(f"--{name.replace('_', '-')}", required=True)
 
 
 def run(args, params):
-    out = Path(args.out_dir)
-    baseline = pl.read_parquet(args.baseline)
-    pool = pl.read_parquet(args.pool)
-    ranking = pl.read_parquet(args.ranking)
-    effects = pl.read_parquet(args.effects)
-    comparisons = pl.read_parquet(args.comparisons)
-    tasks = pl.read_parquet(args.tasks)
-    stability = pl.read_parquet(args.stability)
-    scaling, fits = pl.read_parquet(args.scaling), pl.read_parquet(args.fit)
-    logs = sorted(Path(args.train_logs).glob("*.parquet"))
-    spikes = pl.read_parquet(args.spikes)
-    agreement = pl.read_parquet(args.agreement)
-    faults = pl.read_parquet(args.faults)
-    k, seed = params.headline_k, params.seeds[0]
-
-    m = metrics(baseline, effects, comparisons, stability, k) | task_metrics(tasks, k)
+    t = read_tables(args)
+    k, first = params.headline_k, first_settings(params)
+    m = metrics(t["baseline"], t["effects"], t["comparisons"], t["stability"], k)
+    m |= task_metrics(t["tasks"], k)
     write_json(m, args.metrics)
-    first = first_settings(params)
-    zero = effects.filter((pl.col("perturbation") == "zero") & (pl.col("mask_ratio") == 1.0))
-    curve = (
+    zero = k_sweep(t["effects"], first).filter(pl.col("perturbation") == "zero")
+    write_csv(zero_curve(zero), args.effects_csv)
+    out = Path(args.out_dir)
+    scores = StoredScores(args.scores, params.seeds[0])  # read tensor by tensor
+    draw_figures(t, scores, params, first, out)
+    r = report_inputs(t, m, sum(int(s.numel()) for s in scores.values()), params, first)
+    facts = summary(
+        params, t["baseline"], r.pool_weights, t["comparisons"], t["effects"], t["scaling"], first
+    )
+    write_json(facts, out / "summary.json")
+    text = render_markdown(r)
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
+    html = render_html(text, f"cwa report: {params.model}")
+    atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
+    return m
+
+
+def read_tables(args) -> dict[str, pl.DataFrame | None]:
+    tables = {name: pl.read_parquet(getattr(args, name)) for name in TABLES}
+    logs = sorted(Path(args.train_logs).glob("*.parquet"))
+    tables["training"] = pl.concat([pl.read_parquet(p) for p in logs]) if logs else None
+    return tables
+
+
+def zero_curve(zero: pl.DataFrame) -> pl.DataFrame:
+    """ΔPPL of zeroing k weights per selection (random draws averaged), for `dvc plots`."""
+    return (
         zero.group_by("k", "selection")
         .agg(pl.col("delta_ppl").mean())
         .sort("selection", "k")  # fixed column order: the CSV is byte-stable
         .pivot(on="selection", index="k", values="delta_ppl")
         .sort("k")
     )
-    write_csv(curve, args.effects_csv)
 
-    scores = StoredScores(args.scores, seed)  # read tensor by tensor
-    plots.score_distribution(
-        scores,
-        dict(zip(pool["param"], pool["component"], strict=True)),
-        params.metric,
-        out / "score_distribution.png",
-    )
-    plots.layer_heatmap(ranking.filter(pl.col("seed") == seed), pool, k, out / "heatmap.png")
+
+def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
+    k, effects = params.headline_k, t["effects"]
+    components = dict(zip(t["pool"]["param"], t["pool"]["component"], strict=True))
+    plots.score_distribution(scores, components, params.metric, out / "score_distribution.png")
+    first_seed = t["ranking"].filter(pl.col("seed") == params.seeds[0])
+    plots.layer_heatmap(first_seed, t["pool"], k, out / "heatmap.png")
     plots.effects(k_sweep(effects, first), out / "effects.png")
     plots.dose(effects.filter((pl.col("k") == k) & (pl.col("mask_ratio") == 1.0)), out / "dose.png")
-    at_k = effects.filter((pl.col("k") == k) & first_strength(first))
-    plots.mask(at_k, out / "mask.png")
-    plots.stability(stability, out / "stability.png")
-    plots.agreement(agreement, k, out / "agreement.png")
-    plots.faults(faults, out / "faults.png")
-    plots.scaling(scaling, fits, SCALING_STATISTICS, out / "scaling.png")
-    if logs:
-        plots.training_curves(pl.concat([pl.read_parquet(p) for p in logs]), out / "training.png")
+    plots.mask(effects.filter((pl.col("k") == k) & first_strength(first)), out / "mask.png")
+    plots.stability(t["stability"], out / "stability.png")
+    plots.agreement(t["agreement"], k, out / "agreement.png")
+    plots.faults(t["faults"], out / "faults.png")
+    plots.scaling(t["scaling"], t["fit"], SCALING_STATISTICS, out / "scaling.png")
+    if t["training"] is not None:
+        plots.training_curves(t["training"], out / "training.png")
 
-    top = (
-        ranking.filter(
-            (pl.col("seed") == seed)
-            & (pl.col("selection") == "top")
-            & (pl.col("k") == min(params.topk))
-            & (pl.col("group") == pl.col("group").first())
-        )
-        .sort("rank")
-        .select("rank", "param", "layer", "component", "row", "col", "score")
+
+def report_inputs(t: dict, m: dict, pool_weights: int, params, first: dict) -> ReportInputs:
+    """The report's tables, reduced to what each section shows."""
+    k, ranking = params.headline_k, t["ranking"]
+    top = ranking.filter(
+        (pl.col("seed") == params.seeds[0])
+        & (pl.col("selection") == "top")
+        & (pl.col("k") == min(params.topk))
+        & (pl.col("group") == pl.col("group").first())
     )
-    table = effects_table(effects)
-    ctx = {
-        "params": params,
-        "metrics": m,
-        "baseline": baseline,
-        "top": top,
-        "pool_weights": sum(int(s.numel()) for s in scores.values()),
-        "pool_tensors": len(pool),
-        "effects": table,
-        "headline_table": headline_table(comparisons, effects, k, first),
-        "comparisons": comparisons_table(comparisons, k),
-        "tasks": tasks_table(tasks),
-        "faults": faults.select(
-            "rate",
-            "protect",
-            "arm",
-            "protected",
-            "mean_flips",
-            "mean_blocked",
-            "diverged_share",
-            "median_delta_ppl",
-            "median_gain",
-            "gain_per_weight",
-        ),
-        "perturbation_docs": [
-            (name, get_perturbation(name).doc) for name in effects["perturbation"].unique().sort()
-        ],
-        "stability": stability.group_by("k")
+    names = t["effects"]["perturbation"].unique().sort()
+    return ReportInputs(
+        params=params,
+        metrics=m,
+        baseline=t["baseline"],
+        pool_weights=pool_weights,
+        pool_tensors=len(t["pool"]),
+        top=top.sort("rank").select("rank", "param", "layer", "component", "row", "col", "score"),
+        headline=headline_table(t["comparisons"], t["effects"], k, first),
+        comparisons=comparisons_table(t["comparisons"], k),
+        tasks=tasks_table(t["tasks"]),
+        effects=effects_table(t["effects"]),
+        faults=t["faults"].drop("trials"),
+        perturbation_docs=[(name, get_perturbation(name).doc) for name in names],
+        stability=t["stability"]
+        .group_by("k")
         .agg(pl.col("jaccard", "spearman", "spearman_pool", "union").mean())
         .sort("k"),
-        "scaling": scaling,
-        "fits": fits,
-        "has_training": bool(logs),
-        "agreement": agreement.filter(pl.col("k") == k).drop("k"),
-        "spikes": spikes.select(
-            "layer",
-            "row",
-            "col",
-            "weight",
-            "in_max",
-            "out_max",
-            "in_ratio",
-            "out_ratio",
-            "candidate",
-            "delta_ppl",
-            "ci_low",
-            "ci_high",
-        ),
-    }
-    pool_weights = ctx["pool_weights"]
-    facts = summary(params, baseline, pool_weights, comparisons, effects, scaling, first)
-    write_json(facts, out / "summary.json")
-    text = render_markdown(ctx)
-    atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
-    html = render_html(text, f"cwa report: {params.model}")
-    atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
-    return m
+        agreement=t["agreement"].filter(pl.col("k") == k).drop("k"),
+        spikes=t["spikes"].drop("param", "flat_index", "ppl"),
+        scaling=t["scaling"],
+        fits=t["fit"],
+        has_training=t["training"] is not None,
+    )
 
 
 if __name__ == "__main__":

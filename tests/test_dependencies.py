@@ -78,6 +78,8 @@ def test_every_stage_depends_on_exactly_its_script_and_import_closure():
         code = {d for d in stage["deps"] if d.startswith(("stages/", "src/"))}
         if code != want:
             wrong[name] = sorted(want)
+        checked = "artifacts/params/checked.txt" in stage["deps"]
+        assert checked == (name != "check_params"), f"{name}: depends on check_params' output?"
     assert not wrong, "dvc.yaml code deps should be:\n" + "\n".join(
         f"  {name}: {deps}" for name, deps in wrong.items()
     )
@@ -121,8 +123,10 @@ def rewrite_dvc_yaml() -> None:
         body = stage.get("do", stage)
         script = re.search(r"python (stages/\w+\.py)", body["cmd"]).group(1)
         items = [script] + [f'"${{lib}}/{m}.py"' for m in sorted(closure(ROOT / script))]
+        if name != "check_params":
+            items.append('"${checked}"')
         for dep in map(str, body["deps"]):
-            if not dep.startswith(("stages/", "${lib}")):
+            if not dep.startswith(("stages/", "${lib}", "${checked}")):
                 items.append(f'"{dep}"' if dep.startswith("${") else dep)
         start = text.index("deps: [", text.index(f"\n  {name}:\n"))
         end = text.index("]", start)

@@ -31,13 +31,35 @@ from cwa import CwaError
 from cwa.models import ParamInfo, describe, group_ranges
 
 GIB = 2**30
-NEEDS = ("none", "forward", "backward", "per_window", "hessian")
 ADAMW_MOMENTS = 8  # bytes per weight: exp_avg and exp_avg_sq in fp32
 HEADROOM = 0.9  # use at most this share of the free memory (allocator fragmentation, buffers)
 # Hessian-vector products keep the first backward's graph: measured 6.9x the backward
 # activations on a 1.1B Llama, H100 (docs/benchmarks.md); 3.4x one pass and 2.3-4.4x per block
 # of a group (cwa.blockwise) on CPU (benchmarks/layer_groups.py).
 HESSIAN_FACTOR = 7
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one kind of pass holds beyond the weights (a metric names its kind: `needs`)."""
+
+    name: str
+    reads_data: bool  # False: data-free, the weights alone
+    backward: bool  # gradients of the scored weights, activations kept for the backward
+    hessian: bool  # a probe and its product per scored weight; activations x HESSIAN_FACTOR
+    per_window: bool  # one layer's per-window fp32 gradients and their squares
+
+
+PASSES = {
+    p.name: p
+    for p in (
+        Pass("none", reads_data=False, backward=False, hessian=False, per_window=False),
+        Pass("forward", reads_data=True, backward=False, hessian=False, per_window=False),
+        Pass("backward", reads_data=True, backward=True, hessian=False, per_window=False),
+        Pass("per_window", reads_data=True, backward=True, hessian=False, per_window=True),
+        Pass("hessian", reads_data=True, backward=True, hessian=True, per_window=False),
+    )
+}
 
 
 @dataclass
@@ -121,49 +143,62 @@ def estimate(
     layer_group: int = 0,
 ) -> Estimate:
     """Per-device bytes of a pass of kind `needs` scoring `infos` (empty: an evaluation)."""
-    if needs not in NEEDS:
-        raise CwaError(f"unknown pass kind {needs!r}; valid: {', '.join(NEEDS)}")
+    if needs not in PASSES:
+        raise CwaError(f"unknown pass kind {needs!r}; valid: {', '.join(PASSES)}")
+    kind = PASSES[needs]
     shape = Shape.of(model)
-    batch = batch_size
-    est = Estimate(needs, batch, seq_len, shape.elem, defaultdict(Need))
+    est = Estimate(needs, batch_size, seq_len, shape.elem, defaultdict(Need))
     params = dict(model.named_parameters())
-    layer_device: dict[int, str] = {}
     for p in params.values():
         est.devices[str(p.device)].weights += p.numel() * p.element_size()
+    if kind.reads_data:
+        _scored_buffers(est, kind, params, infos, layer_group)
+        _activations(est, kind, model, shape, layer_group)
+    est.devices = dict(est.devices)
+    return est
+
+
+def _scored_buffers(est: Estimate, kind: Pass, params: dict, infos, layer_group: int) -> None:
+    """fp32 accumulators (and their host copy), gradients, probes and products of the scored
+    weights, on each weight's device."""
+    grouped = kind.hessian and layer_group > 0
+    share = _largest_group_share(infos, layer_group) if grouped else 1.0
+    scored = {i.name for i in infos}
+    for name in scored:
+        p = params[name]
+        n = est.devices[str(p.device)]
+        size = p.numel() * p.element_size()
+        n.accumulators += 4 * p.numel()
+        if kind.backward:  # the gradient (of one group at a time when grouped)
+            n.gradients += int(share * size)
+        if kind.hessian:  # the probe z (every scored weight) and the product Hz
+            n.gradients += size + int(share * size)
+    est.devices["cpu"].accumulators += 4 * sum(params[n].numel() for n in scored)
+    if kind.per_window:  # one layer's per-window fp32 gradients and their squares
+        largest: dict[str, int] = {}
+        for name in scored:
+            dev = str(params[name].device)
+            largest[dev] = max(largest.get(dev, 0), params[name].numel())
+        for dev, numel in largest.items():
+            est.devices[dev].gradients += 8 * est.batch * numel
+            est.devices[dev].per_batch += 8 * est.batch * numel
+
+
+def _activations(est: Estimate, kind: Pass, model, shape: Shape, layer_group: int) -> None:
+    """Activations of the batch per device: every block's for a backward (one group's at a
+    time when grouped, plus the hidden states where groups start), one block's for a forward,
+    and the logits on the head's device."""
+    params = dict(model.named_parameters())
+    layer_device: dict[int, str] = {}
     for info in describe(model):
         if info.layer >= 0:
             layer_device.setdefault(info.layer, str(params[info.name].device))
-    backward = needs in ("backward", "per_window", "hessian")
-    grouped = needs == "hessian" and layer_group > 0
-    if needs != "none":
-        scored = {i.name for i in infos}
-        share = _largest_group_share(infos, layer_group) if grouped else 1.0
-        for name in scored:
-            p = params[name]
-            n = est.devices[str(p.device)]
-            size = p.numel() * p.element_size()
-            n.accumulators += 4 * p.numel()
-            if backward:  # the gradient (of one group at a time when grouped)
-                n.gradients += int(share * size)
-            if needs == "hessian":  # the probe z (every scored weight) and the product Hz
-                n.gradients += size + int(share * size)
-        est.devices["cpu"].accumulators += 4 * sum(params[n].numel() for n in scored)
-        if needs == "per_window":  # one layer's per-window fp32 gradients and their squares
-            largest: dict[str, int] = {}
-            for name in scored:
-                dev = str(params[name].device)
-                largest[dev] = max(largest.get(dev, 0), params[name].numel())
-            for dev, numel in largest.items():
-                est.devices[dev].gradients += 8 * batch * numel
-                est.devices[dev].per_batch += 8 * batch * numel
-    if needs == "none":  # data-free: reads the weights only
-        est.devices = dict(est.devices)
-        return est
+    batch, seq_len = est.batch, est.seq_len
     fused = getattr(model.config, "_attn_implementation", "eager") != "eager"
-    probabilities = needs == "hessian" or not fused  # Hutchinson runs on math attention
+    probabilities = kind.hessian or not fused  # Hutchinson runs on math attention
     block = _block_activations(shape, batch, seq_len, probabilities)
-    factor = HESSIAN_FACTOR if needs == "hessian" else 1
-    if grouped:  # one group's blocks at a time, plus (h, ḣ) where each group starts
+    factor = HESSIAN_FACTOR if kind.hessian else 1
+    if kind.hessian and layer_group > 0:  # one group's blocks at a time, plus (h, ḣ) per start
         boundary = 2 * batch * seq_len * shape.hidden * shape.elem
         peak: dict[str, int] = defaultdict(int)
         for group in group_ranges(len(layer_device), layer_group):
@@ -172,19 +207,16 @@ def estimate(
             est.devices[dev].activations += boundary
         for dev, held in peak.items():
             est.devices[dev].activations += held
-    else:
+    elif kind.backward:
         for dev in layer_device.values():
-            est.devices[dev].activations += block * factor if backward else 0
-    if not backward:  # forward only: one block's working set at a time
-        first = next(iter(layer_device.values()), "cpu")
-        est.devices[first].activations += block
+            est.devices[dev].activations += block * factor
+    else:  # forward only: one block's working set at a time
+        est.devices[next(iter(layer_device.values()), "cpu")].activations += block
     head = model.get_output_embeddings()
     head_dev = str(head.weight.device) if head is not None else "cpu"
-    est.devices[head_dev].activations += _logits(shape, batch, seq_len, backward)
+    est.devices[head_dev].activations += _logits(shape, batch, seq_len, kind.backward)
     for need in est.devices.values():
         need.per_batch += need.activations
-    est.devices = dict(est.devices)
-    return est
 
 
 def _largest_group_share(infos: list[ParamInfo], layer_group: int) -> float:
@@ -242,7 +274,7 @@ def _remedies(est: Estimate, need: Need, budget: float, training: bool = False) 
             tips.append(f"{key}: {fits} (activations scale with it)")
     if training:
         return "Try: " + "; ".join([*tips, "a smaller family member"]) + "."
-    if est.needs == "hessian":
+    if PASSES[est.needs].hessian:
         tips.append("layer_group: 1 (Hutchinson one block at a time)")
     if fixed > 0:
         tips.append("fewer scored tensors (`layers`, include_embeddings: false)")

@@ -18,7 +18,6 @@ import yaml
 
 from cwa import CwaError
 
-CONTROLS = ("random_k", "bottom_k")
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_MAPS = ("none", "auto", "balanced", "balanced_low_0", "sequential")
 
@@ -329,27 +328,7 @@ def _validate(p: Params):
         fail("compare_metrics", f"needs at least 2 distinct metrics, got {list(p.compare_metrics)}")
     check_choice("dtype", p.dtype, DTYPES)
     check_choice("device_map", p.device_map, DEVICE_MAPS)
-    for name in p.controls:
-        check_choice("controls", name, CONTROLS)
-    for key in (
-        "calib_samples",
-        "seq_len",
-        "batch_size",
-        "probes",
-        "random_draws",
-        "eval_samples",
-        "bootstrap",
-        "headline_k",
-        "task_items",
-        "fault_trials",
-        "num_processes",
-        "vocab_size",
-        "train_steps",
-        "train_batch",
-        "train_seq_len",
-    ):
-        if getattr(p, key) < 1:
-            fail(key, f"must be >= 1, got {getattr(p, key)}")
+    _validate_counts(p)
     if p.layer_group < 0:
         fail("layer_group", f"must be >= 0 (0: every block in one pass), got {p.layer_group}")
     if p.num_processes > 1 and p.device_map != "none":
@@ -385,6 +364,29 @@ def _validate(p: Params):
         )
     for rule in _CHECKS:
         rule(p)
+
+
+def _validate_counts(p: Params):
+    """Sizes and counts: at least one of each."""
+    for key in (
+        "calib_samples",
+        "seq_len",
+        "batch_size",
+        "probes",
+        "random_draws",
+        "eval_samples",
+        "bootstrap",
+        "headline_k",
+        "task_items",
+        "fault_trials",
+        "num_processes",
+        "vocab_size",
+        "train_steps",
+        "train_batch",
+        "train_seq_len",
+    ):
+        if getattr(p, key) < 1:
+            fail(key, f"must be >= 1, got {getattr(p, key)}")
 
 
 def _validate_ranges(p: Params):

@@ -135,7 +135,9 @@ def _selection_lines(ax, rows: pl.DataFrame, x: str, positions: dict | None = No
 def _panels(n: int, cols: int = 3):
     """A grid of n panels, `cols` per row; unused panels hidden."""
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n]) or [axes.flat[0]]
@@ -214,7 +216,9 @@ def stability(table: pl.DataFrame, path) -> None:
 
 def scaling(table: pl.DataFrame, fits: pl.DataFrame, stats: tuple[str, ...], path) -> None:
     """Each statistic against parameter count on log-log axes, with its power-law fit."""
-    fig, axes = plt.subplots(1, len(stats), figsize=(4.2 * len(stats), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(stats), figsize=(4.2 * len(stats), 3.6), squeeze=False, layout="constrained"
+    )
     x = table["params"].to_numpy().astype(float)
     grid = np.geomspace(x.min(), x.max(), 50)
     for ax, stat in zip(axes[0], stats, strict=True):

@@ -96,19 +96,47 @@ def matched_random(
     return Selected(tid[order], idx[order], score[order])
 
 
+@dataclass(frozen=True)
+class Control:
+    """A kind of control set for the top-k: `pick(scores, k, top, rng)` draws it; a random one
+    is drawn `random_draws` times."""
+
+    name: str
+    doc: str
+    random: bool
+    pick: Callable[[Sequence[torch.Tensor], int, Selected, np.random.Generator], Selected]
+
+
+CONTROLS: Registry[Control] = Registry("control")
+CONTROLS.register(
+    Control(
+        "bottom_k",
+        "the k lowest scores (ties broken by tensor order, then flat index)",
+        random=False,
+        pick=lambda scores, k, top, rng: extreme_k(scores, k, largest=False),
+    )
+)
+CONTROLS.register(
+    Control(
+        "random_k",
+        "random weights with the top set's per-tensor counts, none of them in the top set",
+        random=True,
+        pick=lambda scores, k, top, rng: matched_random(top, sizes_of(scores), rng, scores),
+    )
+)
+
+
 def select(
     scores: Sequence[torch.Tensor], k: int, controls: tuple[str, ...], draws: int, seed: int
 ) -> list[tuple[str, int, Selected]]:
     """(selection, draw, weights) for the top set and each control, over `scores`."""
     top = extreme_k(scores, k, largest=True)
     out = [("top", 0, top)]
-    if "bottom_k" in controls:
-        out.append(("bottom_k", 0, extreme_k(scores, k, largest=False)))
-    if "random_k" in controls:
-        sizes = sizes_of(scores)
-        for draw in range(draws):
+    for name in sorted(controls):
+        control = CONTROLS.get(name)
+        for draw in range(draws if control.random else 1):
             rng = np.random.default_rng([seed, k, draw])
-            out.append(("random_k", draw, matched_random(top, sizes, rng, scores)))
+            out.append((name, draw, control.pick(scores, k, top, rng)))
     return out
 
 
@@ -247,8 +275,10 @@ MODES.register(
 
 
 @params_check
-def _valid_mode(p) -> None:
+def _valid_mode_and_controls(p) -> None:
     check_choice("mode", p.mode, MODES.names())
+    for name in p.controls:
+        check_choice("controls", name, CONTROLS.names())
 
 
 def rank(

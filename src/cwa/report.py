@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import markdown as md
 import polars as pl
@@ -203,22 +204,51 @@ def summary(
     }
 
 
-def render_markdown(ctx: dict) -> str:
-    m, p = ctx["metrics"], ctx["params"]
-    k = m["headline_k"]
-    top = ctx["top"]
-    lines = [
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the report shows, read and reduced by the report stage."""
+
+    params: object  # the report stage's params (cwa.params.StageParams)
+    metrics: dict  # metrics.json
+    baseline: pl.DataFrame  # schema `baseline`
+    pool_weights: int
+    pool_tensors: int
+    top: pl.DataFrame  # the top weights of the first seed at the smallest k
+    headline: pl.DataFrame  # headline_table
+    comparisons: pl.DataFrame  # comparisons_table at headline_k
+    tasks: pl.DataFrame  # tasks_table
+    effects: pl.DataFrame  # effects_table
+    faults: pl.DataFrame  # schema `fault_summary`
+    perturbation_docs: list[tuple[str, str]]
+    stability: pl.DataFrame  # mean over seed pairs, per k
+    agreement: pl.DataFrame  # at headline_k
+    spikes: pl.DataFrame  # schema `spikes`
+    scaling: pl.DataFrame  # schema `scaling_model`
+    fits: pl.DataFrame  # schema `scaling_fit`
+    has_training: bool
+
+
+def setup_section(r: ReportInputs) -> list[str]:
+    p, base = r.params, r.baseline
+    return [
         f"# Critical weights of `{p.model}`",
         "",
         f"Metric **{p.metric}**, ranking mode **{p.mode}**, seeds {list(p.seeds)} "
         f"({p.calib_samples} calibration windows of {p.seq_len} tokens each), "
-        f"evaluation on {ctx['baseline']['texts'][0]} held-out windows "
-        f"({ctx['baseline']['tokens'][0]} predicted tokens), dtype {p.dtype}. "
-        f"Ranking pool: {ctx['pool_weights']:,} weights in {ctx['pool_tensors']} tensors "
+        f"evaluation on {base['texts'][0]} held-out windows "
+        f"({base['tokens'][0]} predicted tokens), dtype {p.dtype}. "
+        f"Ranking pool: {r.pool_weights:,} weights in {r.pool_tensors} tensors "
         f"({'with' if p.include_embeddings else 'without'} embeddings and lm_head) "
-        f"of a {ctx['baseline']['params'][0]:,}-parameter model. Versions, commit and hashes of "
+        f"of a {base['params'][0]:,}-parameter model. Versions, commit and hashes of "
         "every input: the stages' manifest.json files.",
         "",
+    ]
+
+
+def headline_section(r: ReportInputs) -> list[str]:
+    m, p = r.metrics, r.params
+    k = m["headline_k"]
+    return [
         "## Headline",
         "",
         f"Zeroing the top-{k} weights by {p.metric} changes perplexity by "
@@ -234,127 +264,197 @@ def render_markdown(ctx: dict) -> str:
         f"Every perturbation at k = {k} (first strength of its sweep, whole selections); "
         "`p (top > this)` tests the top set against that control row:",
         "",
-        table(ctx["headline_table"]),
+        table(r.headline),
         "",
-        f"## The top {len(top)} weights (seed {p.seeds[0]})",
+    ]
+
+
+def figures_section(r: ReportInputs) -> list[str]:
+    """The figures, each with what it shows; the tables they summarise follow the figures."""
+    p, k = r.params, r.metrics["headline_k"]
+    figures = [
+        (
+            "Perturbation effects against k (first strength of each sweep)",
+            "effects.png",
+            "ΔPPL = perplexity after − before on the same windows, 95% CIs by paired bootstrap "
+            f"over windows ({p.bootstrap} resamples); random_k averages {p.random_draws} draws "
+            "that share the perturbation's random numbers (ε, bit positions) with the top set.",
+        ),
+        (f"Dose-response in strength (k = {k})", "dose.png", ""),
+        (
+            f"Perturbing a fraction of each selection (k = {k}, mask ratios {list(p.mask_ratios)})",
+            "mask.png",
+            "",
+        ),
+        (f"Where the top-{k} weights sit", "heatmap.png", ""),
+        ("Score distribution", "score_distribution.png", ""),
+        ("Stability across calibration seeds", "stability.png", ""),
+        (f"Do the metrics agree? (k = {k})", "agreement.png", ""),
+        ("Fault injection", "faults.png", ""),
+        ("Scaling across the built-in family", "scaling.png", ""),
+    ]
+    if r.has_training:
+        figures.append(("Built-in model training", "training.png", ""))
+    lines = ["## Figures", ""]
+    for title, png, caption in figures:
+        lines += [f"### {title}", "", f"![{title}]({png})", ""]
+        lines += [caption, ""] if caption else []
+    return lines
+
+
+def top_weights_section(r: ReportInputs) -> list[str]:
+    return [
+        f"### The top {len(r.top)} weights (seed {r.params.seeds[0]})",
         "",
         "Row = output feature, col = input feature (nn.Linear convention).",
         "",
-        table(top),
+        table(r.top),
         "",
-        f"![where the top-{k} weights sit](heatmap.png)",
+    ]
+
+
+def experiments_section(r: ReportInputs) -> list[str]:
+    p = r.params
+    docs = "; ".join(f"{name}: {doc}" for name, doc in r.perturbation_docs)
+    return [
+        "### Every experiment",
         "",
-        "## Score distribution",
+        f"Perturbations: {docs}. Bits are flipped in the {p.dtype} storage. Every perturbed "
+        "weight was restored bit for bit after each experiment (checked in the run). Random rows "
+        f"average {p.random_draws} draws (`sd draws` is their spread).",
         "",
-        "![score distribution](score_distribution.png)",
+        table(r.effects),
         "",
-        "## Perturbation effects",
-        "",
-        "ΔPPL = perplexity after − before, on the same windows; 95% CIs by paired bootstrap over "
-        f"windows ({p.bootstrap} resamples). Random rows average {p.random_draws} draws "
-        "(`sd draws` is their spread); they share the perturbation's random numbers (ε, bit "
-        "positions) with the top set. Perturbations: "
-        + "; ".join(f"{name}: {doc}" for name, doc in ctx["perturbation_docs"])
-        + f". Bits are flipped in the {p.dtype} storage. Every perturbed weight was restored "
-        "bit for bit after each experiment (checked in the run).",
-        "",
-        "### Dose-response in k (first strength of each sweep)",
-        "",
-        "![perturbation effects vs k](effects.png)",
-        "",
-        f"### Dose-response in strength (k = {k})",
-        "",
-        "![perturbation effects vs strength](dose.png)",
-        "",
-        f"### Perturbing a fraction of each selection (k = {k}, mask ratios {list(p.mask_ratios)})",
-        "",
-        "![perturbation effects vs mask ratio](mask.png)",
-        "",
-        f"### Top set against the controls (k = {k})",
+    ]
+
+
+def comparisons_section(r: ReportInputs) -> list[str]:
+    return [
+        f"### Top set against the controls (k = {r.metrics['headline_k']})",
         "",
         "Per text, d = ΔNLL per token of the top set − the control's (mean over draws); p perm. "
         "= one-sided sign-flip permutation test of mean(d) > 0, p Wilcoxon = one-sided signed-"
         "rank test, d_z = mean(d)/sd(d); separation CI by joint paired bootstrap over texts.",
         "",
-        table(ctx["comparisons"]),
+        table(r.comparisons),
         "",
-        f"### Downstream tasks (k = {k})",
+    ]
+
+
+def tasks_section(r: ReportInputs) -> list[str]:
+    p = r.params
+    return [
+        f"### Downstream tasks (k = {r.metrics['headline_k']})",
         "",
-        f"{', '.join(p.tasks)}: {p.task_items} items each; `none` is the unperturbed model. "
-        "last_word (LAMBADA-style): correct iff every target token is greedy; choice "
+        f"{', '.join(p.tasks) or 'none'}: {p.task_items} items each; `none` is the unperturbed "
+        "model. last_word (LAMBADA-style): correct iff every target token is greedy; choice "
         "(HellaSwag-style): argmax of summed log-likelihood (acc_norm: per character). Δacc "
         "CIs by paired bootstrap over items.",
         "",
-        table(ctx["tasks"]),
+        table(r.tasks),
         "",
-        "### Every experiment",
-        "",
-        table(ctx["effects"]),
-        "",
-        "## Fault injection: what does protecting the top weights buy?",
+    ]
+
+
+def faults_section(r: ReportInputs) -> list[str]:
+    p = r.params
+    return [
+        "### Fault injection: what does protecting the top weights buy?",
         "",
         "Random bit flips over every pool weight's storage at each bit error rate "
         f"({p.fault_trials} draws per rate). Each draw is evaluated unprotected, with the top "
         f"fraction of the pool by {p.metric} protected (flips landing there are not applied), and "
         "with a random set of the same size (uniform over the rest of the pool) protected. "
-        "median_gain = median over draws "
-        "of PPL(unprotected) − PPL(arm); gain_per_weight divides it by the protected weights.",
+        "median_gain = median over draws of PPL(unprotected) − PPL(arm); gain_per_weight divides "
+        "it by the protected weights.",
         "",
-        "![fault injection](faults.png)",
-        "",
-        table(ctx["faults"]),
-        "",
-        "## Stability across calibration seeds",
-        "",
-        "![stability](stability.png)",
-        "",
-        table(ctx["stability"]),
+        table(r.faults),
         "",
     ]
-    lines += [
-        "## Do the metrics agree?",
+
+
+def stability_section(r: ReportInputs) -> list[str]:
+    return [
+        "### Stability across calibration seeds",
+        "",
+        "Mean over seed pairs: Jaccard of the top-k sets, Spearman ρ of |score| over their union "
+        "and over a fixed 100k-weight pool sample.",
+        "",
+        table(r.stability),
+        "",
+    ]
+
+
+def agreement_section(r: ReportInputs) -> list[str]:
+    p, k = r.params, r.metrics["headline_k"]
+    return [
+        "### Do the metrics agree?",
         "",
         f"Every metric of `compare_metrics` on seed {p.seeds[0]}'s draw: overlap of the global "
         f"top-{k} sets (Jaccard) and Spearman ρ of |scores| over a fixed 100k-weight sample.",
         "",
-        f"![metric agreement at k={k}](agreement.png)",
-        "",
-        table(ctx["agreement"]),
+        table(r.agreement),
         "",
     ]
-    spikes = ctx["spikes"]
-    n_cand = int(spikes["candidate"].sum())
-    lines += [
-        "## Super-weight detector",
+
+
+def superweight_section(r: ReportInputs) -> list[str]:
+    spikes = r.spikes
+    return [
+        "### Super-weight detector",
         "",
         "Data-free detector after Yu et al. (2024): in each MLP down projection, the input channel "
         "(col) and output channel (row) with the largest |activation| over one calibration batch; "
-        f"a candidate needs both to reach {p.spike_ratio:g}× the layer's median |activation|. Each "
-        f"weight[row, col] was then zeroed alone (ΔPPL with 95% paired CI). **{n_cand} of "
-        f"{len(spikes)}** down projections hold a candidate.",
+        f"a candidate needs both to reach {r.params.spike_ratio:g}× the layer's median "
+        "|activation|. Each weight[row, col] was then zeroed alone (ΔPPL with 95% paired CI). "
+        f"**{int(spikes['candidate'].sum())} of {len(spikes)}** down projections hold a candidate.",
         "",
         table(spikes),
         "",
     ]
-    if ctx["scaling"] is not None:
-        lines += [
-            "## Scaling across the built-in family",
-            "",
-            f"Each model scored with {p.metric} (seed {p.seeds[0]}); top_share = share of the "
-            "pool's total score in its top 0.1% weights; ΔPPL from zeroing the global top-"
-            f"{k} vs matched random weights. Fits: statistic = a · params^slope (log-log least "
-            "squares, 95% t-interval of the slope).",
-            "",
-            "![scaling](scaling.png)",
-            "",
-            table(ctx["scaling"]),
-            "",
-            table(ctx["fits"]),
-            "",
-        ]
-    if ctx["has_training"]:
-        lines += ["## Built-in model training", "", "![training curves](training.png)", ""]
-    return "\n".join(lines)
+
+
+def scaling_section(r: ReportInputs) -> list[str]:
+    p = r.params
+    return [
+        "### Scaling across the built-in family",
+        "",
+        f"Each model scored with {p.metric} (seed {p.seeds[0]}); top_share = share of the "
+        "pool's total score in its top 0.1% weights; ΔPPL from zeroing the global top-"
+        f"{r.metrics['headline_k']} vs matched random weights. Fits: statistic = a · "
+        "params^slope (log-log least squares, 95% t-interval of the slope).",
+        "",
+        table(r.scaling),
+        "",
+        table(r.fits),
+        "",
+    ]
+
+
+def tables_heading(r: ReportInputs) -> list[str]:
+    return ["## Tables", "", "The numbers behind the figures, the longest last.", ""]
+
+
+SECTIONS = (
+    setup_section,
+    headline_section,
+    figures_section,
+    tables_heading,
+    comparisons_section,
+    tasks_section,
+    top_weights_section,
+    faults_section,
+    stability_section,
+    agreement_section,
+    superweight_section,
+    scaling_section,
+    experiments_section,
+)
+
+
+def render_markdown(r: ReportInputs) -> str:
+    """The headline and the figures first, then the tables, the longest last."""
+    return "\n".join(line for section in SECTIONS for line in section(r))
 
 
 def render_html(markdown_text: str, title: str) -> str:
