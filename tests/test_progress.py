@@ -41,6 +41,7 @@ def test_lines_with_count_elapsed_and_estimate_reach_stderr_and_the_log_file(tmp
     assert "batches" not in stderr  # inner loops draw no lines
     assert "\r" not in stderr  # whole lines, never a redrawn bar
     assert log.count("experiments:") == len(lines)
+    assert len(set(lines)) == len(lines) and stderr.count("6/6 (100%)") == 1  # the end once
 
 
 def test_quiet_under_ci(tmp_path):

@@ -30,7 +30,7 @@ class _Progress(tqdm):
 
     def __init__(self, *args, bar: bool, **kwargs):
         self._bar = bar
-        self._logged_at = -1.0
+        self._logged_at, self._logged_n = -1.0, -1
         kwargs.setdefault("mininterval", 0.1 if bar else 1.0)
         super().__init__(*args, file=sys.stderr if bar else _NOWHERE, **kwargs)
 
@@ -38,8 +38,9 @@ class _Progress(tqdm):
         if self.leave:
             now = time.monotonic()
             done = self.total is not None and self.n >= self.total
-            if msg is None and (done or now - self._logged_at >= interval()):
-                self._logged_at = now
+            due = done or now - self._logged_at >= interval()
+            if msg is None and due and self.n != self._logged_n:  # close() redraws the end
+                self._logged_at, self._logged_n = now, self.n
                 log.info(self.line())
         return super().display(msg, pos) if self._bar else True
 
