@@ -23,7 +23,7 @@ METRICS = {
 }
 ZERO = {
     "perturbation": "zero",
-    "setting": "zero",
+    "setting": "",
     "top_delta_ppl": 0.19162,
     "top_diverged": False,
     "random_k_delta_ppl": 0.0036674,
@@ -70,7 +70,8 @@ def test_numbers_are_rendered_from_the_metrics():
     assert "| ΔPPL, zero the top-100 | +0.192 (95% CI 0.123 – 0.254) |" in text
     assert "| ΔPPL, zero the bottom-100 | −8.55·10^−5 |" in text
     assert "37.9 (95% CI 16.1 – 93)" in text
-    assert "| bit 30 | diverged | +0.00367 |" in text
+    assert "| bit_flip bit 30 | diverged | +0.00367 |" in text
+    assert "| zero | +0.192 (0.123 – 0.254) | +0.00367 | −8.55·10^−5 | 37.9 (16.1 – 93) |" in text
     assert "| `kjv-base` | 2,098,304 | 46.8 |" in text
     assert "1,048,576 pool weights, 3 seeds × 64 calibration windows" in text
 

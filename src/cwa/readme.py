@@ -79,9 +79,13 @@ def results_markdown(metrics: dict, summary: dict) -> str:
         top = _delta(r, "top")
         if top != "diverged":
             top += f" ({_ci(r['top_ci'])})"
+        name = f"{r['perturbation']} {r['setting']}".strip()
+        separation = num(r["separation"])
+        if separation != "–":
+            separation += f" ({_ci(r['separation_ci'])})"
         lines.append(
-            f"| {r['setting']} | {top} | {_delta(r, 'random_k')} | {_delta(r, 'bottom_k')} | "
-            f"{num(r['separation'])} ({_ci(r['separation_ci'])}) | {num(r['p_value'])} |"
+            f"| {name} | {top} | {_delta(r, 'random_k')} | {_delta(r, 'bottom_k')} | "
+            f"{separation} | {num(r['p_value'])} |"
         )
     lines += ["", "The built-in family (held-out perplexity on the same windows):", ""]
     lines += ["| model | parameters | perplexity |", "|---|---|---|"]
