@@ -300,7 +300,10 @@ def _workspace_files(target: Path) -> dict[str, Path]:
 def _compare_files(
     ctx: _Context, path: str, ref: dict[str, Path], cur: dict[str, Path]
 ) -> list[Diff]:
-    """Per-file differences; a file inside a directory names its diffs `relpath:column`."""
+    """Per-file differences; a file inside a directory names its diffs `relpath:column`. A run
+    record inside a directory (the report's manifest.json) is no result: skipped."""
+    ref = {rel: f for rel, f in ref.items() if not is_run_record(f"{path}/{rel}")}
+    cur = {rel: f for rel, f in cur.items() if not is_run_record(f"{path}/{rel}")}
     diffs = [Diff(rel, note="removed") for rel in sorted(ref.keys() - cur.keys())]
     diffs += [Diff(rel, note="added") for rel in sorted(cur.keys() - ref.keys())]
     for rel in sorted(ref.keys() & cur.keys()):
