@@ -8,62 +8,17 @@ scoring starts. Passing checks always write the same bytes, so they rerun nothin
 Writes: a fixed line naming the checked keys.
 """
 
+from dataclasses import fields
+
 import cwa.metrics
 import cwa.perturbations
 import cwa.ranking  # noqa: F401  (each registry adds its checks of params on import)
 from cwa.io import atomic_write
+from cwa.params import Params
 from cwa.stage import stage_main
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
-PARAMS = (
-    "model",
-    "dtype",
-    "device",
-    "device_map",
-    "num_processes",
-    "metric",
-    "compare_metrics",
-    "seeds",
-    "calib_samples",
-    "seq_len",
-    "batch_size",
-    "probes",
-    "layer_group",
-    "mode",
-    "topk",
-    "controls",
-    "random_draws",
-    "include_embeddings",
-    "include_1d",
-    "layers",
-    "perturb",
-    "scale_alpha",
-    "noise_sigma",
-    "abs_sigma",
-    "flip_bit",
-    "flip_prob",
-    "quant_bits",
-    "mask_ratios",
-    "tasks",
-    "task_items",
-    "lm_eval_tasks",
-    "fault_rates",
-    "fault_trials",
-    "fault_protect",
-    "target_components",
-    "target_layers",
-    "spike_ratio",
-    "eval_samples",
-    "bootstrap",
-    "headline_k",
-    "vocab_size",
-    "train_steps",
-    "train_batch",
-    "train_seq_len",
-    "train_lr",
-    "train_seed",
-    "family",
-)
+# What this stage reads: every key (dvc.yaml lists them all; tests/test_docs.py keeps them equal).
+PARAMS = tuple(f.name for f in fields(Params))
 
 
 def add_args(p):

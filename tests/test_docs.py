@@ -17,9 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def declared(script: Path) -> tuple[str, ...]:
-    """A stage script's PARAMS, read from its source."""
+    """A stage script's PARAMS, read from its source (check_params: every key, computed)."""
     for node in ast.parse(script.read_text()).body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PARAMS":
+            if script.stem == "check_params":
+                return tuple(f.name for f in dataclasses.fields(Params))
             return tuple(ast.literal_eval(node.value))
     raise AssertionError(f"{script} declares no PARAMS")
 
