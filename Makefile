@@ -17,7 +17,7 @@ STAMP  := $(VENV)/.cwa-installed
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test lint lock readme verify
+.PHONY: setup repro test lint lock verify
 
 setup: $(STAMP) $(WHEEL)
 

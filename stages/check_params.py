@@ -10,9 +10,7 @@ Writes: a fixed line naming the checked keys.
 
 from dataclasses import fields
 
-import cwa.metrics
-import cwa.perturbations
-import cwa.ranking  # noqa: F401  (each registry adds its checks of params on import)
+import cwa.registries  # noqa: F401  (every registry adds its checks of params on import)
 from cwa.io import atomic_write
 from cwa.params import Params
 from cwa.stage import stage_main

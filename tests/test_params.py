@@ -3,9 +3,7 @@
 import pytest
 import yaml
 
-import cwa.metrics
-import cwa.perturbations
-import cwa.ranking  # noqa: F401  (each registry adds its name checks to params on import)
+import cwa.registries  # noqa: F401  (each registry adds its name checks to params on import)
 from cwa import CwaError
 from cwa.params import Params, load_params, params_from_dict
 

@@ -74,9 +74,7 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def validate_everything(raw: dict):
     """Params with every registry's names checked (each registry adds its checks on import)."""
-    import cwa.metrics
-    import cwa.perturbations
-    import cwa.ranking  # noqa: F401
+    import cwa.registries  # noqa: F401
 
     return params_from_dict(raw)
 

@@ -153,7 +153,7 @@ def estimate(
         est.devices[str(p.device)].weights += p.numel() * p.element_size()
     if kind.reads_data:
         _scored_buffers(est, kind, params, infos, layer_group)
-        _activations(est, kind, model, shape, layer_group)
+        _activations(est, kind, model, params, shape, layer_group)
     est.devices = dict(est.devices)
     return est
 
@@ -184,11 +184,12 @@ def _scored_buffers(est: Estimate, kind: Pass, params: dict, infos, layer_group:
             est.devices[dev].per_batch += 8 * est.batch * numel
 
 
-def _activations(est: Estimate, kind: Pass, model, shape: Shape, layer_group: int) -> None:
+def _activations(
+    est: Estimate, kind: Pass, model, params: dict, shape: Shape, layer_group: int
+) -> None:
     """Activations of the batch per device: every block's for a backward (one group's at a
     time when grouped, plus the hidden states where groups start), one block's for a forward,
     and the logits on the head's device."""
-    params = dict(model.named_parameters())
     layer_device: dict[int, str] = {}
     for info in describe(model):
         if info.layer >= 0:

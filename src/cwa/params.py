@@ -109,7 +109,7 @@ class Params:
         }
 
 
-# What each key means; docs/params.md is generated from DOCS (`python -m cwa.params`).
+# What each key means; docs/params.md is generated from DOCS (`python -m cwa.params_doc`).
 DOCS = {
     "model": (
         "model under study: `builtin:<name>` (a member of `family`, trained by the `train` "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import platform
@@ -57,8 +58,6 @@ def _versions() -> dict:
 def _lock_hash() -> str | None:
     """`sha256sum requirements.lock`: the lock the environment was installed from (the project
     root is the working directory of every stage); None outside a project that has one."""
-    import hashlib
-
     lock = Path("requirements.lock")
     return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None
 
@@ -66,8 +65,6 @@ def _lock_hash() -> str | None:
 def content_hash(path: Path, budget: int = 1 << 30) -> str | None:
     """SHA-256 over a file, or a directory's relative paths and file contents; None past `budget`
     bytes (a multi-GB checkpoint is identified by its config and file sizes instead)."""
-    import hashlib
-
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     if sum(f.stat().st_size for f in files) > budget:
         return None

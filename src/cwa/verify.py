@@ -107,8 +107,6 @@ def verify(repo: Path, rev: str = "HEAD", rtol: float = 0.0, atol: float = 0.0) 
         for key, entry in outs.items():
             if not is_run_record(entry["path"]):
                 report.rows.append(_check(ctx, key[0], entry, current.get(key)))
-        if METRICS not in {path for _, path in outs}:
-            report.rows.extend(_check_metrics(ctx))
     report.warnings.extend(_status_warnings(repo))
     return report
 
@@ -214,18 +212,6 @@ def _check(ctx: _Context, stage: str, ref: dict, cur: dict | None) -> Row:
     if reference is None:
         return Row(stage, path, NOT_CACHED, _NOT_CACHED_HINT)
     return _row(stage, path, _compare_files(ctx, path, reference, _workspace_files(target)))
-
-
-def _check_metrics(ctx: _Context) -> list[Row]:
-    """The git-tracked metrics file, when the lock does not list it among the outputs."""
-    reference = _git_files(ctx, METRICS)
-    if not reference:
-        return []
-    target = ctx.repo / METRICS
-    if not target.is_file():
-        return [Row("(git)", METRICS, MISSING, "not in the workspace")]
-    diffs = _compare_files(ctx, METRICS, reference, {"": target})
-    return [_row("(git)", METRICS, diffs) if diffs else Row("(git)", METRICS, IDENTICAL)]
 
 
 def _row(stage: str, path: str, diffs: list[Diff]) -> Row:

@@ -1,0 +1,6 @@
+"""Every registry whose names params can hold: importing this module loads them all, and each
+adds its checks of params (cwa.params.check), so a Params built afterwards is checked whole."""
+
+import cwa.metrics
+import cwa.perturbations
+import cwa.ranking  # noqa: F401  mode, controls
