@@ -1,11 +1,12 @@
 """agreement: do the metrics pick the same weights? Every metric in `compare_metrics` scores the
 pool on the first seed's calibration draw; every pair gets overlap@k (Jaccard of global top-k
 sets) for each k in `topk` and Spearman ρ over a fixed 100k-weight sample.
-Reads: the corpus table and the model. Writes: the agreement table (schema `agreement`).
+Reads: the calibration text (sources stage) and the model.
+Writes: the agreement table (schema `agreement`).
 """
 
 from cwa.agreement import metric_agreement, summarize
-from cwa.data import calibration_draw, split_windows
+from cwa.data import calibration_draw, calibration_windows
 from cwa.io import write_table
 from cwa.memory import guard_scoring
 from cwa.metrics import get_metric, score_with_params
@@ -23,6 +24,7 @@ PARAMS = (
     "seeds",
     "calib_samples",
     "seq_len",
+    "bos",
     "batch_size",
     "probes",
     "layer_group",
@@ -34,7 +36,7 @@ PARAMS = (
 
 
 def add_args(p):
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
     p.add_argument("--models-dir", required=True)
     p.add_argument("--out", required=True)
 
@@ -45,8 +47,10 @@ def run(args, params):
     metrics = [get_metric(name) for name in params.compare_metrics]
     memory = {m.name: guard_scoring(model, infos, m, params) for m in metrics}
     seed = params.seeds[0]
-    calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
-    draw = calibration_draw(calib, params.calib_samples, seed)
+    calib = calibration_windows(
+        tokenizer, args.calib_text, params.seq_len, params.bos, params.calib_samples
+    )
+    draw = calibration_draw(calib.all, params.calib_samples, seed)
     by_metric = {}
     for metric in metrics:  # one metric's scores in memory at a time
         scores = score_with_params(params, model, infos, metric, draw, seed, desc=metric.name)
@@ -54,7 +58,7 @@ def run(args, params):
         del scores
     table = metric_agreement(by_metric, params.topk)
     write_table(table, args.out, AGREEMENT_TABLE)
-    return {"pairs": len(table), "memory": memory}
+    return {"pairs": len(table), "memory": memory, "calibration_text": calib.record}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """baseline: the unperturbed model's perplexity and accuracy on the evaluation windows.
 
-Reads: the corpus table and the model. Writes: a one-row summary (schema `baseline`) and
-per-text results (schema `eval_texts`), the reference for every paired statistic.
+Reads: the evaluation text (sources stage) and the model. Writes: a one-row summary (schema
+`baseline`) and per-text results (schema `eval_texts`), the reference for every paired statistic.
 """
 
 import numpy as np
@@ -17,18 +17,27 @@ from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
 from cwa.stage import stage_main
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
-PARAMS = ("model", "dtype", "device", "device_map", "seq_len", "eval_samples", "batch_size")
+PARAMS = (
+    "model",
+    "dtype",
+    "device",
+    "device_map",
+    "seq_len",
+    "bos",
+    "eval_samples",
+    "batch_size",
+)
 
 
 def add_args(p):
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
     p.add_argument("--models-dir", required=True, help="where built-in models live")
     p.add_argument("--summary", required=True)
     p.add_argument("--texts", required=True)
 
 
 def run(args, params):
-    ev = prepare(params, args.models_dir, args.corpus)
+    ev = prepare(params, args.models_dir, args.eval_text)
     model, windows, memory = ev.model, ev.windows, ev.memory
     result = evaluate(model, windows, params.batch_size, desc="baseline")
     if result.diverged:  # finite weights, yet an inf/NaN loss: say where
@@ -54,6 +63,7 @@ def run(args, params):
         "accuracy": result.accuracy,
         "vocab_size": len(ev.tokenizer),
         "memory": memory,
+        "evaluation_text": ev.text,
     }
 
 

@@ -5,7 +5,8 @@ Random bit flips at each rate in `fault_rates` (per storage bit of every pool we
 (`fault_protect`) of the pool by the first seed's scores protected, and with a random set of the
 same size (uniform over the rest of the pool) protected. All arms share the draw and the
 evaluation windows.
-Reads: the corpus table, the model, the score store, the pool and the baseline per-text table.
+Reads: the evaluation text (sources stage), the model, the score store, the pool and the
+baseline per-text table.
 Writes: one row per trial and arm (schema `fault_trials`) and the summary (`fault_summary`).
 """
 
@@ -27,6 +28,7 @@ PARAMS = (
     "device",
     "device_map",
     "seq_len",
+    "bos",
     "eval_samples",
     "batch_size",
     "seeds",
@@ -37,7 +39,7 @@ PARAMS = (
 
 
 def add_args(p):
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
     p.add_argument("--models-dir", required=True)
     p.add_argument("--scores", required=True)
     p.add_argument("--pool", required=True)
@@ -47,7 +49,7 @@ def add_args(p):
 
 
 def run(args, params):
-    ev = prepare(params, args.models_dir, args.corpus, args.baseline_texts)
+    ev = prepare(params, args.models_dir, args.eval_text, args.baseline_texts)
     seed = params.seeds[0]
     infos = pool_infos(pl.read_parquet(args.pool))
     scores = MemberScores(StoredScores(args.scores, seed), [(i, None) for i in infos])
@@ -69,6 +71,7 @@ def run(args, params):
         "evaluations": len(rows),
         "diverged": int(rows["diverged"].sum()),
         "memory": ev.memory,
+        "evaluation_text": ev.text,
     }
 
 

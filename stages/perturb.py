@@ -8,7 +8,8 @@ CI). After each experiment the touched weights are checked bit for bit, the whol
 by checksum after the sweep, and one baseline batch is re-evaluated. The downstream tasks run
 on the unperturbed model and under every experiment at headline_k (first strength, whole sets),
 lm-evaluation-harness tasks (`lm_eval_tasks`) on the same in-memory weights.
-Reads: the corpus table, the model, the ranking, the baseline per-text table, the task files.
+Reads: the evaluation text (sources stage), the model, the ranking, the baseline per-text
+table, the task files.
 Writes: one row per experiment (schema `effects`), per-text results (`eval_texts`), top vs
 control comparisons (`comparisons`) and downstream task results (`tasks`).
 """
@@ -47,6 +48,7 @@ PARAMS = (
     "device",
     "device_map",
     "seq_len",
+    "bos",
     "eval_samples",
     "batch_size",
     "seeds",
@@ -67,7 +69,7 @@ PARAMS = (
 
 
 def add_args(p):
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
     p.add_argument("--models-dir", required=True)
     p.add_argument("--ranking", required=True)
     p.add_argument("--baseline-texts", required=True)
@@ -80,7 +82,7 @@ def add_args(p):
 
 
 def run(args, params):
-    ev = prepare(params, args.models_dir, args.corpus, args.baseline_texts)
+    ev = prepare(params, args.models_dir, args.eval_text, args.baseline_texts)
     model, tokenizer, windows, base, memory = ev.model, ev.tokenizer, ev.windows, ev.base, ev.memory
     seed = params.seeds[0]
     ranking = pl.read_parquet(args.ranking).filter(pl.col("seed") == seed)
@@ -103,6 +105,7 @@ def run(args, params):
         "diverged": int(effects["diverged"].sum()),
         "task_files": {t: content_hash(task_path(t, args.tasks_dir)) for t in params.tasks},
         "memory": memory,
+        "evaluation_text": ev.text,
     }
 
 

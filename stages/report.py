@@ -1,7 +1,8 @@
 """report: the Markdown/HTML report with its plots, the DVC metrics and the plot side files.
 
 Reads: every upstream table (baseline, pool, scores, ranking, effects, comparisons, tasks,
-stability, scaling, training curves, super-weight spikes, fault campaign). Writes: report.md,
+stability, scaling, training curves, super-weight spikes, fault campaign) and the records of the
+calibration and evaluation text. Writes: report.md,
 report.html and PNGs in the report directory, summary.json (the numbers of the README's results
 section, rendered by `cwa readme`), metrics.json, and effects_vs_k.csv for `dvc plots`.
 """
@@ -11,7 +12,8 @@ from pathlib import Path
 import polars as pl
 
 from cwa import plots
-from cwa.experiment import first_settings, first_strength
+from cwa.data import read_text
+from cwa.experiment import first_settings, first_strength, headline_setting
 from cwa.io import atomic_write, write_csv, write_json
 from cwa.perturbations import get_perturbation
 from cwa.report import (
@@ -38,7 +40,10 @@ PARAMS = (
     "mode",
     "seeds",
     "calib_samples",
+    "calib_data",
+    "eval_data",
     "seq_len",
+    "bos",
     "dtype",
     "include_embeddings",
     "random_draws",
@@ -86,20 +91,24 @@ TABLES = (
 def add_args(p):
     for name in (*TABLES, "scores", "train_logs", "out_dir", "metrics", "effects_csv"):
         p.add_argument(f"--{name.replace('_', '-')}", required=True)
+    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
+    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
 
 
 def run(args, params):
     t = read_tables(args)
     k, first = params.headline_k, first_settings(params)
-    m = metrics(t["baseline"], t["effects"], t["comparisons"], t["stability"], k)
-    m |= task_metrics(t["tasks"], k)
+    setting = headline_setting(first)
+    m = metrics(t["baseline"], t["effects"], t["comparisons"], t["stability"], k, setting)
+    m |= task_metrics(t["tasks"], k, setting)
     write_json(m, args.metrics)
-    zero = k_sweep(t["effects"], first).filter(pl.col("perturbation") == "zero")
-    write_csv(zero_curve(zero), args.effects_csv)
+    curve = k_sweep(t["effects"], setting)
+    write_csv(k_curve(curve), args.effects_csv)
     out = Path(args.out_dir)
     scores = StoredScores(args.scores, params.seeds[0])  # read tensor by tensor
     draw_figures(t, scores, params, first, out)
-    r = report_inputs(t, m, sum(int(s.numel()) for s in scores.values()), params, first)
+    sources = tuple(read_text(d).source for d in (args.calib_text, args.eval_text))
+    r = report_inputs(t, m, sum(int(s.numel()) for s in scores.values()), params, first, sources)
     facts = summary(
         params, t["baseline"], r.pool_weights, t["comparisons"], t["effects"], t["scaling"], first
     )
@@ -118,10 +127,11 @@ def read_tables(args) -> dict[str, pl.DataFrame | None]:
     return tables
 
 
-def zero_curve(zero: pl.DataFrame) -> pl.DataFrame:
-    """ΔPPL of zeroing k weights per selection (random draws averaged), for `dvc plots`."""
+def k_curve(effects: pl.DataFrame) -> pl.DataFrame:
+    """ΔPPL of the headline perturbation of k weights per selection (random draws averaged), for
+    `dvc plots`."""
     return (
-        zero.group_by("k", "selection")
+        effects.group_by("k", "selection")
         .agg(pl.col("delta_ppl").mean())
         .sort("selection", "k")  # fixed column order: the CSV is byte-stable
         .pivot(on="selection", index="k", values="delta_ppl")
@@ -146,7 +156,10 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
         plots.training_curves(t["training"], out / "training.png")
 
 
-def report_inputs(t: dict, m: dict, pool_weights: int, params, first: dict) -> ReportInputs:
+def report_inputs(
+    t: dict, m: dict, pool_weights: int, params, first: dict, sources: tuple[dict, dict]
+) -> ReportInputs:
+    setting = headline_setting(first)
     """The report's tables, reduced to what each section shows."""
     k, ranking = params.headline_k, t["ranking"]
     top = ranking.filter(
@@ -178,6 +191,8 @@ def report_inputs(t: dict, m: dict, pool_weights: int, params, first: dict) -> R
         scaling=t["scaling"],
         fits=t["fit"],
         has_training=t["training"] is not None,
+        sources=sources,
+        setting=setting,
     )
 
 

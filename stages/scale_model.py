@@ -2,14 +2,15 @@
 
 Scores the pool with `metric` on the first seed's calibration draw, measures how concentrated
 the scores are, and zeroes the global top-k (k = headline_k) against matched random draws.
-Reads: the corpus table and the built-in model. Writes: one row (schema `scaling_model`).
+Reads: the calibration and evaluation text (sources stage) and the built-in model.
+Writes: one row (schema `scaling_model`).
 """
 
 import polars as pl
 
-from cwa.data import calibration_draw, eval_windows, split_windows
+from cwa.data import calibration_draw, calibration_windows, evaluation_windows
 from cwa.evaluation import evaluate
-from cwa.experiment import experiments, headline, summarize
+from cwa.experiment import ZERO, experiments, headline, summarize
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
 from cwa.memory import guard_scoring
@@ -28,6 +29,7 @@ PARAMS = (
     "seeds",
     "calib_samples",
     "seq_len",
+    "bos",
     "batch_size",
     "probes",
     "layer_group",
@@ -44,7 +46,8 @@ PARAMS = (
 
 def add_args(p):
     p.add_argument("--name", required=True, help="built-in model")
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
+    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
     p.add_argument("--models-dir", required=True)
     p.add_argument("--out", required=True)
 
@@ -56,12 +59,14 @@ def run(args, params):
     )
     infos = pool(describe(model), **params.pool_options)
     guard_scoring(model, infos, metric, params)
-    calib = calibration_draw(
-        split_windows(tokenizer, args.corpus, "calib", params.seq_len), params.calib_samples, seed
+    seq_len, bos = params.seq_len, params.bos
+    pool_windows = calibration_windows(
+        tokenizer, args.calib_text, seq_len, bos, params.calib_samples
     )
+    calib = calibration_draw(pool_windows.all, params.calib_samples, seed)
     desc = f"{args.name} {metric.name}"
     scores = score_with_params(params, model, infos, metric, calib, seed, desc)
-    windows = eval_windows(tokenizer, args.corpus, params.seq_len, params.eval_samples)
+    windows = evaluation_windows(tokenizer, args.eval_text, seq_len, bos, params.eval_samples).all
     base = evaluate(model, windows, params.batch_size)
     ranking = rank(
         infos, scores, "global", (k,), ("random_k",), params.random_draws, seed, metric.name
@@ -78,7 +83,7 @@ def run(args, params):
         **concentration([scores[i.name] for i in infos]),
         "k": k,
     }
-    h = headline(effects, None, k)
+    h = headline(effects, None, k, ZERO)
     row |= {key: h[key] for key in ("delta_ppl_top", "delta_ppl_random", "separation")}
     write_table(pl.DataFrame([row]), args.out, SCALING_MODEL_TABLE)
     return row

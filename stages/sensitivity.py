@@ -1,6 +1,6 @@
 """sensitivity: a score for every weight in the ranking pool, one calibration draw per seed.
 
-Reads: the corpus table (calibration split) and the model.
+Reads: the calibration text (sources stage) and the model.
 Writes: the score store (one safetensors file per seed), the pool description (schema `pool`)
 and per-tensor score statistics (schema `tensor_stats`).
 
@@ -11,7 +11,7 @@ all-reduced once per seed, and only the main process writes.
 
 import polars as pl
 
-from cwa.data import calibration_draw, split_windows
+from cwa.data import calibration_draw, calibration_windows
 from cwa.distributed import init_world, relaunch
 from cwa.io import write_table
 from cwa.memory import guard_scoring
@@ -33,6 +33,7 @@ PARAMS = (
     "seeds",
     "calib_samples",
     "seq_len",
+    "bos",
     "batch_size",
     "probes",
     "layer_group",
@@ -43,7 +44,7 @@ PARAMS = (
 
 
 def add_args(p):
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
     p.add_argument("--models-dir", required=True)
     p.add_argument("--scores", required=True, help="score store directory")
     p.add_argument("--pool", required=True)
@@ -57,10 +58,12 @@ def run(args, params):
     model, tokenizer = load_studied(params, args.models_dir, world.device)
     infos = pool(describe(model), **params.pool_options)
     memory = guard_scoring(model, infos, metric, params)
-    calib = split_windows(tokenizer, args.corpus, "calib", params.seq_len)
+    calib = calibration_windows(
+        tokenizer, args.calib_text, params.seq_len, params.bos, params.calib_samples
+    )
     stats = []
     for seed in params.seeds:
-        draw = calibration_draw(calib, params.calib_samples, seed)
+        draw = calibration_draw(calib.all, params.calib_samples, seed)
         desc = f"{metric.name} seed {seed}"
         scores = score_with_params(params, model, infos, metric, draw, seed, desc, world)
         if not world.main:
@@ -76,6 +79,7 @@ def run(args, params):
         "pool_weights": sum(i.numel for i in infos),
         "processes": world.size,
         "memory": memory,
+        "calibration_text": calib.record,
     }
 
 

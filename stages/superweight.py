@@ -4,14 +4,14 @@ One forward pass over the first `batch_size` windows of the first seed's calibra
 in every MLP down projection, the strongest input and output activation spikes and the weight
 joining them; each such weight is then zeroed alone (and restored bit for bit) and the damage
 measured on the evaluation windows against the baseline.
-Reads: the corpus table, the model, the baseline per-text table.
+Reads: the calibration and evaluation text (sources stage), the model, the baseline per-text table.
 Writes: the spikes table (schema `spikes`).
 """
 
 import polars as pl
 import torch
 
-from cwa.data import calibration_draw, split_windows
+from cwa.data import calibration_draw, calibration_windows
 from cwa.evaluation import evaluate
 from cwa.evaluation_setup import prepare
 from cwa.io import write_table
@@ -30,6 +30,7 @@ PARAMS = (
     "seeds",
     "calib_samples",
     "seq_len",
+    "bos",
     "batch_size",
     "eval_samples",
     "spike_ratio",
@@ -38,17 +39,20 @@ PARAMS = (
 
 
 def add_args(p):
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
+    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
     p.add_argument("--models-dir", required=True)
     p.add_argument("--baseline-texts", required=True)
     p.add_argument("--out", required=True)
 
 
 def run(args, params):
-    ev = prepare(params, args.models_dir, args.corpus, args.baseline_texts)
+    ev = prepare(params, args.models_dir, args.eval_text, args.baseline_texts)
     model, windows, base = ev.model, ev.windows, ev.base
-    calib = split_windows(ev.tokenizer, args.corpus, "calib", params.seq_len)
-    probe = calibration_draw(calib, params.calib_samples, params.seeds[0])[: params.batch_size]
+    calib = calibration_windows(
+        ev.tokenizer, args.calib_text, params.seq_len, params.bos, params.calib_samples
+    )
+    probe = calibration_draw(calib.all, params.calib_samples, params.seeds[0])[: params.batch_size]
     idx = bootstrap_indices(len(windows), params.bootstrap, params.seeds[0])
     weights = dict(model.named_parameters())
     rows = []
@@ -78,7 +82,13 @@ def run(args, params):
         )
     table = pl.DataFrame(rows)
     write_table(table, args.out, SPIKES_TABLE)
-    return {"layers": len(rows), "candidates": int(table["candidate"].sum()), "memory": ev.memory}
+    return {
+        "layers": len(rows),
+        "candidates": int(table["candidate"].sum()),
+        "memory": ev.memory,
+        "calibration_text": calib.record,
+        "evaluation_text": ev.text,
+    }
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ CASES = [
     (["--metric", "fisher"], "`metric` is 'fisher'; valid values: act_mag, grad_squared"),
     (["--mode", "per_row"], "valid values: global, per_component, per_head, per_layer"),
     (["--perturb", "zero,melt"], "`perturb` is 'melt'; valid values: bit_flip"),
-    (["--perturb", "sign_flip"], "must include `zero`"),
+    (["--perturb", "zero,zero"], "`perturb` must be a non-empty list of distinct perturbations"),
     (["--controls", "random"], "`controls` is 'random'; valid values: bottom_k, random_k"),
     (["--topk", "10,abc"], "`topk` must be int, got 'abc'"),
     (["--topk", "0"], "`topk` must be a non-empty list of positive integers"),

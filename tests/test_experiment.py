@@ -86,7 +86,7 @@ def test_comparisons_agree_with_the_effects_table(sweep):
     assert row["separation"][0] == pytest.approx(top / rand.abs().mean())
     assert row["draws"][0] == 2
     assert 0 < row["p_value"][0] <= 1 and 0 < row["p_wilcoxon"][0] <= 1
-    h = headline(effects, comp, 40)
+    h = headline(effects, comp, 40, {"zero": ""})
     assert h["delta_ppl_top"] == top  # exact: the mean of the one top row
     assert h["p_value"] == row["p_value"][0]
     assert len(texts) == len(exps) * 12
@@ -136,4 +136,4 @@ def test_headline_cells_are_first_strengths_of_whole_selections_at_k():
     ).with_row_index()
     first = {"zero": "", "scale": "α=2"}
     assert rows.filter(headline_cell(100, first))["index"].to_list() == [0, 3]
-    assert headline_rows(rows, 100)["index"].to_list() == [0]
+    assert headline_rows(rows, 100, {"zero": ""})["index"].to_list() == [0]

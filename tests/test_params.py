@@ -41,7 +41,10 @@ def test_repository_params_file_is_valid():
         ({"seeds": [1, 1]}, "distinct"),
         ({"topk": [0, 10]}, "positive"),
         ({"headline_k": 7}, "must be one of topk"),
-        ({"perturb": ["sign_flip"]}, "must include `zero`"),
+        (
+            {"perturb": ["sign_flip", "sign_flip"]},
+            "must be a non-empty list of distinct perturbations",
+        ),
         ({"batch_size": 0}, "`batch_size` must be >= 1"),
         ({"calib_samples": 2.5}, "must be int"),
         ({"flip_bit": 40}, "`flip_bit` must be a non-empty list of distinct bit positions 0..31"),

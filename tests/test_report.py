@@ -17,6 +17,18 @@ from cwa.report import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
+SOURCE = {
+    "key": "eval_data",
+    "spec": "builtin:kjv",
+    "kind": "builtin",
+    "sha256": "ab" * 32,
+    "bytes": 1000,
+    "documents": 10,
+    "characters": 990,
+    "part": "eval split",
+}
+
+
 def inputs(**changes) -> ReportInputs:
     one = pl.DataFrame({"a": [1.0]})
     values = {
@@ -49,6 +61,8 @@ def inputs(**changes) -> ReportInputs:
         "scaling": one,
         "fits": one,
         "has_training": True,
+        "setting": {"zero": ""},
+        "sources": (SOURCE | {"key": "calib_data", "part": "calib split"}, SOURCE),
     }
     return ReportInputs(**(values | changes))
 

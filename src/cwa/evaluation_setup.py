@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cwa.data import eval_windows
+from cwa.data import evaluation_windows
 from cwa.evaluation import EvalResult, read_baseline
 from cwa.memory import guard_evaluation
 from cwa.models import load_studied
@@ -21,12 +21,16 @@ class Evaluation:
     windows: torch.Tensor  # (eval_samples, seq_len) token ids
     memory: dict  # the guard's estimate, for the manifest
     base: EvalResult | None  # the baseline stage's per-window results, when asked for
+    text: dict  # the evaluation text's source, tokens and windows, for the manifest
 
 
-def prepare(params, models_dir, corpus, baseline_texts=None) -> Evaluation:
-    """Loads and guards before tokenizing, so a model that cannot fit fails first."""
+def prepare(params, models_dir, eval_text, baseline_texts=None) -> Evaluation:
+    """Loads and guards before tokenizing, so a model that cannot fit fails first (params:
+    model, dtype, device, device_map, batch_size, seq_len, bos, eval_samples)."""
     model, tokenizer = load_studied(params, models_dir)
     memory = guard_evaluation(model, params)
-    windows = eval_windows(tokenizer, corpus, params.seq_len, params.eval_samples)
-    base = read_baseline(baseline_texts, len(windows)) if baseline_texts else None
-    return Evaluation(model, tokenizer, windows, memory, base)
+    found = evaluation_windows(
+        tokenizer, eval_text, params.seq_len, params.bos, params.eval_samples
+    )
+    base = read_baseline(baseline_texts, len(found.all)) if baseline_texts else None
+    return Evaluation(model, tokenizer, found.all, memory, base, found.record)

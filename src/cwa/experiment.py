@@ -79,6 +79,13 @@ def first_settings(params) -> dict[str, str]:
     return {p.name: p.label(strengths[0]) for p, strengths in specs(params)}
 
 
+def headline_setting(first: dict[str, str]) -> dict[str, str]:
+    """The headline perturbation at its first strength, as {name: setting}: `zero` when run,
+    else the first perturbation listed (`first`: first_settings, in params order)."""
+    name = "zero" if "zero" in first else next(iter(first))
+    return {name: first[name]}
+
+
 def stream_seed(*parts) -> int:
     """A stable 31-bit seed from the parts that identify a random stream."""
     return zlib.crc32("|".join(map(str, parts)).encode()) & 0x7FFFFFFF
@@ -298,15 +305,20 @@ def headline_cell(k: int, first: dict[str, str]) -> pl.Expr:
     return first_strength(first) & (pl.col("k") == k) & (pl.col("mask_ratio") == 1.0)
 
 
-def headline_rows(table: pl.DataFrame, k: int) -> pl.DataFrame:
-    """Rows of the headline experiment: the zero cell (zero has no strength to sweep)."""
-    return table.filter(headline_cell(k, {"zero": ""}))
+ZERO = {"zero": ""}  # the headline setting whenever `zero` runs (it has no strength)
 
 
-def headline(effects: pl.DataFrame, comparisons: pl.DataFrame | None, k: int) -> dict:
-    """ΔPPL of zeroing the top-k, random_k (mean over draws) and bottom_k, their separation with
-    its CI, and the p-value of top beating random_k."""
-    zero = headline_rows(effects, k)
+def headline_rows(table: pl.DataFrame, k: int, setting: dict[str, str]) -> pl.DataFrame:
+    """Rows of the headline experiment (`setting`: headline_setting)."""
+    return table.filter(headline_cell(k, setting))
+
+
+def headline(
+    effects: pl.DataFrame, comparisons: pl.DataFrame | None, k: int, setting: dict[str, str]
+) -> dict:
+    """ΔPPL of perturbing (by default zeroing) the top-k, random_k (mean over draws) and
+    bottom_k, their separation with its CI, and the p-value of top beating random_k."""
+    zero = headline_rows(effects, k, setting)
 
     def mean(selection, col="delta_ppl"):
         vals = zero.filter(pl.col("selection") == selection)[col]
@@ -321,7 +333,7 @@ def headline(effects: pl.DataFrame, comparisons: pl.DataFrame | None, k: int) ->
         "separation": separation(top, random),
     }
     if comparisons is not None:
-        row = headline_rows(comparisons, k).filter(pl.col("control") == "random_k")
+        row = headline_rows(comparisons, k, setting).filter(pl.col("control") == "random_k")
         nan = float("nan")
         out |= {
             "separation_ci_low": float(row["separation_ci_low"][0]) if len(row) else nan,

@@ -40,6 +40,11 @@ class Params:
     device: str = "auto"
     device_map: str = "none"  # none | auto | balanced | sequential: split one model over GPUs
     num_processes: int = 1  # sensitivity: data-parallel processes (one per GPU)
+    # text: calibration and evaluation sources (cwa.sources)
+    calib_data: str = "builtin:kjv"
+    eval_data: str = "builtin:kjv"
+    data_field: str = "text"
+    bos: bool = False
     # sensitivity
     metric: str = "grad_x_weight"
     compare_metrics: tuple[str, ...] = (
@@ -134,6 +139,32 @@ DOCS = {
         "scores a contiguous share of every calibration draw, the fp32 accumulators are "
         "all-reduced once per seed, and only the main process writes. Scores equal the 1-process "
         "ones to float rounding. Needs `calib_samples` >= `num_processes` and `device_map: none`"
+    ),
+    "calib_data": (
+        "calibration text: `builtin:kjv` (the built-in corpus's calib split), a local `.txt` "
+        "(documents separated by blank lines), `.jsonl` (field `data_field`), `.parquet` or "
+        "`.csv` (column `data_field`), a directory of such files (sorted path order), or "
+        "`hf:<name>[:<config>[:<split>]]` (a Hugging Face `datasets` dataset from the hub or its "
+        "cache, `HF_DATASETS_OFFLINE=1` honoured; <name> may be a directory written by "
+        "`save_to_disk`). Documents are joined with a blank line, tokenized by the studied "
+        "model's tokenizer and cut into windows of `seq_len`; each seed draws `calib_samples` "
+        "of them. The `sources` stage reads it on every `dvc repro` (it always runs; an edited "
+        "file changes its outputs and reruns what reads them)"
+    ),
+    "eval_data": (
+        "evaluation text, any source `calib_data` accepts (`builtin:kjv`: the eval split). The "
+        "joined text is cut into non-overlapping windows of `seq_len` and the first "
+        "`eval_samples` are evaluated (the Wanda/SparseGPT WikiText-2 protocol). When it names "
+        "the same source as `calib_data` (other than builtin:kjv), the source is cut at the "
+        "whitespace nearest its middle character: calibration reads the first half, evaluation "
+        "the second, and the report says so"
+    ),
+    "data_field": "the field (`.jsonl`, `hf:`) or column (`.parquet`, `.csv`) holding the text",
+    "bos": (
+        "start every calibration and evaluation window with the tokenizer's BOS token (its EOS "
+        "token when it has no BOS, the GPT-2 convention; the built-in tokenizer's "
+        "`<|endoftext|>`), followed by `seq_len` − 1 text tokens. Massive activations and super "
+        "weights are tied to the first token; published super-weight numbers use BOS"
     ),
     "metric": (
         "sensitivity metric: `magnitude` (|w|), `grad_x_weight` (|ḡ·w|, ḡ = gradient of the mean "

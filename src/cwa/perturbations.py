@@ -205,12 +205,14 @@ register(
 
 @params_check
 def _valid_perturbations(p) -> None:
-    """`perturb` names registered perturbations, `zero` among them; each strength sweep is a
-    non-empty list of distinct values its perturbation accepts."""
+    """`perturb` names distinct registered perturbations (the headline: `zero` when listed, else
+    the first); each strength sweep is a non-empty list of distinct values it accepts."""
     for name in p.perturb:
         check_choice("perturb", name, PERTURBATIONS.names())
-    if "zero" not in p.perturb:
-        fail("perturb", "must include `zero`: the headline experiment zeroes the top-k")
+    if not p.perturb or len(set(p.perturb)) != len(p.perturb):
+        fail(
+            "perturb", f"must be a non-empty list of distinct perturbations, got {list(p.perturb)}"
+        )
     for pert in PERTURBATIONS.items():
         if pert.strength_key is None:
             continue

@@ -3,4 +3,5 @@ adds its checks of params (cwa.params.check), so a Params built afterwards is ch
 
 import cwa.metrics
 import cwa.perturbations
-import cwa.ranking  # noqa: F401  mode, controls
+import cwa.ranking  # mode, controls
+import cwa.sources  # noqa: F401  calib_data, eval_data

@@ -37,9 +37,10 @@ def metrics(
     comparisons: pl.DataFrame,
     stability: pl.DataFrame,
     k: int,
+    setting: dict[str, str],
 ) -> dict:
     """The flat keys `dvc exp show` displays (docs/science.md, Headline numbers)."""
-    h = headline(effects, comparisons, k)
+    h = headline(effects, comparisons, k, setting)
     jac = stability.filter(pl.col("k") == k)["jaccard"]
     return {
         "baseline_ppl": float(baseline["ppl"][0]),
@@ -117,12 +118,12 @@ def tasks_table(tasks: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def task_metrics(tasks: pl.DataFrame, k: int) -> dict:
-    """Baseline accuracy of each task and its change when the top-k are zeroed."""
+def task_metrics(tasks: pl.DataFrame, k: int, setting: dict[str, str]) -> dict:
+    """Baseline accuracy of each task and its change under the headline perturbation."""
     out = {}
     for (task,), rows in tasks.group_by("task", maintain_order=True):
         base = rows.filter(pl.col("perturbation") == "none")
-        top = headline_rows(rows, k).filter(pl.col("selection") == "top")
+        top = headline_rows(rows, k, setting).filter(pl.col("selection") == "top")
         out[f"{task}_acc"] = float(base["accuracy"][0]) if len(base) else float("nan")
         out[f"{task}_delta_top"] = float(top["delta_accuracy"][0]) if len(top) else float("nan")
     return dict(sorted(out.items()))
@@ -196,6 +197,8 @@ def summary(
             "calib_samples": params.calib_samples,
             "eval_windows": int(baseline["texts"][0]),
             "eval_tokens": int(baseline["tokens"][0]),
+            "calib_data": params.calib_data,
+            "eval_data": params.eval_data,
             "random_draws": params.random_draws,
             "bootstrap": params.bootstrap,
         },
@@ -226,6 +229,8 @@ class ReportInputs:
     scaling: pl.DataFrame  # schema `scaling_model`
     fits: pl.DataFrame  # schema `scaling_fit`
     has_training: bool
+    sources: tuple[dict, dict]  # calibration's and evaluation's source.json (cwa.sources)
+    setting: dict[str, str]  # the headline perturbation and setting (headline_setting)
 
 
 def setup_section(r: ReportInputs) -> list[str]:
@@ -242,18 +247,42 @@ def setup_section(r: ReportInputs) -> list[str]:
         f"of a {base['params'][0]:,}-parameter model. Versions, commit and hashes of "
         "every input: the stages' manifest.json files.",
         "",
+        *text_lines(r.sources, p.bos),
     ]
+
+
+def text_lines(sources: tuple[dict, dict], bos: bool) -> list[str]:
+    """Which text each role measured, with its hash and size: results on different text are
+    never comparable, and this says so in every report."""
+    lines = []
+    for role, s in zip(("Calibration", "Evaluation"), sources, strict=True):
+        lines.append(
+            f"- {role} text (`{s['key']}`): `{s['spec']}` ({s['kind']}, {s['part']}), "
+            f"{s['documents']:,} documents, {s['characters']:,} characters, {s['bytes']:,} bytes "
+            f"read, SHA-256 `{s['sha256'][:16]}…`"
+        )
+    calib, evaluation = sources
+    if calib["spec"] == evaluation["spec"] and calib["kind"] != "builtin":
+        lines.append(
+            "- Calibration and evaluation name the same source: it was cut into two disjoint "
+            "halves at the whitespace nearest its middle character; calibration read the first."
+        )
+    if bos:
+        lines.append("- Every window starts with the tokenizer's BOS token (`bos: true`).")
+    return [*lines, ""]
 
 
 def headline_section(r: ReportInputs) -> list[str]:
     m, p = r.metrics, r.params
     k = m["headline_k"]
+    ((name, setting),) = r.setting.items()
+    doing = "zeroing" if name == "zero" else f"applying {name}{f' ({setting})' * bool(setting)} to"
     return [
         "## Headline",
         "",
-        f"Zeroing the top-{k} weights by {p.metric} changes perplexity by "
+        f"{doing.capitalize()} the top-{k} weights by {p.metric} changes perplexity by "
         f"**{fmt(m['delta_ppl_top'])}** (baseline {fmt(m['baseline_ppl'], 4)}); "
-        f"zeroing {k} random weights (same tensors, {p.random_draws} draws) by "
+        f"{doing} {k} random weights (same tensors, {p.random_draws} draws) by "
         f"{fmt(m['delta_ppl_random'])} on average; the {k} lowest-scored weights by "
         f"{fmt(m['delta_ppl_bottom'])}. Separation (top ΔPPL / mean |random ΔPPL|): "
         f"**{fmt(m['separation'])}** (95% CI {fmt(m['separation_ci_low'])} – "

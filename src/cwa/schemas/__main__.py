@@ -5,6 +5,7 @@ from cwa.schemas.agreement import AGREEMENT_TABLE
 from cwa.schemas.baseline import BASELINE_TABLE
 from cwa.schemas.comparisons import COMPARISONS_TABLE
 from cwa.schemas.corpus import CORPUS_TABLE
+from cwa.schemas.documents import DOCUMENTS_TABLE
 from cwa.schemas.effects import EFFECTS_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
 from cwa.schemas.fault_summary import FAULT_SUMMARY_TABLE
@@ -21,6 +22,7 @@ from cwa.schemas.train_log import TRAIN_LOG_TABLE
 
 TABLES = (
     CORPUS_TABLE,
+    DOCUMENTS_TABLE,
     TRAIN_LOG_TABLE,
     EVAL_TEXTS_TABLE,
     BASELINE_TABLE,

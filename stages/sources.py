@@ -1,0 +1,48 @@
+"""sources: the calibration and evaluation text, read from `calib_data` and `eval_data`.
+
+Reads: the corpus table (for builtin:kjv), or the files or dataset the params name.
+Writes, per role, a directory holding the documents (schema `documents`) and `source.json` (the
+spec, kind, SHA-256, bytes, documents, characters and the part used). DVC cannot depend on a file
+that a param names, so this stage always runs (`always_changed`): text that did not change
+writes the same bytes and reruns nothing downstream; an edited file reruns what reads it.
+"""
+
+import polars as pl
+
+from cwa.data import DOCUMENTS, SOURCE
+from cwa.io import atomic_write, write_json, write_table
+from cwa.schemas.documents import DOCUMENTS_TABLE
+from cwa.sources import Source, read_sources
+from cwa.stage import stage_main
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = ("calib_data", "eval_data", "data_field")
+
+
+def add_args(p):
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--calibration", required=True, help="output directory")
+    p.add_argument("--evaluation", required=True, help="output directory")
+
+
+def write_text(source: Source, directory) -> None:
+    def write(tmp):
+        tmp.mkdir()
+        docs = pl.DataFrame({"doc": range(len(source.documents)), "text": source.documents})
+        write_table(docs, tmp / DOCUMENTS, DOCUMENTS_TABLE)
+        write_json(source.record(), tmp / SOURCE)
+
+    atomic_write(directory, write)
+
+
+def run(args, params):
+    calibration, evaluation = read_sources(
+        params.calib_data, params.eval_data, params.data_field, args.corpus
+    )
+    write_text(calibration, args.calibration)
+    write_text(evaluation, args.evaluation)
+    return {"calibration": calibration.record(), "evaluation": evaluation.record()}
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run, PARAMS)
