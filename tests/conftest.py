@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VOCAB = 64
 
@@ -65,3 +70,33 @@ def gpt2():
 def windows():
     gen = torch.Generator().manual_seed(1)
     return torch.randint(0, VOCAB, (6, 12), generator=gen)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project directory with the real params and some artifacts, DVC forbidden."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "artifacts" / "rank").mkdir(parents=True)
+    (tmp_path / "artifacts" / "metrics.json").write_text('{"separation": 37.9}\n')
+    (tmp_path / "artifacts" / "rank" / "ranking.parquet").write_bytes(b"PAR1 stand-in")
+    monkeypatch.chdir(tmp_path)
+
+    def no_dvc(*args, **kwargs):
+        raise AssertionError(f"DVC was started: {args}")
+
+    monkeypatch.setattr("cwa.cli.subprocess.run", no_dvc)
+    return tmp_path
+
+
+@pytest.fixture
+def word_model(project):
+    """A local model directory whose tokenizer makes one token per whitespace-separated word."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    directory = project / "word-model"
+    tiny_gpt2().save_pretrained(directory)
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "w": 1}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<unk>").save_pretrained(directory)
+    return directory

@@ -2,7 +2,6 @@
 DVC never started and existing artifacts untouched."""
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ CASES = [
     (["--controls", "random"], "`controls` is 'random'; valid values: bottom_k, random_k"),
     (["--topk", "10,abc"], "`topk` must be int, got 'abc'"),
     (["--topk", "0"], "`topk` must be a non-empty list of positive integers"),
-    (["--topk", "10,1000"], "`headline_k` (100) must be one of topk [10, 1000]"),
+    (["--topk", "10,1000", "--headline-k", "100"], "`headline_k` (100) must be one of topk"),
     (["--seeds", "0,one"], "`seeds` must be int, got 'one'"),
     (["--seeds", "1,1"], "`seeds` must be a non-empty list of distinct integers"),
     (["--seeds", ""], "`seeds` must be a non-empty list"),
@@ -41,22 +40,6 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    """A project directory with the real params and some artifacts, DVC forbidden."""
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    (tmp_path / "artifacts" / "rank").mkdir(parents=True)
-    (tmp_path / "artifacts" / "metrics.json").write_text('{"separation": 37.9}\n')
-    (tmp_path / "artifacts" / "rank" / "ranking.parquet").write_bytes(b"PAR1 stand-in")
-    monkeypatch.chdir(tmp_path)
-
-    def no_dvc(*args, **kwargs):
-        raise AssertionError(f"DVC was started: {args}")
-
-    monkeypatch.setattr("cwa.cli.subprocess.run", no_dvc)
-    return tmp_path
-
-
 def snapshot(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -70,7 +53,8 @@ def check(project, argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err, err
-    assert "Traceback" not in err and err.startswith("cwa: error: ")
+    errors = [line for line in err.splitlines() if line.startswith("cwa: error: ")]
+    assert "Traceback" not in err and errors == [err.splitlines()[-1]]  # notes, then one line
     assert snapshot(project) == before
 
 
@@ -113,3 +97,67 @@ def test_unknown_command_is_a_usage_error(project, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["frobnicate"])
     assert exit_.value.code == 2 and "invalid choice: 'frobnicate'" in capsys.readouterr().err
+
+
+def _write(project, name, content):
+    path = project / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return name
+
+
+DATA_CASES = [
+    ("missing.txt", None, "`eval_data` is 'missing.txt', which does not exist"),
+    ("empty.txt", "\n \n", "`eval_data` empty.txt holds no text"),
+    ("bad.jsonl", '{"text": "a"}\n{"text": \n', "`eval_data` file bad.jsonl: line 2 is not JSON"),
+    (
+        "field.jsonl",
+        '{"body": "a", "id": 1}\n',
+        "line 1 has no field 'text' (set `data_field`); fields present: body, id",
+    ),
+    ("binary.txt", b"text\x00\xff\xfe", "`eval_data` file binary.txt is not UTF-8 text"),
+    ("data.md", "# a", "a .md file; valid: ('.txt', '.jsonl', '.parquet', '.csv')"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_text_source(project, name, content, message, capsys):
+    if content is not None:
+        _write(project, name, content)
+    check(project, ["run", "--eval-data", name], message, capsys)
+
+
+def test_parquet_without_the_column_lists_the_columns(project, capsys):
+    import polars as pl
+
+    pl.DataFrame({"body": ["a"], "id": [1]}).write_parquet(project / "t.parquet")
+    message = (
+        "`calib_data` file t.parquet has no column 'text' (set `data_field`); columns: body, id"
+    )
+    check(project, ["run", "--calib-data", "t.parquet"], message, capsys)
+
+
+def test_text_too_short_for_a_window_or_for_the_samples(project, word_model, capsys):
+    _write(project, "short.txt", "w " * 40)
+    model = ["--model", str(word_model), "--eval-data", "short.txt"]
+    too_short = "`eval_data` short.txt gives 40 tokens, fewer than one window of seq_len 128"
+    check(project, ["run", *model], too_short, capsys)
+    few = (
+        "`eval_samples` is 64 but `eval_data` short.txt gives only 5 windows of seq_len 8 "
+        "(40 tokens): lower `eval_samples` or `seq_len`, or give more text"
+    )
+    check(project, ["run", *model, "--max-length", "8"], few, capsys)
+    calib = "`calib_samples` is 64 but `calib_data` short.txt gives only 2 windows of seq_len 8"
+    check(project, ["run", *model, "--max-length", "8", "--data-file", "short.txt"], calib, capsys)
+
+
+def test_unreachable_hub_dataset(project, monkeypatch, capsys):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = "needs the hub or a local copy; on a machine with internet run"
+    check(project, ["run", "--eval-data", "hf:nobody/nothing"], message, capsys)
+
+
+def test_unknown_flag_names_the_way_to_set_any_param(project, capsys):
+    check(project, ["run", "--frobnicate", "3"], "unknown flag(s) --frobnicate 3: set any", capsys)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from cwa.cli import EXPORTS, build_parser, export, main, overrides
+from cwa.cli import EXPORTS, build_parser, export, main
+from cwa.runflags import translate
 
 
 def test_flags_map_onto_params_keys():
@@ -27,16 +28,19 @@ def test_flags_map_onto_params_keys():
             "auto",
         ]
     )
-    assert overrides(args) == {
-        "metric": "grad_squared",
-        "topk": [10, 100],
-        "seeds": [0, 1, 2],
-        "calib_samples": 32,
-        "seq_len": 256,
-        "controls": ["random_k"],
-        "num_processes": 4,
-        "device_map": "auto",
-    }
+    assert translate(args).runs == [
+        {
+            "topk": [10, 100],
+            "seeds": [0, 1, 2],
+            "calib_samples": 32,
+            "seq_len": 256,
+            "controls": ["random_k"],
+            "num_processes": 4,
+            "device_map": "auto",
+            "headline_k": 100,
+            "metric": "grad_squared",
+        }
+    ]
 
 
 def test_bad_metric_fails_before_dvc(capsys):
@@ -80,7 +84,7 @@ def test_out_dir_export_is_whole_or_nothing(tmp_path):
 
 def test_out_dir_flag_parses():
     args = build_parser().parse_args(["run", "--metric", "magnitude", "--out-dir", "res/x"])
-    assert args.out_dir == "res/x" and overrides(args) == {"metric": "magnitude"}
+    assert args.out_dir == "res/x" and translate(args).runs == [{"metric": "magnitude"}]
 
 
 def test_show_of_an_unknown_experiment_lists_the_known_ones(tmp_path, monkeypatch, capsys):

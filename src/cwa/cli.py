@@ -3,6 +3,12 @@
 Examples:
   cwa run --metric grad_squared --topk 10,100 --seeds 0,1,2
       one DVC experiment (`dvc exp run -S metric=grad_squared -S topk=[10,100] ...`)
+  cwa run --model gpt2 --metric grad_x_weight grad_squared --topk 50 100 500 --eval-limit 100
+      an old runner's command as written: one experiment per metric, then both side by side
+  cwa run --calib-data c4-sample.jsonl --eval-data hf:wikitext:wikitext-2-raw-v1:test --bos
+      your own calibration and evaluation text (docs/params.md: calib_data, eval_data)
+  cwa run --dry-run ...
+      check everything and print the `dvc exp run` command(s), starting nothing
   cwa run --model ./my-llama --dtype bfloat16 --perturb zero,sign_flip --controls random_k
   cwa run --model ./llama-8b --dtype bfloat16 --num-processes 8     (one GPU per process)
   cwa run --preset configs/full.yaml --name full
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -32,44 +39,7 @@ import yaml
 
 from cwa import CwaError
 from cwa.params import params_from_dict
-
-# flag -> (params key, parser)
-_LIST = "list"
-FLAGS = {
-    "model": ("model", str),
-    "metric": ("metric", str),
-    "mode": ("mode", str),
-    "topk": ("topk", _LIST),
-    "perturb": ("perturb", _LIST),
-    "controls": ("controls", _LIST),
-    "seeds": ("seeds", _LIST),
-    "max_samples": ("calib_samples", int),
-    "max_length": ("seq_len", int),
-    "dtype": ("dtype", str),
-    "device": ("device", str),
-    "device_map": ("device_map", str),
-    "num_processes": ("num_processes", int),
-}
-
-
-def _parse_list(text: str) -> list:
-    return [yaml.safe_load(v.strip()) for v in text.split(",") if v.strip()]
-
-
-def overrides(args: argparse.Namespace) -> dict:
-    out = {}
-    for flag, (key, kind) in FLAGS.items():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        try:
-            out[key] = _parse_list(value) if kind == _LIST else kind(value)
-        except (ValueError, yaml.YAMLError) as err:
-            name = flag.replace("_", "-")
-            raise CwaError(
-                f"--{name} {value!r} is not a valid {kind if kind == _LIST else kind.__name__}"
-            ) from err
-    return out
+from cwa.runflags import Plan, add_flags, translate
 
 
 def validate_everything(raw: dict):
@@ -99,19 +69,77 @@ def cmd_run(args) -> int:
     raw = yaml.safe_load(params_file.read_text()) or {}
     if not isinstance(raw, dict):
         raise CwaError(f"params file {params_file} must hold a mapping of keys to values")
-    changes = preset(args.preset) | overrides(args)
-    validate_everything(raw | changes)  # fail before DVC starts
-    cmd = [sys.executable, "-m", "dvc", "exp", "run"]  # the dvc of this environment
-    for key, value in changes.items():
-        cmd += ["-S", f"{key}={json.dumps(value) if isinstance(value, list) else value}"]
-    if args.name:
-        cmd += ["--name", args.name]
-    print("+", " ".join(cmd), file=sys.stderr)
-    code = subprocess.run(cmd, check=False).returncode
-    if code == 0 and args.out_dir:
+    plan = translate(args)
+    for note in plan.notes:
+        print(f"cwa: {note}", file=sys.stderr)
+    commands = []
+    for changes in plan.runs:  # fail before DVC starts: every key, every text source
+        changes = preset(args.preset) | changes
+        check_text(validate_everything(raw | changes), Path(args.artifacts))
+        commands.append(exp_command(changes, _name(args, plan, changes), plan.targets))
+    if args.dry_run:
+        print("\n".join(shlex.join(cmd) for cmd in commands))
+        return 0
+    for cmd in commands:
+        print("+", shlex.join(cmd), file=sys.stderr)
+        code = subprocess.run(cmd, check=False).returncode
+        if code != 0:
+            return code
+    if args.out_dir:
         export(Path(args.artifacts), Path(args.out_dir))
         print(f"results copied to {args.out_dir}", file=sys.stderr)
-    return code
+    if len(commands) > 1:
+        print(side_by_side([_name(args, plan, c) for c in plan.runs]))
+    return 0
+
+
+def exp_command(changes: dict, name: str | None, targets: list[str]) -> list[str]:
+    """`dvc exp run` (the dvc of this environment) with one -S per changed key."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "run", *targets]
+    for key, value in changes.items():
+        text = json.dumps(value) if isinstance(value, list | bool) else str(value)
+        cmd += ["-S", f"{key}={text}"]
+    return cmd + (["--name", name] if name else [])
+
+
+def _name(args, plan: Plan, changes: dict) -> str | None:
+    """The experiment's name: --name, with the metric appended when one command runs several."""
+    if len(plan.runs) == 1:
+        return args.name
+    return f"{args.name or 'run'}-{changes['metric']}".replace("_", "-")
+
+
+def check_text(params, artifacts: Path) -> None:
+    """Reads the text sources that are not built in, as the sources stage will, and counts
+    their windows with the model's tokenizer when it is at hand (built, local or cached)."""
+    from cwa.data import Text, text_windows
+    from cwa.sources import user_sources
+
+    sources = user_sources(params.calib_data, params.eval_data, params.data_field)
+    tokenizer = _tokenizer(params.model, artifacts / "models") if sources else None
+    for s in sources if tokenizer is not None else ():
+        key, count = (
+            ("calib_samples", params.calib_samples)
+            if s.key == "calib_data"
+            else ("eval_samples", params.eval_samples)
+        )
+        text_windows(
+            tokenizer, Text(s.documents, s.record()), params.seq_len, params.bos, key, count
+        )
+
+
+def _tokenizer(model: str, models_dir: Path):
+    """The model's tokenizer from its directory or the local cache; None where it needs the hub
+    (the stage reports that later, when it loads the model)."""
+    from transformers import AutoTokenizer
+
+    from cwa.models import BUILTIN
+
+    source = models_dir / model.removeprefix(BUILTIN) if model.startswith(BUILTIN) else model
+    try:
+        return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    except (OSError, ValueError):
+        return None
 
 
 # What `--out-dir` receives: the files a reader of the old scripts' output directory expects.
@@ -144,10 +172,14 @@ def export(artifacts: Path, out_dir: Path) -> None:
 def cmd_show(args) -> int:
     from cwa.report import fmt
 
-    metrics, comparisons, changed = _experiment(args.exp) if args.exp else _workspace(args)
-    if args.exp:
+    if args.exp and len(args.exp) > 1:
+        print(side_by_side(args.exp))
+        return 0
+    name = args.exp[0] if args.exp else None
+    metrics, comparisons, changed = _experiment(name) if name else _workspace(args)
+    if name:
         print(
-            f"experiment {args.exp}: "
+            f"experiment {name}: "
             + (", ".join(f"{k}={v}" for k, v in changed) or "no param changes")
         )
     for key in sorted(metrics):
@@ -158,6 +190,22 @@ def cmd_show(args) -> int:
         print()
         print(table(comparisons_table(comparisons, metrics["headline_k"])))
     return 0
+
+
+def side_by_side(names: list[str]) -> str:
+    """Several experiments' changed params and headline metrics, one column each."""
+    from cwa.report import fmt
+
+    runs = {name: _experiment(name) for name in names}
+    changed = sorted({k for _, _, c in runs.values() for k, _ in c})
+    keys = sorted({k for m, _, _ in runs.values() for k in m})
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key in changed:
+        values = [dict(runs[n][2]).get(key, "") for n in names]
+        lines.append(f"| {key} | " + " | ".join(str(v) for v in values) + " |")
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(fmt(runs[n][0].get(key)) for n in names) + " |")
+    return "\n".join(lines)
 
 
 def _workspace(args):
@@ -227,19 +275,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cwa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the pipeline as a DVC experiment with these settings")
-    for flag, (key, kind) in FLAGS.items():
-        hint = "comma-separated list" if kind == _LIST else kind.__name__
-        run.add_argument(f"--{flag.replace('_', '-')}", help=f"params `{key}` ({hint})")
+    run = sub.add_parser(
+        "run",
+        help="run the pipeline as a DVC experiment with these settings",
+        description="Old runner flags are accepted as written; docs/old-flags.md maps each.",
+    )
+    add_flags(run)
     run.add_argument("--preset", help="a params file whose keys override params.yaml")
-    run.add_argument("--name", help="experiment name for `dvc exp show`")
-    run.add_argument("--out-dir", help="copy the report, metrics and result tables here afterwards")
+    run.add_argument("--name", "--experiment-id", help="experiment name for `dvc exp show`")
+    run.add_argument(
+        "--out-dir",
+        "--output",
+        "--outdir",
+        help="copy the report, metrics and result tables here afterwards",
+    )
+    run.add_argument("--dry-run", action="store_true", help="validate, print the commands, stop")
     run.add_argument("--artifacts", default="artifacts", help=argparse.SUPPRESS)
     run.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
     show = sub.add_parser("show", help="print the headline metrics and top-vs-control table")
     show.add_argument("--artifacts", default="artifacts")
-    show.add_argument("--exp", help="a named DVC experiment instead of the workspace")
+    show.add_argument(
+        "--exp",
+        nargs="+",
+        help="named DVC experiment(s) instead of the workspace; several: side by side",
+    )
     show.set_defaults(func=cmd_show)
     readme = sub.add_parser("readme", help="check README.md's results section (--write: update)")
     readme.add_argument("--write", action="store_true", help="rewrite it from the artifacts")
@@ -257,8 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
     try:
+        if unknown:
+            raise CwaError(
+                f"unknown flag(s) {' '.join(unknown)}: set any param with --set KEY=VALUE "
+                "(docs/params.md); the old runners' flags: docs/old-flags.md"
+            )
         return args.func(args)
     except CwaError as err:
         print(f"cwa: error: {err}", file=sys.stderr)

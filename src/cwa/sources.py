@@ -113,6 +113,15 @@ def read_sources(calib: str, evaluation: str, field: str, corpus) -> tuple[Sourc
     )
 
 
+def user_sources(calib: str, evaluation: str, field: str) -> list[Source]:
+    """The roles whose text is not built in, read and split as the sources stage reads them
+    (`cwa run` checks them before DVC starts)."""
+    if calib == evaluation and kind_of(calib) != "builtin":
+        return list(read_sources(calib, evaluation, field, None))
+    roles = (("calib_data", calib), ("eval_data", evaluation))
+    return [read_source(k, s, field, None) for k, s in roles if kind_of(s) != "builtin"]
+
+
 def _part(whole: Source, key: str, documents: list[str], part: str) -> Source:
     return Source(key, whole.spec, whole.kind, documents, whole.sha256, whole.bytes, part)
 
@@ -287,7 +296,10 @@ def _load_hf(key: str, spec: str, name: str, config: str | None, split: str | No
     """load_from_disk for a `save_to_disk` directory, else datasets.load_dataset (the hub or its
     cache; HF_DATASETS_OFFLINE=1 keeps it off the network)."""
     import datasets
+    import huggingface_hub
 
+    datasets.logging.set_verbosity_error()  # our one line says what failed, not their retries
+    huggingface_hub.logging.set_verbosity_error()
     saved = Path(name).expanduser()
     try:
         if (saved / "dataset_info.json").exists() or (saved / "dataset_dict.json").exists():
