@@ -9,8 +9,8 @@ from cwa.agreement import metric_agreement, summarize
 from cwa.data import calibration_draw, calibration_windows
 from cwa.io import write_table
 from cwa.memory import guard_scoring
-from cwa.metrics import get_metric, score_with_params
-from cwa.models import describe, load_studied, pool
+from cwa.metrics import ScoringConfig, get_metric, score
+from cwa.models import ModelConfig, describe, load_studied, pool
 from cwa.schemas.agreement import AGREEMENT_TABLE
 from cwa.stage import stage_main
 
@@ -42,10 +42,14 @@ def add_args(p):
 
 
 def run(args, params):
-    model, tokenizer = load_studied(params, args.models_dir)
+    model, tokenizer = load_studied(ModelConfig.of(params), args.models_dir)
+    s = ScoringConfig.of(params)
     infos = pool(describe(model), **params.pool_options)
     metrics = [get_metric(name) for name in params.compare_metrics]
-    memory = {m.name: guard_scoring(model, infos, m, params) for m in metrics}
+    memory = {
+        m.name: guard_scoring(model, infos, m, s.batch_size, s.seq_len, s.layer_group)
+        for m in metrics
+    }
     seed = params.seeds[0]
     calib = calibration_windows(
         tokenizer, args.calib_text, params.seq_len, params.bos, params.calib_samples
@@ -53,7 +57,7 @@ def run(args, params):
     draw = calibration_draw(calib.all, params.calib_samples, seed)
     by_metric = {}
     for metric in metrics:  # one metric's scores in memory at a time
-        scores = score_with_params(params, model, infos, metric, draw, seed, desc=metric.name)
+        scores = score(s, model, infos, metric, draw, seed, desc=metric.name)
         by_metric[metric.name] = summarize(scores, params.topk)
         del scores
     table = metric_agreement(by_metric, params.topk)

@@ -8,15 +8,13 @@ scoring starts. Passing checks always write the same bytes, so they rerun nothin
 Writes: a fixed line naming the checked keys.
 """
 
-from dataclasses import fields
-
-import cwa.registries  # noqa: F401  (every registry adds its checks of params on import)
+import cwa.registries  # noqa: F401  (every registry adds its checks and keys on import)
 from cwa.io import atomic_write
-from cwa.params import Params
+from cwa.params import all_keys, load_params
 from cwa.stage import stage_main
 
 # What this stage reads: every key (dvc.yaml lists them all; tests/test_docs.py keeps them equal).
-PARAMS = tuple(f.name for f in fields(Params))
+PARAMS = tuple(all_keys())
 
 
 def add_args(p):
@@ -24,6 +22,7 @@ def add_args(p):
 
 
 def run(args, params):
+    load_params(args.params)  # strict: a key no module registers is a typo
     text = f"checked: {', '.join(sorted(PARAMS))}\n"  # the same bytes whatever the values
     atomic_write(args.out, lambda tmp: tmp.write_text(text))
 

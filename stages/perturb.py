@@ -19,8 +19,9 @@ import polars as pl
 
 from cwa import CwaError
 from cwa.evaluation import BASELINE, evaluate
-from cwa.evaluation_setup import prepare
+from cwa.evaluation_setup import EvalConfig, prepare
 from cwa.experiment import (
+    SweepConfig,
     compare,
     experiments,
     first_settings,
@@ -33,6 +34,8 @@ from cwa.experiment import (
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
 from cwa.lmeval import LmEval
+from cwa.models import ModelConfig
+from cwa.perturbations import SWEEP_KEYS
 from cwa.schemas.comparisons import COMPARISONS_TABLE
 from cwa.schemas.effects import EFFECTS_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
@@ -53,12 +56,7 @@ PARAMS = (
     "batch_size",
     "seeds",
     "perturb",
-    "scale_alpha",
-    "noise_sigma",
-    "abs_sigma",
-    "flip_bit",
-    "flip_prob",
-    "quant_bits",
+    *SWEEP_KEYS,
     "mask_ratios",
     "headline_k",
     "bootstrap",
@@ -82,11 +80,18 @@ def add_args(p):
 
 
 def run(args, params):
-    ev = prepare(params, args.models_dir, args.eval_text, args.baseline_texts)
+    ev = prepare(
+        ModelConfig.of(params),
+        EvalConfig.of(params),
+        args.models_dir,
+        args.eval_text,
+        args.baseline_texts,
+    )
     model, tokenizer, windows, base, memory = ev.model, ev.tokenizer, ev.windows, ev.base, ev.memory
     seed = params.seeds[0]
     ranking = pl.read_parquet(args.ranking).filter(pl.col("seed") == seed)
-    exps = experiments(ranking, specs(params), params.headline_k, params.mask_ratios, seed)
+    grid = specs(SweepConfig.of(params))
+    exps = experiments(ranking, grid, params.headline_k, params.mask_ratios, seed)
     results = run_experiments(model, exps, windows, params.batch_size)
     check = evaluate(model, windows[: params.batch_size], params.batch_size)
     if not np.allclose(check.nll, base.nll[: params.batch_size], rtol=1e-5, atol=1e-4):
@@ -134,7 +139,8 @@ def downstream(args, params, model, tokenizer, exps, seed) -> pl.DataFrame:
         return out | (harness.run() if harness else {})
 
     idents = pl.DataFrame([e.ident for e in exps]).with_row_index()
-    keep = idents.filter(headline_cell(params.headline_k, first_settings(params)))["index"]
+    first = first_settings(SweepConfig.of(params))
+    keep = idents.filter(headline_cell(params.headline_k, first))["index"]
     cells = [exps[i] for i in keep]
     base = measure(model)
     rows = task_rows(BASELINE, base, base, tasks, seed, params.bootstrap)

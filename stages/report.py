@@ -13,9 +13,9 @@ import polars as pl
 
 from cwa import plots
 from cwa.data import read_text
-from cwa.experiment import first_settings, first_strength, headline_setting
+from cwa.experiment import SweepConfig, first_settings, first_strength, headline_setting
 from cwa.io import atomic_write, write_csv, write_json
-from cwa.perturbations import get_perturbation
+from cwa.perturbations import SWEEP_KEYS, get_perturbation
 from cwa.report import (
     ReportInputs,
     comparisons_table,
@@ -55,12 +55,7 @@ PARAMS = (
     "target_components",
     "target_layers",
     "perturb",
-    "scale_alpha",
-    "noise_sigma",
-    "abs_sigma",
-    "flip_bit",
-    "flip_prob",
-    "quant_bits",
+    *SWEEP_KEYS,
     "mask_ratios",
     "tasks",
     "task_items",
@@ -97,7 +92,7 @@ def add_args(p):
 
 def run(args, params):
     t = read_tables(args)
-    k, first = params.headline_k, first_settings(params)
+    k, first = params.headline_k, first_settings(SweepConfig.of(params))
     setting = headline_setting(first)
     m = metrics(t["baseline"], t["effects"], t["comparisons"], t["stability"], k, setting)
     m |= task_metrics(t["tasks"], k, setting)

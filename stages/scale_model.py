@@ -14,7 +14,7 @@ from cwa.experiment import ZERO, experiments, headline, summarize
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
 from cwa.memory import guard_scoring
-from cwa.metrics import get_metric, score_with_params
+from cwa.metrics import ScoringConfig, get_metric, score
 from cwa.models import count_parameters, describe, load_model, pool
 from cwa.perturbations import get_perturbation
 from cwa.ranking import rank
@@ -58,14 +58,15 @@ def run(args, params):
         f"builtin:{args.name}", args.models_dir, params.dtype, params.device
     )
     infos = pool(describe(model), **params.pool_options)
-    guard_scoring(model, infos, metric, params)
+    s = ScoringConfig.of(params)
+    guard_scoring(model, infos, metric, s.batch_size, s.seq_len, s.layer_group)
     seq_len, bos = params.seq_len, params.bos
     pool_windows = calibration_windows(
         tokenizer, args.calib_text, seq_len, bos, params.calib_samples
     )
     calib = calibration_draw(pool_windows.all, params.calib_samples, seed)
     desc = f"{args.name} {metric.name}"
-    scores = score_with_params(params, model, infos, metric, calib, seed, desc)
+    scores = score(s, model, infos, metric, calib, seed, desc)
     windows = evaluation_windows(tokenizer, args.eval_text, seq_len, bos, params.eval_samples).all
     base = evaluate(model, windows, params.batch_size)
     ranking = rank(

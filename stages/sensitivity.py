@@ -15,8 +15,8 @@ from cwa.data import calibration_draw, calibration_windows
 from cwa.distributed import init_world, relaunch
 from cwa.io import write_table
 from cwa.memory import guard_scoring
-from cwa.metrics import get_metric, score_with_params
-from cwa.models import describe, load_studied, pool
+from cwa.metrics import ScoringConfig, get_metric, score
+from cwa.models import ModelConfig, describe, load_studied, pool
 from cwa.schemas.pool import POOL_TABLE
 from cwa.schemas.tensor_stats import TENSOR_STATS_TABLE
 from cwa.scores import pool_table, save_scores, tensor_stats
@@ -55,9 +55,10 @@ def run(args, params):
     metric = get_metric(params.metric)
     relaunch(params.num_processes, params.device)  # exits here when it launched the processes
     world = init_world(params.device)
-    model, tokenizer = load_studied(params, args.models_dir, world.device)
+    model, tokenizer = load_studied(ModelConfig.of(params), args.models_dir, world.device)
+    s = ScoringConfig.of(params)
     infos = pool(describe(model), **params.pool_options)
-    memory = guard_scoring(model, infos, metric, params)
+    memory = guard_scoring(model, infos, metric, s.batch_size, s.seq_len, s.layer_group)
     calib = calibration_windows(
         tokenizer, args.calib_text, params.seq_len, params.bos, params.calib_samples
     )
@@ -65,7 +66,7 @@ def run(args, params):
     for seed in params.seeds:
         draw = calibration_draw(calib.all, params.calib_samples, seed)
         desc = f"{metric.name} seed {seed}"
-        scores = score_with_params(params, model, infos, metric, draw, seed, desc, world)
+        scores = score(s, model, infos, metric, draw, seed, desc, world)
         if not world.main:
             continue
         save_scores(scores, args.scores, seed, metric.name)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import cwa.registries  # noqa: F401  (every registry's checks and params keys, as `cwa run` has)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 VOCAB = 64

@@ -113,11 +113,31 @@ def test_closures_stay_small():
     assert "schemas/effects" not in closure(ROOT / "stages" / "train.py")
 
 
-def rewrite_dvc_yaml() -> None:
-    """`python tests/test_dependencies.py`: sets every stage's code deps in dvc.yaml to its
-    closure, keeping its data deps and the file's layout."""
+def declared_params(script: Path) -> tuple[str, ...]:
+    """A stage script's PARAMS (imported: some are computed, e.g. from the registered sweeps)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return tuple(module.PARAMS)
+
+
+def _wrapped(text: str, field: str, name: str, items: list[str]) -> str:
+    """`text` with stage `name`'s `field: [...]` list set to `items`, wrapped like dvc.yaml."""
     import textwrap
 
+    start = text.index(f"{field}: [", text.index(f"\n  {name}:\n"))
+    end = text.index("]", start)
+    indent = " " * (start - text.rindex("\n", 0, start) - 1)
+    pad = " " * (len(field) + 3)
+    lines = textwrap.wrap(", ".join(items), 93 - len(indent), break_on_hyphens=False)
+    return text[:start] + f"{field}: [" + f"\n{indent}{pad}".join(lines) + "]" + text[end + 1 :]
+
+
+def rewrite_dvc_yaml() -> None:
+    """`python tests/test_dependencies.py`: sets every stage's code deps in dvc.yaml to its
+    closure and its params to its PARAMS, keeping its data deps and the file's layout."""
     text = (ROOT / "dvc.yaml").read_text()
     for name, stage in yaml.safe_load(text)["stages"].items():
         body = stage.get("do", stage)
@@ -128,11 +148,11 @@ def rewrite_dvc_yaml() -> None:
         for dep in map(str, body["deps"]):
             if not dep.startswith(("stages/", "${lib}", "${checked}")):
                 items.append(f'"{dep}"' if dep.startswith("${") else dep)
-        start = text.index("deps: [", text.index(f"\n  {name}:\n"))
-        end = text.index("]", start)
-        indent = " " * (start - text.rindex("\n", 0, start) - 1)
-        lines = textwrap.wrap(", ".join(items), 93 - len(indent), break_on_hyphens=False)
-        text = text[:start] + "deps: [" + f"\n{indent}       ".join(lines) + "]" + text[end + 1 :]
+        text = _wrapped(text, "deps", name, items)
+        keys = declared_params(ROOT / script)
+        if keys:  # a foreach stage reads its own member of `family`
+            each = ['"family.${key}"' if k == "family" and "do" in stage else k for k in keys]
+            text = _wrapped(text, "params", name, each)
     (ROOT / "dvc.yaml").write_text(text)
 
 

@@ -1,8 +1,6 @@
 """Params are single-sourced: each key's default and meaning live in cwa.params, each stage
 declares what it reads in one place (PARAMS), and every other copy is generated or checked."""
 
-import ast
-import dataclasses
 import re
 from pathlib import Path
 
@@ -10,20 +8,24 @@ import pytest
 import yaml
 
 from cwa import CwaError
-from cwa.params import DOCS, Params, StageParams, load_params, params_from_dict
+from cwa.params import (
+    DOCS,
+    KEYS,
+    Params,
+    StageParams,
+    all_keys,
+    field_names,
+    load_params,
+    params_from_dict,
+)
 from cwa.params_doc import markdown
+from tests.test_dependencies import declared_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def declared(script: Path) -> tuple[str, ...]:
-    """A stage script's PARAMS, read from its source (check_params: every key, computed)."""
-    for node in ast.parse(script.read_text()).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PARAMS":
-            if script.stem == "check_params":
-                return tuple(f.name for f in dataclasses.fields(Params))
-            return tuple(ast.literal_eval(node.value))
-    raise AssertionError(f"{script} declares no PARAMS")
+    return declared_params(script)
 
 
 def test_each_stage_declares_exactly_its_dvc_params():
@@ -42,8 +44,9 @@ def test_params_reference_is_generated():
 
 
 def test_every_key_has_a_meaning_and_params_yaml_holds_the_defaults():
-    keys = [f.name for f in dataclasses.fields(Params)]
-    assert sorted(DOCS) == sorted(keys)
+    assert sorted(DOCS) == sorted(field_names())  # registered keys carry their own docs
+    assert all(KEYS[k].doc for k in KEYS)
+    keys = all_keys()
     written = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert sorted(written) == sorted(keys)
     family = written.pop("family")
@@ -64,3 +67,38 @@ def test_a_stage_reads_only_what_it_declared():
 def test_a_bad_value_is_still_refused_when_no_stage_reads_it():
     with pytest.raises(CwaError, match="`seq_len` must be >= 2"):
         params_from_dict({"seq_len": 1})
+
+
+def test_a_stage_keeps_keys_it_cannot_check_and_strict_loading_refuses_them():
+    model = {"model": "./tests"}  # any directory with... no: a hub id needs no family
+    model = {"model": "org/some-model"}
+    params = params_from_dict({**model, "seq_len": 64, "from_a_module_not_imported": [1]}, False)
+    assert params.seq_len == 64
+    with pytest.raises(CwaError, match="unknown key\\(s\\) from_a_module_not_imported"):
+        params_from_dict({**model, "from_a_module_not_imported": [1]})
+
+
+def test_a_new_perturbation_with_a_strength_touches_only_its_registration(monkeypatch):
+    """Its key is then a params key with a default, checked by its rule and documented."""
+    import cwa.params
+    from cwa.perturbations import PERTURBATIONS, Perturbation, Sweep, register
+
+    monkeypatch.setattr(PERTURBATIONS, "_items", dict(PERTURBATIONS._items))
+    monkeypatch.setattr(cwa.params, "KEYS", dict(KEYS))
+    sweep = Sweep(
+        "shift_by",
+        "tuple[float, ...]",
+        (0.1,),
+        "`shift` strengths",
+        str,
+        lambda s: s > 0,
+        "numbers > 0",
+    )
+    register(Perturbation("shift", "w → w + s", lambda v, t, s, g: v + s, sweep))
+    model = {"model": "org/some-model"}
+    assert "shift_by" in all_keys() and Params(**model).shift_by == (0.1,)
+    assert params_from_dict({**model, "shift_by": [0.5, 2]}).shift_by == (0.5, 2.0)
+    with pytest.raises(
+        CwaError, match="`shift_by` must be a non-empty list of distinct numbers > 0"
+    ):
+        params_from_dict({**model, "shift_by": [-1]})

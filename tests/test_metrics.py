@@ -97,17 +97,17 @@ def test_unknown_metric_lists_valid_ones():
         get_metric("fisher")
 
 
-def test_score_with_params_passes_batch_probes_and_layer_groups():
+def test_score_passes_the_configs_batch_probes_and_layer_groups():
     from types import SimpleNamespace
 
-    from cwa.metrics import score_with_params
+    from cwa.metrics import ScoringConfig, score
     from tests.conftest import tiny_llama
 
     model = tiny_llama()
     infos = pool(describe(model))
     windows = torch.randint(0, 64, (4, 10), generator=torch.Generator().manual_seed(0))
     m = get_metric("hutchinson_diag")
-    params = SimpleNamespace(batch_size=3, probes=2, layer_group=1)
-    got = score_with_params(params, model, infos, m, windows, seed=5)
+    params = SimpleNamespace(batch_size=3, seq_len=10, probes=2, layer_group=1, metric="unread")
+    got = score(ScoringConfig.of(params), model, infos, m, windows, seed=5)
     want = compute_scores(model, infos, m, windows, 3, probes=2, seed=5, layer_group=1)
     assert all(torch.equal(got[n], want[n]) for n in want)  # the same call: bit-identical

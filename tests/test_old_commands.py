@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from cwa.cli import main
-from cwa.perturbations import PERTURBATIONS
+from cwa.runflags import every_perturbation
 
 RUNNERS = ("python phase1_runner.py", "python phase1_runner_enhanced.py")
 MODULE = "python -m src.experiments.phase1_runner"
@@ -65,7 +65,7 @@ COMMANDS = [
         "python phase1_runner_enhanced.py --model gpt2 --metric grad_x_weight --topk 100 "
         "--weight-analysis --architecture-analysis --temporal-stability --downstream-tasks "
         "--advanced-perturbations --save-plots --out-dir results/gpt2_enhanced",
-        {"perturb": PERTURBATIONS.names()},
+        {"perturb": every_perturbation()},
     ),
     (
         "python phase1_runner_enhanced.py --model meta-llama/Llama-3.1-8B --metric "

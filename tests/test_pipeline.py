@@ -7,6 +7,7 @@ checked against it. Takes about a minute on 2 cores.
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,8 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "faults/trials.parquet",
         "faults/summary.parquet",
         "report/faults.png",
+        "data/calibration/documents.parquet",
+        "data/evaluation/source.json",
     ]:
         assert (art / path).exists(), path
     manifest = json.loads((art / "perturb" / "manifest.json").read_text())
@@ -207,9 +210,62 @@ def test_tables_are_consistent(repo):
     assert fit["models"].to_list() == [3] * len(fit)
 
 
-def test_second_repro_runs_nothing(repo):
+def ran(out: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", out)
+
+
+def stale(repo) -> set[str]:
+    """Stages `dvc status` reports changed, less `sources` (it always runs: DVC cannot track
+    the files calib_data and eval_data name)."""
+    status = json.loads(sh(repo, "dvc", "status", "--json").strip().splitlines()[-1])
+    assert status.get("sources", ["always changed"]) == ["always changed"]
+    return set(status) - {"sources"}
+
+
+def test_second_repro_runs_nothing_but_reading_the_text(repo):
     out = sh(repo, "dvc", "repro")
-    assert "Running stage" not in out and "up to date" in out
+    assert ran(out) == ["sources"] and not stale(repo)
+
+
+def test_own_text_files_through_dvc_exp_run(repo, tmp_path):
+    """A .txt for calibration and a .jsonl for evaluation: the whole pipeline runs on them, the
+    records name them, and editing the evaluation file reruns what reads it, not calibration."""
+    corpus = pl.read_parquet(repo / "data" / "corpus.parquet").filter(pl.col("split") == "train")
+    paragraphs = corpus["text"].to_list()
+    calib, evaluation = tmp_path / "calib.txt", tmp_path / "eval.jsonl"
+    calib.write_text("\n\n".join(paragraphs[:300]) + "\n")
+    evaluation.write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs[300:600]))
+    out = sh(
+        repo, "dvc", "exp", "run", "-S", f"calib_data={calib}", "-S", f"eval_data={evaluation}"
+    )
+    assert {"sources", "baseline", "sensitivity", "perturb", "report"} <= set(ran(out))
+    art = repo / "artifacts"
+    record = json.loads((art / "data" / "evaluation" / "source.json").read_text())
+    sha = hashlib.sha256(evaluation.read_bytes()).hexdigest()
+    assert record | {"characters": 0} == {
+        "key": "eval_data",
+        "spec": str(evaluation),
+        "kind": "file",
+        "sha256": sha,
+        "bytes": evaluation.stat().st_size,
+        "documents": 300,
+        "characters": 0,
+        "part": "whole",
+    }
+    manifest = json.loads((art / "baseline" / "manifest.json").read_text())
+    assert manifest["evaluation_text"]["sha256"] == sha
+    assert manifest["evaluation_text"]["eval_samples"] == 24
+    assert manifest["evaluation_text"]["windows"] >= 24
+    assert pl.read_parquet(art / "baseline" / "summary.parquet")["tokens"][0] == 24 * 31
+    report = (art / "report" / "report.md").read_text()
+    assert f"Evaluation text (`eval_data`): `{evaluation}` (file, whole), 300 documents" in report
+    evaluation.write_text(evaluation.read_text().replace("the", "thy"))
+    out = sh(
+        repo, "dvc", "exp", "run", "-S", f"calib_data={calib}", "-S", f"eval_data={evaluation}"
+    )
+    assert "baseline" in ran(out) and "sensitivity" not in ran(out)
+    sh(repo, "git", "checkout", "params.yaml", "dvc.lock")
+    sh(repo, "dvc", "checkout", "--force")
 
 
 def test_metric_change_reruns_sensitivity_but_not_baseline(repo):
@@ -357,7 +413,7 @@ def test_kill_9_during_dvc_repro_then_repro_completes(repo, tmp_path):
         pl.read_parquet(table)  # never truncated: the previous file, the new one, or none
     out = sh(repo, "dvc", "repro")
     assert "Running stage 'perturb'" in out
-    assert "up to date" in sh(repo, "dvc", "status")
+    assert not stale(repo)
     ranking = pl.read_parquet(repo / "artifacts" / "rank" / "ranking.parquet")
     assert set(ranking.filter(pl.col("selection") == "random_k")["draw"]) == {0, 1, 2}
     assert not list((repo / "artifacts").rglob(".*.tmp-*"))  # stale temporaries cleared
@@ -377,7 +433,7 @@ def test_a_colleague_pulls_from_a_dvc_remote_and_reproduces_nothing(repo, tmp_pa
     shutil.copy(next((repo / "data" / "raw").glob("*.whl")), colleague / "data" / "raw")
     sh(colleague, "dvc", "pull")
     out = sh(colleague, "dvc", "repro")
-    assert "Running stage" not in out
+    assert ran(out) == ["sources"]  # reads the text again, writes the same bytes
     assert hashes(colleague) == hashes(repo)
 
 
@@ -400,13 +456,13 @@ def test_a_one_line_change_reruns_only_what_imports_it(repo, edited, changed):
     reruns only if their outputs change)."""
     sh(repo, "git", "checkout", "params.yaml", "dvc.lock")  # undo earlier tests' experiments
     sh(repo, "dvc", "checkout", "--force")
-    assert "up to date" in sh(repo, "dvc", "status")
+    assert not stale(repo)
     path = repo / edited
     original = path.read_text()
     try:
         path.write_text(original + "# a one-line change\n")
-        status = json.loads(sh(repo, "dvc", "status", "--json").strip().splitlines()[-1])
+        status = stale(repo)
     finally:
         path.write_text(original)
-    assert set(status) == changed
-    assert "up to date" in sh(repo, "dvc", "status")
+    assert status == changed
+    assert not stale(repo)

@@ -11,7 +11,22 @@ import torch
 from cwa.data import evaluation_windows
 from cwa.evaluation import EvalResult, read_baseline
 from cwa.memory import guard_evaluation
-from cwa.models import load_studied
+from cwa.models import ModelConfig, load_studied
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the evaluation set is built and run (params: seq_len, bos, eval_samples,
+    batch_size)."""
+
+    seq_len: int
+    bos: bool
+    eval_samples: int
+    batch_size: int
+
+    @classmethod
+    def of(cls, params) -> EvalConfig:
+        return cls(params.seq_len, params.bos, params.eval_samples, params.batch_size)
 
 
 @dataclass
@@ -24,13 +39,14 @@ class Evaluation:
     text: dict  # the evaluation text's source, tokens and windows, for the manifest
 
 
-def prepare(params, models_dir, eval_text, baseline_texts=None) -> Evaluation:
-    """Loads and guards before tokenizing, so a model that cannot fit fails first (params:
-    model, dtype, device, device_map, batch_size, seq_len, bos, eval_samples)."""
-    model, tokenizer = load_studied(params, models_dir)
-    memory = guard_evaluation(model, params)
+def prepare(
+    model_config: ModelConfig, config: EvalConfig, models_dir, eval_text, baseline_texts=None
+) -> Evaluation:
+    """Loads and guards before tokenizing, so a model that cannot fit fails first."""
+    model, tokenizer = load_studied(model_config, models_dir)
+    memory = guard_evaluation(model, config.batch_size, config.seq_len)
     found = evaluation_windows(
-        tokenizer, eval_text, params.seq_len, params.bos, params.eval_samples
+        tokenizer, eval_text, config.seq_len, config.bos, config.eval_samples
     )
     base = read_baseline(baseline_texts, len(found.all)) if baseline_texts else None
     return Evaluation(model, tokenizer, found.all, memory, base, found.record)

@@ -18,7 +18,15 @@ import torch
 
 from cwa import CwaError
 from cwa.evaluation import EvalResult, evaluate, text_rows
-from cwa.perturbations import Perturbation, Strength, check, fingerprint, perturbed
+from cwa.perturbations import (
+    SWEEP_KEYS,
+    Perturbation,
+    Strength,
+    check,
+    fingerprint,
+    get_perturbation,
+    perturbed,
+)
 from cwa.progress import progress
 from cwa.stats import (
     bootstrap_indices,
@@ -63,20 +71,31 @@ class Experiment:
         }
 
 
-def specs(params) -> list[Spec]:
-    """The perturbations of `params.perturb` with their strength sweeps."""
-    from cwa.perturbations import get_perturbation
+@dataclass(frozen=True)
+class SweepConfig:
+    """What the perturbation sweep runs: the perturbations listed and every strength sweep
+    (params: perturb and SWEEP_KEYS)."""
 
+    perturb: tuple[str, ...]
+    strengths: dict[str, tuple]
+
+    @classmethod
+    def of(cls, params) -> SweepConfig:
+        return cls(tuple(params.perturb), {k: tuple(getattr(params, k)) for k in SWEEP_KEYS})
+
+
+def specs(config: SweepConfig) -> list[Spec]:
+    """The listed perturbations with their strength sweeps ((None,): no strength)."""
     out = []
-    for name in params.perturb:
+    for name in config.perturb:
         p = get_perturbation(name)
-        out.append((p, tuple(getattr(params, p.strength_key)) if p.strength_key else (None,)))
+        out.append((p, config.strengths[p.sweep.key] if p.sweep else (None,)))
     return out
 
 
-def first_settings(params) -> dict[str, str]:
+def first_settings(config: SweepConfig) -> dict[str, str]:
     """perturbation -> the setting label of its first strength: the one swept over k."""
-    return {p.name: p.label(strengths[0]) for p, strengths in specs(params)}
+    return {p.name: p.label(strengths[0]) for p, strengths in specs(config)}
 
 
 def headline_setting(first: dict[str, str]) -> dict[str, str]:

@@ -285,22 +285,22 @@ def _remedies(est: Estimate, need: Need, budget: float, training: bool = False) 
     return "Try: " + "; ".join(tips) + "."
 
 
-def guard_scoring(model: nn.Module, infos: list[ParamInfo], metric, params) -> dict:
-    """The guard of a sensitivity pass of `metric` (a cwa.metrics.Metric) under `params`."""
-    return guard(
-        model,
-        infos,
-        metric.needs,
-        params.batch_size,
-        params.seq_len,
-        f"the {metric.name} pass",
-        params.layer_group,
-    )
+def guard_scoring(
+    model: nn.Module,
+    infos: list[ParamInfo],
+    metric,
+    batch_size: int,
+    seq_len: int,
+    layer_group: int = 0,
+) -> dict:
+    """The guard of a sensitivity pass of `metric` (a cwa.metrics.Metric)."""
+    name = f"the {metric.name} pass"
+    return guard(model, infos, metric.needs, batch_size, seq_len, name, layer_group)
 
 
-def guard_evaluation(model: nn.Module, params) -> dict:
+def guard_evaluation(model: nn.Module, batch_size: int, seq_len: int) -> dict:
     """The guard of evaluation passes (forward only, batches of `batch_size`)."""
-    return guard(model, [], "forward", params.batch_size, params.seq_len, "evaluation")
+    return guard(model, [], "forward", batch_size, seq_len, "evaluation")
 
 
 def guard_training(model: nn.Module, batch_size: int, seq_len: int) -> dict:

@@ -108,8 +108,22 @@ def compute_scores(
     return to_host(scores)
 
 
-def score_with_params(
-    params,
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How a sensitivity pass runs (params: batch_size, seq_len, probes, layer_group)."""
+
+    batch_size: int
+    seq_len: int
+    probes: int
+    layer_group: int
+
+    @classmethod
+    def of(cls, params) -> ScoringConfig:
+        return cls(params.batch_size, params.seq_len, params.probes, params.layer_group)
+
+
+def score(
+    config: ScoringConfig,
     model,
     infos: list[ParamInfo],
     metric_: Metric,
@@ -118,19 +132,18 @@ def score_with_params(
     desc: str | None = None,
     world: World = SINGLE_PROCESS,
 ) -> dict[str, torch.Tensor]:
-    """compute_scores with the batch size, probes and layer groups that `params` (cwa.params)
-    set: the call every scoring stage makes."""
+    """compute_scores as `config` sets it: the call every scoring stage makes."""
     return compute_scores(
         model,
         infos,
         metric_,
         windows,
-        params.batch_size,
-        params.probes,
+        config.batch_size,
+        config.probes,
         seed,
         desc,
         world,
-        params.layer_group,
+        config.layer_group,
     )
 
 

@@ -73,15 +73,29 @@ def load_model(
     return model, tokenizer
 
 
-def load_studied(params, builtin_dir: str | Path, device: str | None = None):
-    """(model, tokenizer) of the model under study, as params set it: model, dtype, device,
-    device_map (`device` overrides params', e.g. a data-parallel process's own GPU)."""
+@dataclass(frozen=True)
+class ModelConfig:
+    """How the model under study loads (params: model, dtype, device, device_map)."""
+
+    model: str
+    dtype: str
+    device: str
+    device_map: str
+
+    @classmethod
+    def of(cls, params) -> ModelConfig:
+        return cls(params.model, params.dtype, params.device, params.device_map)
+
+
+def load_studied(config: ModelConfig, builtin_dir: str | Path, device: str | None = None):
+    """(model, tokenizer) of the model under study (`device` overrides the config's, e.g. a
+    data-parallel process's own GPU)."""
     return load_model(
-        params.model,
+        config.model,
         builtin_dir,
-        params.dtype,
-        device or params.device,
-        device_map=params.device_map,
+        config.dtype,
+        device or config.device,
+        device_map=config.device_map,
     )
 
 

@@ -71,13 +71,7 @@ class Params:
     layers: tuple[int, ...] = ()
     # perturbation and evaluation
     perturb: tuple[str, ...] = ("zero", "sign_flip", "scale", "bit_flip", "quantize")
-    # strength sweeps: the first value is used for every k, all values at headline_k
-    scale_alpha: tuple[float, ...] = (2.0, 0.5, 10.0)
-    noise_sigma: tuple[float, ...] = (1.0, 0.5, 2.0)
-    abs_sigma: tuple[float, ...] = (0.05, 0.2)
-    flip_bit: tuple[int | str, ...] = (30, 26)
-    flip_prob: tuple[float, ...] = (0.01, 0.05)
-    quant_bits: tuple[int, ...] = (4, 2)
+    # (each perturbation's strength sweep is a key its registration adds: see `Key`)
     mask_ratios: tuple[float, ...] = (0.5,)
     tasks: tuple[str, ...] = ("kjv_lambada", "kjv_hellaswag")
     task_items: int = 128
@@ -100,9 +94,19 @@ class Params:
     train_lr: float = 3e-3
     train_seed: int = 0
     family: dict[str, FamilyMember] = field(default_factory=dict)
+    # values of the keys modules register (`Key`), filled with their defaults
+    registered: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
+        defaults = {k.name: k.default for k in KEYS.values()}
+        object.__setattr__(self, "registered", defaults | self.registered)
         _validate(self)
+
+    def __getattr__(self, key: str):
+        registered = self.__dict__.get("registered", {})
+        if key in registered:
+            return registered[key]
+        raise AttributeError(f"params has no key {key!r}")
 
     @property
     def pool_options(self) -> dict:
@@ -114,7 +118,27 @@ class Params:
         }
 
 
-# What each key means; docs/params.md is generated from DOCS (`python -m cwa.params_doc`).
+@dataclass(frozen=True)
+class Key:
+    """A params key a module adds where its meaning lives (a perturbation's strength sweep): its
+    type as Params annotations write it, default and docs; the module's `@check` rules check it.
+    A stage reads it like any key (declared in its PARAMS)."""
+
+    name: str
+    ftype: str
+    default: object
+    doc: str
+
+
+KEYS: dict[str, Key] = {}
+
+
+def register_key(key: Key) -> Key:
+    KEYS[key.name] = key
+    return key
+
+
+# What each field means; docs/params.md is generated from DOCS and KEYS (python -m cwa.params_doc).
 DOCS = {
     "model": (
         "model under study: `builtin:<name>` (a member of `family`, trained by the `train` "
@@ -258,24 +282,6 @@ DOCS = {
         "weight's tensor (2^(n−1)−1 levels each side). A top set and its controls receive the "
         "same random numbers (ε, bit positions, masks)."
     ),
-    "scale_alpha": (
-        "`scale` strengths α. In every strength list the first value is swept over all k; every "
-        "value is run at `headline_k`"
-    ),
-    "noise_sigma": "`gauss_rel` strengths σ (relative: w(1 + σε))",
-    "abs_sigma": "`gauss_abs` strengths σ (absolute: w + σε, weight units)",
-    "flip_bit": (
-        "`bit_flip` strengths: a bit position in the storage dtype (bit 0 = mantissa LSB; fp32: "
-        "sign 31, exponent 30–23; fp16: sign 15, exponent 14–10; bf16: sign 15, exponent 14–7), "
-        "or a field `sign`, `exponent`, `mantissa` (one uniformly random bit of that field per "
-        "weight). Bit 30 of an fp32 weight with |w| < 1 multiplies it by 2¹²⁸; a position the "
-        "dtype lacks fails before the sweep"
-    ),
-    "flip_prob": (
-        "`bit_flip_p` strengths: each bit of each selected weight flips independently with "
-        "probability p"
-    ),
-    "quant_bits": "`quantize` strengths: grid bits n (2..16)",
     "mask_ratios": (
         "at `headline_k`, also perturb this seeded random fraction of every selection (first "
         "strength of each perturbation; 1.0, the whole set, is always run)"
@@ -463,25 +469,41 @@ def _member(name: str, value) -> FamilyMember:
     return FamilyMember(**{k: _coerce(f"{name}.{k}", "int", value[k]) for k in valid})
 
 
-def params_from_dict(raw: dict) -> Params:
-    known = {f.name: f for f in fields(Params)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
+def field_names() -> list[str]:
+    """Params' own keys (the registered ones aside)."""
+    return [f.name for f in fields(Params) if f.name != "registered"]
+
+
+def all_keys() -> list[str]:
+    """Every key: Params' own, then those the imported modules registered."""
+    return [*field_names(), *KEYS]
+
+
+def params_from_dict(raw: dict, strict: bool = True) -> Params:
+    """Typed, checked Params. `strict` refuses a key that is neither a field nor registered;
+    a stage loads non-strictly, keeping keys of modules it does not import unread (the
+    check_params stage, which imports every registry, has refused typos before it runs)."""
+    types = {f.name: str(f.type) for f in fields(Params)} | {k.name: k.ftype for k in KEYS.values()}
+    types.pop("registered")
+    unknown = sorted(set(raw) - set(types))
+    if unknown and strict:
         raise CwaError(
-            f"params: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}"
+            f"params: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(types)}"
         )
-    values = {k: _coerce(k, str(known[k].type), v) for k, v in raw.items()}
-    return Params(**values)
+    values = {k: _coerce(k, types[k], v) for k, v in raw.items() if k in types}
+    own = {k: v for k, v in values.items() if k not in KEYS}
+    registered = {k: v for k, v in values.items() if k in KEYS}
+    return Params(**own, registered=registered | {k: raw[k] for k in unknown})
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = "params.yaml", strict: bool = True) -> Params:
     path = Path(path)
     if not path.exists():
         raise CwaError(f"params file {path} not found")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise CwaError(f"params file {path} must hold a mapping of keys to values")
-    return params_from_dict(raw)
+    return params_from_dict(raw, strict)
 
 
 class StageParams:
@@ -493,7 +515,7 @@ class StageParams:
         self._params, self._keys = params, frozenset(keys)
 
     def __getattr__(self, key: str):
-        if key in _FIELDS:
+        if key in _FIELDS or key in KEYS:
             if key not in self._keys:
                 raise AttributeError(
                     f"params `{key}` is read but not declared: add it to the stage's PARAMS and "
@@ -507,9 +529,12 @@ class StageParams:
         return {k: v for k, v in as_dict(self._params).items() if k in self._keys}
 
 
-_FIELDS = frozenset(f.name for f in fields(Params))
+_FIELDS = frozenset(field_names())
 
 
 def as_dict(p: Params | StageParams) -> dict:
-    """Plain-data form for manifests (a stage's: the keys it declared)."""
-    return p.as_dict() if isinstance(p, StageParams) else dataclasses.asdict(p)
+    """Plain-data form for manifests, flat like params.yaml (a stage's: the keys it declared)."""
+    if isinstance(p, StageParams):
+        return p.as_dict()
+    plain = dataclasses.asdict(p)
+    return plain | plain.pop("registered")

@@ -1,6 +1,7 @@
 """`python -m cwa.params_doc > docs/params.md`: the params reference, generated so it cannot drift.
 
-Meaning from `cwa.params.DOCS`, default as params.yaml writes it, the full preset's value from
+Meaning from `cwa.params.DOCS` (a registered key's from its registration, e.g. a perturbation's
+strength), default as params.yaml writes it, the full preset's value from
 configs/full.yaml, and the stages that declare each key from dvc.yaml (whose lists a test keeps
 equal to each stage script's PARAMS).
 """
@@ -8,12 +9,12 @@ equal to each stage script's PARAMS).
 from __future__ import annotations
 
 import re
-from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
-from cwa.params import DOCS, Params
+import cwa.registries  # noqa: F401  (the keys the registries add)
+from cwa.params import DOCS, KEYS, all_keys
 
 INTRO = """# Params
 
@@ -64,12 +65,12 @@ def markdown(root: Path = Path(".")) -> str:
     preset = yaml.safe_load((root / "configs" / "full.yaml").read_text())
     stages = declaring_stages(yaml.safe_load((root / "dvc.yaml").read_text()))
     rows = [INTRO]
-    for f in fields(Params):
-        default = f"`{written[f.name]}`" if written.get(f.name) else "see params.yaml"
-        if f.name in preset:
-            default += f" (full preset: `{flow(preset[f.name])}`)"
-        doc = DOCS[f.name].replace("|", "\\|")
-        rows.append(f"| `{f.name}` | {default} | {doc} | {', '.join(stages.get(f.name, []))} |")
+    for name in all_keys():
+        default = f"`{written[name]}`" if written.get(name) else "see params.yaml"
+        if name in preset:
+            default += f" (full preset: `{flow(preset[name])}`)"
+        doc = (KEYS[name].doc if name in KEYS else DOCS[name]).replace("|", "\\|")
+        rows.append(f"| `{name}` | {default} | {doc} | {', '.join(stages.get(name, []))} |")
     return "\n".join(rows) + "\n"
 
 

@@ -2,7 +2,9 @@
 
 Only the touched coordinates are saved (name, flat index, original value); restore writes them
 back and verifies equality of the integer views (NaN-safe), never by inverse arithmetic.
-A perturbation with a strength (α, σ, bit, n bits, p) names the params key that holds its sweep.
+A perturbation with a strength (α, σ, bit, n bits, p) registers the params key that holds its
+sweep, with its default, docs and the rule each value obeys: adding one touches this module only
+(and params.yaml, where its default is written for users).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from cwa import CwaError
+from cwa.params import Key, check_choice, fail, register_key
 from cwa.params import check as params_check
-from cwa.params import check_choice, fail
 from cwa.registry import Registry
 
 # Integer view with the same width as each float storage dtype.
@@ -35,24 +37,47 @@ Strength = float | int | str | None
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """A perturbation's strength: the params key holding the values to sweep (the first over
+    every k, all at headline_k), its type and default, what it means, the rule each value obeys
+    (`valid`, named in refusals by `valid_doc`), a value's setting label, and `kind`:
+    `intensity` or `probability`, the old runners' --perturb-scale / --perturb-prob."""
+
+    key: str
+    ftype: str
+    default: tuple
+    doc: str
+    label: Callable[[Strength], str]
+    valid: Callable[[Strength], bool]
+    valid_doc: str
+    kind: str = ""
+
+
+@dataclass(frozen=True)
 class Perturbation:
     """apply(values, tensor, strength, generator) -> new values (same dtype) for the selected
-    weights; `tensor` is the whole parameter they come from (for grids); `strength_key` names the
-    params key holding the strengths to sweep (None: the perturbation has no strength), `valid`
-    the rule each strength obeys and `valid_doc` how the refusal names it."""
+    weights; `tensor` is the whole parameter they come from (for grids); `sweep` its strength
+    (None: it has none)."""
 
     name: str
     doc: str
     apply: Callable[[torch.Tensor, torch.Tensor, Strength, torch.Generator], torch.Tensor]
-    strength_key: str | None = None
-    label: Callable[[Strength], str] = lambda s: ""
-    valid: Callable[[Strength], bool] = lambda s: True
-    valid_doc: str = ""
+    sweep: Sweep | None = None
+
+    def label(self, strength: Strength) -> str:
+        return self.sweep.label(strength) if self.sweep else ""
 
 
 PERTURBATIONS: Registry[Perturbation] = Registry("perturbation")
-register = PERTURBATIONS.register
 get_perturbation = PERTURBATIONS.get
+
+
+def register(perturbation: Perturbation) -> Perturbation:
+    """Registers the perturbation and its strength's params key."""
+    if perturbation.sweep:
+        s = perturbation.sweep
+        register_key(Key(s.key, s.ftype, s.default, s.doc))
+    return PERTURBATIONS.register(perturbation)
 
 
 def int_view(t: torch.Tensor) -> torch.Tensor:
@@ -137,10 +162,17 @@ register(
         "scale",
         "w → α·w",
         lambda v, t, a, g: (v.float() * float(a)).to(v.dtype),
-        "scale_alpha",
-        lambda a: f"α={a:g}",
-        lambda a: math.isfinite(a),
-        "finite numbers",
+        Sweep(
+            "scale_alpha",
+            "tuple[float, ...]",
+            (2.0, 0.5, 10.0),
+            "`scale` strengths α. In every strength list the first value is swept over all k; "
+            "every value is run at `headline_k`",
+            lambda a: f"α={a:g}",
+            lambda a: math.isfinite(a),
+            "finite numbers",
+            "intensity",
+        ),
     )
 )
 register(
@@ -148,10 +180,16 @@ register(
         "gauss_rel",
         "w → w·(1 + σε), ε ~ N(0, 1): noise relative to each weight's own magnitude",
         lambda v, t, s, g: (v.float() * (1 + float(s) * _noise(v, g))).to(v.dtype),
-        "noise_sigma",
-        lambda s: f"σ={s:g} relative",
-        lambda s: s > 0,
-        "numbers > 0",
+        Sweep(
+            "noise_sigma",
+            "tuple[float, ...]",
+            (1.0, 0.5, 2.0),
+            "`gauss_rel` strengths σ (relative: w(1 + σε))",
+            lambda s: f"σ={s:g} relative",
+            lambda s: s > 0,
+            "numbers > 0",
+            "intensity",
+        ),
     )
 )
 PERTURBATIONS.alias("gauss_noise", "gauss_rel")
@@ -160,10 +198,16 @@ register(
         "gauss_abs",
         "w → w + σε, ε ~ N(0, 1): absolute noise, σ in weight units",
         lambda v, t, s, g: (v.float() + float(s) * _noise(v, g)).to(v.dtype),
-        "abs_sigma",
-        lambda s: f"σ={s:g}",
-        lambda s: s > 0,
-        "numbers > 0",
+        Sweep(
+            "abs_sigma",
+            "tuple[float, ...]",
+            (0.05, 0.2),
+            "`gauss_abs` strengths σ (absolute: w + σε, weight units)",
+            lambda s: f"σ={s:g}",
+            lambda s: s > 0,
+            "numbers > 0",
+            "intensity",
+        ),
     )
 )
 register(
@@ -172,11 +216,20 @@ register(
         "flip one IEEE-754 bit of w in its storage dtype: a fixed position, or a uniformly "
         "random bit of a field (sign, exponent, mantissa) per weight",
         _bit_flip,
-        "flip_bit",
-        _bit_label,
-        lambda b: b in FIELD_NAMES if isinstance(b, str) else 0 <= b < 32,
-        f"bit positions 0..31 (fp32: 31 sign, 30-23 exponent; fp16/bf16: 15 sign) or "
-        f"fields {', '.join(FIELD_NAMES)}",
+        Sweep(
+            "flip_bit",
+            "tuple[int | str, ...]",
+            (30, 26),
+            "`bit_flip` strengths: a bit position in the storage dtype (bit 0 = mantissa LSB; "
+            "fp32: sign 31, exponent 30–23; fp16: sign 15, exponent 14–10; bf16: sign 15, "
+            "exponent 14–7), or a field `sign`, `exponent`, `mantissa` (one uniformly random bit "
+            "of that field per weight). Bit 30 of an fp32 weight with |w| < 1 multiplies it by "
+            "2¹²⁸; a position the dtype lacks fails before the sweep",
+            _bit_label,
+            lambda b: b in FIELD_NAMES if isinstance(b, str) else 0 <= b < 32,
+            f"bit positions 0..31 (fp32: 31 sign, 30-23 exponent; fp16/bf16: 15 sign) or "
+            f"fields {', '.join(FIELD_NAMES)}",
+        ),
     )
 )
 register(
@@ -184,10 +237,17 @@ register(
         "bit_flip_p",
         "flip each bit of w's storage independently with probability p",
         _bit_flip_p,
-        "flip_prob",
-        lambda p: f"p={p:g}",
-        lambda q: 0 < q <= 1,
-        "probabilities in (0, 1]",
+        Sweep(
+            "flip_prob",
+            "tuple[float, ...]",
+            (0.01, 0.05),
+            "`bit_flip_p` strengths: each bit of each selected weight flips independently with "
+            "probability p",
+            lambda p: f"p={p:g}",
+            lambda q: 0 < q <= 1,
+            "probabilities in (0, 1]",
+            "probability",
+        ),
     )
 )
 register(
@@ -195,12 +255,26 @@ register(
         "quantize",
         "round w to the n-bit symmetric absmax grid of its tensor",
         _quantize,
-        "quant_bits",
-        lambda n: f"{n}-bit",
-        lambda n: 2 <= n <= 16,
-        "bit widths 2..16",
+        Sweep(
+            "quant_bits",
+            "tuple[int, ...]",
+            (4, 2),
+            "`quantize` strengths: grid bits n (2..16)",
+            lambda n: f"{n}-bit",
+            lambda n: 2 <= n <= 16,
+            "bit widths 2..16",
+        ),
     )
 )
+
+
+def sweeps() -> list[Sweep]:
+    """Every registered perturbation's strength sweep."""
+    return [p.sweep for p in PERTURBATIONS.items() if p.sweep]
+
+
+# The params keys of every strength sweep: stages that perturb declare them all.
+SWEEP_KEYS = tuple(s.key for s in sweeps())
 
 
 @params_check
@@ -213,15 +287,13 @@ def _valid_perturbations(p) -> None:
         fail(
             "perturb", f"must be a non-empty list of distinct perturbations, got {list(p.perturb)}"
         )
-    for pert in PERTURBATIONS.items():
-        if pert.strength_key is None:
-            continue
-        values = getattr(p, pert.strength_key)
+    for sweep in sweeps():
+        values = getattr(p, sweep.key)
         distinct = len(set(values)) == len(values)
-        if not values or not distinct or not all(pert.valid(v) for v in values):
+        if not values or not distinct or not all(sweep.valid(v) for v in values):
             fail(
-                pert.strength_key,
-                f"must be a non-empty list of distinct {pert.valid_doc}, got {list(values)}",
+                sweep.key,
+                f"must be a non-empty list of distinct {sweep.valid_doc}, got {list(values)}",
             )
 
 

@@ -100,9 +100,6 @@ SWITCHES = {
     "--no-perturbation": "sensitivity and ranking only (`dvc exp run rank`)",
     "--bos": "every window starts with the tokenizer's BOS token (bos: true)",
 }
-# Strength keys an intensity (--perturb-scale) or a probability (--perturb-prob) sets.
-INTENSITY_KEYS = ("scale_alpha", "noise_sigma", "abs_sigma")
-PROBABILITY_KEYS = ("flip_prob",)
 
 
 @dataclass
@@ -204,27 +201,26 @@ def _switches(args, changes: dict, notes: list[str]) -> None:
     if args.no_downstream_tasks:
         changes |= {"tasks": [], "lm_eval_tasks": []}
     if args.advanced_perturbations and "perturb" not in changes:
-        from cwa.perturbations import PERTURBATIONS
-
-        changes["perturb"] = PERTURBATIONS.names()
-        notes.append(f"--advanced-perturbations: perturb = {PERTURBATIONS.names()}")
+        changes["perturb"] = every_perturbation()
+        notes.append(f"--advanced-perturbations: perturb = {changes['perturb']}")
     if args.bos:
         changes["bos"] = True
 
 
 def _strengths(args, changes: dict, notes: list[str]) -> None:
-    """--perturb-scale / --perturb-prob: the strength of every listed perturbation of that kind."""
-    from cwa.perturbations import get_perturbation
+    """--perturb-scale / --perturb-prob: the strength of every listed perturbation whose sweep is
+    an intensity / a probability (cwa.perturbations.Sweep.kind)."""
+    from cwa.perturbations import PERTURBATIONS, get_perturbation
 
-    for value, keys, flag in (
-        (args.perturb_scale, INTENSITY_KEYS, "--perturb-scale"),
-        (args.perturb_prob, PROBABILITY_KEYS, "--perturb-prob"),
+    for value, kind, flag in (
+        (args.perturb_scale, "intensity", "--perturb-scale"),
+        (args.perturb_prob, "probability", "--perturb-prob"),
     ):
         if value is None:
             continue
         listed = changes.get("perturb") or []
-        hits = [get_perturbation(p).strength_key for p in listed if p in _names()]
-        hits = [k for k in hits if k in keys]
+        known = [get_perturbation(p) for p in listed if p in PERTURBATIONS]
+        hits = [p.sweep.key for p in known if p.sweep and p.sweep.kind == kind]
         for key in hits:
             changes[key] = [value]
         if hits:
@@ -235,22 +231,20 @@ def _strengths(args, changes: dict, notes: list[str]) -> None:
                 "intensity (sign_flip is w → −w): nothing to scale"
             )
             continue
+        takers = [p for p in PERTURBATIONS.items() if p.sweep and p.sweep.kind == kind]
         raise CwaError(
             f"{flag} {value}: none of the perturbations {listed or '(none given)'} takes it; "
-            f"it sets {', '.join(keys)} of {_takers(keys)}: add one to --perturb"
+            f"it sets {', '.join(p.sweep.key for p in takers)} of "
+            f"{', '.join(p.name for p in takers)}: add one to --perturb"
         )
 
 
-def _names() -> list[str]:
+def every_perturbation() -> list[str]:
+    """Every registered perturbation once (aliases left out), `zero` first: the headline."""
     from cwa.perturbations import PERTURBATIONS
 
-    return PERTURBATIONS.names()
-
-
-def _takers(keys: tuple[str, ...]) -> str:
-    from cwa.perturbations import PERTURBATIONS
-
-    return ", ".join(p.name for p in PERTURBATIONS.items() if p.strength_key in keys)
+    names = sorted(p.name for p in PERTURBATIONS.items())
+    return ["zero", *[n for n in names if n != "zero"]]
 
 
 def _headline_k(changes: dict, notes: list[str]) -> None:

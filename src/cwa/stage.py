@@ -173,7 +173,7 @@ def stage_main(
     log.info("started: %s", " ".join(sys.argv[1:]))
     started = time.perf_counter()
     try:
-        params = StageParams(load_params(args.params), reads)
+        params = StageParams(load_params(args.params, strict=False), reads)
         extra = run(args, params) or {}
     except CwaError as err:
         print(f"cwa {stage}: error: {err}", file=sys.stderr)
