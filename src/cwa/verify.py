@@ -189,6 +189,8 @@ def _status_warnings(repo: Path) -> list[str]:
     if changed is None:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return [f"`dvc status` failed ({tail}): cannot tell whether dvc.lock is up to date"]
+    # an `always_changed` stage (sources) is always listed; only a real change makes the lock stale
+    changed = {k: v for k, v in changed.items() if v != ["always changed"]}
     if not changed:
         return []
     names = ", ".join(sorted(changed)[:5]) + (", ..." if len(changed) > 5 else "")
