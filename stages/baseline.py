@@ -9,9 +9,9 @@ import polars as pl
 
 from cwa import CwaError
 from cwa.evaluation import BASELINE, evaluate, text_rows
-from cwa.evaluation_setup import EvalConfig, prepare
+from cwa.evaluation_setup import prepare_stage
 from cwa.io import write_table
-from cwa.models import ModelConfig, count_parameters
+from cwa.models import count_parameters
 from cwa.schemas.baseline import BASELINE_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
 from cwa.stage import stage_main
@@ -37,7 +37,7 @@ def add_args(p):
 
 
 def run(args, params):
-    ev = prepare(ModelConfig.of(params), EvalConfig.of(params), args.models_dir, args.eval_text)
+    ev = prepare_stage(params, args.models_dir, args.eval_text)
     model, windows, memory = ev.model, ev.windows, ev.memory
     result = evaluate(model, windows, params.batch_size, desc="baseline")
     if result.diverged:  # finite weights, yet an inf/NaN loss: say where

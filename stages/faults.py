@@ -12,10 +12,9 @@ Writes: one row per trial and arm (schema `fault_trials`) and the summary (`faul
 
 import polars as pl
 
-from cwa.evaluation_setup import EvalConfig, prepare
+from cwa.evaluation_setup import prepare_stage
 from cwa.faults import campaign, summary
 from cwa.io import write_table
-from cwa.models import ModelConfig
 from cwa.ranking import MemberScores
 from cwa.schemas.fault_summary import FAULT_SUMMARY_TABLE
 from cwa.schemas.fault_trials import FAULT_TRIALS_TABLE
@@ -50,13 +49,7 @@ def add_args(p):
 
 
 def run(args, params):
-    ev = prepare(
-        ModelConfig.of(params),
-        EvalConfig.of(params),
-        args.models_dir,
-        args.eval_text,
-        args.baseline_texts,
-    )
+    ev = prepare_stage(params, args.models_dir, args.eval_text, args.baseline_texts)
     seed = params.seeds[0]
     infos = pool_infos(pl.read_parquet(args.pool))
     scores = MemberScores(StoredScores(args.scores, seed), [(i, None) for i in infos])

@@ -19,7 +19,7 @@ import polars as pl
 
 from cwa import CwaError
 from cwa.evaluation import BASELINE, evaluate
-from cwa.evaluation_setup import EvalConfig, prepare
+from cwa.evaluation_setup import prepare_stage
 from cwa.experiment import (
     SweepConfig,
     compare,
@@ -34,7 +34,6 @@ from cwa.experiment import (
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
 from cwa.lmeval import LmEval
-from cwa.models import ModelConfig
 from cwa.perturbations import SWEEP_KEYS
 from cwa.schemas.comparisons import COMPARISONS_TABLE
 from cwa.schemas.effects import EFFECTS_TABLE
@@ -80,13 +79,7 @@ def add_args(p):
 
 
 def run(args, params):
-    ev = prepare(
-        ModelConfig.of(params),
-        EvalConfig.of(params),
-        args.models_dir,
-        args.eval_text,
-        args.baseline_texts,
-    )
+    ev = prepare_stage(params, args.models_dir, args.eval_text, args.baseline_texts)
     model, tokenizer, windows, base, memory = ev.model, ev.tokenizer, ev.windows, ev.base, ev.memory
     seed = params.seeds[0]
     ranking = pl.read_parquet(args.ranking).filter(pl.col("seed") == seed)

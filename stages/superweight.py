@@ -13,9 +13,8 @@ import torch
 
 from cwa.data import calibration_draw, calibration_windows
 from cwa.evaluation import evaluate
-from cwa.evaluation_setup import EvalConfig, prepare
+from cwa.evaluation_setup import prepare_stage
 from cwa.io import write_table
-from cwa.models import ModelConfig
 from cwa.perturbations import get_perturbation, perturbed
 from cwa.schemas.spikes import SPIKES_TABLE
 from cwa.stage import stage_main
@@ -48,13 +47,7 @@ def add_args(p):
 
 
 def run(args, params):
-    ev = prepare(
-        ModelConfig.of(params),
-        EvalConfig.of(params),
-        args.models_dir,
-        args.eval_text,
-        args.baseline_texts,
-    )
+    ev = prepare_stage(params, args.models_dir, args.eval_text, args.baseline_texts)
     model, windows, base = ev.model, ev.windows, ev.base
     calib = calibration_windows(
         ev.tokenizer, args.calib_text, params.seq_len, params.bos, params.calib_samples

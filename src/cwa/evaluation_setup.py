@@ -50,3 +50,11 @@ def prepare(
     )
     base = read_baseline(baseline_texts, len(found.all)) if baseline_texts else None
     return Evaluation(model, tokenizer, found.all, memory, base, found.record)
+
+
+def prepare_stage(params, models_dir, eval_text, baseline_texts=None) -> Evaluation:
+    """`prepare` as every evaluating stage calls it: its configs read from the params it declared
+    (model, dtype, device, device_map, seq_len, bos, eval_samples, batch_size)."""
+    return prepare(
+        ModelConfig.of(params), EvalConfig.of(params), models_dir, eval_text, baseline_texts
+    )
