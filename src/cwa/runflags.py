@@ -182,7 +182,7 @@ def _old_values(args, changes: dict, notes: list[str]) -> None:
         ratios = [r for r in changes["mask_ratios"] if r != 1.0]
         if len(ratios) != len(changes["mask_ratios"]):
             notes.append("--perturbation-ratios 1.0: the whole set always runs")
-        changes["mask_ratios"] = ratios or [0.5]
+        changes["mask_ratios"] = ratios  # empty: whole selections only
     if args.mask is not None:
         if args.mask != "zero":
             raise CwaError(f"--mask {args.mask!r}: only zero masks; other perturbations: --perturb")
