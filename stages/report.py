@@ -25,6 +25,7 @@ from cwa.report import (
     metrics,
     render_html,
     render_markdown,
+    scaling_metrics,
     summary,
     task_metrics,
     tasks_table,
@@ -77,6 +78,7 @@ TABLES = (
     "stability",
     "scaling",
     "fit",
+    "shares",
     "spikes",
     "agreement",
     "faults",
@@ -95,7 +97,7 @@ def run(args, params):
     k, first = params.headline_k, first_settings(SweepConfig.of(params))
     setting = headline_setting(first)
     m = metrics(t["baseline"], t["effects"], t["comparisons"], t["stability"], k, setting)
-    m |= task_metrics(t["tasks"], k, setting)
+    m |= task_metrics(t["tasks"], k, setting) | scaling_metrics(t["fit"])
     write_json(m, args.metrics)
     curve = k_sweep(t["effects"], setting)
     write_csv(k_curve(curve), args.effects_csv)
@@ -147,6 +149,7 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
     plots.agreement(t["agreement"], k, out / "agreement.png")
     plots.faults(t["faults"], out / "faults.png")
     plots.scaling(t["scaling"], t["fit"], SCALING_STATISTICS, out / "scaling.png")
+    plots.shares(t["shares"], k, out / "shares.png")
     if t["training"] is not None:
         plots.training_curves(t["training"], out / "training.png")
 
@@ -185,6 +188,7 @@ def report_inputs(
         spikes=t["spikes"].drop("param", "flat_index", "ppl"),
         scaling=t["scaling"],
         fits=t["fit"],
+        shares=t["shares"],
         has_training=t["training"] is not None,
         sources=sources,
         setting=setting,

@@ -3,7 +3,8 @@
 Scores the pool with `metric` on the first seed's calibration draw, measures how concentrated
 the scores are, and zeroes the global top-k (k = headline_k) against matched random draws.
 Reads: the calibration and evaluation text (sources stage) and the built-in model.
-Writes: one row (schema `scaling_model`).
+Writes: one row (schema `scaling_model`) and where the top-k and the score sit by component and
+depth (schema `scaling_shares`).
 """
 
 import polars as pl
@@ -19,7 +20,8 @@ from cwa.models import count_parameters, describe, load_model, pool
 from cwa.perturbations import get_perturbation
 from cwa.ranking import rank
 from cwa.schemas.scaling_model import SCALING_MODEL_TABLE
-from cwa.scores import concentration
+from cwa.schemas.scaling_shares import SCALING_SHARES_TABLE
+from cwa.scores import concentration, shares
 from cwa.stage import stage_main
 from cwa.stats import bootstrap_indices
 
@@ -50,6 +52,7 @@ def add_args(p):
     p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
     p.add_argument("--models-dir", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--shares", required=True, help="component and depth shares (scaling_shares)")
 
 
 def run(args, params):
@@ -86,7 +89,10 @@ def run(args, params):
     }
     h = headline(effects, None, k, ZERO)
     row |= {key: h[key] for key in ("delta_ppl_top", "delta_ppl_random", "separation")}
+    top = ranking.filter(pl.col("selection") == "top")
+    where = shares(infos, scores, top).with_columns(model=pl.lit(args.name))
     write_table(pl.DataFrame([row]), args.out, SCALING_MODEL_TABLE)
+    write_table(where, args.shares, SCALING_SHARES_TABLE)
     return row
 
 

@@ -121,6 +121,8 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "faults/summary.parquet",
         "report/faults.png",
         "data/calibration/documents.parquet",
+        "scaling/shares.parquet",
+        "report/shares.png",
         "data/evaluation/source.json",
     ]:
         assert (art / path).exists(), path
@@ -207,7 +209,16 @@ def test_tables_are_consistent(repo):
     assert len(faults) == 2 * (1 + 2) and faults["flips"].min() > 0
     assert (faults["blocked"] <= faults["flips"]).all()
     fit = pl.read_parquet(art / "scaling" / "fit.parquet")
-    assert fit["models"].to_list() == [3] * len(fit)
+    top_share = fit.filter(pl.col("statistic") == "top_share").row(0, named=True)
+    assert top_share["models"] == 3 and top_share["loo_mean_error"] >= 0
+    assert top_share["note"] == "3 models: a two-segment fit needs 5 models"
+    m = json.loads((art / "metrics.json").read_text())
+    assert m["scaling_exponent"] == top_share["slope"] and m["scaling_r2"] == top_share["r2"]
+    shares = pl.read_parquet(art / "scaling" / "shares.parquet")
+    for _, rows in shares.group_by("model", "axis"):
+        assert (
+            abs(rows["topk_share"].sum() - 1) < 1e-9 and abs(rows["score_share"].sum() - 1) < 1e-9
+        )
 
 
 def ran(out: str) -> list[str]:

@@ -29,6 +29,32 @@ SOURCE = {
 }
 
 
+FITS = pl.DataFrame(
+    {
+        "statistic": ["top_share", "separation"],
+        "slope": [0.31, -0.2],
+        "r2": [0.97, 0.5],
+        "loo_mean_error": [0.08, None],
+        "loo_max_error": [0.15, None],
+        "breakpoint": [None, None],
+        "slope_below": [None, None],
+        "slope_above": [None, None],
+        "breakpoint_p": [None, None],
+        "note": ["3 models: a two-segment fit needs 5 models", "2 models: leave-one-out needs 3"],
+    }
+)
+SHARES = pl.DataFrame(
+    {
+        "model": ["a", "a", "b", "b"],
+        "axis": ["component"] * 4,
+        "group": ["attn_q", "mlp_down", "attn_q", "mlp_down"],
+        "depth": [None] * 4,
+        "topk_share": [0.25, 0.75, 0.5, 0.5],
+        "score_share": [0.4, 0.6, 0.5, 0.5],
+    }
+)
+
+
 def inputs(**changes) -> ReportInputs:
     one = pl.DataFrame({"a": [1.0]})
     values = {
@@ -59,7 +85,8 @@ def inputs(**changes) -> ReportInputs:
         "agreement": one,
         "spikes": pl.DataFrame({"candidate": [True, False, False]}),
         "scaling": one,
-        "fits": one,
+        "fits": FITS,
+        "shares": SHARES,
         "has_training": True,
         "setting": {"zero": ""},
         "sources": (SOURCE | {"key": "calib_data", "part": "calib split"}, SOURCE),
@@ -92,3 +119,27 @@ def test_sections_say_what_they_counted():
         superweight_section(inputs())
     )
     assert "kjv_lambada, kjv_hellaswag: 128 items each" in "\n".join(tasks_section(inputs()))
+
+
+def test_scaling_verdict_says_what_the_fits_support_and_what_they_cannot():
+    from cwa.report import scaling_verdict
+
+    text = "\n".join(scaling_verdict(FITS))
+    assert "top_share: slope 0.31 (R² 0.97)" in text
+    assert "misses by 8% on average, 15% at most: prediction within 20% holds" in text
+    assert "3 models: a two-segment fit needs 5 models." in text
+    assert "- separation: 2 models: leave-one-out needs 3." in text
+
+
+def test_architecture_section_puts_models_side_by_side():
+    from cwa.report import architecture_section
+
+    text = "\n".join(architecture_section(inputs()))
+    assert "| component | a | b |" in text and "| mlp_down | 0.75 | 0.5 |" in text
+
+
+def test_scaling_metrics_are_the_top_share_fit():
+    from cwa.report import scaling_metrics
+
+    m = scaling_metrics(FITS)
+    assert m == {"scaling_exponent": 0.31, "scaling_r2": 0.97, "scaling_loo_error": 0.08}

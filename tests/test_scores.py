@@ -40,3 +40,35 @@ def test_identical_scores_give_identical_bytes(tmp_path):
         save_scores(scores, tmp_path / str(i), 0, "magnitude")
         written.add(store_path(tmp_path / str(i), 0).read_bytes())
     assert len(written) == 1
+
+
+def test_shares_by_component_and_depth_on_a_hand_built_score_set():
+    import polars as pl
+
+    from cwa.models import ParamInfo
+    from cwa.scores import shares
+
+    infos = [
+        ParamInfo("b0.q", 0, "attn_q", (2, 2), False),
+        ParamInfo("b0.down", 0, "mlp_down", (2, 2), False),
+        ParamInfo("b2.down", 2, "mlp_down", (2, 2), False),
+        ParamInfo("embed", -1, "embed", (2, 2), False),
+    ]
+    scores = {
+        "b0.q": torch.tensor([[1.0, -1.0], [0.0, 0.0]]),  # |score| sums: 2
+        "b0.down": torch.tensor([[3.0, 0.0], [0.0, 1.0]]),  # 4
+        "b2.down": torch.tensor([[0.0, 0.0], [0.0, 3.0]]),  # 3
+        "embed": torch.tensor([[1.0, 0.0], [0.0, 0.0]]),  # 1, total 10
+    }
+    top = pl.DataFrame(
+        {"component": ["mlp_down", "mlp_down", "attn_q", "mlp_down"], "layer": [0, 2, 0, 0]}
+    )
+    got = {(r["axis"], r["group"]): r for r in shares(infos, scores, top).iter_rows(named=True)}
+    assert got[("component", "mlp_down")]["topk_share"] == 0.75
+    assert got[("component", "mlp_down")]["score_share"] == 0.7
+    assert got[("component", "embed")]["topk_share"] == 0.0
+    assert got[("component", "embed")]["score_share"] == 0.1
+    assert got[("depth", "0")]["depth"] == 0.0 and got[("depth", "2")]["depth"] == 1.0
+    assert got[("depth", "0")]["topk_share"] == 0.75 and got[("depth", "0")]["score_share"] == 0.6
+    assert got[("depth", "2")]["score_share"] == 0.3
+    assert ("depth", "-1") not in got  # outside the blocks: no depth

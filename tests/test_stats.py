@@ -135,3 +135,36 @@ def test_separation_is_one_rule_with_its_non_finite_cases():
     assert math.isnan(separation(0.2, []))  # no control draw: no ratio
     assert math.isnan(separation(math.inf, [0.1]))  # the top set diverged
     assert math.isnan(separation(0.2, [0.1, math.inf]))  # a control draw diverged
+
+
+def test_leave_one_out_predicts_each_point_from_the_others_by_hand():
+    from cwa.stats import leave_one_out
+
+    x, y = np.array([10.0, 100.0, 1000.0]), np.array([1.0, 3.0, 4.0])
+    errors = leave_one_out(x, y)
+    # without point 0 the line through (2, log 3) and (3, log 4) predicts log y at log x = 1
+    slope = (np.log10(4) - np.log10(3)) / 1.0
+    predicted = 10 ** (np.log10(3) - slope)
+    assert errors[0] == pytest.approx(abs(predicted - 1.0) / 1.0, rel=1e-12)
+    # without point 1: through (1, 0) and (3, log 4), at log x = 2
+    predicted = 10 ** (np.log10(4) / 2)
+    assert errors[1] == pytest.approx(abs(predicted - 3.0) / 3.0, rel=1e-12)
+    exact = leave_one_out(np.geomspace(1e3, 1e9, 6), 2 * np.geomspace(1e3, 1e9, 6) ** -0.4)
+    assert np.allclose(exact, 0, atol=1e-12)  # a true power law predicts itself
+    assert np.isnan(leave_one_out(x[:2], y[:2])).all()  # 2 points: nothing left to fit
+
+
+def test_two_segment_fit_finds_a_planted_breakpoint_and_not_a_false_one():
+    from cwa.stats import two_segment_fit
+
+    x = np.geomspace(1e5, 1e10, 11)  # a point at 10^7.5 ≈ 3.16e7
+    at = x[5]
+    y = np.where(x <= at, (x / at) ** 0.5, (x / at) ** -0.3)  # continuous at the breakpoint
+    noise = np.random.default_rng(0).normal(0, 0.01, len(x))
+    fit = two_segment_fit(x, y * 10**noise)
+    assert fit.at == pytest.approx(at, rel=1e-9)
+    assert fit.below == pytest.approx(0.5, abs=0.02) and fit.above == pytest.approx(-0.3, abs=0.02)
+    assert fit.p_value < 1e-6
+    straight = two_segment_fit(x, 3 * x**0.2 * 10 ** np.random.default_rng(1).normal(0, 0.05, 11))
+    assert straight.p_value > 0.05  # one line explains it: no threshold claimed
+    assert np.isnan(two_segment_fit(x[:4], y[:4]).at)  # too few points for 4 parameters

@@ -260,6 +260,38 @@ def training_curves(logs: pl.DataFrame, path) -> None:
     _save(fig, path)
 
 
+def shares(table: pl.DataFrame, k: int, path) -> None:
+    """Left: each model's share of the top-k by component class (bars). Right: the share of the
+    top-k (solid) and of the total score (dashed) by normalised depth."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    models = table["model"].unique(maintain_order=True).to_list()
+    components = table.filter(pl.col("axis") == "component")
+    groups = sorted(set(components["group"]))
+    width = 0.8 / max(len(models), 1)
+    for i, (model, color) in enumerate(zip(models, _colors(len(models)), strict=True)):
+        mine = dict(
+            components.filter(pl.col("model") == model).select("group", "topk_share").iter_rows()
+        )
+        x = np.arange(len(groups)) + i * width
+        left.bar(x, [mine.get(g, 0.0) for g in groups], width, label=model, color=color)
+        depth = table.filter((pl.col("model") == model) & (pl.col("axis") == "depth"))
+        right.plot(depth["depth"], depth["topk_share"], "o-", color=color, label=model)
+        right.plot(depth["depth"], depth["score_share"], "--", color=color)
+    left.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=45, ha="right")
+    left.set(ylabel=f"share of the top-{k}", title="By component")
+    right.set(
+        xlabel="normalised depth (0 = first block, 1 = last)",
+        ylabel="share (solid: top-k, dashed: score)",
+        title="By depth",
+    )
+    left.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _colors(n: int) -> list:
+    return [plt.get_cmap("viridis")(v) for v in np.linspace(0.1, 0.85, max(n, 1))][:n]
+
+
 def agreement(table: pl.DataFrame, k: int, path) -> None:
     """Jaccard of global top-k sets between every pair of metrics (symmetric, diagonal 1)."""
     rows = table.filter(pl.col("k") == k)

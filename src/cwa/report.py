@@ -50,6 +50,21 @@ def metrics(
     }
 
 
+SCALING_HEADLINE = "top_share"  # the statistic whose exponent metrics.json reports
+
+
+def scaling_metrics(fits: pl.DataFrame) -> dict:
+    """The family's scaling law for `dvc exp show`: exponent of the top-0.1% score share against
+    parameter count, its R² and the mean leave-one-out relative error."""
+    row = fits.filter(pl.col("statistic") == SCALING_HEADLINE).row(0, named=True)
+    loo = row["loo_mean_error"]
+    return {
+        "scaling_exponent": row["slope"],
+        "scaling_r2": row["r2"],
+        "scaling_loo_error": float("nan") if loo is None else loo,
+    }
+
+
 def effects_table(effects: pl.DataFrame) -> pl.DataFrame:
     """Per experiment cell and selection: ΔPPL with CI (random draws: mean, CI over draws' CIs)."""
     return (
@@ -228,6 +243,7 @@ class ReportInputs:
     spikes: pl.DataFrame  # schema `spikes`
     scaling: pl.DataFrame  # schema `scaling_model`
     fits: pl.DataFrame  # schema `scaling_fit`
+    shares: pl.DataFrame  # schema `scaling_shares`
     has_training: bool
     sources: tuple[dict, dict]  # calibration's and evaluation's source.json (cwa.sources)
     setting: dict[str, str]  # the headline perturbation and setting (headline_setting)
@@ -321,6 +337,12 @@ def figures_section(r: ReportInputs) -> list[str]:
         (f"Do the metrics agree? (k = {k})", "agreement.png", ""),
         ("Fault injection", "faults.png", ""),
         ("Scaling across the built-in family", "scaling.png", ""),
+        (
+            "Where the sensitivity sits in each model of the family",
+            "shares.png",
+            f"Share of each model's global top-{k} (by {p.metric}) per component class, and per "
+            "block at normalised depth; dashed: share of the total score.",
+        ),
     ]
     if r.has_training:
         figures.append(("Built-in model training", "training.png", ""))
@@ -453,9 +475,51 @@ def scaling_section(r: ReportInputs) -> list[str]:
         f"{r.metrics['headline_k']} vs matched random weights. Fits: statistic = a · "
         "params^slope (log-log least squares, 95% t-interval of the slope).",
         "",
+        *scaling_verdict(r.fits),
         table(r.scaling),
         "",
         table(r.fits),
+        "",
+    ]
+
+
+def scaling_verdict(fits: pl.DataFrame) -> list[str]:
+    """What the fits support, in words: the leave-one-out test of prediction within 20%, and
+    whether a two-segment law (a critical parameter threshold) beats one line."""
+    out = []
+    for row in fits.iter_rows(named=True):
+        name, loo = row["statistic"], row["loo_mean_error"]
+        if loo is None or not math.isfinite(loo):
+            out.append(f"- {name}: {row['note'] or 'no leave-one-out error'}.")
+            continue
+        held = "holds" if row["loo_max_error"] <= 0.2 else "does not hold"
+        line = (
+            f"- {name}: slope {fmt(row['slope'])} (R² {fmt(row['r2'])}); predicting each model "
+            f"from the others misses by {fmt(100 * loo)}% on average, "
+            f"{fmt(100 * row['loo_max_error'])}% at most: prediction within 20% {held}."
+        )
+        if row["breakpoint"] is not None and math.isfinite(row["breakpoint"]):
+            line += (
+                f" A two-segment law breaking at {fmt(row['breakpoint'])} parameters (slopes "
+                f"{fmt(row['slope_below'])}, {fmt(row['slope_above'])}): F-test p = "
+                f"{fmt(row['breakpoint_p'])}."
+            )
+        else:
+            line += f" {row['note']}." if row["note"] else ""
+        out.append(line)
+    return [*out, ""]
+
+
+def architecture_section(r: ReportInputs) -> list[str]:
+    """Where each model's top-k and score sit by component class (the depth profile is in the
+    figure)."""
+    components = r.shares.filter(pl.col("axis") == "component")
+    wide = components.pivot(on="model", index="group", values="topk_share").sort("group")
+    k = r.metrics["headline_k"]
+    return [
+        f"### Where the sensitivity sits, model by model (share of the top-{k})",
+        "",
+        table(wide.rename({"group": "component"})),
         "",
     ]
 
@@ -477,6 +541,7 @@ SECTIONS = (
     agreement_section,
     superweight_section,
     scaling_section,
+    architecture_section,
     experiments_section,
 )
 

@@ -133,6 +133,32 @@ def concentration(scores: list[torch.Tensor], top_fraction: float = 1e-3) -> dic
     }
 
 
+def shares(infos: list[ParamInfo], scores: Mapping[str, torch.Tensor], top: pl.DataFrame):
+    """Where a model's sensitivity sits: for each component class, and each transformer block at
+    normalised depth (0 = first block, 1 = last), the share of the top-k weights (`top`: the
+    ranking's top rows, with `component` and `layer`) and of the total |score|."""
+    total, by_component, by_layer = 0.0, {}, {}
+    for info in infos:
+        mass = float(scores[info.name].double().abs().sum())
+        total += mass
+        by_component[info.component] = by_component.get(info.component, 0.0) + mass
+        by_layer[info.layer] = by_layer.get(info.layer, 0.0) + mass
+    k = max(len(top), 1)
+    in_top = {axis: dict(top.group_by(axis).len().iter_rows()) for axis in ("component", "layer")}
+    rows = [
+        ("component", c, None, in_top["component"].get(c, 0) / k, by_component[c] / total)
+        for c in sorted(by_component)
+    ]
+    blocks = sorted(layer for layer in by_layer if layer >= 0)
+    last = max(blocks[-1], 1) if blocks else 1
+    rows += [
+        ("depth", str(b), b / last, in_top["layer"].get(b, 0) / k, by_layer[b] / total)
+        for b in blocks
+    ]
+    columns = ["axis", "group", "depth", "topk_share", "score_share"]
+    return pl.DataFrame(rows, schema=columns, orient="row")
+
+
 def pool_sample(sizes: Mapping[str, int], size: int = 100_000) -> dict[str, torch.Tensor]:
     """A fixed uniform sample of pool coordinates (the same for every seed): bulk agreement.
     `sizes`: weights per pool tensor."""

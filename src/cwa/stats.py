@@ -162,3 +162,75 @@ def fit_power_law(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> PowerLaw
         float(fit.rvalue**2),
         (float(fit.slope - half), float(fit.slope + half)),
     )
+
+
+def _loglog(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log10 of the points a power law can fit (both positive and finite) and their indices."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.flatnonzero((x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y))
+    return np.log10(x[keep]), np.log10(y[keep]), keep
+
+
+def leave_one_out(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Relative error |ŷ − y| / y of predicting each point from the power law fitted to the
+    others (NaN where the point cannot be fitted, or where fewer than 3 points can)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    errors = np.full(len(x), math.nan)
+    _, _, keep = _loglog(x, y)
+    if len(keep) < 3:
+        return errors
+    for i in keep:
+        others = keep[keep != i]
+        fit = fit_power_law(x[others], y[others])
+        predicted = 10**fit.intercept * x[i] ** fit.slope
+        errors[i] = abs(predicted - y[i]) / y[i]
+    return errors
+
+
+@dataclass(frozen=True)
+class Breakpoint:
+    """A continuous two-segment power law: slope `below` up to `at` (in x units), `above` after;
+    `p_value` of the F test against one line. NaN where there are too few points."""
+
+    at: float
+    below: float
+    above: float
+    f: float
+    p_value: float
+
+
+NO_BREAKPOINT = Breakpoint(math.nan, math.nan, math.nan, math.nan, math.nan)
+MIN_BREAKPOINT_POINTS = 5  # two slopes, an intercept and a breakpoint leave n − 4 dof
+
+
+def two_segment_fit(x: np.ndarray, y: np.ndarray, min_side: int = 2) -> Breakpoint:
+    """log y = a + b·log x + c·max(0, log x − log x_b), the hinge x_b at the data point that
+    minimises the residual sum of squares (at least `min_side` points on each side, the hinge
+    included in both). F test of the 2 extra parameters against one line with (2, n − 4) dof;
+    the hinge is chosen from the data, so the p-value is optimistic (Davies 1987)."""
+    lx, ly, _ = _loglog(x, y)
+    n = len(lx)
+    if n < MIN_BREAKPOINT_POINTS:
+        return NO_BREAKPOINT
+    order = np.argsort(lx)
+    lx, ly = lx[order], ly[order]
+
+    def rss(design: np.ndarray) -> tuple[float, np.ndarray]:
+        coef, *_ = np.linalg.lstsq(design, ly, rcond=None)
+        return float(((design @ coef - ly) ** 2).sum()), coef
+
+    one, _ = rss(np.column_stack([np.ones(n), lx]))
+    best = None
+    for hinge in lx[min_side - 1 : n - min_side + 1]:
+        design = np.column_stack([np.ones(n), lx, np.maximum(0.0, lx - hinge)])
+        two, coef = rss(design)
+        if best is None or two < best[0]:
+            best = (two, hinge, coef)
+    two, hinge, coef = best
+    dof = n - 4
+    if one <= 1e-24:  # one line fits exactly: nothing to gain
+        f, p = 0.0, 1.0
+    else:
+        f = ((one - two) / 2) / (two / dof) if two > 1e-24 else math.inf
+        p = float(sps.f.sf(f, 2, dof)) if math.isfinite(f) else 0.0
+    return Breakpoint(float(10**hinge), float(coef[1]), float(coef[1] + coef[2]), float(f), p)

@@ -14,6 +14,7 @@ from cwa.schemas.pool import POOL_TABLE
 from cwa.schemas.ranking import RANKING_TABLE
 from cwa.schemas.scaling_fit import SCALING_FIT_TABLE
 from cwa.schemas.scaling_model import SCALING_MODEL_TABLE
+from cwa.schemas.scaling_shares import SCALING_SHARES_TABLE
 from cwa.schemas.spikes import SPIKES_TABLE
 from cwa.schemas.stability import STABILITY_TABLE
 from cwa.schemas.tasks import TASKS_TABLE
@@ -38,6 +39,7 @@ TABLES = (
     AGREEMENT_TABLE,
     STABILITY_TABLE,
     SCALING_MODEL_TABLE,
+    SCALING_SHARES_TABLE,
     SCALING_FIT_TABLE,
 )
 
