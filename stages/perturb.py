@@ -122,6 +122,8 @@ def downstream(args, params, model, tokenizer, exps, seed) -> pl.DataFrame:
             params.task_items,
         )
         tasks += harness.as_tasks()
+    if not tasks:  # tasks: [] and lm_eval_tasks: []: none asked for, an empty table says so
+        return pl.DataFrame(schema={c.name: c.dtype for c in TASKS_TABLE.columns})
 
     def measure(m):
         out = {

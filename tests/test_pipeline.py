@@ -309,6 +309,16 @@ def test_metric_change_reruns_sensitivity_but_not_baseline(repo):
     assert "separation" in shown and "grad_squared" in shown
 
 
+def test_no_downstream_tasks_through_dvc_exp_run(repo):
+    """`tasks: []` (the old --no-downstream-tasks): the sweep completes, the task table is empty
+    and schema-valid, and the report says none were run."""
+    out = sh(repo, "dvc", "exp", "run", "-S", "tasks=[]", "-S", "lm_eval_tasks=[]")
+    assert "Running stage 'perturb'" in out and "Running stage 'report'" in out
+    assert pl.read_parquet(repo / "artifacts" / "perturb" / "tasks.parquet").is_empty()
+    report = (repo / "artifacts" / "report" / "report.md").read_text()
+    assert "None were run (`tasks` and `lm_eval_tasks` are empty)." in report
+
+
 def test_second_order_metric_and_per_head_mode_through_dvc(repo):
     sh(
         repo,

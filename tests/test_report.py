@@ -143,3 +143,12 @@ def test_scaling_metrics_are_the_top_share_fit():
 
     m = scaling_metrics(FITS)
     assert m == {"scaling_exponent": 0.31, "scaling_r2": 0.97, "scaling_loo_error": 0.08}
+
+
+def test_no_downstream_tasks_is_said_not_tabled():
+    from cwa.report import tasks_section
+
+    empty = pl.DataFrame(schema={"task": pl.String})
+    assert "None were run (`tasks` and `lm_eval_tasks` are empty)." in tasks_section(
+        inputs(tasks=empty)
+    )

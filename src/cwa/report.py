@@ -394,6 +394,13 @@ def comparisons_section(r: ReportInputs) -> list[str]:
 
 def tasks_section(r: ReportInputs) -> list[str]:
     p = r.params
+    if r.tasks.is_empty():
+        return [
+            "### Downstream tasks",
+            "",
+            "None were run (`tasks` and `lm_eval_tasks` are empty).",
+            "",
+        ]
     return [
         f"### Downstream tasks (k = {r.metrics['headline_k']})",
         "",
