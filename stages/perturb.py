@@ -91,7 +91,9 @@ def run(args, params):
         raise CwaError("after restoring, the model no longer reproduces the baseline NLL")
     idx = bootstrap_indices(len(windows), params.bootstrap, seed)
     effects, texts = summarize(exps, results, base, idx)
-    comparisons = compare(exps, results, base, idx, params.bootstrap, seed)
+    comparisons = or_empty(
+        compare(exps, results, base, idx, params.bootstrap, seed), COMPARISONS_TABLE
+    )
     task_table = downstream(args, params, model, tokenizer, exps, seed)
     meta = {k: pl.lit(ranking[k][0]) for k in ("metric", "mode", "seed")}
     write_table(effects.with_columns(**meta), args.effects, EFFECTS_TABLE)
@@ -105,6 +107,13 @@ def run(args, params):
         "memory": memory,
         "evaluation_text": ev.text,
     }
+
+
+def or_empty(table: pl.DataFrame, schema) -> pl.DataFrame:
+    """`table`, or, when nothing was asked for (no controls, no tasks), the schema's empty table."""
+    if not table.is_empty():
+        return table
+    return pl.DataFrame(schema={c.name: c.dtype for c in schema.columns})
 
 
 def downstream(args, params, model, tokenizer, exps, seed) -> pl.DataFrame:
@@ -123,7 +132,7 @@ def downstream(args, params, model, tokenizer, exps, seed) -> pl.DataFrame:
         )
         tasks += harness.as_tasks()
     if not tasks:  # tasks: [] and lm_eval_tasks: []: none asked for, an empty table says so
-        return pl.DataFrame(schema={c.name: c.dtype for c in TASKS_TABLE.columns})
+        return or_empty(pl.DataFrame(), TASKS_TABLE)
 
     def measure(m):
         out = {

@@ -319,6 +319,20 @@ def test_no_downstream_tasks_through_dvc_exp_run(repo):
     assert "None were run (`tasks` and `lm_eval_tasks` are empty)." in report
 
 
+def test_no_controls_through_dvc_exp_run(repo):
+    """`controls: []`: top sets only; no comparison rows, no separation, and the report says
+    so instead of crashing."""
+    out = sh(repo, "dvc", "exp", "run", "-S", "controls=[]")
+    assert "Running stage 'rank'" in out and "Running stage 'report'" in out
+    art = repo / "artifacts"
+    assert set(pl.read_parquet(art / "rank" / "ranking.parquet")["selection"]) == {"top"}
+    assert pl.read_parquet(art / "perturb" / "comparisons.parquet").is_empty()
+    m = json.loads((art / "metrics.json").read_text())
+    assert m["separation"] is None and m["delta_ppl_top"] > 0  # NaN is null in JSON
+    report = (art / "report" / "report.md").read_text()
+    assert "No controls were run (`controls` is empty)" in report
+
+
 def test_second_order_metric_and_per_head_mode_through_dvc(repo):
     sh(
         repo,

@@ -152,3 +152,11 @@ def test_no_downstream_tasks_is_said_not_tabled():
     assert "None were run (`tasks` and `lm_eval_tasks` are empty)." in tasks_section(
         inputs(tasks=empty)
     )
+
+
+def test_no_controls_is_said_not_tabled():
+    from cwa.report import comparisons_section
+
+    empty = pl.DataFrame(schema={"control": pl.String})
+    text = "\n".join(comparisons_section(inputs(comparisons=empty)))
+    assert "No controls were run (`controls` is empty)" in text

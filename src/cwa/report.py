@@ -380,6 +380,13 @@ def experiments_section(r: ReportInputs) -> list[str]:
 
 
 def comparisons_section(r: ReportInputs) -> list[str]:
+    if r.comparisons.is_empty():
+        return [
+            "### Top set against the controls",
+            "",
+            "No controls were run (`controls` is empty): no comparison, separation or p-value.",
+            "",
+        ]
     return [
         f"### Top set against the controls (k = {r.metrics['headline_k']})",
         "",
