@@ -21,6 +21,7 @@ from cwa.stats import (
     SCALING_STATISTICS,
     fit_power_law,
     leave_one_out,
+    loglog,
     two_segment_fit,
 )
 
@@ -56,7 +57,7 @@ def scaling_fit(stat: str, x: np.ndarray, y: np.ndarray) -> dict:
     """One row of the fit table: power law, leave-one-out error, two-segment fit, and a note
     where there are too few points for a number."""
     fit, errors, hinge = fit_power_law(x, y), leave_one_out(x, y), two_segment_fit(x, y)
-    usable = int(((x > 0) & (y > 0) & np.isfinite(y)).sum())
+    usable = len(loglog(x, y)[2])
     missing = []
     if usable < 3:
         missing.append("leave-one-out needs 3 models")

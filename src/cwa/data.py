@@ -19,9 +19,18 @@ from cwa import CwaError
 DOCUMENTS, SOURCE = "documents.parquet", "source.json"
 
 
+def token_ids(tokenizer, texts: list[str]) -> list[int]:
+    """The joined texts' token stream, without special tokens."""
+    return tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+
+
 def windows(tokenizer, texts: list[str], seq_len: int, bos_id: int | None = None) -> torch.Tensor:
     """All non-overlapping windows of the joined texts, shape (n, seq_len)."""
-    ids = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+    return cut(token_ids(tokenizer, texts), seq_len, bos_id)
+
+
+def cut(ids: list[int], seq_len: int, bos_id: int | None = None) -> torch.Tensor:
+    """A token stream as non-overlapping windows (BOS + seq_len − 1 tokens with `bos_id`)."""
     body = seq_len - (bos_id is not None)
     n = len(ids) // body
     out = torch.tensor(ids[: n * body], dtype=torch.long).view(n, body)
@@ -65,9 +74,8 @@ class TextWindows:
 def text_windows(tokenizer, text: Text, seq_len: int, bos: bool, count_key: str, count: int):
     """All windows of `text`; fails, naming both numbers and the remedy, when fewer than
     `count` (the value of `count_key`) exist."""
-    bos_id = bos_token_id(tokenizer) if bos else None
-    found = windows(tokenizer, text.documents, seq_len, bos_id)
-    tokens = len(tokenizer("\n\n".join(text.documents), add_special_tokens=False)["input_ids"])
+    ids = token_ids(tokenizer, text.documents)  # tokenized once: windows and the token count
+    found, tokens = cut(ids, seq_len, bos_token_id(tokenizer) if bos else None), len(ids)
     key, spec = text.source["key"], text.source["spec"]
     if len(found) == 0:
         raise CwaError(

@@ -147,14 +147,12 @@ def _space_near(text: str, at: int) -> int:
 
 def read_source(key: str, spec: str, field: str, corpus) -> Source:
     kind = kind_of(spec)
-    if kind == "builtin":
-        documents = _read_builtin(corpus, ROLES[key])
+    if kind in ("builtin", "hf"):  # no file of their own: the hash is the joined text's
+        builtin = kind == "builtin"
+        documents = _read_builtin(corpus, ROLES[key]) if builtin else _read_hf(key, spec, field)
         text = "\n\n".join(documents).encode()
-        sha, size, part = hashlib.sha256(text).hexdigest(), len(text), f"{ROLES[key]} split"
-    elif kind == "hf":
-        documents = _read_hf(key, spec, field)
-        text = "\n\n".join(documents).encode()
-        sha, size, part = hashlib.sha256(text).hexdigest(), len(text), "whole"
+        part = f"{ROLES[key]} split" if builtin else "whole"
+        sha, size = hashlib.sha256(text).hexdigest(), len(text)
     else:
         path = Path(spec).expanduser()
         _check_path(key, path)

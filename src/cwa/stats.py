@@ -148,9 +148,7 @@ class PowerLaw:
 
 def fit_power_law(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> PowerLaw:
     """y = 10^intercept · x^slope by least squares on log10 values; t-based CI of the slope."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
-    lx, ly = np.log10(x[keep]), np.log10(y[keep])
+    lx, ly, _ = loglog(x, y)
     if len(lx) < 2:
         return PowerLaw(math.nan, math.nan, math.nan, (math.nan, math.nan))
     fit = sps.linregress(lx, ly)
@@ -164,7 +162,7 @@ def fit_power_law(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> PowerLaw
     )
 
 
-def _loglog(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def loglog(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """log10 of the points a power law can fit (both positive and finite) and their indices."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     keep = np.flatnonzero((x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y))
@@ -176,7 +174,7 @@ def leave_one_out(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     others (NaN where the point cannot be fitted, or where fewer than 3 points can)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     errors = np.full(len(x), math.nan)
-    _, _, keep = _loglog(x, y)
+    _, _, keep = loglog(x, y)
     if len(keep) < 3:
         return errors
     for i in keep:
@@ -208,7 +206,7 @@ def two_segment_fit(x: np.ndarray, y: np.ndarray, min_side: int = 2) -> Breakpoi
     minimises the residual sum of squares (at least `min_side` points on each side, the hinge
     included in both). F test of the 2 extra parameters against one line with (2, n − 4) dof;
     the hinge is chosen from the data, so the p-value is optimistic (Davies 1987)."""
-    lx, ly, _ = _loglog(x, y)
+    lx, ly, _ = loglog(x, y)
     n = len(lx)
     if n < MIN_BREAKPOINT_POINTS:
         return NO_BREAKPOINT
