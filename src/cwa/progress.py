@@ -5,6 +5,8 @@ top-level loop also logs `desc: n/total (p%), elapsed, about t left` through the
 logger at most every CWA_PROGRESS_SECONDS (default 20) and once at the end; the stage sends those
 lines to its log file always and to stderr when stderr is not a terminal (cwa.stage). Inner
 loops (leave=False: the batches of one evaluation) only draw a bar. CI=true (tests) is quiet.
+Whatever is drawn, the last top-level loop's place is kept (`doing`): a stage that fails says
+where it was.
 """
 
 from __future__ import annotations
@@ -49,9 +51,33 @@ class _Progress(tqdm):
         return self.format_meter(**meter)
 
 
+_place = {"desc": None, "done": 0, "total": None, "finished": False}
+
+
+def doing() -> str:
+    """Where the stage is: the last top-level loop, its count and whether it ended."""
+    desc, done, total = _place["desc"], _place["done"], _place["total"]
+    if desc is None:
+        return "before its first loop (loading inputs or the model)"
+    count = f"{done}/{total}" if total is not None else str(done)
+    return f"after {desc} ({count}) ended" if _place["finished"] else f"during {desc} ({count})"
+
+
+def _tracked(items, desc: str, total: int | None):
+    _place.update(desc=desc, done=0, total=total, finished=False)
+    for item in items:
+        yield item
+        _place["done"] += 1
+    _place["finished"] = True
+
+
 def progress(iterable, desc: str | None = None, total: int | None = None, leave: bool = True):
     bar = sys.stderr.isatty()
     quiet = os.environ.get("CI", "").lower() == "true" or desc is None
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
     if quiet or not (bar or leave):
-        return tqdm(iterable, total=total, disable=True)
-    return _Progress(iterable, desc=desc, total=total, leave=leave, bar=bar, dynamic_ncols=bar)
+        shown = tqdm(iterable, total=total, disable=True)
+    else:
+        shown = _Progress(iterable, desc=desc, total=total, leave=leave, bar=bar, dynamic_ncols=bar)
+    return _tracked(shown, desc, total) if leave and desc else shown

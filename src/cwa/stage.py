@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import logging
 import os
@@ -11,6 +12,7 @@ import resource
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -141,6 +143,7 @@ def setup_logging(stage: str, log_dir: Path) -> None:
 
     to_stderr = logging.StreamHandler()
     to_stderr.setFormatter(logging.Formatter(f"[{stage}] %(message)s"))
+    to_stderr.addFilter(lambda record: record.name != traceback_log.name)
     if sys.stderr.isatty():
         to_stderr.addFilter(lambda record: record.name != progress_log.name)
     handlers: list[logging.Handler] = [to_stderr]
@@ -152,6 +155,34 @@ def setup_logging(stage: str, log_dir: Path) -> None:
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
+traceback_log = logging.getLogger("cwa.traceback")  # the log file only, never the terminal
+
+# Failures with a known remedy: the exception class and what to do.
+_REMEDIES = (
+    (torch.OutOfMemoryError, "lower `batch_size` (or `seq_len`; `layer_group` for Hutchinson)"),
+    (MemoryError, "lower `batch_size` (or `seq_len`), or free memory on this machine"),
+)
+
+
+def failure_line(stage: str, err: BaseException, log_file: Path) -> str:
+    """One line for an unexpected exception (a bug, out of memory, a full disk): the stage, what
+    it was doing, the error and the innermost project frame; the traceback goes to the log."""
+    from cwa.progress import doing
+
+    frames = traceback.extract_tb(err.__traceback__)
+    ours = [f for f in frames if "/cwa/" in f.filename or "/stages/" in f.filename] or frames
+    where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+    message = " ".join(str(err).split())[:300] or "(no message)"
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        message += "; free disk space"
+    remedy = next((f"; {fix}" for kind, fix in _REMEDIES if isinstance(err, kind)), "")
+    return (
+        f"cwa {stage}: failed {doing()}: {type(err).__name__}: {message}{where}{remedy}. "
+        f"Full error in {log_file}; the previous outputs are in the DVC cache "
+        f"(`dvc checkout {stage}` puts them back)"
+    )
+
+
 def stage_main(
     doc: str,
     add_args: Callable[[argparse.ArgumentParser], None],
@@ -159,7 +190,7 @@ def stage_main(
     reads: tuple[str, ...],
 ) -> None:
     """Parses args, loads params, runs the stage on the keys it `reads` (its PARAMS); a CwaError
-    exits 2 with one clear line."""
+    exits 2 with one clear line, any other exception 1 with one line (`failure_line`)."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -168,7 +199,8 @@ def stage_main(
     add_args(parser)
     args = parser.parse_args()
     stage = doc.strip().split(":", 1)[0]
-    setup_logging(stage, Path(os.environ.get("CWA_LOG_DIR", "logs")))
+    log_dir = Path(os.environ.get("CWA_LOG_DIR", "logs"))
+    setup_logging(stage, log_dir)
     log = logging.getLogger(f"cwa.{stage}")
     log.info("started: %s", " ".join(sys.argv[1:]))
     started = time.perf_counter()
@@ -178,6 +210,10 @@ def stage_main(
     except CwaError as err:
         print(f"cwa {stage}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:  # an outright bug, out of memory, a full disk: see failure_line
+        traceback_log.error("%s failed", stage, exc_info=err)
+        print(failure_line(stage, err, log_dir / f"{stage}.log"), file=sys.stderr)
+        sys.exit(1)
     seconds = time.perf_counter() - started
     if args.manifest and int(os.environ.get("RANK", "0")) == 0:  # data parallel: main writes
         write_json(manifest(stage, params, seconds, extra, args), args.manifest)
