@@ -2,13 +2,16 @@
 
 Each stage reads and checks only its own keys, and only the registries it imports can check
 names (metrics, perturbations and their strengths, ranking modes). This stage imports them all
-and checks every key; every other stage depends on its output, so `dvc repro` runs it first
-whenever a param or a registry changed, and a bad value anywhere stops the run before any
-scoring starts. Passing checks always write the same bytes, so they rerun nothing downstream.
+and checks every key, then what this machine and the model's shape allow (cwa.feasibility: the
+device, each k against the ranking groups, the window length against the positions). Every
+other stage depends on its output, so `dvc repro` runs it first whenever a param or a registry
+changed, and a bad value anywhere stops the run before any scoring starts. Passing checks
+always write the same bytes, so they rerun nothing downstream.
 Writes: a fixed line naming the checked keys.
 """
 
 import cwa.registries  # noqa: F401  (every registry adds its checks and keys on import)
+from cwa.feasibility import check
 from cwa.io import atomic_write
 from cwa.params import all_keys, load_params
 from cwa.stage import stage_main
@@ -22,7 +25,7 @@ def add_args(p):
 
 
 def run(args, params):
-    load_params(args.params)  # strict: a key no module registers is a typo
+    check(load_params(args.params))  # strict: a key no module registers is a typo
     text = f"checked: {', '.join(sorted(PARAMS))}\n"  # the same bytes whatever the values
     atomic_write(args.out, lambda tmp: tmp.write_text(text))
 

@@ -32,16 +32,16 @@ def tiny_llama(seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4,
     return LlamaForCausalLM(config).eval()
 
 
-def tiny_gpt2(seed: int = 0):
+def tiny_gpt2(seed: int = 0, positions: int = 64, layers: int = 2):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=VOCAB,
         n_embd=32,
-        n_layer=2,
+        n_layer=layers,
         n_head=4,
-        n_positions=64,
+        n_positions=positions,
         attn_implementation="eager",
     )
     return GPT2LMHeadModel(config).eval()
@@ -97,7 +97,8 @@ def word_model(project):
     from transformers import PreTrainedTokenizerFast
 
     directory = project / "word-model"
-    tiny_gpt2().save_pretrained(directory)
+    # GPT-2 small's 12 blocks and 1024 positions, as the old commands assume
+    tiny_gpt2(positions=1024, layers=12).save_pretrained(directory)
     tok = Tokenizer(models.WordLevel({"<unk>": 0, "w": 1}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<unk>").save_pretrained(directory)

@@ -33,6 +33,18 @@ CASES = [
         "holds no config.json: give a directory saved with save_pretrained",
     ),
     (["--model", "/"], "is the path '/', which holds no config.json"),
+    # valid alone, not for this machine or model (cwa.feasibility)
+    (
+        ["--max-length", "256"],
+        "`seq_len` is 256 but builtin:kjv-base serves windows of at most 128 tokens",
+    ),
+    (["--topk", "10,100,600000"], "`topk` 600000 does not fit: mode global ranks 1 group(s)"),
+    (["--mode", "per_layer", "--topk", "100,9000"], "valid: every k <= 8192"),
+    (["--layers", "9"], "`layers` [9] do not exist; the model has layers 0..3"),
+    (["--set", "target_components=[router]"], "`target_components` ['router'] are not in"),
+    (["--device", "cuda:99"], "`device` is 'cuda:99' but this machine has"),
+    (["--dtype", "bfloat16"], "`flip_bit` 30 cannot apply with `dtype` bfloat16"),
+    (["--set", "seeds=[-1,0]"], "`seeds` must be integers >= 0, got [-1, 0]"),
     (
         ["--model", "builtin:kjv-huge"],
         "valid: builtin:kjv-tiny, builtin:kjv-small, builtin:kjv-base",
@@ -71,6 +83,11 @@ def test_bad_flag(project, flags, message, capsys):
         ({"bootstrap": "many"}, "`bootstrap` must be int, got 'many'"),
         ({"include_embeddings": "yes"}, "`include_embeddings` must be bool, got 'yes'"),
         ({"layers": [0, "last"]}, "`layers` must be int, got 'last'"),
+        ({"train_lr": 0}, "`train_lr` must be a learning rate in (0, 1), got 0.0"),
+        (
+            {"family": {"kjv-base": {"hidden": 100, "layers": 2, "heads": 3, "intermediate": 8}}},
+            "`family.kjv-base` hidden (100) must be heads (3) x an even head size",
+        ),
     ],
 )
 def test_bad_params_file(project, edit, message, capsys):
@@ -139,8 +156,8 @@ def test_parquet_without_the_column_lists_the_columns(project, capsys):
 def test_text_too_short_for_a_window_or_for_the_samples(project, word_model, capsys):
     _write(project, "short.txt", "w " * 40)
     model = ["--model", str(word_model), "--eval-data", "short.txt"]
-    too_short = "`eval_data` short.txt gives 40 tokens, fewer than one window of seq_len 128"
-    check(project, ["run", *model], too_short, capsys)
+    too_short = "`eval_data` short.txt gives 40 tokens, fewer than one window of seq_len 64"
+    check(project, ["run", *model, "--max-length", "64"], too_short, capsys)
     few = (
         "`eval_samples` is 64 but `eval_data` short.txt gives only 5 windows of seq_len 8 "
         "(40 tokens): lower `eval_samples` or `seq_len`, or give more text"

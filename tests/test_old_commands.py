@@ -155,7 +155,9 @@ def settings(line: str) -> tuple[dict, list[str]]:
 
 
 @pytest.mark.parametrize(("command", "expected"), COMMANDS, ids=range(len(COMMANDS)))
-def test_old_command_runs_through_cwa(project, word_model, command, expected, capsys):
+def test_old_command_runs_through_cwa(project, word_model, command, expected, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # --device cuda: a GPU machine
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 8)
     data = project / "src" / "data"
     data.mkdir(parents=True)
     (data / "dev_small.txt").write_text("w " * 20_000)  # enough windows for both halves

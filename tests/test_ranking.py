@@ -224,7 +224,7 @@ def test_pool_options(llama):
     with_1d = pool(infos, include_1d=True)
     assert {i.component for i in with_1d if len(i.shape) == 1} == {"norm"}
     assert "model.norm.weight" in {i.name for i in with_1d}
-    with pytest.raises(CwaError, match=r"layers \[5\] do not exist; the model has layers 0..1"):
+    with pytest.raises(CwaError, match=r"`layers` \[5\] do not exist; the model has layers 0..1"):
         pool(infos, layers=(5,))
 
 

@@ -43,10 +43,14 @@ from cwa.runflags import Plan, add_flags, translate
 
 
 def validate_everything(raw: dict):
-    """Params with every registry's names checked (each registry adds its checks on import)."""
+    """Params with every registry's names checked (each registry adds its checks on import), and
+    what the machine and the model's shape allow (cwa.feasibility)."""
     import cwa.registries  # noqa: F401
+    from cwa.feasibility import check
 
-    return params_from_dict(raw)
+    params = params_from_dict(raw)
+    check(params)
+    return params
 
 
 def preset(path: str | None) -> dict:

@@ -75,28 +75,44 @@ def load_model(
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """How the model under study loads (params: model, dtype, device, device_map)."""
+    """How the model under study loads and the windows it must serve (params: model, dtype,
+    device, device_map, seq_len)."""
 
     model: str
     dtype: str
     device: str
     device_map: str
+    seq_len: int
 
     @classmethod
     def of(cls, params) -> ModelConfig:
-        return cls(params.model, params.dtype, params.device, params.device_map)
+        return cls(params.model, params.dtype, params.device, params.device_map, params.seq_len)
+
+
+def check_positions(config, seq_len: int, model: str) -> None:
+    """A window must fit the positions the model was built for (learned position embeddings
+    fail beyond them; rotary ones run, but measure extrapolation rather than the model)."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 0)
+    if limit and seq_len > limit:
+        raise CwaError(
+            f"params: `seq_len` is {seq_len} but {model} serves windows of at most {limit} "
+            f"tokens (max_position_embeddings in its config): lower `seq_len`"
+        )
 
 
 def load_studied(config: ModelConfig, builtin_dir: str | Path, device: str | None = None):
     """(model, tokenizer) of the model under study (`device` overrides the config's, e.g. a
-    data-parallel process's own GPU)."""
-    return load_model(
+    data-parallel process's own GPU); refuses a `seq_len` beyond its positions (check_params
+    refused it earlier unless the model's config was not at hand then)."""
+    model, tokenizer = load_model(
         config.model,
         builtin_dir,
         config.dtype,
         device or config.device,
         device_map=config.device_map,
     )
+    check_positions(model.config, config.seq_len, config.model)
+    return model, tokenizer
 
 
 def plan_devices(
@@ -303,7 +319,7 @@ def pool(
     unknown = sorted(set(layers) - set(known))
     if unknown:
         raise CwaError(
-            f"layers {unknown} do not exist; the model has layers {known[0]}..{known[-1]}"
+            f"params: `layers` {unknown} do not exist; the model has layers {known[0]}..{known[-1]}"
         )
     outside = ("embed", "lm_head", "pos_embed")
     chosen = []

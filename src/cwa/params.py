@@ -439,6 +439,27 @@ def _validate_ranges(p: Params):
         )
     if any(layer < 0 for layer in p.target_layers):
         fail("target_layers", f"must be block indices >= 0, got {list(p.target_layers)}")
+    if any(s < 0 for s in p.seeds):  # numpy's seed sequences take non-negative integers
+        fail("seeds", f"must be integers >= 0, got {list(p.seeds)}")
+    if p.train_seed < 0:
+        fail("train_seed", f"must be >= 0, got {p.train_seed}")
+    if not 0 < p.train_lr < 1:  # also refuses NaN; a larger peak diverges at once
+        fail("train_lr", f"must be a learning rate in (0, 1), got {p.train_lr}")
+    for name, m in p.family.items():
+        _validate_member(f"family.{name}", m)
+
+
+def _validate_member(key: str, m: FamilyMember):
+    """A shape Llama can build: positive sizes, heads dividing the width into even head sizes
+    (rotary embeddings rotate pairs of dimensions)."""
+    if min(m.hidden, m.layers, m.heads, m.intermediate) < 1:
+        fail(key, f"sizes must be >= 1, got {m}")
+    if m.hidden % m.heads or (m.hidden // m.heads) % 2:
+        fail(
+            key,
+            f"hidden ({m.hidden}) must be heads ({m.heads}) x an even head size; "
+            f"e.g. hidden {m.heads * max(2, 2 * round(m.hidden / m.heads / 2))}",
+        )
 
 
 def _coerce(name: str, ftype: str, value):

@@ -300,7 +300,14 @@ def _valid_perturbations(p) -> None:
 def check(perturbation: Perturbation, strength: Strength, dtype: torch.dtype) -> None:
     """Fails before a sweep if `strength` cannot be applied in `dtype` (e.g. bit 30 in bf16)."""
     probe = torch.ones(1, dtype=dtype)
-    perturbation.apply(probe, probe, strength, torch.Generator().manual_seed(0))
+    try:
+        perturbation.apply(probe, probe, strength, torch.Generator().manual_seed(0))
+    except CwaError as err:
+        key = perturbation.sweep.key if perturbation.sweep else "perturb"
+        raise CwaError(
+            f"params: `{key}` {strength!r} cannot apply with `dtype` "
+            f"{str(dtype).removeprefix('torch.')}: {err}"
+        ) from err
 
 
 @contextmanager

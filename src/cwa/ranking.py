@@ -87,6 +87,12 @@ def matched_random(
     tid, idx, score = [], [], []
     for t in np.unique(top.tensor):
         mine = top.flat[top.tensor == t]
+        if 2 * len(mine) > sizes[t]:  # where the top set lands decides: known only from scores
+            raise CwaError(
+                f"params: `controls` random_k cannot match the top {len(top.flat)}: they hold "
+                f"{len(mine)} of the {sizes[t]} weights of one tensor (#{t} of its ranking "
+                f"group), leaving fewer than as many to draw; lower `topk` or drop random_k"
+            )
         drawn = sample_excluding(rng, sizes[t], len(mine), mine)
         tid.append(np.full(len(mine), t, dtype=np.int64))
         idx.append(drawn)

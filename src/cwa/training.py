@@ -14,11 +14,11 @@ from cwa.params import FamilyMember
 from cwa.progress import progress
 
 
-def build_model(shape: FamilyMember, vocab_size: int, seq_len: int, seed: int):
-    """A randomly initialised LlamaForCausalLM of the given shape."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def builtin_config(shape: FamilyMember, vocab_size: int, seq_len: int):
+    """The LlamaConfig of a built-in model (its context length: the training windows')."""
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=shape.hidden,
         num_hidden_layers=shape.layers,
@@ -31,8 +31,14 @@ def build_model(shape: FamilyMember, vocab_size: int, seq_len: int, seed: int):
         bos_token_id=0,
         pad_token_id=None,
     )
+
+
+def build_model(shape: FamilyMember, vocab_size: int, seq_len: int, seed: int):
+    """A randomly initialised LlamaForCausalLM of the given shape."""
+    from transformers import LlamaForCausalLM
+
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(builtin_config(shape, vocab_size, seq_len))
 
 
 def lr_at(step: int, steps: int, peak: float, warmup_frac: float = 0.05) -> float:
