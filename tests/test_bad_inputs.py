@@ -46,6 +46,10 @@ CASES = [
     (["--dtype", "bfloat16"], "`flip_bit` 30 cannot apply with `dtype` bfloat16"),
     (["--set", "seeds=[-1,0]"], "`seeds` must be integers >= 0, got [-1, 0]"),
     (
+        ["--num-processes", "4", "--max-samples", "2"],
+        "`num_processes` is 4 but there are 2 calibration windows per seed",
+    ),
+    (
         ["--model", "builtin:kjv-huge"],
         "valid: builtin:kjv-tiny, builtin:kjv-small, builtin:kjv-base",
     ),

@@ -37,8 +37,8 @@ class LmEval:
         unknown = sorted(set(names) - set(manager.all_tasks))
         if unknown:
             raise CwaError(
-                f"lm_eval_tasks {unknown} are not lm-eval tasks: neither under {include} nor "
-                "built into lm-eval"
+                f"params: `lm_eval_tasks` {unknown} are not lm-eval tasks: neither under "
+                f"{include} nor built into lm-eval"
             )
         self.tasks = manager.load(names)
         self.names, self.limit = names, limit

@@ -206,12 +206,15 @@ DOCS = {
     ),
     "seeds": (
         "one calibration draw per seed (each seed draws its own `calib_samples` windows); "
-        "`perturb` and `scale_model` use the first seed's ranking"
+        "`perturb` and `scale_model` use the first seed's ranking. Distinct integers >= 0"
     ),
     "calib_samples": (
         "calibration windows per seed, drawn without replacement from the calibration split"
     ),
-    "seq_len": "tokens per calibration and evaluation window (non-overlapping, unpadded)",
+    "seq_len": (
+        "tokens per calibration and evaluation window (non-overlapping, unpadded); at most the "
+        "model's `max_position_embeddings` (the built-in models': `train_seq_len`)"
+    ),
     "batch_size": (
         "windows per forward pass. Scores do not depend on it (sums over batches); activation "
         "memory scales with it. `grad_squared` forms per-window gradients of linear weights "
@@ -333,11 +336,12 @@ DOCS = {
     ),
     "train_batch": "windows per training step",
     "train_seq_len": "tokens per training window (also the models' context length)",
-    "train_lr": "AdamW peak learning rate (5% warm-up, cosine to 10%)",
+    "train_lr": "AdamW peak learning rate, in (0, 1) (5% warm-up, cosine to 10%)",
     "train_seed": "initialisation and data-order seed",
     "family": (
-        "built-in Llama shapes: `{name: {hidden, layers, heads, intermediate}}`; each member is "
-        "one `train@<name>` and one `scale_model@<name>` stage"
+        "built-in Llama shapes: `{name: {hidden, layers, heads, intermediate}}`, `hidden` a "
+        "multiple of `heads` with an even head size (rotary embeddings rotate pairs); each "
+        "member is one `train@<name>` and one `scale_model@<name>` stage"
     ),
 }
 
@@ -368,6 +372,12 @@ def _validate(p: Params):
     _validate_counts(p)
     if p.layer_group < 0:
         fail("layer_group", f"must be >= 0 (0: every block in one pass), got {p.layer_group}")
+    if p.num_processes > p.calib_samples:
+        fail(
+            "num_processes",
+            f"is {p.num_processes} but there are {p.calib_samples} calibration windows per seed "
+            f"(`calib_samples`) to split among the processes: lower it or raise calib_samples",
+        )
     if p.num_processes > 1 and p.device_map != "none":
         fail(
             "num_processes",
