@@ -4,13 +4,14 @@ every set is either refused with one line naming its key or runs the stages' che
 
 import dataclasses
 import functools
+import os
 import re
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import cwa.registries  # noqa: F401  (every check and key, as check_params sees them)
@@ -254,8 +255,15 @@ def param_changes(draw) -> dict:
     return changes
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("CWA_EXAMPLES", "500")),
+    derandomize=os.environ.get("CI", "").lower() == "true",  # CI: the same examples every run
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(param_changes())
+@example({"mode": "per_head", "target_components": ["mlp_up"]})  # heads, and no attention
+@example({"mode": "per_component", "include_1d": True, "topk": [600], "headline_k": 600})
 def test_every_accepted_param_set_runs_or_is_refused_in_one_line(drawn):
     raw = {
         "model": "builtin:kjv-tiny",

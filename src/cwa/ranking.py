@@ -219,8 +219,8 @@ def _by_head(infos: list[ParamInfo]) -> list[tuple[str, list[Member]]]:
     attn = [i for i in infos if i.component.startswith("attn_")]
     if not attn or any(i.head_dim == 0 for i in attn):
         raise CwaError(
-            "per_head mode needs attention weights with known head geometry "
-            "(num_attention_heads in the model config) in the pool"
+            "params: `mode` per_head needs attention weights with known head geometry "
+            "(num_attention_heads in the model config) in the pool: check `target_components`"
         )
     groups = []
     for layer in sorted({i.layer for i in attn}):
