@@ -20,7 +20,7 @@ from cwa.models import count_parameters
 from cwa.schemas.train_log import TRAIN_LOG_TABLE
 from cwa.stage import stage_main
 from cwa.tokenizer import save_tokenizer
-from cwa.training import build_model, train
+from cwa.training import build_model, final_loss, train
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = ("family", "train_steps", "train_batch", "train_seq_len", "train_lr", "train_seed")
@@ -55,6 +55,7 @@ def run(args, params):
         params.train_seed,
         desc=f"train {args.name}",
     )
+    final = final_loss(log, len(tokenizer), args.name)  # before saving: a useless model is not
 
     def save(tmp):
         model.save_pretrained(tmp)
@@ -62,7 +63,6 @@ def run(args, params):
 
     atomic_write(args.out, save)
     write_table(pl.DataFrame(log).with_columns(model=pl.lit(args.name)), args.log, TRAIN_LOG_TABLE)
-    final = sum(r["loss"] for r in log[-20:]) / len(log[-20:])
     return {
         "params": count_parameters(model),
         "tokens_seen": params.train_steps * params.train_batch * params.train_seq_len,

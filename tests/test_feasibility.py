@@ -285,3 +285,19 @@ def test_every_accepted_param_set_runs_or_is_refused_in_one_line(drawn):
         assert ONE_LINE.match(str(err)) and "random_k" in str(err), str(err)
     # what the grid promises is what runs: the headline k is ranked and perturbed
     assert params.headline_k in params.topk and np.isfinite(params.spike_ratio)
+
+
+def test_training_that_learns_nothing_or_diverges_is_refused_before_saving():
+    import math
+
+    from cwa.training import final_loss
+
+    uniform = math.log(64)
+    ramp = [{"step": s, "loss": uniform - 0.1 * s, "lr": 1e-3} for s in range(1, 31)]
+    assert final_loss(ramp, 64, "m") == pytest.approx(uniform - 0.1 * 20.5)  # last 20: 11..30
+    flat = [{"step": s, "loss": uniform * 0.995, "lr": 1e-9} for s in range(1, 4)]
+    with pytest.raises(CwaError, match=r"^params: `train_steps`: m learned nothing after 3 steps"):
+        final_loss(flat, 64, "m")
+    nan = [*ramp[:5], {"step": 6, "loss": math.nan, "lr": 0.9}]
+    with pytest.raises(CwaError, match=r"^params: `train_lr`: training m diverged after 6 steps"):
+        final_loss(nan, 64, "m")

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import torch
 
+from cwa import CwaError
 from cwa.params import FamilyMember
 from cwa.progress import progress
 
@@ -77,6 +78,20 @@ def train(
         opt.zero_grad(set_to_none=True)
         log.append({"step": step + 1, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]})
     model.eval()
-    if not np.isfinite([r["loss"] for r in log]).all():
-        raise RuntimeError("training diverged (non-finite loss)")
     return log
+
+
+def final_loss(log: list[dict], vocab: int, name: str) -> float:
+    """The mean loss of the last 20 steps. Refuses a run that diverged, or that ended within 1% of
+    a uniform guess over the vocabulary (ln V): every analysis of such a model measures noise."""
+    losses = [r["loss"] for r in log]
+    final = float(np.mean(losses[-20:]))
+    settings = f"after {len(log)} steps at train_lr peak {max(r['lr'] for r in log):.3g}"
+    if not np.isfinite(losses).all():
+        raise CwaError(f"params: `train_lr`: training {name} diverged {settings}; lower it")
+    if final >= 0.99 * math.log(vocab):
+        raise CwaError(
+            f"params: `train_steps`: {name} learned nothing {settings} (final loss {final:.3f}, "
+            f"a uniform guess: {math.log(vocab):.3f}); raise train_steps or train_lr"
+        )
+    return final
