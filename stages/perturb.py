@@ -30,6 +30,7 @@ from cwa.experiment import (
     summarize,
     sweep,
     task_rows,
+    with_q_values,
 )
 from cwa.experiment import run as run_experiments
 from cwa.io import write_table
@@ -92,7 +93,8 @@ def run(args, params):
     idx = bootstrap_indices(len(windows), params.bootstrap, seed)
     effects, texts = summarize(exps, results, base, idx)
     comparisons = or_empty(
-        compare(exps, results, base, idx, params.bootstrap, seed), COMPARISONS_TABLE
+        with_q_values(compare(exps, results, base, idx, params.bootstrap, seed)),
+        COMPARISONS_TABLE,
     )
     task_table = downstream(args, params, model, tokenizer, exps, seed)
     meta = {k: pl.lit(ranking[k][0]) for k in ("metric", "mode", "seed")}

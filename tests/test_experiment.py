@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cwa.evaluation import evaluate
-from cwa.experiment import compare, experiments, headline, masked, summarize
+from cwa.experiment import compare, experiments, headline, masked, summarize, with_q_values
 from cwa.experiment import run as run_experiments
 from cwa.metrics import compute_scores, get_metric
 from cwa.models import describe, pool
@@ -66,8 +66,10 @@ def test_comparisons_agree_with_the_effects_table(sweep):
     exps, results, base = sweep
     idx = bootstrap_indices(len(base.nll), 200, 0)
     effects, texts = summarize(exps, results, base, idx)
-    comp = compare(exps, results, base, idx, 200, 0)
+    comp = with_q_values(compare(exps, results, base, idx, 200, 0))
     assert len(comp) == 7 * 2  # every cell x {random_k, bottom_k}
+    assert (comp["q_value"] >= comp["p_value"]).all() and (comp["q_value"] <= 1).all()
+    assert (comp["p_floor"] == 1 / 201).all()  # 12 texts: 4096 patterns > 200 resamples
     row = comp.filter(
         (pl.col("perturbation") == "zero")
         & (pl.col("k") == 40)
@@ -88,7 +90,7 @@ def test_comparisons_agree_with_the_effects_table(sweep):
     assert 0 < row["p_value"][0] <= 1 and 0 < row["p_wilcoxon"][0] <= 1
     h = headline(effects, comp, 40, {"zero": ""})
     assert h["delta_ppl_top"] == top  # exact: the mean of the one top row
-    assert h["p_value"] == row["p_value"][0]
+    assert h["p_value"] == row["p_value"][0] and h["q_value"] == row["q_value"][0]
     assert len(texts) == len(exps) * 12
     assert set(effects["setting"]) == {"", "α=2", "α=0.5"}
     assert effects.filter(pl.col("perturbation") == "zero")["strength"].is_nan().all()
@@ -115,7 +117,7 @@ def test_a_consistent_top_effect_is_significant_and_noise_is_not():
     results = [res(0.3 + rng.normal(0, 0.05, n)), *(res(rng.normal(0, 0.05, n)) for _ in range(3))]
     row = compare(exps, results, base, bootstrap_indices(n, 1000, 0), 2000, 0).row(0, named=True)
     # no sign pattern beats the observed one: (0 + 1) / (2000 + 1), float64 (approx's rel 1e-6)
-    assert row["p_value"] == pytest.approx(1 / 2001)
+    assert row["p_value"] == pytest.approx(1 / 2001) == row["p_floor"]
     assert row["p_wilcoxon"] < 1e-6 and row["effect_size"] > 3
     assert row["separation_ci_low"] > 1 and not math.isnan(row["separation_ci_high"])
     assert not row["top_diverged"] and row["control_diverged"] == 0

@@ -18,6 +18,9 @@ METRICS = {
     "separation_ci_low": 16.052,
     "separation_ci_high": 93.033,
     "p_value": 0.000999,
+    "q_value": 0.0021,
+    "comparisons": 130,
+    "comparisons_fdr05": 57,
     "jaccard_top": 0.1011,
     "headline_k": 100,
 }

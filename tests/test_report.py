@@ -1,5 +1,6 @@
 """The report: section functions over typed inputs, the headline and figures before the tables."""
 
+import math
 from pathlib import Path
 
 import polars as pl
@@ -7,6 +8,7 @@ import polars as pl
 from cwa.params import load_params
 from cwa.report import (
     ReportInputs,
+    comparisons_section,
     figures_section,
     headline_section,
     render_markdown,
@@ -69,6 +71,9 @@ def inputs(**changes) -> ReportInputs:
             "separation_ci_low": 16.05,
             "separation_ci_high": 93.03,
             "p_value": 0.000999,
+            "q_value": 0.0021,
+            "comparisons": 130,
+            "comparisons_fdr05": 57,
             "jaccard_top": 0.101,
         },
         "baseline": pl.DataFrame({"texts": [64], "tokens": [8128], "params": [2098304]}),
@@ -76,7 +81,7 @@ def inputs(**changes) -> ReportInputs:
         "pool_tensors": 28,
         "top": one,
         "headline": pl.DataFrame({"perturbation": ["zero"], "ΔPPL": [0.19162]}),
-        "comparisons": one,
+        "comparisons": pl.DataFrame({"p perm.": [0.5], "p floor": [0.001]}),
         "tasks": one,
         "effects": one,
         "faults": one,
@@ -97,8 +102,29 @@ def inputs(**changes) -> ReportInputs:
 def test_headline_states_the_numbers_of_metrics_json():
     text = "\n".join(headline_section(inputs()))
     assert "changes perplexity by **0.192** (baseline 46.77)" in text
-    assert "**37.9** (95% CI 16.1 – 93)" in text and "**0.000999**" in text
+    assert "**37.9** (95% CI 16.1 – 93)" in text
+    assert (
+        "p-value of top > random: 0.000999, Benjamini-Hochberg q-value over the run's 130" in text
+    )
+    assert "comparisons **0.0021**: significant at a 5% false discovery rate" in text
     assert "| zero | 0.192 |" in text  # the headline table
+    no_test = "\n".join(headline_section(inputs(metrics=inputs().metrics | {"q_value": math.nan})))
+    assert "**–**: no test" in no_test
+
+
+def test_the_comparisons_say_how_many_sit_at_the_permutation_floor():
+    table = pl.DataFrame(
+        {
+            "control": ["random_k", "bottom_k"],
+            "p perm.": [0.000999, 0.31],
+            "q (BH)": [0.002, 0.4],
+            "p floor": [1 / 1001, 1 / 1001],
+        }
+    )
+    text = "\n".join(comparisons_section(inputs(comparisons=table)))
+    assert "all 130 comparisons of the run" in text and "57 have q < 0.05" in text
+    assert "1 of these p-values sit at the permutation test's floor (0.000999" in text
+    assert "p floor" not in text  # the note says it; the table does not repeat it
 
 
 def test_figures_come_before_every_long_table():

@@ -7,11 +7,13 @@ import pytest
 from scipy import stats as sps
 
 from cwa.stats import (
+    bh_q_values,
     bootstrap_indices,
     fit_power_law,
     jaccard,
     paired_delta_ci,
     paired_test,
+    permutation_floor,
     ppl,
     separation_ci,
     spearman,
@@ -168,3 +170,34 @@ def test_two_segment_fit_finds_a_planted_breakpoint_and_not_a_false_one():
     straight = two_segment_fit(x, 3 * x**0.2 * 10 ** np.random.default_rng(1).normal(0, 0.05, 11))
     assert straight.p_value > 0.05  # one line explains it: no threshold claimed
     assert np.isnan(two_segment_fit(x[:4], y[:4]).at)  # too few points for 4 parameters
+
+
+def test_bh_q_values_against_the_step_up_rule_by_hand():
+    """q_(i) = min over j >= i of p_(j) * m / j (sorted p, 1-based ranks), capped at 1; NaN p
+    (a diverged comparison) stays NaN and does not count in m."""
+    p = np.array([0.01, np.nan, 0.04, 0.03, 0.5, 0.001, 0.04])
+    finite = p[~np.isnan(p)]
+    m = len(finite)
+    order = np.argsort(finite)
+    ranked = finite[order] * m / np.arange(1, m + 1)
+    q_sorted = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
+    expected = np.empty(m)
+    expected[order] = q_sorted
+    q = bh_q_values(p)
+    assert np.isnan(q[1])
+    np.testing.assert_allclose(q[~np.isnan(p)], expected, rtol=1e-12)
+    # by hand: m = 6, sorted p 0.001 0.01 0.03 0.04 0.04 0.5 -> 0.006 0.03 0.048 0.048 0.048 0.5
+    np.testing.assert_allclose(
+        q[[5, 0, 3, 2, 6, 4]], [0.006, 0.03, 0.048, 0.048, 0.048, 0.5], rtol=1e-12
+    )
+    assert np.isnan(bh_q_values(np.array([np.nan]))).all() and len(bh_q_values(np.array([]))) == 0
+
+
+def test_the_permutation_floor_is_exact_enumeration_or_one_over_resamples_plus_one():
+    assert permutation_floor(windows=5, resamples=1000) == 2**-5  # 32 patterns enumerated
+    assert permutation_floor(windows=64, resamples=1000) == 1 / 1001
+    rng = np.random.default_rng(0)
+    diff = rng.normal(5, 1, 64)  # far beyond any sign flip: the test returns its floor
+    assert paired_test(diff, 1000, seed=0).p_permutation == pytest.approx(1 / 1001)
+    few = np.array([3.0, 2.0, 4.0, 1.0, 5.0])
+    assert paired_test(few, 1000, seed=0).p_permutation == pytest.approx(2**-5)

@@ -29,9 +29,11 @@ from cwa.perturbations import (
 )
 from cwa.progress import progress
 from cwa.stats import (
+    bh_q_values,
     bootstrap_indices,
     paired_delta_ci,
     paired_test,
+    permutation_floor,
     separation,
     separation_ci,
 )
@@ -305,10 +307,21 @@ def _comparison(draws, top, base, boot_idx, resamples, seed) -> dict:
         "separation_ci_high": hi,
         "effect_size": test.effect_size,
         "p_value": test.p_permutation,
+        "p_floor": permutation_floor(len(diff), resamples),
+        "q_value": math.nan,  # over every comparison of the run: with_q_values
         "p_wilcoxon": test.p_wilcoxon,
         "top_diverged": top.diverged,
         "control_diverged": int(sum(r.diverged for r in draws)),
     }
+
+
+def with_q_values(comparisons: pl.DataFrame) -> pl.DataFrame:
+    """Benjamini-Hochberg q-values over every top-versus-control comparison of the table (one
+    run: every perturbation, strength, k, mask ratio and control are one family of tests)."""
+    if comparisons.is_empty():  # no controls: nothing was tested
+        return comparisons
+    q = bh_q_values(comparisons["p_value"].to_numpy())
+    return comparisons.with_columns(q_value=pl.Series(q, dtype=pl.Float64))
 
 
 def first_strength(first: dict[str, str]) -> pl.Expr:
@@ -358,5 +371,6 @@ def headline(
             "separation_ci_low": float(row["separation_ci_low"][0]) if len(row) else nan,
             "separation_ci_high": float(row["separation_ci_high"][0]) if len(row) else nan,
             "p_value": float(row["p_value"][0]) if len(row) else nan,
+            "q_value": float(row["q_value"][0]) if len(row) else nan,
         }
     return out

@@ -66,6 +66,8 @@ def results_markdown(metrics: dict, summary: dict) -> str:
         f"| separation (top / mean \\|random\\|) | {num(m['separation'])} "
         f"(95% CI {_ci([m['separation_ci_low'], m['separation_ci_high']])}) |",
         f"| p-value, top > random (one-sided permutation over windows) | {num(m['p_value'])} |",
+        f"| q-value (Benjamini-Hochberg over all {m['comparisons']} comparisons of the run; "
+        f"{m['comparisons_fdr05']} with q < 0.05) | {num(m['q_value'])} |",
         f"| Jaccard of top-{k} sets across seeds | {num(m['jaccard_top'])} |",
         "",
         f"Every perturbation at k = {k} (first strength of each sweep; random_k: mean of the "

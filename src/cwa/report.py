@@ -42,9 +42,12 @@ def metrics(
     """The flat keys `dvc exp show` displays (docs/science.md, Headline numbers)."""
     h = headline(effects, comparisons, k, setting)
     jac = stability.filter(pl.col("k") == k)["jaccard"]
+    tested = comparisons.filter(pl.col("p_value").is_not_nan())
     return {
         "baseline_ppl": float(baseline["ppl"][0]),
         **h,
+        "comparisons": len(tested),
+        "comparisons_fdr05": int((tested["q_value"] < 0.05).sum()),
         "jaccard_top": float(jac.mean()) if len(jac) else float("nan"),
         "headline_k": k,
     }
@@ -159,7 +162,9 @@ def comparisons_table(comparisons: pl.DataFrame, k: int) -> pl.DataFrame:
             pl.col("separation_ci_high").alias("sep. CI high"),
             pl.col("effect_size").alias("d_z"),
             pl.col("p_value").alias("p perm."),
+            pl.col("q_value").alias("q (BH)"),
             pl.col("p_wilcoxon").alias("p Wilcoxon"),
+            pl.col("p_floor").alias("p floor"),
         )
         .sort("perturbation", "setting", "mask", "control")
     )
@@ -288,6 +293,12 @@ def text_lines(sources: tuple[dict, dict], bos: bool) -> list[str]:
     return [*lines, ""]
 
 
+def _verdict(q: float) -> str:
+    if math.isnan(q):  # no random_k control, or a side diverged
+        return "no test"
+    return "significant at a 5% false discovery rate" if q < 0.05 else "not significant at 5% FDR"
+
+
 def headline_section(r: ReportInputs) -> list[str]:
     m, p = r.metrics, r.params
     k = m["headline_k"]
@@ -303,7 +314,9 @@ def headline_section(r: ReportInputs) -> list[str]:
         f"{fmt(m['delta_ppl_bottom'])}. Separation (top ΔPPL / mean |random ΔPPL|): "
         f"**{fmt(m['separation'])}** (95% CI {fmt(m['separation_ci_low'])} – "
         f"{fmt(m['separation_ci_high'])}); one-sided permutation p-value of top > random: "
-        f"**{fmt(m['p_value'])}**. Top-{k} sets of different seeds overlap with mean "
+        f"{fmt(m['p_value'])}, Benjamini-Hochberg q-value over the run's {m['comparisons']} "
+        f"comparisons **{fmt(m['q_value'])}**: {_verdict(m['q_value'])}. Top-{k} sets of "
+        f"different seeds overlap with mean "
         f"Jaccard **{fmt(m['jaccard_top'])}**.",
         "",
         f"Every perturbation at k = {k} (first strength of its sweep, whole selections); "
@@ -387,15 +400,32 @@ def comparisons_section(r: ReportInputs) -> list[str]:
             "No controls were run (`controls` is empty): no comparison, separation or p-value.",
             "",
         ]
+    m = r.metrics
+    at_floor = r.comparisons.filter(pl.col("p perm.") <= pl.col("p floor") * (1 + 1e-9))
+    floor = (
+        [
+            f"{len(at_floor)} of these p-values sit at the permutation test's floor "
+            f"({fmt(at_floor['p floor'][0])}: 1 / (`bootstrap` + 1), or 2⁻ⁿ when every sign "
+            "pattern of n texts is enumerated): they say only p ≤ that; more evaluation windows "
+            "or resamples would tell how much smaller.",
+            "",
+        ]
+        if len(at_floor)
+        else []
+    )
     return [
-        f"### Top set against the controls (k = {r.metrics['headline_k']})",
+        f"### Top set against the controls (k = {m['headline_k']})",
         "",
         "Per text, d = ΔNLL per token of the top set − the control's (mean over draws); p perm. "
-        "= one-sided sign-flip permutation test of mean(d) > 0, p Wilcoxon = one-sided signed-"
-        "rank test, d_z = mean(d)/sd(d); separation CI by joint paired bootstrap over texts.",
+        "= one-sided sign-flip permutation test of mean(d) > 0, q (BH) = its Benjamini-Hochberg "
+        f"q-value over all {m['comparisons']} comparisons of the run (every perturbation, "
+        f"strength, k, mask ratio and control; {m['comparisons_fdr05']} have q < 0.05), "
+        "p Wilcoxon = one-sided signed-rank test, d_z = mean(d)/sd(d); separation CI by joint "
+        "paired bootstrap over texts.",
         "",
-        table(r.comparisons),
+        table(r.comparisons.drop("p floor")),
         "",
+        *floor,
     ]
 
 

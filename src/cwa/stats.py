@@ -126,6 +126,23 @@ def paired_test(diff: np.ndarray, resamples: int, seed: int) -> PairedTest:
     return PairedTest(float(perm.pvalue), float(wil), float(d_z))
 
 
+def permutation_floor(windows: int, resamples: int) -> float:
+    """The smallest p-value `paired_test` can return: 2^-n when it enumerates every sign pattern
+    of n windows, else 1 / (resamples + 1). A p-value there says only "at least this small"."""
+    return 2.0**-windows if 2**windows <= resamples else 1.0 / (resamples + 1)
+
+
+def bh_q_values(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values) over the finite p-values (scipy); a NaN
+    p-value (a diverged comparison, no test) stays NaN and does not count among the tests."""
+    p = np.asarray(p, float)
+    q = np.full(p.shape, math.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        q[finite] = sps.false_discovery_control(p[finite], method="bh")
+    return q
+
+
 def jaccard(a: set, b: set) -> float:
     union = len(a | b)
     return len(a & b) / union if union else 1.0

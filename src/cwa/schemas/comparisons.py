@@ -36,6 +36,19 @@ COMPARISONS_TABLE = Schema(
             "one-sided sign-flip permutation test of mean(d) > 0 (`bootstrap` resamples; "
             "exact for few texts); NaN when a side diverged",
         ),
+        Column(
+            "p_floor",
+            FLOAT,
+            "the smallest p_value the test can return (2^-n when it enumerates every sign "
+            "pattern of n texts, else 1 / (`bootstrap` + 1)): a p_value there means only "
+            "'at most this'",
+        ),
+        Column(
+            "q_value",
+            FLOAT,
+            "Benjamini-Hochberg q-value of p_value over every comparison in this table (one "
+            "family of tests); NaN where p_value is",
+        ),
         Column("p_wilcoxon", FLOAT, "one-sided Wilcoxon signed-rank test of d > 0"),
         Column("top_diverged", BOOL, "the top-set experiment diverged"),
         Column("control_diverged", INT, "control draws that diverged"),
