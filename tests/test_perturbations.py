@@ -73,6 +73,7 @@ def test_sign_bit_in_16_bit_dtypes():
 STRENGTHS = {
     "zero": None,
     "sign_flip": None,
+    "set_mean": None,
     "scale": 3.0,
     "gauss_rel": 0.5,
     "gauss_noise": 0.5,
@@ -110,6 +111,8 @@ def test_every_perturbation_changes_only_the_selection_and_restores_bit_for_bit(
         orig = original.reshape(-1)[flat]
         expected = {
             "zero": torch.zeros_like(orig),
+            # the tensor's mean in float64, stored in its dtype (its own sum: independent)
+            "set_mean": torch.full_like(orig, float(original.double().mean())),
             "sign_flip": -orig,
             "scale": (orig.float() * 3.0).to(dtype),
             "quantize": torch.tensor(
@@ -183,6 +186,14 @@ def test_bit_flip_p_flips_each_bit_with_probability_p():
     ones = sum(bin(int(c)).count("1") for c in changed)
     assert abs(ones / (20_000 * 32) - 0.1) < 0.003  # binomial sd 0.0004
     assert torch.equal(int_view(out), int_view(flip(t, t, 0.1, torch.Generator().manual_seed(0))))
+
+
+def test_set_mean_uses_the_mean_of_the_whole_tensor():
+    tensor = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 9.0]])  # mean 4, row means 2 and 6
+    out = get_perturbation("set_mean").apply(tensor.view(-1)[[0, 5]], tensor, None, None)
+    assert out.tolist() == [4.0, 4.0]
+    gains = torch.full((8,), 1.0, dtype=torch.bfloat16)  # a norm gain: stays 1, not 0
+    assert get_perturbation("set_mean").apply(gains[:2], gains, None, None).tolist() == [1, 1]
 
 
 def test_quantize_puts_weights_on_the_tensor_grid():

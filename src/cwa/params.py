@@ -277,9 +277,11 @@ DOCS = {
         "3]`); unlike `layers` the scores are reused"
     ),
     "perturb": (
-        "perturbations applied to each selection; must include `zero` (the headline). `zero` w → "
-        "0; `sign_flip` w → −w; `scale` w → αw; `gauss_rel` (old name `gauss_noise`) w → w(1 + "
-        "σε), ε ~ N(0, 1), relative to each weight; `gauss_abs` w → w + σε, σ in weight units; "
+        "perturbations applied to each selection, distinct; the headline is `zero` when listed, "
+        "else the first. `zero` w → 0; `set_mean` w → the mean of its whole tensor (not of its "
+        "row: one value per tensor, whatever the layout); `sign_flip` w → −w; `scale` w → αw; "
+        "`gauss_rel` (old name `gauss_noise`) w → w(1 + σε), ε ~ N(0, 1), relative to each "
+        "weight; `gauss_abs` w → w + σε, σ in weight units; "
         "`bit_flip` flips one IEEE-754 bit in the storage dtype; `bit_flip_p` flips each storage "
         "bit with probability p; `quantize` rounds to the n-bit symmetric absmax grid of the "
         "weight's tensor (2^(n−1)−1 levels each side). A top set and its controls receive the "

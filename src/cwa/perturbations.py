@@ -155,7 +155,23 @@ def _quantize(values, tensor, bits, gen):
     return (q * step).to(values.dtype)
 
 
+def _set_mean(values, tensor, strength, gen):
+    """Every selected weight takes the mean of its whole (unperturbed) tensor, summed in fp64 in
+    chunks (no fp32 copy of a large embedding), then stored in the weights' dtype."""
+    flat = tensor.detach().reshape(-1)
+    total = sum(chunk.double().sum() for chunk in flat.split(1 << 24))
+    return torch.full_like(values, float(total / flat.numel()))
+
+
 register(Perturbation("zero", "w → 0", lambda v, t, s, g: torch.zeros_like(v)))
+register(
+    Perturbation(
+        "set_mean",
+        "w → mean of its tensor: the gentler ablation of the massive-activation literature, "
+        "which keeps a tensor's offset (a norm gain near 1 stays near 1 instead of 0)",
+        _set_mean,
+    )
+)
 register(Perturbation("sign_flip", "w → −w", lambda v, t, s, g: -v))
 register(
     Perturbation(
