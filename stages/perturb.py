@@ -2,23 +2,29 @@
 
 Uses the ranking of the first seed in `seeds`. The grid: every perturbation at the first value of
 its strength sweep for every k; at headline_k every strength and every mask ratio. Every
-experiment is evaluated on the baseline's windows; ΔPPL gets a paired bootstrap CI over texts; the
-top set is compared with each control (permutation and Wilcoxon p-values, effect size, separation
-CI). After each experiment the touched weights are checked bit for bit, the whole touched tensors
-by checksum after the sweep, and one baseline batch is re-evaluated. The downstream tasks run
-on the unperturbed model and under every experiment at headline_k (first strength, whole sets),
-lm-evaluation-harness tasks (`lm_eval_tasks`) on the same in-memory weights.
+experiment is evaluated on the baseline's windows: ΔPPL with a paired bootstrap CI over texts,
+and the KL to the unperturbed model's next-token distributions and the fraction of unchanged
+top-1 predictions with theirs (one reference pass: cwa.evaluation.Reference). The top set is
+compared with each control (permutation and Wilcoxon p-values, BH q-values, effect size,
+separation CI). After each experiment the touched weights are checked bit for bit, the whole
+touched tensors by checksum after the sweep, and one baseline batch is re-evaluated. The
+downstream tasks run on the unperturbed model and under every experiment at headline_k (first
+strength, whole sets), lm-evaluation-harness tasks (`lm_eval_tasks`) on the same in-memory
+weights.
 Reads: the evaluation text (sources stage), the model, the ranking, the baseline per-text
 table, the task files.
 Writes: one row per experiment (schema `effects`), per-text results (`eval_texts`), top vs
 control comparisons (`comparisons`) and downstream task results (`tasks`).
 """
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 
 from cwa import CwaError
-from cwa.evaluation import BASELINE, evaluate
+from cwa.evaluation import BASELINE, evaluate, reference
 from cwa.evaluation_setup import prepare_stage
 from cwa.experiment import (
     SweepConfig,
@@ -86,7 +92,9 @@ def run(args, params):
     ranking = pl.read_parquet(args.ranking).filter(pl.col("seed") == seed)
     grid = specs(SweepConfig.of(params))
     exps = experiments(ranking, grid, params.headline_k, params.mask_ratios, seed)
-    results = run_experiments(model, exps, windows, params.batch_size)
+    with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
+        ref = reference(model, windows, params.batch_size, Path(tmp))
+        results = run_experiments(model, exps, windows, params.batch_size, ref=ref)
     check = evaluate(model, windows[: params.batch_size], params.batch_size)
     if not np.allclose(check.nll, base.nll[: params.batch_size], rtol=1e-5, atol=1e-4):
         raise CwaError("after restoring, the model no longer reproduces the baseline NLL")

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,3 +29,72 @@ def test_divergence_is_reported_not_raised(llama, windows):
         llama.model.norm.weight.fill_(float("nan"))
     res = evaluate(llama, windows, batch_size=3)
     assert res.diverged and res.ppl == math.inf
+
+
+def direct_kl_and_top1(model_ref_logits: torch.Tensor, logits: torch.Tensor):
+    """KL(p_ref ‖ p) per token over the whole vocabulary in float64, and unchanged argmaxes."""
+    ref = torch.log_softmax(model_ref_logits[:, :-1].double(), dim=-1)
+    now = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    kl = (ref.exp() * (ref - now)).sum(dim=-1)
+    same = model_ref_logits[:, :-1].argmax(-1) == logits[:, :-1].argmax(-1)
+    return kl, same
+
+
+def test_kl_and_top1_against_a_direct_full_vocabulary_computation(llama, windows, tmp_path):
+    from cwa.evaluation import reference
+    from cwa.perturbations import get_perturbation, perturbed
+
+    with torch.no_grad():
+        before = llama(input_ids=windows).logits
+    ref = reference(llama, windows, 4, tmp_path)  # two batches: 4 + 2 windows
+    assert ref.logp.dtype == "float16" and ref.logp.shape == (6, 11, 64)
+    same = evaluate(llama, windows, 4, ref=ref)
+    # the unperturbed model against its own reference: fp16 rounding of log p (|log p| ~ 4, so
+    # ~2e-3 absolute) renormalised; KL ~ half the squared rounding, far below 1e-5 per token
+    assert (same.kl >= 0).all() and same.kl.max() / 11 < 1e-5
+    assert (same.same_top1 == same.tokens).all()
+    params = dict(llama.named_parameters())
+    selection = {
+        "model.layers.0.mlp.down_proj.weight": torch.arange(0, 2048, 3),
+        "model.layers.1.self_attn.o_proj.weight": torch.arange(0, 1024, 2),
+    }
+    with perturbed(params, selection, get_perturbation("sign_flip")):
+        hit = evaluate(llama, windows, 4, ref=ref)
+        with torch.no_grad():
+            after = llama(input_ids=windows).logits
+    kl, top1 = direct_kl_and_top1(before, after)
+    # Two errors against the float64 direct sum. The fp16 reference, its rounding floor taken
+    # out: relative, of the order of its rounding (~1e-3). fp32 arithmetic: each term p̂·(log p̂
+    # − log q) with |log q| ~ 4 carries ~4 eps32 = 5e-7, ~1e-6 per token after the sum, so
+    # ~1e-5 per text of 11 tokens. A formula error (a wrong direction, no renormalisation, no
+    # floor, a missing token) moves the sums by tens of percents.
+    np.testing.assert_allclose(hit.kl, kl.sum(dim=1).numpy(), rtol=1e-2, atol=1e-5)
+    assert (hit.same_top1 == top1.sum(dim=1).numpy()).all()
+    p99 = float(np.quantile(kl.reshape(-1).numpy(), 0.99))
+    assert hit.kl_p99 == pytest.approx(p99, rel=1e-2, abs=1e-6)
+    assert hit.kl.sum() > 100 * same.kl.sum()  # the perturbation is far above the floor
+
+
+def test_the_experiment_table_reports_kl_and_top1_as_token_means_with_ci():
+    from cwa.evaluation import EvalResult
+    from cwa.experiment import distribution_damage
+
+    res = EvalResult(
+        np.zeros(3),
+        np.array([10, 10, 20]),
+        np.zeros(3, np.int64),
+        kl=np.array([1.0, 2.0, 5.0]),
+        same_top1=np.array([10, 5, 20]),
+        kl_p99=0.9,
+    )
+    identity = np.array([[0, 1, 2], [0, 1, 2]])  # every resample the original texts
+    row = distribution_damage(res, identity)
+    assert row["kl"] == row["kl_ci_low"] == row["kl_ci_high"] == 8 / 40
+    assert row["top1_same"] == row["top1_ci_low"] == 35 / 40 and row["kl_p99"] == 0.9
+    # two resamples, text 0 thrice (3/30 = 0.1) and text 2 thrice (15/60 = 0.25): the 2.5% and
+    # 97.5% quantiles interpolate linearly between them
+    extremes = distribution_damage(res, np.array([[0, 0, 0], [2, 2, 2]]))
+    low, high = 0.1 + 0.025 * 0.15, 0.1 + 0.975 * 0.15
+    assert (extremes["kl_ci_low"], extremes["kl_ci_high"]) == pytest.approx((low, high))
+    no_reference = EvalResult(res.nll, res.tokens, res.correct)
+    assert math.isnan(distribution_damage(no_reference, identity)["kl"])

@@ -17,7 +17,7 @@ import polars as pl
 import torch
 
 from cwa import CwaError
-from cwa.evaluation import EvalResult, evaluate, text_rows
+from cwa.evaluation import EvalResult, Reference, evaluate, text_rows
 from cwa.perturbations import (
     SWEEP_KEYS,
     Perturbation,
@@ -33,6 +33,7 @@ from cwa.stats import (
     bootstrap_indices,
     paired_delta_ci,
     paired_test,
+    per_token_ci,
     permutation_floor,
     separation,
     separation_ci,
@@ -186,9 +187,16 @@ def sweep(model, exps: list[Experiment], measure, desc: str | None) -> list:
     return results
 
 
-def run(model, exps: list[Experiment], windows: torch.Tensor, batch_size: int, desc="perturb"):
-    """Perplexity of every experiment on the evaluation windows."""
-    return sweep(model, exps, lambda m: evaluate(m, windows, batch_size), desc)
+def run(
+    model,
+    exps: list[Experiment],
+    windows: torch.Tensor,
+    batch_size: int,
+    desc="perturb",
+    ref: Reference | None = None,
+):
+    """Perplexity of every experiment on the evaluation windows (and the KL to `ref`)."""
+    return sweep(model, exps, lambda m: evaluate(m, windows, batch_size, ref=ref), desc)
 
 
 def task_rows(
@@ -248,12 +256,34 @@ def summarize(
                 "rel_delta": (res.ppl - base_ppl) / base_ppl,
                 "accuracy": res.accuracy,
                 "delta_accuracy": res.accuracy - base.accuracy,
+                **distribution_damage(res, boot_idx),
                 "diverged": res.diverged,
                 "restored": True,
             }
         )
         texts.append(text_rows(exp.ident, res))
     return pl.DataFrame(effects), pl.concat(texts)
+
+
+def distribution_damage(res: EvalResult, boot_idx: np.ndarray) -> dict:
+    """Mean KL(p_ref ‖ p) per token and its 99th percentile over tokens, the fraction of tokens
+    whose top-1 prediction is unchanged, each mean with its CI over resampled texts (NaN without
+    a reference)."""
+    if res.kl is None:
+        keys = ("kl", "kl_ci_low", "kl_ci_high", "kl_p99", "top1_same")
+        return dict.fromkeys((*keys, "top1_ci_low", "top1_ci_high"), math.nan)
+    tokens = res.tokens.sum()
+    kl_lo, kl_hi = per_token_ci(res.kl, res.tokens, boot_idx)
+    same_lo, same_hi = per_token_ci(res.same_top1.astype(float), res.tokens, boot_idx)
+    return {
+        "kl": float(res.kl.sum() / tokens),
+        "kl_ci_low": kl_lo,
+        "kl_ci_high": kl_hi,
+        "kl_p99": res.kl_p99,
+        "top1_same": float(res.same_top1.sum() / tokens),
+        "top1_ci_low": same_lo,
+        "top1_ci_high": same_hi,
+    }
 
 
 def compare(

@@ -41,6 +41,19 @@ def paired_delta_ci(
     return float(lo), float(hi)
 
 
+def per_token_ci(
+    per_text: np.ndarray, tokens: np.ndarray, idx: np.ndarray, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile CI of a per-token mean Σ per_text / Σ tokens (a KL, a fraction of tokens),
+    resampling texts (rows of idx); NaN when a text's value is not finite."""
+    if not np.isfinite(per_text).all():
+        return math.nan, math.nan
+    means = per_text[idx].sum(axis=1) / tokens[idx].sum(axis=1)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(means, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
 def _ppl_rows(nll: np.ndarray, tok: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Perplexity of each bootstrap resample (rows of idx), shape (resamples,)."""
     with np.errstate(over="ignore", invalid="ignore"):

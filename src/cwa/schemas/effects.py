@@ -20,6 +20,18 @@ EFFECTS_TABLE = Schema(
         Column("rel_delta", FLOAT, "delta_ppl / baseline ppl"),
         Column("accuracy", FLOAT, "greedy next-token accuracy after the perturbation"),
         Column("delta_accuracy", FLOAT, "accuracy − baseline accuracy"),
+        Column(
+            "kl",
+            FLOAT,
+            "mean over predicted tokens of KL(p_ref ‖ p), nats: the unperturbed model's "
+            "next-token distribution against the perturbed one, over the whole vocabulary",
+        ),
+        Column("kl_ci_low", FLOAT, "2.5% bootstrap quantile of kl (resampling texts)"),
+        Column("kl_ci_high", FLOAT, "97.5% bootstrap quantile of kl"),
+        Column("kl_p99", FLOAT, "99th percentile of the per-token KL over every token"),
+        Column("top1_same", FLOAT, "fraction of tokens whose top-1 prediction is unchanged"),
+        Column("top1_ci_low", FLOAT, "2.5% bootstrap quantile of top1_same (resampling texts)"),
+        Column("top1_ci_high", FLOAT, "97.5% bootstrap quantile of top1_same"),
         Column("diverged", BOOL, "the loss became inf or NaN"),
         Column("restored", BOOL, "every touched weight was restored bit for bit (always true)"),
     ),
