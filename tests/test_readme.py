@@ -21,6 +21,9 @@ METRICS = {
     "q_value": 0.0021,
     "comparisons": 130,
     "comparisons_fdr05": 57,
+    "kl_top": 0.0042,
+    "kl_random": 6.1e-05,
+    "top1_same_top": 0.981,
     "jaccard_top": 0.1011,
     "headline_k": 100,
 }

@@ -8,12 +8,14 @@ one over the whole vocabulary, and whether the top-1 prediction is unchanged. Th
 log-probabilities are computed once per stage and kept in fp16 in a memory-mapped file (2·V bytes
 per token: kjv-base's 64 × 127 tokens take 66 MB; a 128k vocabulary at 64 windows of 2048 tokens
 34 GB, in TMPDIR), so memory holds one batch whatever the size. At use they are renormalised in
-fp32 (p̂). The rounding alone puts KL(p̂ ‖ p) ≈ ½ Σ p δ² (δ: the fp16 error of log p, ~1e-3)
+fp32 (p̂). Their rounding alone puts KL(p̂ ‖ p) ≈ ½ Σ p δ² (δ: the fp16 error of log p, ~1e-3)
 between the stored and the exact reference, about 1e-6 per token: as large as the KL of a weak
-control. So the reference pass also records that floor per token, exactly, and each experiment
-reports KL(p̂ ‖ q) − floor = Σ p̂ (log p − log q): 0 for the unperturbed model, and otherwise
-within a relative error of order δ of the exact KL(p ‖ q), plus the fp32 arithmetic's ~1e-6 per
-token (tests/test_evaluation.py measures both against a float64 direct sum).
+control. So the reference pass also records, per token and exactly, Σ p̂ log p (fp32 log p), and
+an experiment reports Σ p̂ log p − Σ p̂ log q = Σ p̂ (log p − log q): exactly 0 for the unperturbed
+model, and otherwise within a relative error of order δ of the exact KL(p ‖ q), plus the fp32
+arithmetic's ~1e-6 per token (tests/test_evaluation.py measures both against a float64 direct
+sum). Per experiment that costs one softmax of the stored reference and one log-softmax of the
+logits beside the perplexity's cross-entropy.
 """
 
 from __future__ import annotations
@@ -73,21 +75,27 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Reference:
-    """The unperturbed model's next-token log-probabilities on the evaluation windows, fp16,
-    memory-mapped (n, T−1, V), and its top-1 predictions (n, T−1)."""
+    """The unperturbed model's next-token log-probabilities on the evaluation windows (fp16,
+    memory-mapped, (n, T−1, V)), its top-1 predictions and, per token, Σ p̂ log p (float64)."""
 
     logp: np.memmap
     top1: torch.Tensor
-    floor: torch.Tensor  # (n, T−1) float64: KL(p̂ ‖ p) of the fp16 rounding, per token
+    self_term: torch.Tensor
 
-    def batch(self, start: int, stop: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(fp32 log-probabilities renormalised, top-1) of windows start..stop on `device`."""
-        return _renormalised(self.logp[start:stop], device), self.top1[start:stop].to(device)
+    def batch(self, start: int, stop: int, device):
+        """(p̂ in fp32, top-1, Σ p̂ log p) of windows start..stop, the first two on `device`."""
+        stored = torch.as_tensor(np.asarray(self.logp[start:stop])).to(device)
+        return _distribution(stored), self.top1[start:stop].to(device), self.self_term[start:stop]
 
 
-def _renormalised(stored, device) -> torch.Tensor:
-    """log p̂: the stored fp16 log-probabilities as a normalised fp32 distribution."""
-    return torch.log_softmax(torch.as_tensor(np.asarray(stored)).to(device).float(), dim=-1)
+def _distribution(stored: torch.Tensor) -> torch.Tensor:
+    """p̂: fp16 log-probabilities as a normalised fp32 distribution."""
+    return torch.softmax(stored.float(), dim=-1)
+
+
+def _cross(p_hat: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Σ_v p̂_v log q_v per token, q the next-token distribution of `logits` (B, T, V)."""
+    return (p_hat * torch.log_softmax(logits[:, :-1].float(), dim=-1)).sum(dim=-1).double()
 
 
 @torch.inference_mode()
@@ -95,26 +103,19 @@ def reference(model, windows: torch.Tensor, batch_size: int, directory: Path) ->
     """One pass of the unperturbed model, its log-probabilities written to directory/ref.npy."""
     device = next(model.parameters()).device
     n, t = windows.shape
-    logp, top1, floor, start = None, [], [], 0
+    logp, top1, self_term, start = None, [], [], 0
     for batch in windows.split(batch_size):
         logits = model(input_ids=batch.to(device), use_cache=False).logits
         if logp is None:
             shape = (n, t - 1, logits.shape[-1])
             logp = np.lib.format.open_memmap(directory / "ref.npy", "w+", np.float16, shape)
-        stored = torch.log_softmax(logits[:, :-1].float(), -1).half().cpu().numpy()
-        logp[start : start + len(batch)] = stored
-        floor.append(token_kl(logits, _renormalised(stored, logits.device)).double().cpu())
+        stored = torch.log_softmax(logits[:, :-1].float(), -1).half()
+        logp[start : start + len(batch)] = stored.cpu().numpy()
+        self_term.append(_cross(_distribution(stored), logits).cpu())
         top1.append(logits[:, :-1].argmax(dim=-1).cpu())
         start += len(batch)
     logp.flush()
-    return Reference(logp, torch.cat(top1), torch.cat(floor))
-
-
-def token_kl(logits: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """KL(p_ref ‖ p) per token over the whole vocabulary, fp32, shape (B, T−1); `logits` are the
-    perturbed model's (B, T, V), `ref_logp` the reference's normalised log-probabilities."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return (ref_logp.exp() * (ref_logp - logp)).sum(dim=-1)
+    return Reference(logp, torch.cat(top1), torch.cat(self_term))
 
 
 @torch.inference_mode()
@@ -137,10 +138,8 @@ def evaluate(
         top1 = logits[:, :-1].argmax(dim=-1)
         correct.append((top1 == batch[:, 1:].to(logits.device)).sum(dim=1).cpu())
         if ref is not None:
-            ref_logp, ref_top1 = ref.batch(start, start + len(batch), logits.device)
-            kl.append(
-                token_kl(logits, ref_logp).double().cpu() - ref.floor[start : start + len(batch)]
-            )
+            p_hat, ref_top1, self_term = ref.batch(start, start + len(batch), logits.device)
+            kl.append(self_term - _cross(p_hat, logits).cpu())
             same.append((top1 == ref_top1).sum(dim=1).cpu())
         start += len(batch)
     n, t = windows.shape

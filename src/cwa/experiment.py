@@ -393,6 +393,9 @@ def headline(
         "delta_ppl_random": mean("random_k"),
         "delta_ppl_bottom": mean("bottom_k"),
         "separation": separation(top, random),
+        "kl_top": mean("top", "kl"),
+        "kl_random": mean("random_k", "kl"),
+        "top1_same_top": mean("top", "top1_same"),
     }
     if comparisons is not None:
         row = headline_rows(comparisons, k, setting).filter(pl.col("control") == "random_k")

@@ -68,6 +68,9 @@ def results_markdown(metrics: dict, summary: dict) -> str:
         f"| p-value, top > random (one-sided permutation over windows) | {num(m['p_value'])} |",
         f"| q-value (Benjamini-Hochberg over all {m['comparisons']} comparisons of the run; "
         f"{m['comparisons_fdr05']} with q < 0.05) | {num(m['q_value'])} |",
+        f"| KL to the unperturbed next-token distribution, top-{k} / random (nats per token) | "
+        f"{num(m['kl_top'])} / {num(m['kl_random'])} |",
+        f"| top-1 predictions unchanged, top-{k} zeroed | {num(100 * m['top1_same_top'])}% |",
         f"| Jaccard of top-{k} sets across seeds | {num(m['jaccard_top'])} |",
         "",
         f"Every perturbation at k = {k} (first strength of each sweep; random_k: mean of the "

@@ -81,6 +81,8 @@ def effects_table(effects: pl.DataFrame) -> pl.DataFrame:
             pl.col("ci_high").mean().alias("CI high"),
             pl.col("rel_delta").mean().alias("ΔPPL / PPL"),
             pl.col("delta_accuracy").mean().alias("Δacc"),
+            pl.col("kl").mean().alias("KL"),
+            pl.col("top1_same").mean().alias("top-1 same"),
             pl.col("diverged").sum().alias("diverged"),
             pl.len().alias("runs"),
         )
@@ -106,6 +108,8 @@ def headline_table(
             "ΔPPL",
             "CI low",
             "CI high",
+            "KL",
+            "top-1 same",
             "diverged",
             "separation",
             pl.col("p_value").alias("p (top > this)"),
@@ -315,7 +319,10 @@ def headline_section(r: ReportInputs) -> list[str]:
         f"**{fmt(m['separation'])}** (95% CI {fmt(m['separation_ci_low'])} – "
         f"{fmt(m['separation_ci_high'])}); one-sided permutation p-value of top > random: "
         f"{fmt(m['p_value'])}, Benjamini-Hochberg q-value over the run's {m['comparisons']} "
-        f"comparisons **{fmt(m['q_value'])}**: {_verdict(m['q_value'])}. Top-{k} sets of "
+        f"comparisons **{fmt(m['q_value'])}**: {_verdict(m['q_value'])}. Beyond perplexity, "
+        f"the next-token distribution moves by a mean KL of **{fmt(m['kl_top'])}** nats per "
+        f"token for the top set against {fmt(m['kl_random'])} for random weights, and "
+        f"{fmt(100 * m['top1_same_top'])}% of top-1 predictions stay the same. Top-{k} sets of "
         f"different seeds overlap with mean "
         f"Jaccard **{fmt(m['jaccard_top'])}**.",
         "",
