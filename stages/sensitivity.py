@@ -11,7 +11,7 @@ all-reduced once per seed, and only the main process writes.
 
 import polars as pl
 
-from cwa.data import calibration_draw, calibration_windows
+from cwa.data import calibration_indices, calibration_windows
 from cwa.distributed import init_world, relaunch
 from cwa.io import write_table
 from cwa.memory import guard_scoring
@@ -64,12 +64,13 @@ def run(args, params):
     )
     stats = []
     for seed in params.seeds:
-        draw = calibration_draw(calib.all, params.calib_samples, seed)
+        drawn = calibration_indices(len(calib.all), params.calib_samples, seed)
+        draw = calib.all[drawn]
         desc = f"{metric.name} seed {seed}"
         scores = score(s, model, infos, metric, draw, seed, desc, world)
         if not world.main:
             continue
-        save_scores(scores, args.scores, seed, metric.name)
+        save_scores(scores, args.scores, seed, metric.name, windows=drawn.tolist())
         stats.append(tensor_stats(infos, scores, metric.name, seed))
     if not world.main:
         return None

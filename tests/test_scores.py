@@ -12,8 +12,9 @@ def test_stored_scores_read_tensor_by_tensor(tmp_path):
         "b.weight": torch.randn(3, 5, generator=gen),
         "a.weight": torch.randn(7, generator=gen),
     }
-    save_scores(scores, tmp_path, 4, "grad_x_weight")
+    save_scores(scores, tmp_path, 4, "grad_x_weight", windows=[0, 3, 9])
     store = StoredScores(tmp_path, 4)
+    assert store.record == {"metric": "grad_x_weight", "seed": 4, "windows": [0, 3, 9]}
     assert sorted(store) == ["a.weight", "b.weight"] and len(store) == 2
     assert store.sizes() == {"a.weight": 7, "b.weight": 15}
     for name, t in scores.items():

@@ -100,6 +100,18 @@ def test_obd_is_half_fisher_times_weight_squared(micro):
         assert torch.equal(obd[i.name], expected), i.name
 
 
+def wanda_scaler(x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The original Wanda code's running mean over calibration samples (its `add_batch`): per
+    batch of `tmp` samples, scaler *= n / (n + tmp); n += tmp; scaler += ‖X_batch‖² / n."""
+    scaler, n = torch.zeros(x.shape[-1], dtype=torch.float64), 0
+    for batch in x.double().split(batch_size):
+        tmp = len(batch)
+        scaler *= n / (n + tmp)
+        n += tmp
+        scaler += batch.reshape(-1, x.shape[-1]).square().sum(0) / n
+    return scaler
+
+
 def test_wanda_matches_direct_input_norms_on_llama():
     model = tiny_llama(seed=1)
     windows = torch.randint(0, 64, (5, 9), generator=torch.Generator().manual_seed(0))
@@ -107,12 +119,14 @@ def test_wanda_matches_direct_input_norms_on_llama():
     scores = compute_scores(model, infos, get_metric("wanda"), windows, batch_size=2)
     with torch.no_grad():  # layer 0 attention input: RMSNorm(embeddings), known directly
         x = model.model.layers[0].input_layernorm(model.model.embed_tokens(windows))
-    norm = x.reshape(-1, x.shape[-1]).square().sum(0).sqrt()  # over every calibration token
+    norm = wanda_scaler(x, batch_size=2).sqrt().float()  # the original's normalisation
+    # the same as every token's squares over the number of windows (N = 5)
+    torch.testing.assert_close(norm, (x.square().sum((0, 1)) / 5).sqrt(), rtol=1e-6, atol=0)
     for proj in ("q_proj", "k_proj", "v_proj"):
         name = f"model.layers.0.self_attn.{proj}.weight"
         w = dict(model.named_parameters())[name].detach()
-        # float32 sums of 45 squares (no cancellation) in batches 2 + 2 + 1 vs at once: relative
-        # error <= 45 · eps32 = 5e-6, halved by the square root; observed 1.6e-7
+        # float32 sums of 45 squares (no cancellation) in batches 2 + 2 + 1 against the float64
+        # running mean: relative error <= 45 · eps32 = 5e-6, halved by the square root
         torch.testing.assert_close(scores[name], w.abs() * norm[None, :], rtol=1e-5, atol=1e-7)
     assert get_metric("act_mag") is get_metric("wanda")
 
@@ -125,7 +139,7 @@ def test_wanda_uses_rows_for_gpt2_conv1d():
     with torch.no_grad():
         pos = torch.arange(windows.shape[1])
         x = model.transformer.h[0].ln_1(model.transformer.wte(windows) + model.transformer.wpe(pos))
-    norm = x.reshape(-1, x.shape[-1]).square().sum(0).sqrt()
+    norm = wanda_scaler(x, batch_size=3).sqrt().float()
     name = "transformer.h.0.attn.c_attn.weight"  # Conv1D: weight is [in, out]
     w = dict(model.named_parameters())[name].detach()
     # float32 sum of 21 squares, in one batch as here: relative error <= 21 · eps32 = 2.5e-6

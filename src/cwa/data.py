@@ -92,11 +92,15 @@ def text_windows(tokenizer, text: Text, seq_len: int, bos: bool, count_key: str,
     return TextWindows(found, record)
 
 
+def calibration_indices(available: int, count: int, seed: int) -> torch.Tensor:
+    """Which `count` of `available` windows `seed` draws, without replacement, sorted."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(available, generator=gen)[:count].sort().values
+
+
 def calibration_draw(all_windows: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """`count` windows drawn without replacement by `seed`: each seed sees its own sample."""
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(all_windows), generator=gen)[:count]
-    return all_windows[order.sort().values]
+    return all_windows[calibration_indices(len(all_windows), count, seed)]
 
 
 def calibration_windows(tokenizer, directory, seq_len: int, bos: bool, count: int):

@@ -67,10 +67,16 @@ def read_baseline(path, windows: int) -> EvalResult:
 
 
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Per-token next-token NLL in fp32, shape (B, T-1)."""
+    """Per-token next-token NLL in fp32, shape (B, T-1): cross-entropy over the flattened tokens
+    (rows of V contiguous logits), whose gradient is as accurate as the plain computation's;
+    the (B, V, T) layout of a transposed call took its log-softmax across strided memory and
+    doubled the gradient's rounding error (tests/test_metrics.py)."""
     logits = logits[:, :-1].float()  # (B, T-1, V)
     targets = input_ids[:, 1:].to(logits.device)  # a split model's logits sit on its last GPU
-    return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    flat = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    )
+    return flat.view(targets.shape)
 
 
 @dataclass(frozen=True)

@@ -403,7 +403,8 @@ def input_sq_norms(cal: Calibration, modules: dict[str, nn.Module]) -> dict[str,
 
 @metric(
     "wanda",
-    "|W_ij|·‖X_j‖₂, X_j = input feature j of the layer over all calibration tokens",
+    "|W_ij|·‖X_j‖₂/√N, X_j = input feature j of the layer over all calibration tokens of the "
+    "N windows (Wanda's normalisation)",
     needs="forward",
 )
 def wanda(cal: Calibration) -> dict[str, torch.Tensor]:
@@ -418,7 +419,8 @@ def wanda(cal: Calibration) -> dict[str, torch.Tensor]:
                 f"norms and fused MoE experts have no input features to weigh): narrow the pool "
                 f"with include_embeddings: false, include_1d: false or `layers`"
             )
-    norms = {n: v.sqrt() for n, v in input_sq_norms(cal, owners).items()}
+    windows = len(cal.windows)  # Wanda's running mean: squared norms per calibration sample
+    norms = {n: (v / windows).sqrt() for n, v in input_sq_norms(cal, owners).items()}
     scores = {}
     for info in cal.infos:
         w = cal.targets[info.name].detach().float().abs()

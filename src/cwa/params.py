@@ -196,8 +196,9 @@ DOCS = {
         "Σₙ gₙ², gₙ = gradient of window n's mean loss), `hutchinson_diag` (Hessian diagonal of "
         "the mean token loss, (1/S) Σₛ zₛ ⊙ Hzₛ with Rademacher zₛ; signed), `obd` (½·F·w² with "
         "the Fisher diagonal F), `obd_hutchinson` (½·h·w² with the Hutchinson diagonal h; "
-        "signed), `wanda` or its alias `act_mag` (|W_ij|·‖X_j‖₂ over all calibration tokens, X_j "
-        "= input feature j of the linear layer; linear weights only), `super_weight` "
+        "signed), `wanda` or its alias `act_mag` (|W_ij|·‖X_j‖₂/√N over all calibration tokens "
+        "of the N windows, X_j = input feature j of the linear layer, as the original code "
+        "normalises; linear weights only), `super_weight` "
         "(|W_ij|·max_t |x_tj| on MLP down projections, 0 elsewhere: the super-weight spike "
         "score). Signed metrics keep their sign in the score store and are ranked by |score|."
     ),

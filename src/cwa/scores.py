@@ -26,12 +26,19 @@ def store_path(directory: str | Path, seed: int) -> Path:
 
 
 def save_scores(
-    scores: dict[str, torch.Tensor], directory: str | Path, seed: int, metric: str
+    scores: dict[str, torch.Tensor],
+    directory: str | Path,
+    seed: int,
+    metric: str,
+    windows: list[int] | None = None,
 ) -> Path:
+    """Writes one seed's store; its header records the metric, the seed and `windows`: the
+    indices, into the calibration text's windows, of the draw the scores were computed on."""
     tensors = {name: t.contiguous() for name, t in scores.items()}
     # one key: safetensors writes metadata keys in a random order (a Rust HashMap), which would
     # make identical scores differ byte for byte (and rerun every stage downstream in DVC)
-    meta = {"cwa": json.dumps({"metric": metric, "seed": seed}, sort_keys=True)}
+    record = {"metric": metric, "seed": seed, "windows": windows}
+    meta = {"cwa": json.dumps(record, sort_keys=True)}
     return atomic_write(
         store_path(directory, seed), lambda tmp: save_file(tensors, str(tmp), metadata=meta)
     )
@@ -47,6 +54,11 @@ class StoredScores(Mapping):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._file.get_tensor(name)
+
+    @property
+    def record(self) -> dict:
+        """What the scores were computed on: metric, seed and calibration window indices."""
+        return json.loads(self._file.metadata()["cwa"])
 
     def sizes(self) -> dict[str, int]:
         """Weights per tensor, from the file header (no tensor is read)."""
