@@ -1,22 +1,24 @@
 """report: the Markdown/HTML report with its plots, the DVC metrics and the plot side files.
 
-Reads: every upstream table (baseline, pool, scores, ranking, effects, comparisons, tasks,
-stability, scaling, training curves, super-weight spikes, fault campaign) and the records of the
-calibration and evaluation text. Writes: report.md,
-report.html and PNGs in the report directory, summary.json (the numbers of the README's results
-section, rendered by `cwa readme`), metrics.json, and effects_vs_k.csv for `dvc plots`.
+Reads: every upstream table (baseline, pool, scores, ranking, effects, per-text results,
+comparisons, tasks, stability, scaling, training curves, super-weight spikes, fault campaign) and
+the records of the calibration and evaluation text. Checks the old guide's success criteria
+(cwa.criteria). Writes: report.md, report.html and PNGs in the report directory, summary.json
+(the numbers of the README's results section, rendered by `cwa readme`), metrics.json (with a
+criterion_<name> key per criterion), and effects_vs_k.csv for `dvc plots`.
 """
 
 from pathlib import Path
 
 import polars as pl
 
-from cwa import plots
+from cwa import criteria, plots
 from cwa.data import read_text
 from cwa.experiment import SweepConfig, first_settings, first_strength, headline_setting
 from cwa.io import atomic_write, write_csv, write_json
 from cwa.perturbations import SWEEP_KEYS, get_perturbation
 from cwa.report import (
+    SCALING_HEADLINE,
     ReportInputs,
     comparisons_table,
     effects_table,
@@ -30,7 +32,7 @@ from cwa.report import (
     task_metrics,
     tasks_table,
 )
-from cwa.scores import StoredScores
+from cwa.scores import StoredScores, bulk
 from cwa.stage import stage_main
 from cwa.stats import SCALING_STATISTICS
 
@@ -82,6 +84,7 @@ TABLES = (
     "spikes",
     "agreement",
     "faults",
+    "texts",
 )
 
 
@@ -98,14 +101,17 @@ def run(args, params):
     setting = headline_setting(first)
     m = metrics(t["baseline"], t["effects"], t["comparisons"], t["stability"], k, setting)
     m |= task_metrics(t["tasks"], k, setting) | scaling_metrics(t["fit"])
+    scores = StoredScores(args.scores, params.seeds[0])  # read tensor by tensor
+    checks = success_criteria(t, m, bulk(scores, scores.sizes()), k, setting)
+    m |= criteria.flat_keys(checks)
     write_json(m, args.metrics)
     curve = k_sweep(t["effects"], setting)
     write_csv(k_curve(curve), args.effects_csv)
     out = Path(args.out_dir)
-    scores = StoredScores(args.scores, params.seeds[0])  # read tensor by tensor
     draw_figures(t, scores, params, first, out)
     sources = tuple(read_text(d).source for d in (args.calib_text, args.eval_text))
-    r = report_inputs(t, m, sum(int(s.numel()) for s in scores.values()), params, first, sources)
+    weights = sum(int(s.numel()) for s in scores.values())
+    r = report_inputs(t, m, weights, params, first, sources, criteria.table(checks))
     facts = summary(
         params, t["baseline"], r.pool_weights, t["comparisons"], t["effects"], t["scaling"], first
     )
@@ -115,6 +121,19 @@ def run(args, params):
     html = render_html(text, f"cwa report: {params.model}")
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(html))
     return m
+
+
+def success_criteria(t: dict, m: dict, sample, k: int, setting: dict) -> list:
+    """The old guide's criteria against this run (cwa.criteria)."""
+    return [
+        criteria.seed_stability(t["stability"], k),
+        criteria.metric_overlap(t["agreement"], k),
+        criteria.concentration(sample),
+        criteria.separation(m),
+        criteria.dose_response(t["texts"], setting),
+        *criteria.scaling(t["fit"], SCALING_HEADLINE),
+        criteria.pruning(),
+    ]
 
 
 def read_tables(args) -> dict[str, pl.DataFrame | None]:
@@ -155,10 +174,16 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
 
 
 def report_inputs(
-    t: dict, m: dict, pool_weights: int, params, first: dict, sources: tuple[dict, dict]
+    t: dict,
+    m: dict,
+    pool_weights: int,
+    params,
+    first: dict,
+    sources: tuple[dict, dict],
+    checks: pl.DataFrame,
 ) -> ReportInputs:
-    setting = headline_setting(first)
     """The report's tables, reduced to what each section shows."""
+    setting = headline_setting(first)
     k, ranking = params.headline_k, t["ranking"]
     top = ranking.filter(
         (pl.col("seed") == params.seeds[0])
@@ -182,7 +207,7 @@ def report_inputs(
         perturbation_docs=[(name, get_perturbation(name).doc) for name in names],
         stability=t["stability"]
         .group_by("k")
-        .agg(pl.col("jaccard", "spearman", "spearman_pool", "union").mean())
+        .agg(pl.col("jaccard", "overlap", "spearman", "spearman_pool", "union").mean())
         .sort("k"),
         agreement=t["agreement"].filter(pl.col("k") == k).drop("k"),
         spikes=t["spikes"].drop("param", "flat_index", "ppl"),
@@ -192,6 +217,7 @@ def report_inputs(
         has_training=t["training"] is not None,
         sources=sources,
         setting=setting,
+        criteria=checks,
     )
 
 

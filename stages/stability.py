@@ -64,6 +64,7 @@ def run(args, params):
         "seed_a": pl.Int64,
         "seed_b": pl.Int64,
         "jaccard": pl.Float64,
+        "overlap": pl.Float64,
         "spearman": pl.Float64,
         "spearman_pool": pl.Float64,
         "union": pl.Int64,
@@ -71,7 +72,11 @@ def run(args, params):
     table = pl.DataFrame(rows, schema=schema)
     table = table.with_columns(metric=pl.lit(ranking["metric"][0]), mode=pl.lit(ranking["mode"][0]))
     write_table(table, args.out, STABILITY_TABLE)
-    means = table.group_by("k").agg(pl.col("jaccard", "spearman", "spearman_pool").mean()).sort("k")
+    means = (
+        table.group_by("k")
+        .agg(pl.col("jaccard", "overlap", "spearman", "spearman_pool").mean())
+        .sort("k")
+    )
     write_csv(means, args.csv)
     return {"pairs": len(rows)}
 

@@ -20,6 +20,7 @@ def stability_rows(order):
             "seed_a": 0,
             "seed_b": 1,
             "jaccard": 0.5,
+            "overlap": 0.5,
             "spearman": 0.1,
             "spearman_pool": 0.2,
             "union": 3,

@@ -9,6 +9,7 @@ from cwa.params import load_params
 from cwa.report import (
     ReportInputs,
     comparisons_section,
+    criteria_section,
     figures_section,
     headline_section,
     render_markdown,
@@ -97,6 +98,12 @@ def inputs(**changes) -> ReportInputs:
         "shares": SHARES,
         "has_training": True,
         "setting": {"zero": ""},
+        "criteria": pl.DataFrame(
+            {
+                "criterion": ["seed_jaccard", "separation", "pruning_gain"],
+                "status": ["not met", "met", "not measured"],
+            }
+        ),
         "sources": (SOURCE | {"key": "calib_data", "part": "calib split"}, SOURCE),
     }
     return ReportInputs(**(values | changes))
@@ -138,6 +145,12 @@ def test_figures_come_before_every_long_table():
     assert headline < figures < tables
     assert text.index("![") > headline and text.rindex("![") < tables  # every figure up front
     assert text.rindex("### Every experiment") > text.index("### Top set against the controls")
+
+
+def test_the_criteria_section_names_what_was_met_failed_and_not_measured():
+    text = "\n".join(criteria_section(inputs()))
+    assert "**1 of 2 measured are met** (separation); not met: seed_jaccard; not measured: " in text
+    assert "pruning_gain" in text and "| seed_jaccard | not met |" in text
 
 
 def test_training_figure_only_when_there_are_training_logs():

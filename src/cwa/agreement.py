@@ -58,6 +58,7 @@ def metric_agreement(by_metric: dict[str, Summary], ks: tuple[int, ...]) -> pl.D
         "metric_b": pl.String,
         "k": pl.Int64,
         "jaccard": pl.Float64,
+        "overlap": pl.Float64,
         "spearman_pool": pl.Float64,
     }
     return pl.DataFrame(rows, schema=schema)

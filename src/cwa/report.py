@@ -256,6 +256,7 @@ class ReportInputs:
     has_training: bool
     sources: tuple[dict, dict]  # calibration's and evaluation's source.json (cwa.sources)
     setting: dict[str, str]  # the headline perturbation and setting (headline_setting)
+    criteria: pl.DataFrame  # cwa.criteria.table
 
 
 def setup_section(r: ReportInputs) -> list[str]:
@@ -330,6 +331,26 @@ def headline_section(r: ReportInputs) -> list[str]:
         "`p (top > this)` tests the top set against that control row:",
         "",
         table(r.headline),
+        "",
+    ]
+
+
+def criteria_section(r: ReportInputs) -> list[str]:
+    """The old guide's success criteria: measured value, interval, met / not met / not
+    measured. Thresholds are the guide's; a criterion the model fails is reported as failed."""
+    c = r.criteria
+    met = c.filter(pl.col("status") == "met")["criterion"].to_list()
+    failed = c.filter(pl.col("status") == "not met")["criterion"].to_list()
+    unmeasured = c.filter(pl.col("status") == "not measured")["criterion"].to_list()
+    return [
+        "## Success criteria",
+        "",
+        f"The criteria the old tool's guide set, with its thresholds: **{len(met)} of "
+        f"{len(met) + len(failed)} measured are met** ({', '.join(met) or 'none'}); not met: "
+        f"{', '.join(failed) or 'none'}; not measured: {', '.join(unmeasured) or 'none'}. No "
+        "threshold is softened for a model to pass; each note says what was measured.",
+        "",
+        table(c),
         "",
     ]
 
@@ -582,6 +603,7 @@ def tables_heading(r: ReportInputs) -> list[str]:
 SECTIONS = (
     setup_section,
     headline_section,
+    criteria_section,
     figures_section,
     tables_heading,
     comparisons_section,

@@ -61,9 +61,14 @@ def _ppl_rows(nll: np.ndarray, tok: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def agreement(top_a: set, top_b: set, bulk_a: np.ndarray, bulk_b: np.ndarray) -> dict:
-    """How two rankings of one pool agree (two seeds, two metrics): Jaccard of their top-k sets
-    and Spearman of their |scores| at the same pool sample."""
-    return {"jaccard": jaccard(top_a, top_b), "spearman_pool": spearman(bulk_a, bulk_b)}
+    """How two rankings of one pool agree (two seeds, two metrics): Jaccard of their top-k sets,
+    the shared fraction |A ∩ B| / k, and Spearman of their |scores| at the same pool sample."""
+    overlap = len(top_a & top_b) / max(len(top_a), len(top_b), 1)  # |A ∩ B| / k
+    return {
+        "jaccard": jaccard(top_a, top_b),
+        "overlap": overlap,
+        "spearman_pool": spearman(bulk_a, bulk_b),
+    }
 
 
 def separation(top_delta: float, control_deltas) -> float:

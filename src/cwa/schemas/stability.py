@@ -13,6 +13,7 @@ STABILITY_TABLE = Schema(
         Column("seed_a", INT, "first seed"),
         Column("seed_b", INT, "second seed"),
         Column("jaccard", FLOAT, "|A ∩ B| / |A ∪ B| of the two top-k coordinate sets"),
+        Column("overlap", FLOAT, "|A ∩ B| / k: the share of one top-k set the other holds"),
         Column(
             "spearman",
             FLOAT,
