@@ -8,9 +8,9 @@ Writes: the ranking table (schema `ranking`).
 import polars as pl
 
 from cwa.io import write_table
-from cwa.ranking import rank, target
+from cwa.ranking import CONTROLS, rank, target
 from cwa.schemas.ranking import RANKING_TABLE
-from cwa.scores import StoredScores, pool_infos, seeds_in
+from cwa.scores import StoredScores, pool_infos, read_magnitude_bins, seeds_in
 from cwa.stage import stage_main
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
@@ -35,6 +35,8 @@ def run(args, params):
     infos = target(
         pool_infos(pl.read_parquet(args.pool)), params.target_components, params.target_layers
     )
+    by_magnitude = any(CONTROLS.get(c).by_magnitude for c in params.controls)
+    bins = read_magnitude_bins(args.scores) if by_magnitude else None
     tables = [
         rank(
             infos,
@@ -45,6 +47,7 @@ def run(args, params):
             params.random_draws,
             seed,
             params.metric,
+            bins,
         )
         for seed in seeds_in(args.scores)
     ]

@@ -19,7 +19,7 @@ from cwa.metrics import ScoringConfig, get_metric, score
 from cwa.models import ModelConfig, describe, load_studied, pool
 from cwa.schemas.pool import POOL_TABLE
 from cwa.schemas.tensor_stats import TENSOR_STATS_TABLE
-from cwa.scores import pool_table, save_scores, tensor_stats
+from cwa.scores import pool_table, save_magnitude_bins, save_scores, tensor_stats
 from cwa.stage import stage_main
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
@@ -74,6 +74,7 @@ def run(args, params):
         stats.append(tensor_stats(infos, scores, metric.name, seed))
     if not world.main:
         return None
+    save_magnitude_bins(dict(model.named_parameters()), infos, args.scores)
     write_table(pool_table(infos), args.pool, POOL_TABLE)
     write_table(pl.concat(stats), args.stats, TENSOR_STATS_TABLE)
     return {

@@ -16,7 +16,10 @@ CASES = [
     (["--mode", "per_row"], "valid values: global, per_component, per_head, per_layer"),
     (["--perturb", "zero,melt"], "`perturb` is 'melt'; valid values: bit_flip"),
     (["--perturb", "zero,zero"], "`perturb` must be a non-empty list of distinct perturbations"),
-    (["--controls", "random"], "`controls` is 'random'; valid values: bottom_k, random_k"),
+    (
+        ["--controls", "random"],
+        "`controls` is 'random'; valid values: bottom_k, magnitude_matched_k, random_k",
+    ),
     (["--topk", "10,abc"], "`topk` must be int, got 'abc'"),
     (["--topk", "0"], "`topk` must be a non-empty list of positive integers"),
     (["--topk", "10,1000", "--headline-k", "100"], "`headline_k` (100) must be one of topk"),

@@ -22,6 +22,7 @@ from cwa.models import check_positions, describe, pool
 from cwa.params import DTYPES, FamilyMember, Params, params_from_dict
 from cwa.perturbations import PERTURBATIONS, sweeps
 from cwa.ranking import CONTROLS, MODES, rank, target
+from cwa.scores import magnitude_bins
 from cwa.training import build_model
 
 TINY = {"kjv-tiny": FamilyMember(hidden=16, layers=2, heads=2, intermediate=64)}
@@ -231,13 +232,17 @@ def run_cheap_stage_logic(p: Params) -> None:
     ranking of every seed on random scores, the sweep grid and the headline setting."""
     model = tiny_model(p.family["kjv-tiny"], p.vocab_size)
     chosen = target(pool(describe(model), **p.pool_options), p.target_components, p.target_layers)
+    weights = dict(model.named_parameters())
+    bins = {i.name: magnitude_bins(weights[i.name]) for i in chosen}
     config = SweepConfig.of(p)
     grid = specs(config)
     headline_setting(first_settings(config))
     for seed in p.seeds:
         g = torch.Generator().manual_seed(seed)
         scores = {i.name: torch.rand(i.shape, generator=g) for i in chosen}
-        table = rank(chosen, scores, p.mode, p.topk, p.controls, p.random_draws, seed, p.metric)
+        table = rank(
+            chosen, scores, p.mode, p.topk, p.controls, p.random_draws, seed, p.metric, bins
+        )
         tops = table.filter(pl.col("selection") == "top").group_by("group", "k").len()
         assert (tops["len"] == tops["k"]).all()  # exactly k in every group, for every k
         exps = experiments(table, grid, p.headline_k, p.mask_ratios, seed)
@@ -281,8 +286,8 @@ def test_every_accepted_param_set_runs_or_is_refused_in_one_line(drawn):
     event("accepted")
     try:
         run_cheap_stage_logic(params)
-    except CwaError as err:  # the refusals that need the scores (random_k beside a crowded top)
-        assert ONE_LINE.match(str(err)) and "random_k" in str(err), str(err)
+    except CwaError as err:  # the refusals that need the scores (a control beside a crowded top)
+        assert ONE_LINE.match(str(err)) and "`controls`" in str(err), str(err)
     # what the grid promises is what runs: the headline k is ranked and perturbed
     assert params.headline_k in params.topk and np.isfinite(params.spike_ratio)
 

@@ -29,7 +29,7 @@ def test_repository_params_file_is_valid():
         ),
         ({"mode": "per_row"}, "valid values: global, per_component, per_head, per_layer"),
         ({"perturb": ["zero", "melt"]}, "`perturb` is 'melt'; valid values: bit_flip"),
-        ({"controls": ["random"]}, "valid values: bottom_k, random_k"),
+        ({"controls": ["random"]}, "valid values: bottom_k, magnitude_matched_k, random_k"),
         ({"num_processes": 0}, "`num_processes` must be >= 1, got 0"),
         ({"layer_group": -1}, "`layer_group` must be >= 0 \\(0: every block in one pass\\)"),
         ({"device_map": "everywhere"}, "`device_map` is 'everywhere'; valid values: none, auto"),

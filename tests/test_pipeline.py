@@ -162,11 +162,12 @@ def test_metrics_hold_the_headline_keys(repo):
     whole = top.filter(pl.col("mask_ratio") == 1.0)
     assert m["delta_ppl_top"] == whole["delta_ppl"][0]  # a copy, exact
     assert effects["restored"].all()
-    # (top + bottom + 2 random) x [5 perturbations at k=5; at k=50 all 9 strengths of the
-    # 5 sweeps (zero 1, sign_flip 1, scale 3, bit_flip 2, quantize 2) and 1 mask ratio x 5]
-    assert len(effects) == 4 * (5 + 9 + 5)
+    # (top + bottom + 2 random + 2 magnitude-matched) x [5 perturbations at k=5; at k=50 all 9
+    # strengths of the 5 sweeps (zero 1, sign_flip 1, scale 3, bit_flip 2, quantize 2) and
+    # 1 mask ratio x 5]
+    assert len(effects) == 6 * (5 + 9 + 5)
     comparisons = pl.read_parquet(repo / "artifacts" / "perturb" / "comparisons.parquet")
-    assert len(comparisons) == 2 * (5 + 9 + 5)  # every cell x {random_k, bottom_k}
+    assert len(comparisons) == 3 * (5 + 9 + 5)  # every cell x the 3 controls
     assert (
         m["p_value"]
         == (  # a copy, exact

@@ -257,3 +257,67 @@ def test_rank_reads_the_store_tensor_by_tensor_and_equals_the_in_memory_ranking(
     rank(infos, counting, *args)
     # tensors are fetched one at a time as each is visited, never as one concatenated copy
     assert set(counting.reads) <= set(scores) and len(counting.reads) >= len(infos)
+
+
+def test_magnitude_bins_split_each_tensor_into_256_quantiles_of_abs_w():
+    from cwa.scores import magnitude_bins
+
+    w = torch.linspace(-1, 1, 2560)[
+        torch.randperm(2560, generator=torch.Generator().manual_seed(0))
+    ]
+    bins = magnitude_bins(w.reshape(40, 64))
+    assert bins.dtype == torch.uint8 and bins.shape == (2560,)
+    order = torch.argsort(w.abs(), stable=True)
+    assert (bins[order].diff() >= 0).all()  # bins follow |w|
+    counts = torch.bincount(bins.long(), minlength=256)
+    assert counts.min() >= 8 and counts.max() <= 12  # |w| pairs up: ~10 per bin of 2,560
+    big = torch.randn(300_000, generator=torch.Generator().manual_seed(1))
+    share = torch.bincount(magnitude_bins(big).long(), minlength=256).float() / big.numel()
+    assert (share - 1 / 256).abs().max() < 1e-3  # edges from a 100k sample, ~1/256 each
+
+
+def test_draw_in_bins_matches_the_bin_multiset_and_widens_to_neighbours():
+    from cwa.ranking import draw_in_bins
+
+    bins = np.repeat(np.arange(10), 10)  # weights 0..99, bin = index // 10
+    taken = np.array([90, 91, 92, 93, 94, 95, 96, 97, 5, 55])  # 8 in bin 9, one in 0 and 5
+    drawn = draw_in_bins(np.random.default_rng(0), bins, taken)
+    assert len(drawn) == 10 and len(set(drawn)) == 10 and not set(drawn) & set(taken)
+    got = np.sort(bins[drawn])
+    # bin 9 has 2 free: the other 6 come from bin 8 (the nearest), bins 0 and 5 match exactly
+    assert got.tolist() == [0, 5, 8, 8, 8, 8, 8, 8, 9, 9]
+
+
+def test_magnitude_matched_control_keeps_tensor_counts_and_bins():
+    from cwa.scores import magnitude_bins
+
+    gen = torch.Generator().manual_seed(3)
+    weights = [torch.randn(40, 30, generator=gen), torch.randn(20, 10, generator=gen)]
+    scores = [w.abs() * torch.rand(w.shape, generator=gen) for w in weights]  # |w| matters
+    bins = [magnitude_bins(w) for w in weights]
+    chosen = select(scores, 60, ("magnitude_matched_k",), draws=2, seed=1, bins=bins)
+    top = chosen[0][2]
+    for name, _, sel in chosen[1:]:
+        assert name == "magnitude_matched_k"
+        coords = set(zip(sel.tensor.tolist(), sel.flat.tolist(), strict=True))
+        assert len(coords) == 60 and not coords & set(zip(top.tensor, top.flat, strict=True))
+        for t in (0, 1):
+            mine, theirs = top.flat[top.tensor == t], sel.flat[sel.tensor == t]
+            assert len(mine) == len(theirs)
+            # the same |w| bins, up to the widening where a high bin runs out of free weights
+            gap = np.abs(
+                np.sort(bins[t][theirs].numpy().astype(int))
+                - np.sort(bins[t][mine].numpy().astype(int))
+            )
+            assert gap.mean() < 3
+        for t, i, s in zip(sel.tensor, sel.flat, sel.score, strict=True):
+            assert s == float(scores[t].reshape(-1)[i])  # exact: a copy of the score
+    random = select(scores, 60, ("random_k",), draws=1, seed=1)[1][2]
+
+    def mean_w(sel):
+        pairs = zip(sel.tensor, sel.flat, strict=True)
+        return np.mean([float(weights[t].reshape(-1)[i].abs()) for t, i in pairs])
+
+    assert abs(mean_w(chosen[1][2]) - mean_w(top)) < abs(mean_w(random) - mean_w(top))
+    with pytest.raises(CwaError, match="magnitude_matched_k needs the score store's"):
+        select(scores, 60, ("magnitude_matched_k",), draws=1, seed=1)

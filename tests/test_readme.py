@@ -24,6 +24,8 @@ METRICS = {
     "kl_top": 0.0042,
     "kl_random": 6.1e-05,
     "top1_same_top": 0.981,
+    "delta_ppl_magnitude": 0.012,
+    "q_value_magnitude": 0.004,
     "jaccard_top": 0.1011,
     "headline_k": 100,
 }

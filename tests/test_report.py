@@ -78,6 +78,8 @@ def inputs(**changes) -> ReportInputs:
             "kl_top": 0.0042,
             "kl_random": 6.1e-05,
             "top1_same_top": 0.981,
+            "delta_ppl_magnitude": 0.012,
+            "q_value_magnitude": 0.004,
             "jaccard_top": 0.101,
         },
         "baseline": pl.DataFrame({"texts": [64], "tokens": [8128], "params": [2098304]}),
@@ -119,6 +121,7 @@ def test_headline_states_the_numbers_of_metrics_json():
     assert "comparisons **0.0021**: significant at a 5% false discovery rate" in text
     assert "mean KL of **0.0042** nats per token for the top set against 6.1e-05" in text
     assert "98.1% of top-1 predictions stay the same" in text
+    assert "matched in magnitude (magnitude_matched_k) ΔPPL is 0.012, and the top set's q" in text
     assert "| zero | 0.192 |" in text  # the headline table
     no_test = "\n".join(headline_section(inputs(metrics=inputs().metrics | {"q_value": math.nan})))
     assert "**–**: no test" in no_test

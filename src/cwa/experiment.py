@@ -378,8 +378,9 @@ def headline_rows(table: pl.DataFrame, k: int, setting: dict[str, str]) -> pl.Da
 def headline(
     effects: pl.DataFrame, comparisons: pl.DataFrame | None, k: int, setting: dict[str, str]
 ) -> dict:
-    """ΔPPL of perturbing (by default zeroing) the top-k, random_k (mean over draws) and
-    bottom_k, their separation with its CI, and the p-value of top beating random_k."""
+    """ΔPPL of perturbing (by default zeroing) the top-k, random_k (mean over draws), bottom_k
+    and magnitude_matched_k, the separation from random_k with its CI, the p- and q-values of
+    top beating random_k and the q-value of top beating magnitude_matched_k."""
     zero = headline_rows(effects, k, setting)
 
     def mean(selection, col="delta_ppl"):
@@ -396,14 +397,20 @@ def headline(
         "kl_top": mean("top", "kl"),
         "kl_random": mean("random_k", "kl"),
         "top1_same_top": mean("top", "top1_same"),
+        "delta_ppl_magnitude": mean("magnitude_matched_k"),
     }
     if comparisons is not None:
-        row = headline_rows(comparisons, k, setting).filter(pl.col("control") == "random_k")
-        nan = float("nan")
+        rows = headline_rows(comparisons, k, setting)
+
+        def first(control: str, col: str) -> float:
+            row = rows.filter(pl.col("control") == control)[col]
+            return float(row[0]) if len(row) else float("nan")
+
         out |= {
-            "separation_ci_low": float(row["separation_ci_low"][0]) if len(row) else nan,
-            "separation_ci_high": float(row["separation_ci_high"][0]) if len(row) else nan,
-            "p_value": float(row["p_value"][0]) if len(row) else nan,
-            "q_value": float(row["q_value"][0]) if len(row) else nan,
+            "separation_ci_low": first("random_k", "separation_ci_low"),
+            "separation_ci_high": first("random_k", "separation_ci_high"),
+            "p_value": first("random_k", "p_value"),
+            "q_value": first("random_k", "q_value"),
+            "q_value_magnitude": first("magnitude_matched_k", "q_value"),
         }
     return out

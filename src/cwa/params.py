@@ -64,7 +64,7 @@ class Params:
     # ranking
     mode: str = "global"
     topk: tuple[int, ...] = (10, 100, 1000)
-    controls: tuple[str, ...] = ("random_k", "bottom_k")
+    controls: tuple[str, ...] = ("random_k", "magnitude_matched_k", "bottom_k")
     random_draws: int = 3
     include_embeddings: bool = False
     include_1d: bool = False

@@ -102,15 +102,74 @@ def matched_random(
     return Selected(tid[order], idx[order], score[order])
 
 
+def magnitude_matched(
+    top: Selected,
+    sizes: list[int],
+    rng: np.random.Generator,
+    scores: Sequence[torch.Tensor],
+    bins: Sequence[torch.Tensor],
+) -> Selected:
+    """Random weights outside the top set with its per-tensor counts and, within each tensor,
+    its |w|-quantile bins (scores.magnitude_bins): for each top weight one from the same bin,
+    widening to the nearest bins when one runs out."""
+    if bins is None:
+        raise CwaError("magnitude_matched_k needs the score store's |w| bins (rank passes them)")
+    tid, idx = [], []
+    for t in np.unique(top.tensor):
+        mine = top.flat[top.tensor == t]
+        if 2 * len(mine) > sizes[t]:
+            raise CwaError(
+                f"params: `controls` magnitude_matched_k cannot match the top {len(top.flat)}: "
+                f"they hold {len(mine)} of the {sizes[t]} weights of one tensor; lower `topk`"
+            )
+        tid.append(np.full(len(mine), t, dtype=np.int64))
+        idx.append(draw_in_bins(rng, bins[t].numpy().astype(np.int64), mine))
+    tid, idx = np.concatenate(tid), np.concatenate(idx)
+    score = np.concatenate(
+        [
+            scores[t].reshape(-1)[torch.from_numpy(idx[tid == t])].double().numpy()
+            for t in np.unique(tid)
+        ]
+    )
+    order = np.lexsort((idx, tid, -score))
+    return Selected(tid[order], idx[order], score[order])
+
+
+def draw_in_bins(rng: np.random.Generator, bins: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """As many indices as `taken`, none of them taken, with the same multiset of `bins` values:
+    for each bin b (in increasing order) its count drawn uniformly from the free weights of bin
+    b, then of b ± 1, b ± 2, ... when those run out."""
+    free = np.ones(len(bins), dtype=bool)
+    free[taken] = False
+    order = np.argsort(bins, kind="stable")
+    edges = np.searchsorted(bins[order], np.arange(bins.max(initial=0) + 2))
+    out = []
+    for b, count in enumerate(np.bincount(bins[taken])):
+        if not count:
+            continue
+        for width in range(len(edges)):
+            lo, hi = max(0, b - width), min(len(edges) - 1, b + width + 1)
+            cand = order[edges[lo] : edges[hi]]
+            cand = cand[free[cand]]
+            if len(cand) >= count:
+                break
+        chosen = rng.choice(np.sort(cand), size=count, replace=False)
+        free[chosen] = False
+        out.append(chosen)
+    return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
 @dataclass(frozen=True)
 class Control:
-    """A kind of control set for the top-k: `pick(scores, k, top, rng)` draws it; a random one
-    is drawn `random_draws` times."""
+    """A kind of control set for the top-k: `pick(scores, k, top, rng, bins)` draws it (`bins`:
+    each member's |w| bins, for the controls that match magnitude); a random one is drawn
+    `random_draws` times."""
 
     name: str
     doc: str
     random: bool
-    pick: Callable[[Sequence[torch.Tensor], int, Selected, np.random.Generator], Selected]
+    pick: Callable[..., Selected]
+    by_magnitude: bool = False  # draws by the store's |w| bins
 
 
 CONTROLS: Registry[Control] = Registry("control")
@@ -119,7 +178,7 @@ CONTROLS.register(
         "bottom_k",
         "the k lowest scores (ties broken by tensor order, then flat index)",
         random=False,
-        pick=lambda scores, k, top, rng: extreme_k(scores, k, largest=False),
+        pick=lambda scores, k, top, rng, bins: extreme_k(scores, k, largest=False),
     )
 )
 CONTROLS.register(
@@ -127,22 +186,41 @@ CONTROLS.register(
         "random_k",
         "random weights with the top set's per-tensor counts, none of them in the top set",
         random=True,
-        pick=lambda scores, k, top, rng: matched_random(top, sizes_of(scores), rng, scores),
+        pick=lambda scores, k, top, rng, bins: matched_random(top, sizes_of(scores), rng, scores),
+    )
+)
+CONTROLS.register(
+    Control(
+        "magnitude_matched_k",
+        "random weights with the top set's per-tensor counts and its distribution of |w| within "
+        "each tensor (the same 1/256 |w|-quantile bins), none of them in the top set: separates "
+        "'large weights matter' from what the metric found beyond magnitude",
+        random=True,
+        pick=lambda scores, k, top, rng, bins: magnitude_matched(
+            top, sizes_of(scores), rng, scores, bins
+        ),
+        by_magnitude=True,
     )
 )
 
 
 def select(
-    scores: Sequence[torch.Tensor], k: int, controls: tuple[str, ...], draws: int, seed: int
+    scores: Sequence[torch.Tensor],
+    k: int,
+    controls: tuple[str, ...],
+    draws: int,
+    seed: int,
+    bins: Sequence[torch.Tensor] | None = None,
 ) -> list[tuple[str, int, Selected]]:
-    """(selection, draw, weights) for the top set and each control, over `scores`."""
+    """(selection, draw, weights) for the top set and each control, over `scores` (`bins`: the
+    members' |w| bins, for magnitude_matched_k)."""
     top = extreme_k(scores, k, largest=True)
     out = [("top", 0, top)]
     for name in sorted(controls):
         control = CONTROLS.get(name)
         for draw in range(draws if control.random else 1):
             rng = np.random.default_rng([seed, k, draw])
-            out.append((name, draw, control.pick(scores, k, top, rng)))
+            out.append((name, draw, control.pick(scores, k, top, rng, bins)))
     return out
 
 
@@ -296,14 +374,17 @@ def rank(
     draws: int,
     seed: int,
     metric: str,
+    bins: Mapping[str, torch.Tensor] | None = None,
 ) -> pl.DataFrame:
-    """The ranking table (schema `ranking`) for one seed's scores over the pool `infos`."""
+    """The ranking table (schema `ranking`) for one seed's scores over the pool `infos` (`bins`:
+    the store's |w| bins, scores.read_magnitude_bins, when magnitude_matched_k is a control)."""
     frames = []
     for group, members in MODES.get(mode).groups(infos):
         vectors = MemberScores(scores, members)
+        member_bins = MemberScores(bins, members) if bins is not None else None  # uint8: |.| = .
         tensors = [info for info, _ in members]
         for k in ks:
-            for selection, draw, sel in select(vectors, k, controls, draws, seed):
+            for selection, draw, sel in select(vectors, k, controls, draws, seed, member_bins):
                 sel = _to_storage(sel, members)
                 frames.append(_rows(tensors, sel, metric, mode, seed, group, selection, draw, k))
     return pl.concat(frames)

@@ -62,6 +62,9 @@ def results_markdown(metrics: dict, summary: dict) -> str:
         f"(95% CI {_ci(headline.get('top_ci'))}) |",
         f"| ΔPPL, zero {k} random weights (mean of draws) | "
         f"{num(m['delta_ppl_random'], sign=True)} |",
+        f"| ΔPPL, zero {k} random weights matched in \\|w\\| (mean of draws) | "
+        f"{num(m['delta_ppl_magnitude'], sign=True)} (q of top > these: "
+        f"{num(m['q_value_magnitude'])}) |",
         f"| ΔPPL, zero the bottom-{k} | {num(m['delta_ppl_bottom'], sign=True)} |",
         f"| separation (top / mean \\|random\\|) | {num(m['separation'])} "
         f"(95% CI {_ci([m['separation_ci_low'], m['separation_ci_high']])}) |",

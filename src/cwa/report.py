@@ -298,6 +298,17 @@ def text_lines(sources: tuple[dict, dict], bos: bool) -> list[str]:
     return [*lines, ""]
 
 
+def _magnitude_sentence(m: dict, k: int) -> str:
+    """Against random weights matched in |w| (magnitude_matched_k), when that control ran."""
+    q = m.get("q_value_magnitude", math.nan)
+    if math.isnan(q):
+        return ""
+    return (
+        f" Against {k} random weights matched in magnitude (magnitude_matched_k) ΔPPL is "
+        f"{fmt(m['delta_ppl_magnitude'])}, and the top set's q-value {fmt(q)}: {_verdict(q)}."
+    )
+
+
 def _verdict(q: float) -> str:
     if math.isnan(q):  # no random_k control, or a side diverged
         return "no test"
@@ -323,7 +334,8 @@ def headline_section(r: ReportInputs) -> list[str]:
         f"comparisons **{fmt(m['q_value'])}**: {_verdict(m['q_value'])}. Beyond perplexity, "
         f"the next-token distribution moves by a mean KL of **{fmt(m['kl_top'])}** nats per "
         f"token for the top set against {fmt(m['kl_random'])} for random weights, and "
-        f"{fmt(100 * m['top1_same_top'])}% of top-1 predictions stay the same. Top-{k} sets of "
+        f"{fmt(100 * m['top1_same_top'])}% of top-1 predictions stay the same."
+        f"{_magnitude_sentence(m, k)} Top-{k} sets of "
         f"different seeds overlap with mean "
         f"Jaccard **{fmt(m['jaccard_top'])}**.",
         "",

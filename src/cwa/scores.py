@@ -44,21 +44,16 @@ def save_scores(
     )
 
 
-class StoredScores(Mapping):
-    """One seed's scores, each tensor read (memory-mapped) only when asked for: a big model's
-    store is never held in memory at once."""
+class TensorFile(Mapping):
+    """A safetensors file whose tensors are read (memory-mapped) only when asked for: a big
+    model's store is never held in memory at once."""
 
-    def __init__(self, directory: str | Path, seed: int):
-        self._file = safe_open(str(store_path(directory, seed)), "pt")
+    def __init__(self, path: str | Path):
+        self._file = safe_open(str(path), "pt")
         self._names = list(self._file.keys())
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._file.get_tensor(name)
-
-    @property
-    def record(self) -> dict:
-        """What the scores were computed on: metric, seed and calibration window indices."""
-        return json.loads(self._file.metadata()["cwa"])
 
     def sizes(self) -> dict[str, int]:
         """Weights per tensor, from the file header (no tensor is read)."""
@@ -69,6 +64,53 @@ class StoredScores(Mapping):
 
     def __len__(self) -> int:
         return len(self._names)
+
+
+class StoredScores(TensorFile):
+    """One seed's scores (store_path)."""
+
+    def __init__(self, directory: str | Path, seed: int):
+        super().__init__(store_path(directory, seed))
+
+    @property
+    def record(self) -> dict:
+        """What the scores were computed on: metric, seed and calibration window indices."""
+        return json.loads(self._file.metadata()["cwa"])
+
+
+MAGNITUDE_BINS = "magnitude_bins.safetensors"  # beside the seeds' files in the store
+BINS = 256
+
+
+def magnitude_bins(weight: torch.Tensor, sample: int = 100_000) -> torch.Tensor:
+    """The |w|-quantile bin (uint8, 0..255) of every weight of one tensor, flat: 255 edges at the
+    quantiles of a fixed uniform sample of |w| (the whole tensor when smaller), so each bin holds
+    about 1/256 of it. Chunked: no fp32 copy of a large embedding."""
+    flat = weight.detach().reshape(-1)
+    gen = torch.Generator().manual_seed(0)
+    picked = torch.randint(0, flat.numel(), (sample,), generator=gen).to(flat.device)
+    probe = flat if flat.numel() <= sample else flat[picked]
+    edges = torch.quantile(
+        probe.abs().float(), torch.linspace(0, 1, BINS + 1)[1:-1].to(flat.device)
+    )
+    chunks = [torch.bucketize(c.abs().float(), edges) for c in flat.split(1 << 24)]
+    return torch.cat(chunks).to(torch.uint8).cpu()
+
+
+def save_magnitude_bins(params: Mapping[str, torch.Tensor], infos: list[ParamInfo], directory):
+    """The pool's |w| bins, once per store: what the magnitude_matched_k control draws by."""
+    bins = {i.name: magnitude_bins(params[i.name]) for i in infos}
+    return atomic_write(Path(directory) / MAGNITUDE_BINS, lambda tmp: save_file(bins, str(tmp)))
+
+
+def read_magnitude_bins(directory: str | Path) -> Mapping[str, torch.Tensor]:
+    """The store's |w| bins, each tensor read when asked for."""
+    path = Path(directory) / MAGNITUDE_BINS
+    if not path.exists():
+        from cwa import CwaError
+
+        raise CwaError(f"{path} is missing: rerun the sensitivity stage (`dvc repro sensitivity`)")
+    return TensorFile(path)
 
 
 def seeds_in(directory: str | Path) -> list[int]:

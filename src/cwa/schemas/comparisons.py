@@ -14,7 +14,7 @@ COMPARISONS_TABLE = Schema(
         Column("mode", STR, "ranking mode"),
         Column("seed", INT, "calibration seed of the ranking"),
         *(c for c in EXPERIMENT if c.name not in ("selection", "draw")),
-        Column("control", STR, "`random_k` or `bottom_k`"),
+        Column("control", STR, "`random_k`, `magnitude_matched_k` or `bottom_k`"),
         Column("draws", INT, "control draws averaged"),
         Column("top_delta_ppl", FLOAT, "ΔPPL of the top set"),
         Column("control_delta_ppl", FLOAT, "ΔPPL of the control (mean over draws)"),

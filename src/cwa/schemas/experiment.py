@@ -17,7 +17,7 @@ EXPERIMENT = (
         "(quantize); NaN for none or for a bit field",
     ),
     Column("setting", STR, "the strength in words (`α=2`, `bit 30`, `random exponent bit`, ...)"),
-    Column("selection", STR, "`top`, `bottom_k` or `random_k`"),
+    Column("selection", STR, "`top` or a control: `bottom_k`, `random_k`, `magnitude_matched_k`"),
     Column("draw", INT, "random draw number (0 for top and bottom_k)"),
     Column("k", INT, "weights selected per group (the whole pool in global mode)"),
     Column(

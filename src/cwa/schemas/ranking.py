@@ -15,7 +15,9 @@ RANKING_TABLE = Schema(
         ),
         Column("seed", INT, "calibration seed whose scores were ranked"),
         Column("group", STR, "`global`, the tensor (per_layer) or the component (per_component)"),
-        Column("selection", STR, "`top`, `bottom_k` or `random_k`"),
+        Column(
+            "selection", STR, "`top` or a control: `bottom_k`, `random_k`, `magnitude_matched_k`"
+        ),
         Column("draw", INT, "random draw number (0 for top and bottom_k)"),
         Column("k", INT, "size of the selection (per group)"),
         Column(
