@@ -182,7 +182,7 @@ def test_metrics_hold_the_headline_keys(repo):
     assert comparisons["p_value"].drop_nans().is_between(0, 1).all()
     assert m["separation_ci_low"] <= m["separation"] <= m["separation_ci_high"]
     tasks = pl.read_parquet(repo / "artifacts" / "perturb" / "tasks.parquet")
-    assert len(tasks) == 2 * (1 + 5 * 4)  # 2 tasks x (unperturbed + 5 perturbations x 4 sets)
+    assert len(tasks) == 2 * (1 + 5 * 6)  # 2 tasks x (unperturbed + 5 perturbations x 6 sets)
     assert set(tasks["items"]) == {16} and tasks["accuracy"].is_between(0, 1).all()
     base = tasks.filter(pl.col("perturbation") == "none")
     assert base["delta_accuracy"].to_list() == [0.0, 0.0]  # x − x: exact
@@ -302,7 +302,7 @@ def test_metric_change_reruns_sensitivity_but_not_baseline(repo):
     harness = tasks.filter(pl.col("task") == "lm_eval:lm_kjv_lambada").sort(
         "perturbation", "selection", "draw"
     )
-    assert len(harness) == len(ours) == 1 + 5 * 4
+    assert len(harness) == len(ours) == 1 + 5 * 6  # unperturbed + 5 perturbations x 6 sets
     # lm-eval's lambada recipe and cwa's scorer agree on every experiment: greedy decisions from
     # logits batched differently, exact because item margins (>= 1e-2 in tests/test_lmeval.py)
     # are far above float32 rounding
@@ -488,7 +488,8 @@ SCALE_MODELS = {f"scale_model@t{i}" for i in (1, 2, 3)}
     [
         ("src/cwa/plots.py", {"report"}),
         ("src/cwa/schemas/effects.py", {"perturb"}),  # the one stage that writes the table
-        ("src/cwa/training.py", {"train@t1", "train@t2", "train@t3"}),
+        # check_params builds the built-in models' empty shapes from training.builtin_config
+        ("src/cwa/training.py", {"check_params", "train@t1", "train@t2", "train@t3"}),
         # check_params imports every registry to check names: it reruns (in seconds) and
         # writes the same bytes, so nothing downstream reruns because of it
         ("src/cwa/metrics.py", {"check_params", "sensitivity", "agreement", *SCALE_MODELS}),
