@@ -80,26 +80,45 @@ def sample_excluding(
     return got[:count]
 
 
-def matched_random(
-    top: Selected, sizes: list[int], rng: np.random.Generator, scores: Sequence[torch.Tensor]
+def matched_per_tensor(
+    name: str,
+    top: Selected,
+    sizes: list[int],
+    scores: Sequence[torch.Tensor],
+    draw: Callable[[int, np.ndarray], np.ndarray],
 ) -> Selected:
-    """Random weights with the top set's per-tensor counts, none of them in the top set."""
+    """A control with the top set's per-tensor counts: `draw(t, mine)` picks, in tensor t, as
+    many weights as the top set's `mine`, none of them in it. Refuses a top set that holds more
+    than half of a tensor (where it lands decides: known only from the scores)."""
     tid, idx, score = [], [], []
     for t in np.unique(top.tensor):
         mine = top.flat[top.tensor == t]
-        if 2 * len(mine) > sizes[t]:  # where the top set lands decides: known only from scores
+        if 2 * len(mine) > sizes[t]:
             raise CwaError(
-                f"params: `controls` random_k cannot match the top {len(top.flat)}: they hold "
+                f"params: `controls` {name} cannot match the top {len(top.flat)}: they hold "
                 f"{len(mine)} of the {sizes[t]} weights of one tensor (#{t} of its ranking "
-                f"group), leaving fewer than as many to draw; lower `topk` or drop random_k"
+                f"group), leaving fewer than as many to draw; lower `topk` or drop {name}"
             )
-        drawn = sample_excluding(rng, sizes[t], len(mine), mine)
+        drawn = draw(t, mine)
         tid.append(np.full(len(mine), t, dtype=np.int64))
         idx.append(drawn)
         score.append(scores[t].reshape(-1)[torch.from_numpy(drawn)].double().numpy())
     tid, idx, score = np.concatenate(tid), np.concatenate(idx), np.concatenate(score)
     order = np.lexsort((idx, tid, -score))
     return Selected(tid[order], idx[order], score[order])
+
+
+def matched_random(
+    top: Selected, sizes: list[int], rng: np.random.Generator, scores: Sequence[torch.Tensor]
+) -> Selected:
+    """Random weights with the top set's per-tensor counts, none of them in the top set."""
+    return matched_per_tensor(
+        "random_k",
+        top,
+        sizes,
+        scores,
+        lambda t, mine: sample_excluding(rng, sizes[t], len(mine), mine),
+    )
 
 
 def magnitude_matched(
@@ -114,25 +133,13 @@ def magnitude_matched(
     widening to the nearest bins when one runs out."""
     if bins is None:
         raise CwaError("magnitude_matched_k needs the score store's |w| bins (rank passes them)")
-    tid, idx = [], []
-    for t in np.unique(top.tensor):
-        mine = top.flat[top.tensor == t]
-        if 2 * len(mine) > sizes[t]:
-            raise CwaError(
-                f"params: `controls` magnitude_matched_k cannot match the top {len(top.flat)}: "
-                f"they hold {len(mine)} of the {sizes[t]} weights of one tensor; lower `topk`"
-            )
-        tid.append(np.full(len(mine), t, dtype=np.int64))
-        idx.append(draw_in_bins(rng, bins[t].numpy().astype(np.int64), mine))
-    tid, idx = np.concatenate(tid), np.concatenate(idx)
-    score = np.concatenate(
-        [
-            scores[t].reshape(-1)[torch.from_numpy(idx[tid == t])].double().numpy()
-            for t in np.unique(tid)
-        ]
+    return matched_per_tensor(
+        "magnitude_matched_k",
+        top,
+        sizes,
+        scores,
+        lambda t, mine: draw_in_bins(rng, bins[t].numpy().astype(np.int64), mine),
     )
-    order = np.lexsort((idx, tid, -score))
-    return Selected(tid[order], idx[order], score[order])
 
 
 def draw_in_bins(rng: np.random.Generator, bins: np.ndarray, taken: np.ndarray) -> np.ndarray:
