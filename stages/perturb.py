@@ -1,20 +1,23 @@
 """perturb: perturbs the top-k weights and every control, measures the damage, restores exactly.
 
-Uses the ranking of the first seed in `seeds`. The grid: every perturbation at the first value of
-its strength sweep for every k; at headline_k every strength and every mask ratio. Every
-experiment is evaluated on the baseline's windows: ΔPPL with a paired bootstrap CI over texts,
-and the KL to the unperturbed model's next-token distributions and the fraction of unchanged
-top-1 predictions with theirs (one reference pass: cwa.evaluation.Reference). The top set is
-compared with each control (permutation and Wilcoxon p-values, BH q-values, effect size,
-separation CI). After each experiment the touched weights are checked bit for bit, the whole
-touched tensors by checksum after the sweep, and one baseline batch is re-evaluated. The
-downstream tasks run on the unperturbed model and under every experiment at headline_k (first
+Runs on the ranking of every seed in `seeds` (top set and controls drawn per seed). The grid:
+every perturbation at the first value of its strength sweep for every k; at headline_k every
+strength and every mask ratio. Every experiment is evaluated on the baseline's windows: ΔPPL
+with a paired bootstrap CI over texts, and the KL to the unperturbed model's next-token
+distributions and the fraction of unchanged top-1 predictions with theirs (one reference pass
+for all seeds: cwa.evaluation.Reference). Per seed, the top set is compared with each control
+(permutation and Wilcoxon p-values, effect size, separation CI); pooled over seeds, the same
+with CIs from a bootstrap over seeds and texts; BH q-values over all of them. After each
+experiment the touched weights are checked bit for bit, the whole touched tensors by checksum
+after each seed's sweep, and one baseline batch is re-evaluated at the end. The downstream tasks
+run on the unperturbed model and under every experiment of the first seed at headline_k (first
 strength, whole sets), lm-evaluation-harness tasks (`lm_eval_tasks`) on the same in-memory
 weights.
 Reads: the evaluation text (sources stage), the model, the ranking, the baseline per-text
 table, the task files.
-Writes: one row per experiment (schema `effects`), per-text results (`eval_texts`), top vs
-control comparisons (`comparisons`) and downstream task results (`tasks`).
+Writes: one row per experiment (schema `effects`), per-text results (`eval_texts`), each seed's
+top vs control comparisons (`comparisons`), the pooled ones (`pooled`) and downstream task
+results (`tasks`).
 """
 
 import tempfile
@@ -32,7 +35,9 @@ from cwa.experiment import (
     experiments,
     first_settings,
     headline_cell,
+    pool,
     specs,
+    stream_seed,
     summarize,
     sweep,
     task_rows,
@@ -45,6 +50,7 @@ from cwa.perturbations import SWEEP_KEYS
 from cwa.schemas.comparisons import COMPARISONS_TABLE
 from cwa.schemas.effects import EFFECTS_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
+from cwa.schemas.pooled import POOLED_TABLE
 from cwa.schemas.tasks import TASKS_TABLE
 from cwa.stage import content_hash, stage_main
 from cwa.stats import bootstrap_indices
@@ -80,6 +86,7 @@ def add_args(p):
     p.add_argument("--effects", required=True)
     p.add_argument("--texts", required=True)
     p.add_argument("--comparisons", required=True)
+    p.add_argument("--pooled", required=True)
     p.add_argument("--tasks-dir", required=True)
     p.add_argument("--task-results", required=True)
     p.add_argument("--lm-eval-include", required=True)
@@ -87,36 +94,58 @@ def add_args(p):
 
 def run(args, params):
     ev = prepare_stage(params, args.models_dir, args.eval_text, args.baseline_texts)
-    model, tokenizer, windows, base, memory = ev.model, ev.tokenizer, ev.windows, ev.base, ev.memory
-    seed = params.seeds[0]
-    ranking = pl.read_parquet(args.ranking).filter(pl.col("seed") == seed)
-    grid = specs(SweepConfig.of(params))
-    exps = experiments(ranking, grid, params.headline_k, params.mask_ratios, seed)
+    model, windows, base = ev.model, ev.windows, ev.base
+    rankings = pl.read_parquet(args.ranking)
+    runs = []
     with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
         ref = reference(model, windows, params.batch_size, Path(tmp))
-        results = run_experiments(model, exps, windows, params.batch_size, ref=ref)
+        for seed in params.seeds:
+            exps = seed_experiments(rankings, params, seed)
+            desc = f"perturb seed {seed}" if len(params.seeds) > 1 else "perturb"
+            runs.append((exps, run_experiments(model, exps, windows, params.batch_size, desc, ref)))
     check = evaluate(model, windows[: params.batch_size], params.batch_size)
     if not np.allclose(check.nll, base.nll[: params.batch_size], rtol=1e-5, atol=1e-4):
         raise CwaError("after restoring, the model no longer reproduces the baseline NLL")
-    idx = bootstrap_indices(len(windows), params.bootstrap, seed)
-    effects, texts = summarize(exps, results, base, idx)
-    comparisons = or_empty(
-        with_q_values(compare(exps, results, base, idx, params.bootstrap, seed)),
-        COMPARISONS_TABLE,
-    )
-    task_table = downstream(args, params, model, tokenizer, exps, seed)
-    meta = {k: pl.lit(ranking[k][0]) for k in ("metric", "mode", "seed")}
+    first = params.seeds[0]
+    idx = bootstrap_indices(len(windows), params.bootstrap, first)  # shared: CIs stay paired
+    tables = [
+        per_seed(exps, res, base, idx, params, s)
+        for s, (exps, res) in zip(params.seeds, runs, strict=True)
+    ]
+    effects, texts, comparisons = (pl.concat([t[i] for t in tables]) for i in range(3))
+    seed_idx = bootstrap_indices(len(runs), params.bootstrap, stream_seed("seeds", first))
+    pooled = or_empty(pool(runs, base, idx, seed_idx, params.bootstrap, first), POOLED_TABLE)
+    comparisons, pooled = with_q_values(comparisons, pooled)
+    task_table = downstream(args, params, model, ev.tokenizer, runs[0][0], first)
+    meta = {k: pl.lit(rankings[k][0]) for k in ("metric", "mode")}
     write_table(effects.with_columns(**meta), args.effects, EFFECTS_TABLE)
     write_table(comparisons.with_columns(**meta), args.comparisons, COMPARISONS_TABLE)
-    write_table(task_table.with_columns(**meta), args.task_results, TASKS_TABLE)
+    write_table(pooled.with_columns(**meta), args.pooled, POOLED_TABLE)
+    write_table(task_table.with_columns(**meta, seed=pl.lit(first)), args.task_results, TASKS_TABLE)
     write_table(texts, args.texts, EVAL_TEXTS_TABLE)
     return {
-        "experiments": len(exps),
+        "experiments": sum(len(exps) for exps, _ in runs),
         "diverged": int(effects["diverged"].sum()),
         "task_files": {t: content_hash(task_path(t, args.tasks_dir)) for t in params.tasks},
-        "memory": memory,
+        "memory": ev.memory,
         "evaluation_text": ev.text,
     }
+
+
+def seed_experiments(rankings: pl.DataFrame, params, seed: int) -> list:
+    """The sweep grid over the top set and controls of one seed's ranking."""
+    ranking = rankings.filter(pl.col("seed") == seed)
+    grid = specs(SweepConfig.of(params))
+    return experiments(ranking, grid, params.headline_k, params.mask_ratios, seed)
+
+
+def per_seed(exps, results, base, idx, params, seed: int) -> tuple[pl.DataFrame, ...]:
+    """(effects, texts, comparisons) of one seed's sweep."""
+    effects, texts = summarize(exps, results, base, idx, seed)
+    comparisons = or_empty(
+        compare(exps, results, base, idx, params.bootstrap, seed), COMPARISONS_TABLE
+    )
+    return effects, texts, comparisons.with_columns(seed=pl.lit(seed))
 
 
 def or_empty(table: pl.DataFrame, schema) -> pl.DataFrame:

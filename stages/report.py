@@ -17,6 +17,8 @@ from cwa.data import read_text
 from cwa.experiment import SweepConfig, first_settings, first_strength, headline_setting
 from cwa.io import atomic_write, write_csv, write_json
 from cwa.perturbations import SWEEP_KEYS, get_perturbation
+from cwa.pruning_summary import HEADLINE_SPARSITY
+from cwa.pruning_summary import metrics as pruning_metrics
 from cwa.report import (
     SCALING_HEADLINE,
     ReportInputs,
@@ -25,9 +27,11 @@ from cwa.report import (
     headline_table,
     k_sweep,
     metrics,
+    pruning_table,
     render_html,
     render_markdown,
     scaling_metrics,
+    seed_table,
     summary,
     task_metrics,
     tasks_table,
@@ -66,6 +70,10 @@ PARAMS = (
     "fault_rates",
     "fault_trials",
     "fault_protect",
+    "prune_methods",
+    "sparsities",
+    "prune_group",
+    "prune_nm",
 )
 
 
@@ -76,6 +84,7 @@ TABLES = (
     "ranking",
     "effects",
     "comparisons",
+    "pooled",
     "tasks",
     "stability",
     "scaling",
@@ -85,6 +94,7 @@ TABLES = (
     "agreement",
     "faults",
     "texts",
+    "pruning",
 )
 
 
@@ -99,10 +109,13 @@ def run(args, params):
     t = read_tables(args)
     k, first = params.headline_k, first_settings(SweepConfig.of(params))
     setting = headline_setting(first)
-    m = metrics(t["baseline"], t["effects"], t["comparisons"], t["stability"], k, setting)
+    m = metrics(
+        t["baseline"], t["effects"], t["comparisons"], t["pooled"], t["stability"], k, setting
+    )
     m |= task_metrics(t["tasks"], k, setting) | scaling_metrics(t["fit"])
+    m |= pruning_metrics(t["pruning"])
     scores = StoredScores(args.scores, params.seeds[0])  # read tensor by tensor
-    checks = success_criteria(t, m, bulk(scores, scores.sizes()), k, setting)
+    checks = success_criteria(t, m, bulk(scores, scores.sizes()), params, setting)
     m |= criteria.flat_keys(checks)
     write_json(m, args.metrics)
     curve = k_sweep(t["effects"], setting)
@@ -113,7 +126,7 @@ def run(args, params):
     weights = sum(int(s.numel()) for s in scores.values())
     r = report_inputs(t, m, weights, params, first, sources, criteria.table(checks))
     facts = summary(
-        params, t["baseline"], r.pool_weights, t["comparisons"], t["effects"], t["scaling"], first
+        params, t["baseline"], r.pool_weights, t["pooled"], t["effects"], t["scaling"], first
     )
     write_json(facts, out / "summary.json")
     text = render_markdown(r)
@@ -123,8 +136,9 @@ def run(args, params):
     return m
 
 
-def success_criteria(t: dict, m: dict, sample, k: int, setting: dict) -> list:
+def success_criteria(t: dict, m: dict, sample, params, setting: dict) -> list:
     """The old guide's criteria against this run (cwa.criteria)."""
+    k = params.headline_k
     return [
         criteria.seed_stability(t["stability"], k),
         criteria.metric_overlap(t["agreement"], k),
@@ -132,7 +146,7 @@ def success_criteria(t: dict, m: dict, sample, k: int, setting: dict) -> list:
         criteria.separation(m),
         criteria.dose_response(t["texts"], setting),
         *criteria.scaling(t["fit"], SCALING_HEADLINE),
-        criteria.pruning(),
+        criteria.pruning(t["pruning"], params.metric, HEADLINE_SPARSITY),
     ]
 
 
@@ -169,6 +183,7 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
     plots.faults(t["faults"], out / "faults.png")
     plots.scaling(t["scaling"], t["fit"], SCALING_STATISTICS, out / "scaling.png")
     plots.shares(t["shares"], k, out / "shares.png")
+    plots.pruning(t["pruning"], out / "pruning.png")
     if t["training"] is not None:
         plots.training_curves(t["training"], out / "training.png")
 
@@ -199,11 +214,13 @@ def report_inputs(
         pool_weights=pool_weights,
         pool_tensors=len(t["pool"]),
         top=top.sort("rank").select("rank", "param", "layer", "component", "row", "col", "score"),
-        headline=headline_table(t["comparisons"], t["effects"], k, first),
-        comparisons=comparisons_table(t["comparisons"], k),
+        headline=headline_table(t["pooled"], t["effects"], k, first),
+        seeds=seed_table(t["effects"], t["comparisons"], t["pooled"], k, setting),
+        comparisons=comparisons_table(t["pooled"], k),
         tasks=tasks_table(t["tasks"]),
         effects=effects_table(t["effects"]),
         faults=t["faults"].drop("trials"),
+        pruning=pruning_table(t["pruning"]),
         perturbation_docs=[(name, get_perturbation(name).doc) for name in names],
         stability=t["stability"]
         .group_by("k")

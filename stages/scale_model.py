@@ -77,7 +77,7 @@ def run(args, params):
     )
     exps = experiments(ranking, [(get_perturbation("zero"), (None,))], seed=seed)
     results = run_experiments(model, exps, windows, params.batch_size, desc=f"{args.name} zero")
-    effects, _ = summarize(exps, results, base, bootstrap_indices(len(windows), 1, seed))
+    effects, _ = summarize(exps, results, base, bootstrap_indices(len(windows), 1, seed), seed)
     row = {
         "model": args.name,
         "params": count_parameters(model),

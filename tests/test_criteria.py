@@ -97,7 +97,7 @@ def test_flat_keys_count_what_was_measured():
     checks = [
         criteria.Check("a", "", met=True),
         criteria.Check("b", "", met=False),
-        criteria.pruning(),
+        criteria.pruning(pl.DataFrame(), "magnitude", 0.5),  # magnitude against itself
     ]
     keys = criteria.flat_keys(checks)
     assert keys["criterion_a"] == 1.0 and keys["criterion_b"] == 0.0
@@ -105,3 +105,25 @@ def test_flat_keys_count_what_was_measured():
     assert (keys["criteria_met"], keys["criteria_measured"]) == (1, 2)
     table = criteria.table(checks)
     assert table["status"].to_list() == ["met", "not met", "not measured"]
+
+
+def test_pruning_reads_the_metrics_gain_over_magnitude_at_the_sparsity():
+    table = pl.DataFrame(
+        {
+            "pattern": ["unstructured", "unstructured", "unstructured", "2:4"],
+            "target": [0.5, 0.5, 0.3, 0.5],
+            "method": ["magnitude", "obd", "obd", "obd"],
+            "ppl": [60.0, 48.0, 47.0, 50.0],
+            "gain_magnitude": [0.0, 0.2, 0.01, 0.1],
+            "gain_magnitude_ci_low": [0.0, 0.16, 0.0, 0.05],
+            "gain_magnitude_ci_high": [0.0, 0.24, 0.02, 0.15],
+        }
+    )
+    check = criteria.pruning(table, "obd", 0.5)
+    assert (check.value, check.low, check.high, check.status) == (0.2, 0.16, 0.24, "met")
+    assert (
+        criteria.pruning(table.with_columns(gain_magnitude=pl.lit(0.15)), "obd", 0.5).met is False
+    )
+    assert criteria.pruning(table, "magnitude", 0.5).status == "not measured"
+    missing = criteria.pruning(table, "wanda", 0.5)
+    assert missing.status == "not measured" and "needs wanda and magnitude" in missing.note

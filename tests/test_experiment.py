@@ -8,13 +8,23 @@ import pytest
 import torch
 
 from cwa.evaluation import evaluate
-from cwa.experiment import compare, experiments, headline, masked, summarize, with_q_values
+from cwa.experiment import (
+    compare,
+    experiments,
+    headline,
+    masked,
+    pool,
+    stream_seed,
+    summarize,
+    with_q_values,
+)
 from cwa.experiment import run as run_experiments
 from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, pool
+from cwa.models import describe
+from cwa.models import pool as pool_of
 from cwa.perturbations import get_perturbation
 from cwa.ranking import rank
-from cwa.stats import bootstrap_indices
+from cwa.stats import bootstrap_indices, paired_test
 
 
 def test_masked_keeps_a_seeded_fraction_with_matched_per_tensor_counts():
@@ -35,7 +45,7 @@ def sweep():
     from tests.conftest import tiny_llama
 
     model = tiny_llama()
-    infos = pool(describe(model))
+    infos = pool_of(describe(model))
     windows = torch.randint(0, 64, (12, 16), generator=torch.Generator().manual_seed(2))
     scores = compute_scores(model, infos, get_metric("grad_x_weight"), windows, 4)
     table = rank(infos, scores, "global", (5, 40), ("random_k", "bottom_k"), 2, 0, "gxw")
@@ -65,9 +75,10 @@ def test_grid_sweeps_k_at_the_first_strength_and_everything_at_headline_k(sweep)
 def test_comparisons_agree_with_the_effects_table(sweep):
     exps, results, base = sweep
     idx = bootstrap_indices(len(base.nll), 200, 0)
-    effects, texts = summarize(exps, results, base, idx)
-    comp = with_q_values(compare(exps, results, base, idx, 200, 0))
-    assert len(comp) == 7 * 2  # every cell x {random_k, bottom_k}
+    effects, texts = summarize(exps, results, base, idx, 0)
+    one_seed = pool([(exps, results)], base, idx, np.zeros((200, 1), np.int64), 200, 0)
+    comp, pooled = with_q_values(compare(exps, results, base, idx, 200, 0), one_seed)
+    assert len(comp) == len(pooled) == 7 * 2  # every cell x {random_k, bottom_k}
     assert (comp["q_value"] >= comp["p_value"]).all() and (comp["q_value"] <= 1).all()
     assert (comp["p_floor"] == 1 / 201).all()  # 12 texts: 4096 patterns > 200 resamples
     row = comp.filter(
@@ -88,9 +99,25 @@ def test_comparisons_agree_with_the_effects_table(sweep):
     assert row["separation"][0] == pytest.approx(top / rand.abs().mean())
     assert row["draws"][0] == 2
     assert 0 < row["p_value"][0] <= 1 and 0 < row["p_wilcoxon"][0] <= 1
-    h = headline(effects, comp, 40, {"zero": ""})
+    h = headline(effects, pooled, 40, {"zero": ""})
     assert h["delta_ppl_top"] == top  # exact: the mean of the one top row
-    assert h["p_value"] == row["p_value"][0] and h["q_value"] == row["q_value"][0]
+    one = pooled.filter(
+        (pl.col("perturbation") == "zero")
+        & (pl.col("k") == 40)
+        & (pl.col("mask_ratio") == 1.0)
+        & (pl.col("control") == "random_k")
+    )
+    assert h["p_value"] == one["p_value"][0] and h["q_value"] == one["q_value"][0]
+    # one seed pooled: the seed's own numbers (the bootstrap picks that seed every time)
+    assert one["top_delta_ppl"][0] == pytest.approx(top) and one["seeds"][0] == 1
+    assert one["separation"][0] == pytest.approx(row["separation"][0])
+    assert one["separation_ci_low"][0] == pytest.approx(row["separation_ci_low"][0])
+    assert (one["top_ci_low"][0], one["top_ci_high"][0]) == pytest.approx(
+        (
+            cell.filter(pl.col("selection") == "top")["ci_low"][0],
+            cell.filter(pl.col("selection") == "top")["ci_high"][0],
+        )
+    )
     assert len(texts) == len(exps) * 12
     assert set(effects["setting"]) == {"", "α=2", "α=0.5"}
     assert effects.filter(pl.col("perturbation") == "zero")["strength"].is_nan().all()
@@ -139,3 +166,63 @@ def test_headline_cells_are_first_strengths_of_whole_selections_at_k():
     first = {"zero": "", "scale": "α=2"}
     assert rows.filter(headline_cell(100, first))["index"].to_list() == [0, 3]
     assert headline_rows(rows, 100, {"zero": ""})["index"].to_list() == [0]
+
+
+def test_pooled_over_two_seeds_against_the_per_seed_numbers(sweep):
+    """A second seed's ranking (another calibration draw): the pooled ΔPPLs are the seeds'
+    means, the test runs on the per-text differences averaged over seeds, the q-values are one
+    Benjamini-Hochberg family over each seed's comparisons and the pooled ones."""
+    from scipy import stats as sps
+
+    from tests.conftest import tiny_llama
+
+    exps0, results0, base = sweep
+    model = tiny_llama()
+    infos = pool_of(describe(model))
+    windows = torch.randint(0, 64, (12, 16), generator=torch.Generator().manual_seed(2))
+    calib = torch.randint(0, 64, (12, 16), generator=torch.Generator().manual_seed(7))
+    scores = compute_scores(model, infos, get_metric("grad_x_weight"), calib, 4)
+    table = rank(infos, scores, "global", (5, 40), ("random_k", "bottom_k"), 2, 1, "gxw")
+    grid = [(get_perturbation("zero"), (None,)), (get_perturbation("scale"), (2.0, 0.5))]
+    exps1 = experiments(table, grid, headline_k=40, mask_ratios=(0.5,), seed=1)
+    results1 = run_experiments(model, exps1, windows, 4, desc=None)
+    idx = bootstrap_indices(12, 300, 0)
+    seed_idx = bootstrap_indices(2, 300, 5)
+    runs = [(exps0, results0), (exps1, results1)]
+    per_seed = [compare(e, r, base, idx, 300, s) for s, (e, r) in enumerate(runs)]
+    per_seed = [c.with_columns(seed=pl.lit(s)) for s, c in enumerate(per_seed)]
+    comp, pooled = with_q_values(pl.concat(per_seed), pool(runs, base, idx, seed_idx, 300, 0))
+    key = (pl.col("perturbation") == "zero") & (pl.col("k") == 40) & (pl.col("mask_ratio") == 1.0)
+    row = pooled.filter(key & (pl.col("control") == "random_k")).row(0, named=True)
+    seeds = comp.filter(key & (pl.col("control") == "random_k")).sort("seed")
+    assert row["seeds"] == 2 and row["draws"] == 2
+    # float64 means of the same numbers in another order: approx's rel=1e-6 is loose for that
+    assert row["top_delta_ppl"] == pytest.approx(seeds["top_delta_ppl"].mean())
+    assert row["control_delta_ppl"] == pytest.approx(seeds["control_delta_ppl"].mean())
+
+    def cell(exps, results, selection):
+        return [
+            r
+            for e, r in zip(exps, results, strict=True)
+            if e.perturbation.name == "zero"
+            and e.k == 40
+            and e.mask_ratio == 1.0
+            and e.selection == selection
+        ]
+
+    per_token = lambda r: (r.nll - base.nll) / r.tokens  # noqa: E731
+    diff = np.mean(
+        [
+            per_token(cell(e, r, "top")[0])
+            - np.mean([per_token(c) for c in cell(e, r, "random_k")], axis=0)
+            for e, r in runs
+        ],
+        axis=0,
+    )
+    stream = stream_seed(0, "zero", "", 40, 1.0, "random_k", "pooled")
+    assert row["p_value"] == paired_test(diff, 300, stream).p_permutation
+    p = np.concatenate([comp["p_value"].to_numpy(), pooled["p_value"].to_numpy()])
+    q = sps.false_discovery_control(p, method="bh")
+    assert np.allclose(np.concatenate([comp["q_value"], pooled["q_value"]]), q, rtol=1e-12)
+    assert row["seeds_fdr05"] == int((seeds["q_value"] < 0.05).sum())
+    assert row["top_ci_low"] <= row["top_delta_ppl"] <= row["top_ci_high"]

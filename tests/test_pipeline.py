@@ -117,7 +117,10 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "report/dose.png",
         "report/mask.png",
         "perturb/comparisons.parquet",
+        "perturb/pooled.parquet",
         "perturb/tasks.parquet",
+        "prune/pruning.parquet",
+        "report/pruning.png",
         "faults/trials.parquet",
         "faults/summary.parquet",
         "report/faults.png",
@@ -160,24 +163,28 @@ def test_metrics_hold_the_headline_keys(repo):
         (pl.col("perturbation") == "zero") & (pl.col("selection") == "top") & (pl.col("k") == 50)
     )
     whole = top.filter(pl.col("mask_ratio") == 1.0)
-    assert m["delta_ppl_top"] == whole["delta_ppl"][0]  # a copy, exact
+    assert whole["seed"].to_list() == [0, 1]  # every seed's ranking is perturbed
+    assert m["delta_ppl_top"] == whole["delta_ppl"].mean()  # the pooled mean, the same float sum
+    assert m["seeds_perturbed"] == 2
     assert effects["restored"].all()
-    # (top + bottom + 2 random + 2 magnitude-matched) x [5 perturbations at k=5; at k=50 all 9
-    # strengths of the 5 sweeps (zero 1, sign_flip 1, scale 3, bit_flip 2, quantize 2) and
-    # 1 mask ratio x 5]
-    assert len(effects) == 6 * (5 + 9 + 5)
+    # 2 seeds x (top + bottom + 2 random + 2 magnitude-matched) x [5 perturbations at k=5; at
+    # k=50 all 9 strengths of the 5 sweeps (zero 1, sign_flip 1, scale 3, bit_flip 2,
+    # quantize 2) and 1 mask ratio x 5]
+    assert len(effects) == 2 * 6 * (5 + 9 + 5)
     comparisons = pl.read_parquet(repo / "artifacts" / "perturb" / "comparisons.parquet")
-    assert len(comparisons) == 3 * (5 + 9 + 5)  # every cell x the 3 controls
-    assert (
-        m["p_value"]
-        == (  # a copy, exact
-            comparisons.filter(
-                (pl.col("perturbation") == "zero")
-                & (pl.col("k") == 50)
-                & (pl.col("mask_ratio") == 1.0)
-                & (pl.col("control") == "random_k")
-            )["p_value"][0]
-        )
+    assert len(comparisons) == 2 * 3 * (5 + 9 + 5)  # every seed x cell x the 3 controls
+    pooled = pl.read_parquet(repo / "artifacts" / "perturb" / "pooled.parquet")
+    assert len(pooled) == 3 * (5 + 9 + 5) and set(pooled["seeds"]) == {2}
+    headline = pooled.filter(
+        (pl.col("perturbation") == "zero")
+        & (pl.col("k") == 50)
+        & (pl.col("mask_ratio") == 1.0)
+        & (pl.col("control") == "random_k")
+    )
+    assert m["p_value"] == headline["p_value"][0] and m["q_value"] == headline["q_value"][0]
+    assert m["delta_ppl_top_ci_low"] == headline["top_ci_low"][0]  # copies, exact
+    assert m["comparisons"] == len(comparisons) + len(pooled) - (
+        comparisons["p_value"].is_nan().sum() + pooled["p_value"].is_nan().sum()
     )
     assert comparisons["p_value"].drop_nans().is_between(0, 1).all()
     assert m["separation_ci_low"] <= m["separation"] <= m["separation_ci_high"]
@@ -187,6 +194,14 @@ def test_metrics_hold_the_headline_keys(repo):
     base = tasks.filter(pl.col("perturbation") == "none")
     assert base["delta_accuracy"].to_list() == [0.0, 0.0]  # x − x: exact
     assert m["kjv_lambada_acc"] == base.filter(pl.col("task") == "kjv_lambada")["accuracy"][0]
+    pruning = pl.read_parquet(repo / "artifacts" / "prune" / "pruning.parquet")
+    assert len(pruning) == 7 * 4  # every default method at every default sparsity
+    half = pruning.filter(pl.col("target") == 0.5)
+    assert set(half["sparsity"]) == {0.5}  # even sizes: exactly half of every group
+    assert m["prune_ppl50_sparsegpt"] == half.filter(pl.col("method") == "sparsegpt")["ppl"][0]
+    magnitude = half.filter(pl.col("method") == "magnitude")
+    assert magnitude["gain_magnitude"][0] == 0.0  # 1 − x/x: exact
+    assert (pruning["ppl"] > m["baseline_ppl"] * 0.9).all()
     lines = (repo / "data" / "tasks" / "kjv_hellaswag.jsonl").read_text().splitlines()
     assert len(lines) == 500 and {"ctx", "endings", "label"} <= set(json.loads(lines[0]))
 
@@ -331,6 +346,7 @@ def test_no_controls_through_dvc_exp_run(repo):
     art = repo / "artifacts"
     assert set(pl.read_parquet(art / "rank" / "ranking.parquet")["selection"]) == {"top"}
     assert pl.read_parquet(art / "perturb" / "comparisons.parquet").is_empty()
+    assert pl.read_parquet(art / "perturb" / "pooled.parquet").is_empty()
     m = json.loads((art / "metrics.json").read_text())
     assert m["separation"] is None and m["p_value"] is None  # NaN is null in JSON
     assert math.isfinite(m["delta_ppl_top"])  # the top set was still perturbed
@@ -380,8 +396,8 @@ def test_second_order_metric_and_per_head_mode_through_dvc(repo):
     )
     assert set(top["mode"]) == {"per_head"} and set(top["weights"]) == {50 * 4}  # k per head
     m = json.loads((repo / "artifacts" / "metrics.json").read_text())
-    assert m["delta_ppl_top"] == (  # a copy, exact
-        float(top.filter(pl.col("perturbation") == "zero")["delta_ppl"][0])
+    assert m["delta_ppl_top"] == (  # the mean over both seeds, the same float sum
+        top.filter(pl.col("perturbation") == "zero")["delta_ppl"].mean()
     )
 
 

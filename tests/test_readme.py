@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 METRICS = {
     "baseline_ppl": 46.774,
     "delta_ppl_top": 0.19162,
+    "delta_ppl_top_ci_low": 0.1234,
+    "delta_ppl_top_ci_high": 0.2541,
     "delta_ppl_random": 0.0036674,
     "delta_ppl_bottom": -8.5459e-05,
     "separation": 37.923,
@@ -27,6 +29,8 @@ METRICS = {
     "delta_ppl_magnitude": 0.012,
     "q_value_magnitude": 0.004,
     "jaccard_top": 0.1011,
+    "seeds_perturbed": 3,
+    "seeds_fdr05": 3.0,
     "headline_k": 100,
 }
 ZERO = {
@@ -77,6 +81,7 @@ def test_numbers_are_rendered_from_the_metrics():
     assert "| baseline perplexity | 46.77 |" in text
     assert "| ΔPPL, zero the top-100 | +0.192 (95% CI 0.123 – 0.254) |" in text
     assert "| ΔPPL, zero the bottom-100 | −8.55·10^−5 |" in text
+    assert "| seeds whose own top-100 beats random at q < 0.05 | 3 of 3 |" in text
     assert "37.9 (95% CI 16.1 – 93)" in text
     assert "| bit_flip bit 30 | diverged | +0.00367 |" in text
     assert "| zero | +0.192 (0.123 – 0.254) | +0.00367 | −8.55·10^−5 | 37.9 (16.1 – 93) |" in text

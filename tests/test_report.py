@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from cwa.params import load_params
 from cwa.report import (
@@ -58,6 +59,19 @@ SHARES = pl.DataFrame(
 )
 
 
+PRUNING = pl.DataFrame(
+    {
+        "pattern": ["unstructured"] * 3,
+        "target": [0.5] * 3,
+        "method": ["sparsegpt", "grad_x_weight", "magnitude"],
+        "ppl": [48.2, 55.0, 49.1],
+        "gain vs magnitude": [0.019, -0.12, 0.0],
+        "CI low ": [0.014, -0.13, 0.0],
+        "CI high ": [0.023, -0.11, 0.0],
+    }
+)
+
+
 def inputs(**changes) -> ReportInputs:
     one = pl.DataFrame({"a": [1.0]})
     values = {
@@ -66,6 +80,8 @@ def inputs(**changes) -> ReportInputs:
             "headline_k": 100,
             "baseline_ppl": 46.774,
             "delta_ppl_top": 0.19162,
+            "delta_ppl_top_ci_low": 0.105,
+            "delta_ppl_top_ci_high": 0.31,
             "delta_ppl_random": 0.0036674,
             "delta_ppl_bottom": -8.5e-05,
             "separation": 37.923,
@@ -81,16 +97,20 @@ def inputs(**changes) -> ReportInputs:
             "delta_ppl_magnitude": 0.012,
             "q_value_magnitude": 0.004,
             "jaccard_top": 0.101,
+            "seeds_perturbed": 3,
+            "seeds_fdr05": 2.0,
         },
         "baseline": pl.DataFrame({"texts": [64], "tokens": [8128], "params": [2098304]}),
         "pool_weights": 1048576,
         "pool_tensors": 28,
         "top": one,
         "headline": pl.DataFrame({"perturbation": ["zero"], "ΔPPL": [0.19162]}),
+        "seeds": pl.DataFrame({"seed": ["0", "pooled"], "ΔPPL top": [0.2, 0.19162]}),
         "comparisons": pl.DataFrame({"p perm.": [0.5], "p floor": [0.001]}),
         "tasks": one,
         "effects": one,
         "faults": one,
+        "pruning": PRUNING,
         "perturbation_docs": [("zero", "w → 0")],
         "stability": one,
         "agreement": one,
@@ -113,7 +133,14 @@ def inputs(**changes) -> ReportInputs:
 
 def test_headline_states_the_numbers_of_metrics_json():
     text = "\n".join(headline_section(inputs()))
-    assert "changes perplexity by **0.192** (baseline 46.77)" in text
+    assert "Pooled over the rankings of 3 calibration seeds" in text
+    assert (
+        "changes perplexity by **0.192** (95% CI 0.105 – 0.31, resampling seeds and windows;"
+        in text
+    )
+    assert "baseline 46.77)" in text
+    assert "on its own, 2 of 3 seeds pass at q < 0.05" in text
+    assert "| pooled | 0.192 |" in text  # the seed table
     assert "**37.9** (95% CI 16.1 – 93)" in text
     assert (
         "p-value of top > random: 0.000999, Benjamini-Hochberg q-value over the run's 130" in text
@@ -137,7 +164,8 @@ def test_the_comparisons_say_how_many_sit_at_the_permutation_floor():
         }
     )
     text = "\n".join(comparisons_section(inputs(comparisons=table)))
-    assert "all 130 comparisons of the run" in text and "57 have q < 0.05" in text
+    assert "all 130 comparisons of the run (each seed's and the pooled ones" in text
+    assert "57 have q < 0.05" in text
     assert "1 of these p-values sit at the permutation test's floor (0.000999" in text
     assert "p floor" not in text  # the note says it; the table does not repeat it
 
@@ -207,3 +235,51 @@ def test_no_controls_is_said_not_tabled():
     empty = pl.DataFrame(schema={"control": pl.String})
     text = "\n".join(comparisons_section(inputs(comparisons=empty)))
     assert "No controls were run (`controls` is empty)" in text
+
+
+def test_seed_table_lists_each_seed_then_the_pooled_row():
+    from cwa.report import seed_table
+
+    effects = pl.DataFrame(
+        {
+            "seed": [0, 0, 0, 1, 1, 1],
+            "perturbation": ["zero"] * 6,
+            "setting": [""] * 6,
+            "k": [100] * 6,
+            "mask_ratio": [1.0] * 6,
+            "selection": ["top", "random_k", "random_k"] * 2,
+            "delta_ppl": [0.3, 0.01, 0.03, 0.1, 0.02, 0.0],
+            "ci_low": [0.2, 0.0, 0.0, 0.05, 0.0, 0.0],
+            "ci_high": [0.4, 0.1, 0.1, 0.15, 0.1, 0.1],
+        }
+    )
+    tests = {
+        "perturbation": ["zero"],
+        "setting": [""],
+        "k": [100],
+        "mask_ratio": [1.0],
+        "control": ["random_k"],
+        "separation": [15.0],
+        "separation_ci_low": [5.0],
+        "separation_ci_high": [30.0],
+        "q_value": [0.01],
+    }
+    per_seed = pl.concat(
+        [pl.DataFrame(tests | {"seed": [s], "separation": [v]}) for s, v in ((0, 15.0), (1, 10.0))]
+    )
+    pooled = pl.DataFrame(tests | {"separation": [12.5], "top_ci_low": [0.1], "top_ci_high": [0.3]})
+    table = seed_table(effects, per_seed, pooled, 100, {"zero": ""})
+    assert table["seed"].to_list() == ["0", "1", "pooled"]
+    assert table["ΔPPL top"].to_list() == pytest.approx([0.3, 0.1, 0.2])
+    assert table["ΔPPL random_k"].to_list() == pytest.approx([0.02, 0.01, 0.015])
+    assert table["CI low"].to_list() == [0.2, 0.05, 0.1]
+    assert table["separation"].to_list() == [15.0, 10.0, 12.5]
+    assert math.isnan(table["q (top > magnitude_matched_k)"][0])  # that control did not run
+
+
+def test_pruning_section_names_the_best_method_and_the_metrics_gain():
+    from cwa.report import pruning_section
+
+    text = "\n".join(pruning_section(inputs()))
+    assert "At 50%: sparsegpt prunes best (PPL 48.2); grad_x_weight (the ranking's metric)" in text
+    assert "a gain over magnitude of -0.12 (95% CI -0.13 – -0.11)" in text

@@ -14,6 +14,7 @@ from cwa.stats import (
     paired_delta_ci,
     paired_test,
     permutation_floor,
+    pooled_cis,
     ppl,
     separation_ci,
     spearman,
@@ -201,3 +202,56 @@ def test_the_permutation_floor_is_exact_enumeration_or_one_over_resamples_plus_o
     assert paired_test(diff, 1000, seed=0).p_permutation == pytest.approx(1 / 1001)
     few = np.array([3.0, 2.0, 4.0, 1.0, 5.0])
     assert paired_test(few, 1000, seed=0).p_permutation == pytest.approx(2**-5)
+
+
+def test_pooled_cis_against_a_loop_over_resamples():
+    """The two-way bootstrap written out by hand: for each resample, the resampled seeds' mean
+    of ΔPPL on the resampled texts (texts and seeds drawn independently, with replacement)."""
+    rng = np.random.default_rng(3)
+    seeds, draws, n, resamples = 3, 2, 7, 400
+    tokens = rng.integers(5, 15, n)
+    base = tokens * rng.normal(3.0, 0.2, n)
+    top = base + tokens * rng.normal(0.3, 0.1, (seeds, n))
+    control = base + tokens * rng.normal(0.0, 0.05, (seeds, draws, n))
+    idx = bootstrap_indices(n, resamples, 1)
+    seed_idx = bootstrap_indices(seeds, resamples, 2)
+    got = pooled_cis(base, top, control, tokens, idx, seed_idx)
+
+    def ppl_of(nll, texts):
+        return math.exp(nll[texts].sum() / tokens[texts].sum())
+
+    tops, controls, ratios = [], [], []
+    for texts, picked in zip(idx, seed_idx, strict=True):
+        b = ppl_of(base, texts)
+        t = np.mean([ppl_of(top[s], texts) - b for s in picked])
+        c = [[ppl_of(control[s, d], texts) - b for d in range(draws)] for s in picked]
+        tops.append(t)
+        controls.append(np.mean(c))
+        ratios.append(t / np.mean(np.abs(c)))
+    for (lo, hi), values in (
+        (got.top, tops),
+        (got.control, controls),
+        (got.separation, ratios),
+    ):
+        want = np.quantile(values, [0.025, 0.975])
+        # float64 sums in another order: ~1e-15 relative; approx's rel=1e-6 is loose for that
+        assert (lo, hi) == pytest.approx(tuple(want))
+
+
+def test_pooled_cis_on_the_identity_resample_are_the_pooled_point_values():
+    tokens = np.array([10, 10])
+    base = np.array([30.0, 31.0])
+    top = np.stack([base + 2.0, base + 4.0])  # two seeds
+    control = np.stack([np.stack([base + 0.5, base - 0.5]), np.stack([base + 1.0, base])])
+    idx, seed_idx = np.arange(2)[None, :], np.arange(2)[None, :]
+    got = pooled_cis(base, top, control, tokens, idx, seed_idx)
+    p = lambda nll: math.exp(nll.sum() / 20)  # noqa: E731
+    deltas = [p(c) - p(base) for seed in control for c in seed]
+    want_top = np.mean([p(t) - p(base) for t in top])
+    assert got.top == pytest.approx((want_top, want_top))
+    assert got.control == pytest.approx((np.mean(deltas),) * 2)
+    assert got.separation == pytest.approx((want_top / np.mean(np.abs(deltas)),) * 2)
+    # a seed drawn twice counts twice
+    twice = pooled_cis(base, top, control, tokens, idx, np.array([[1, 1]]))
+    assert twice.top == pytest.approx((p(top[1]) - p(base),) * 2)
+    assert math.isnan(pooled_cis(base, top + np.inf, control, tokens, idx, seed_idx).top[0])

@@ -76,8 +76,9 @@ def separation(m: dict) -> Check:
 
 
 def dose_response(texts: pl.DataFrame, setting: dict[str, str]) -> Check:
-    """Page's trend test over k: windows are blocks, the top set's NLL at each k the ordered
-    treatments (H1: damage grows with k), for the headline perturbation on whole selections."""
+    """Page's trend test over k: windows are blocks, the top set's NLL at each k (mean over
+    seeds) the ordered treatments (H1: damage grows with k), for the headline perturbation on
+    whole selections."""
     ((name, label),) = setting.items()
     rule = f"damage grows with k (Page's trend test over windows, {name} of the top set, p < 0.05)"
     rows = texts.filter(
@@ -89,7 +90,8 @@ def dose_response(texts: pl.DataFrame, setting: dict[str, str]) -> Check:
     ks = sorted(rows["k"].unique())
     if len(ks) < 3:
         return Check("dose_response", rule, note=f"needs 3 or more k in `topk`, got {ks}")
-    table = rows.pivot(on="k", index="text", values="nll").sort("text")
+    # Every seed's top set on the same windows: the NLL per window is averaged over seeds.
+    table = rows.pivot(on="k", index="text", values="nll", aggregate_function="mean").sort("text")
     data = table.select([str(k) for k in ks]).to_numpy()
     if not np.isfinite(data).all():
         return Check("dose_response", rule, note="an experiment diverged")
@@ -113,9 +115,28 @@ def scaling(fits: pl.DataFrame, statistic: str) -> list[Check]:
     return [r2, Check("scaling_loo", loo_rule, loo, met=loo < 0.2, note=note)]
 
 
-def pruning() -> Check:
-    rule = "pruning by sensitivity beats magnitude pruning by > 15%"
-    return Check("pruning_gain", rule, note="no pruning analysis in this version")
+def pruning(table: pl.DataFrame, metric: str, sparsity: float) -> Check:
+    """The sensitivity metric's pruning against magnitude pruning at `sparsity` (unstructured,
+    both in `prune_group`): gain = 1 − PPL(metric) / PPL(magnitude), with its paired CI."""
+    rule = (
+        f"pruning by sensitivity beats magnitude pruning by > 15% "
+        f"(1 − PPL / PPL(magnitude) at {sparsity:.0%})"
+    )
+    if metric == "magnitude":
+        return Check("pruning_gain", rule, note="`metric` is magnitude itself")
+    rows = table.filter(
+        (pl.col("pattern") == "unstructured")
+        & (pl.col("target") == sparsity)
+        & (pl.col("method") == metric)
+    )
+    if not len(rows) or rows["gain_magnitude"][0] is None or math.isnan(rows["gain_magnitude"][0]):
+        why = f"needs {metric} and magnitude in `prune_methods` and {sparsity} in `sparsities`"
+        return Check("pruning_gain", rule, note=why)
+    r = rows.row(0, named=True)
+    note = f"{metric} pruned to PPL {r['ppl']:.4g} (pruning table: every method)"
+    lo, hi = r["gain_magnitude_ci_low"], r["gain_magnitude_ci_high"]
+    gain = r["gain_magnitude"]
+    return Check("pruning_gain", rule, gain, lo, hi, "95% paired CI", gain > 0.15, note)
 
 
 def table(checks: list[Check]) -> pl.DataFrame:

@@ -165,10 +165,13 @@ def evaluate(
     )
 
 
-def text_rows(ident: dict, res: EvalResult) -> pl.DataFrame:
+def text_rows(ident: dict, res: EvalResult, seed: int | None = None) -> pl.DataFrame:
+    """Per-text rows (schema `eval_texts`); `seed`: the calibration seed of the ranking
+    perturbed, None for the unperturbed model."""
     n = len(res.nll)
     return pl.DataFrame(
         {
+            "seed": pl.Series([seed] * n, dtype=pl.Int64),
             **{k: [v] * n for k, v in ident.items()},
             "text": np.arange(n),
             "nll": res.nll,

@@ -35,6 +35,7 @@ from cwa.stats import (
     paired_test,
     per_token_ci,
     permutation_floor,
+    pooled_cis,
     separation,
     separation_ci,
 )
@@ -238,9 +239,14 @@ def task_rows(
 
 
 def summarize(
-    exps: list[Experiment], results: list[EvalResult], base: EvalResult, boot_idx: np.ndarray
+    exps: list[Experiment],
+    results: list[EvalResult],
+    base: EvalResult,
+    boot_idx: np.ndarray,
+    seed: int,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(effects, texts) tables without the metric/mode/seed columns the caller adds."""
+    """(effects, texts) tables of one seed's ranking (`seed`), without the metric/mode columns
+    the caller adds."""
     effects, texts = [], []
     base_ppl = base.ppl
     for exp, res in zip(exps, results, strict=True):
@@ -259,9 +265,10 @@ def summarize(
                 **distribution_damage(res, boot_idx),
                 "diverged": res.diverged,
                 "restored": True,
+                "seed": seed,
             }
         )
-        texts.append(text_rows(exp.ident, res))
+        texts.append(text_rows(exp.ident, res, seed))
     return pl.DataFrame(effects), pl.concat(texts)
 
 
@@ -345,13 +352,103 @@ def _comparison(draws, top, base, boot_idx, resamples, seed) -> dict:
     }
 
 
-def with_q_values(comparisons: pl.DataFrame) -> pl.DataFrame:
-    """Benjamini-Hochberg q-values over every top-versus-control comparison of the table (one
-    run: every perturbation, strength, k, mask ratio and control are one family of tests)."""
+def pool(
+    runs: list[tuple[list[Experiment], list[EvalResult]]],
+    base: EvalResult,
+    boot_idx: np.ndarray,
+    seed_idx: np.ndarray,
+    resamples: int,
+    seed: int,
+) -> pl.DataFrame:
+    """Top set against each control kind pooled over seeds (`runs`: one (experiments, results)
+    per seed, the same grid on each seed's ranking). ΔPPLs are means over seeds (and draws), the
+    test is on per-text differences averaged over seeds, the CIs resample seeds and texts
+    (stats.pooled_cis; seed_idx: (resamples, seeds))."""
+    cells: dict[tuple, dict[str, list[list[EvalResult]]]] = {}
+    idents = {}
+    for i, (exps, results) in enumerate(runs):
+        for exp, res in zip(exps, results, strict=True):
+            key = (exp.perturbation.name, exp.ident["setting"], exp.k, exp.mask_ratio)
+            idents[key] = {c: v for c, v in exp.ident.items() if c not in ("selection", "draw")}
+            per_seed = cells.setdefault(key, {}).setdefault(exp.selection, [[] for _ in runs])
+            per_seed[i].append(res)
+    rows = []
+    for key, by_selection in cells.items():
+        if "top" not in by_selection:
+            continue
+        tops = [draws[0] for draws in by_selection["top"]]
+        for control in sorted(set(by_selection) - {"top"}):
+            stream = stream_seed(seed, *key, control, "pooled")
+            stats = _pooled(
+                by_selection[control], tops, base, boot_idx, seed_idx, resamples, stream
+            )
+            rows.append({**idents[key], "control": control, **stats})
+    return pl.DataFrame(rows)
+
+
+def _pooled(controls, tops, base, boot_idx, seed_idx, resamples, stream) -> dict:
+    """One pooled comparison: controls[s] are seed s's draws, tops[s] its top set."""
+    per_token = lambda r: (r.nll - base.nll) / r.tokens  # noqa: E731  ΔNLL per token, per text
+    top_delta = float(np.mean([t.ppl for t in tops])) - base.ppl
+    control_deltas = [r.ppl - base.ppl for draws in controls for r in draws]
+    diff = np.mean(
+        [
+            per_token(t) - np.mean([per_token(r) for r in d], axis=0)
+            for t, d in zip(tops, controls, strict=True)
+        ],
+        axis=0,
+    )
+    test = paired_test(diff, resamples, stream)
+    cis = pooled_cis(
+        base.nll,
+        np.stack([t.nll for t in tops]),
+        np.stack([[r.nll for r in d] for d in controls]),
+        base.tokens,
+        boot_idx,
+        seed_idx,
+    )
+    return {
+        "seeds": len(tops),
+        "draws": len(controls[0]),
+        "top_delta_ppl": top_delta,
+        "top_ci_low": cis.top[0],
+        "top_ci_high": cis.top[1],
+        "control_delta_ppl": float(np.mean(control_deltas)),
+        "control_ci_low": cis.control[0],
+        "control_ci_high": cis.control[1],
+        "separation": separation(top_delta, control_deltas),
+        "separation_ci_low": cis.separation[0],
+        "separation_ci_high": cis.separation[1],
+        "effect_size": test.effect_size,
+        "p_value": test.p_permutation,
+        "p_floor": permutation_floor(len(diff), resamples),
+        "q_value": math.nan,  # over every comparison of the run: with_q_values
+        "p_wilcoxon": test.p_wilcoxon,
+        "top_diverged": sum(t.diverged for t in tops),
+        "control_diverged": int(sum(r.diverged for d in controls for r in d)),
+    }
+
+
+def with_q_values(
+    comparisons: pl.DataFrame, pooled: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Benjamini-Hochberg q-values over every top-versus-control comparison of the run: each
+    seed's (every perturbation, strength, k, mask ratio and control) and the pooled ones are
+    one family of tests. The pooled rows also count the seeds whose own comparison has
+    q < 0.05 (`seeds_fdr05`)."""
     if comparisons.is_empty():  # no controls: nothing was tested
-        return comparisons
-    q = bh_q_values(comparisons["p_value"].to_numpy())
-    return comparisons.with_columns(q_value=pl.Series(q, dtype=pl.Float64))
+        return comparisons, pooled
+    p = np.concatenate([comparisons["p_value"].to_numpy(), pooled["p_value"].to_numpy()])
+    q = bh_q_values(p)
+    comparisons = comparisons.with_columns(q_value=pl.Series(q[: len(comparisons)]))
+    keys = ["perturbation", "setting", "k", "mask_ratio", "control"]
+    passed = comparisons.group_by(keys).agg(seeds_fdr05=(pl.col("q_value") < 0.05).sum())
+    pooled = (
+        pooled.with_columns(q_value=pl.Series(q[len(comparisons) :]))
+        .join(passed, on=keys, how="left", maintain_order="left")
+        .with_columns(pl.col("seeds_fdr05").fill_null(0))
+    )
+    return comparisons, pooled
 
 
 def first_strength(first: dict[str, str]) -> pl.Expr:
@@ -376,11 +473,13 @@ def headline_rows(table: pl.DataFrame, k: int, setting: dict[str, str]) -> pl.Da
 
 
 def headline(
-    effects: pl.DataFrame, comparisons: pl.DataFrame | None, k: int, setting: dict[str, str]
+    effects: pl.DataFrame, pooled: pl.DataFrame | None, k: int, setting: dict[str, str]
 ) -> dict:
-    """ΔPPL of perturbing (by default zeroing) the top-k, random_k (mean over draws), bottom_k
-    and magnitude_matched_k, the separation from random_k with its CI, the p- and q-values of
-    top beating random_k and the q-value of top beating magnitude_matched_k."""
+    """ΔPPL of perturbing (by default zeroing) the top-k, random_k, bottom_k and
+    magnitude_matched_k (means over every seed and draw in `effects`), the separation from
+    random_k; from the pooled comparisons (schema `pooled`) the top set's CI, the separation's
+    CI, the p- and q-values of top beating random_k, the q-value of top beating
+    magnitude_matched_k and how many seeds' own comparison with random_k has q < 0.05."""
     zero = headline_rows(effects, k, setting)
 
     def mean(selection, col="delta_ppl"):
@@ -399,18 +498,22 @@ def headline(
         "top1_same_top": mean("top", "top1_same"),
         "delta_ppl_magnitude": mean("magnitude_matched_k"),
     }
-    if comparisons is not None:
-        rows = headline_rows(comparisons, k, setting)
+    if pooled is not None:
+        rows = headline_rows(pooled, k, setting)
 
         def first(control: str, col: str) -> float:
             row = rows.filter(pl.col("control") == control)[col]
             return float(row[0]) if len(row) else float("nan")
 
+        control = "random_k" if "random_k" in rows["control"] else next(iter(rows["control"]), "")
         out |= {
+            "delta_ppl_top_ci_low": first(control, "top_ci_low"),
+            "delta_ppl_top_ci_high": first(control, "top_ci_high"),
             "separation_ci_low": first("random_k", "separation_ci_low"),
             "separation_ci_high": first("random_k", "separation_ci_high"),
             "p_value": first("random_k", "p_value"),
             "q_value": first("random_k", "q_value"),
             "q_value_magnitude": first("magnitude_matched_k", "q_value"),
+            "seeds_fdr05": first("random_k", "seeds_fdr05"),
         }
     return out

@@ -65,7 +65,7 @@ class Params:
     mode: str = "global"
     topk: tuple[int, ...] = (10, 100, 1000)
     controls: tuple[str, ...] = ("random_k", "magnitude_matched_k", "bottom_k")
-    random_draws: int = 3
+    random_draws: int = 2
     include_embeddings: bool = False
     include_1d: bool = False
     layers: tuple[int, ...] = ()
@@ -80,6 +80,19 @@ class Params:
     fault_rates: tuple[float, ...] = (1e-7, 1e-6)
     fault_trials: int = 4
     fault_protect: tuple[float, ...] = (0.01, 0.1)
+    # pruning
+    prune_methods: tuple[str, ...] = (
+        "magnitude",
+        "grad_x_weight",
+        "obd",
+        "wanda",
+        "ria",
+        "sparsegpt",
+        "random",
+    )
+    sparsities: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
+    prune_group: str = "per_row"
+    prune_nm: tuple[str, ...] = ()
     target_components: tuple[str, ...] = ()
     target_layers: tuple[int, ...] = ()
     spike_ratio: float = 100.0
@@ -319,6 +332,23 @@ DOCS = {
         "top-scored weights by the first seed's scores, and a random set of the same size drawn "
         "uniformly from the rest of the pool"
     ),
+    "prune_methods": (
+        "pruning methods, each removing the lowest-scored fraction of the pool's weights: any "
+        "metric (`metric` names; compared within `prune_group`, scores of the first seed's "
+        "calibration draw); `wanda` |W_ij|·‖X_j‖₂ within each output row, `ria` (|W_ij|/Σ_k|W_kj|"
+        " + |W_ij|/Σ_k|W_ik|)·‖X_j‖₂^0.5 within each tensor and `sparsegpt` (second-order, the "
+        "remaining weights updated to reconstruct each layer's outputs), all three block by "
+        "block on the pruned model's activations; `random` uniform scores within `prune_group`"
+    ),
+    "sparsities": "fractions of every comparison group pruned, each in (0, 1)",
+    "prune_group": (
+        "comparison group of the metric methods and `random`: `per_row` (each output row, as "
+        "Wanda), `per_tensor` (each weight matrix), `global` (the whole pool)"
+    ),
+    "prune_nm": (
+        "N:M semi-structured patterns also run, e.g. `[2:4, 4:8]`: N of every M consecutive "
+        "input weights of each row pruned, for every method (`prune_group` does not apply)"
+    ),
     "spike_ratio": (
         "super-weight detector: a down projection's strongest input and output activations are "
         "spikes when each is at least this many times the layer's median |activation| (Yu et al. "
@@ -492,7 +522,10 @@ def _coerce(name: str, ftype: str, value):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not ok:
-        fail(name, f"must be {ftype}, got {value!r}")
+        hint = " (quote it in YAML: unquoted, a:b is read as a base-60 number)" * (
+            kind is str and isinstance(value, int)
+        )
+        fail(name, f"must be {ftype}, got {value!r}{hint}")
     return value
 
 

@@ -316,3 +316,37 @@ def agreement(table: pl.DataFrame, k: int, path) -> None:
     ax.set(title=f"Overlap of top-{k} sets (Jaccard)")
     fig.colorbar(im, ax=ax)
     _save(fig, path)
+
+
+def pruning(table: pl.DataFrame, path) -> None:
+    """Perplexity against the pruned fraction per method (unstructured), with 95% paired CIs;
+    diverged points are left out."""
+    rows = table.filter((pl.col("pattern") == "unstructured") & ~pl.col("diverged"))
+    dense = (table["ppl"] - table["delta_ppl"]).drop_nans()
+    methods = table["method"].unique(maintain_order=True).to_list()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors = plt.get_cmap("tab10").colors
+    for i, method in enumerate(methods):
+        color = colors[i % len(colors)]
+        mine = rows.filter(pl.col("method") == method).sort("target")
+        if mine.is_empty():
+            continue
+        low = (mine["delta_ppl"] - mine["ci_low"]).clip(lower_bound=0)
+        high = (mine["ci_high"] - mine["delta_ppl"]).clip(lower_bound=0)
+        ax.errorbar(
+            mine["target"],
+            mine["ppl"],
+            yerr=[low, high],
+            marker="o",
+            capsize=3,
+            color=color,
+            label=method,
+        )
+    if len(dense):
+        ax.axhline(dense[0], color="black", linestyle=":", label="dense")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set(xlabel="fraction pruned", ylabel="perplexity (log)", title="Pruning")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -48,18 +48,19 @@ def _delta(row: dict, selection: str, sign: bool = True) -> str:
 
 def results_markdown(metrics: dict, summary: dict) -> str:
     s, m, k = summary["setup"], metrics, metrics["headline_k"]
-    headline = next((r for r in summary["perturbations"] if r["perturbation"] == "zero"), {})
     lines = [
         f"`{s['model']}`, `{s['metric']}`, {s['mode']} top-k over the {s['pool_weights']:,} "
         f"pool weights, {s['seeds']} seeds × {s['calib_samples']} calibration windows, "
         f"{s['eval_windows']} evaluation windows ({s['eval_tokens']:,} predicted tokens), "
-        f"{s['random_draws']} random draws, {s['bootstrap']:,} bootstrap resamples:",
+        f"{s['random_draws']} random draws per seed, {s['bootstrap']:,} bootstrap resamples; "
+        "every seed's ranking perturbed, the numbers pooled over seeds (CIs resample seeds and "
+        "windows):",
         "",
         "| | value |",
         "|---|---|",
         f"| baseline perplexity | {num(m['baseline_ppl'], 4)} |",
         f"| ΔPPL, zero the top-{k} | {num(m['delta_ppl_top'], sign=True)} "
-        f"(95% CI {_ci(headline.get('top_ci'))}) |",
+        f"(95% CI {_ci([m['delta_ppl_top_ci_low'], m['delta_ppl_top_ci_high']])}) |",
         f"| ΔPPL, zero {k} random weights (mean of draws) | "
         f"{num(m['delta_ppl_random'], sign=True)} |",
         f"| ΔPPL, zero {k} random weights matched in \\|w\\| (mean of draws) | "
@@ -71,6 +72,8 @@ def results_markdown(metrics: dict, summary: dict) -> str:
         f"| p-value, top > random (one-sided permutation over windows) | {num(m['p_value'])} |",
         f"| q-value (Benjamini-Hochberg over all {m['comparisons']} comparisons of the run; "
         f"{m['comparisons_fdr05']} with q < 0.05) | {num(m['q_value'])} |",
+        f"| seeds whose own top-{k} beats random at q < 0.05 | {num(m['seeds_fdr05'])} of "
+        f"{m['seeds_perturbed']} |",
         f"| KL to the unperturbed next-token distribution, top-{k} / random (nats per token) | "
         f"{num(m['kl_top'])} / {num(m['kl_random'])} |",
         f"| top-1 predictions unchanged, top-{k} zeroed | {num(100 * m['top1_same_top'])}% |",

@@ -3,5 +3,6 @@ adds its checks of params (cwa.params.check), so a Params built afterwards is ch
 
 import cwa.metrics
 import cwa.perturbations
+import cwa.pruning  # prune_methods, prune_group, prune_nm
 import cwa.ranking  # mode, controls
 import cwa.sources  # noqa: F401  calib_data, eval_data

@@ -35,17 +35,21 @@ def metrics(
     baseline: pl.DataFrame,
     effects: pl.DataFrame,
     comparisons: pl.DataFrame,
+    pooled: pl.DataFrame,
     stability: pl.DataFrame,
     k: int,
     setting: dict[str, str],
 ) -> dict:
-    """The flat keys `dvc exp show` displays (docs/science.md, Headline numbers)."""
-    h = headline(effects, comparisons, k, setting)
+    """The flat keys `dvc exp show` displays (docs/science.md, Headline numbers): the headline
+    pooled over seeds, and the run's family of tests (each seed's comparisons and the pooled)."""
+    h = headline(effects, pooled, k, setting)
     jac = stability.filter(pl.col("k") == k)["jaccard"]
-    tested = comparisons.filter(pl.col("p_value").is_not_nan())
+    q = pl.concat([t.select("p_value", "q_value") for t in (comparisons, pooled)])
+    tested = q.filter(pl.col("p_value").is_not_nan())
     return {
         "baseline_ppl": float(baseline["ppl"][0]),
         **h,
+        "seeds_perturbed": effects["seed"].n_unique(),
         "comparisons": len(tested),
         "comparisons_fdr05": int((tested["q_value"] < 0.05).sum()),
         "jaccard_top": float(jac.mean()) if len(jac) else float("nan"),
@@ -91,16 +95,16 @@ def effects_table(effects: pl.DataFrame) -> pl.DataFrame:
 
 
 def headline_table(
-    comparisons: pl.DataFrame, effects: pl.DataFrame, k: int, first: dict
+    pooled: pl.DataFrame, effects: pl.DataFrame, k: int, first: dict
 ) -> pl.DataFrame:
-    """Perturbation x selection at k (first strength, whole selections): ΔPPL with CI and the
-    p-value of the top set against that control."""
+    """Perturbation x selection at k (first strength, whole selections), over every seed: ΔPPL
+    with CI and the pooled test of the top set against that control."""
     cells = effects_table(effects.filter(headline_cell(k, first)))
-    tests = comparisons.filter(headline_cell(k, first)).select(
-        "perturbation", pl.col("control").alias("selection"), "separation", "p_value"
+    tests = pooled.filter(headline_cell(k, first)).select(
+        "perturbation", pl.col("control").alias("selection"), "separation", "p_value", "q_value"
     )
     return (
-        cells.join(tests, on=["perturbation", "selection"], how="left")
+        cells.join(tests, on=["perturbation", "selection"], how="left", maintain_order="left")
         .select(
             "perturbation",
             "setting",
@@ -113,9 +117,63 @@ def headline_table(
             "diverged",
             "separation",
             pl.col("p_value").alias("p (top > this)"),
+            pl.col("q_value").alias("q"),
         )
         .sort("perturbation", "selection")
     )
+
+
+def seed_table(
+    effects: pl.DataFrame,
+    comparisons: pl.DataFrame,
+    pooled: pl.DataFrame,
+    k: int,
+    setting: dict[str, str],
+) -> pl.DataFrame:
+    """The headline experiment seed by seed, then pooled: the top set's ΔPPL with its CI (over
+    texts; pooled: over seeds and texts), random_k's and magnitude_matched_k's ΔPPL (mean over
+    draws), the separation from random_k with its CI and the q-values of top > each."""
+    cells = headline_rows(effects, k, setting)
+    tests = headline_rows(comparisons, k, setting)
+    rows = []
+    for (seed,), mine in cells.group_by("seed", maintain_order=True):
+        top = mine.filter(pl.col("selection") == "top")
+        ci = (top["ci_low"][0], top["ci_high"][0]) if len(top) else (math.nan, math.nan)
+        rows.append(_seed_row(str(seed), mine, tests.filter(pl.col("seed") == seed), ci))
+    together = headline_rows(pooled, k, setting)
+    ci = (
+        (together["top_ci_low"][0], together["top_ci_high"][0])
+        if len(together)
+        else (math.nan,) * 2
+    )
+    rows.append(_seed_row("pooled", cells, together, ci))
+    return pl.DataFrame(rows)
+
+
+def _first(rows: pl.DataFrame, col: str, control: str = "random_k") -> float:
+    """`col` of the comparison with `control` (NaN when that control did not run)."""
+    vals = rows.filter(pl.col("control") == control)[col]
+    return float(vals[0]) if len(vals) else math.nan
+
+
+def _seed_row(name: str, cells: pl.DataFrame, tests: pl.DataFrame, top_ci: tuple) -> dict:
+    def mean(selection: str) -> float:
+        vals = cells.filter(pl.col("selection") == selection)["delta_ppl"]
+        return float(vals.mean()) if len(vals) else math.nan
+
+    return {
+        "seed": name,
+        "ΔPPL top": mean("top"),
+        "CI low": float(top_ci[0]),
+        "CI high": float(top_ci[1]),
+        "ΔPPL random_k": mean("random_k"),
+        "ΔPPL magnitude_matched_k": mean("magnitude_matched_k"),
+        "separation": _first(tests, "separation"),
+        "sep. CI low": _first(tests, "separation_ci_low"),
+        "sep. CI high": _first(tests, "separation_ci_high"),
+        "q (top > random_k)": _first(tests, "q_value"),
+        "q (top > magnitude_matched_k)": _first(tests, "q_value", "magnitude_matched_k"),
+    }
 
 
 def k_sweep(effects: pl.DataFrame, first: dict) -> pl.DataFrame:
@@ -151,9 +209,10 @@ def task_metrics(tasks: pl.DataFrame, k: int, setting: dict[str, str]) -> dict:
     return dict(sorted(out.items()))
 
 
-def comparisons_table(comparisons: pl.DataFrame, k: int) -> pl.DataFrame:
+def comparisons_table(pooled: pl.DataFrame, k: int) -> pl.DataFrame:
+    """The pooled comparisons at k, with how many seeds pass on their own."""
     return (
-        comparisons.filter(pl.col("k") == k)
+        pooled.filter(pl.col("k") == k)
         .select(
             "perturbation",
             "setting",
@@ -168,9 +227,30 @@ def comparisons_table(comparisons: pl.DataFrame, k: int) -> pl.DataFrame:
             pl.col("p_value").alias("p perm."),
             pl.col("q_value").alias("q (BH)"),
             pl.col("p_wilcoxon").alias("p Wilcoxon"),
+            pl.col("seeds_fdr05").alias("seeds q < 0.05"),
             pl.col("p_floor").alias("p floor"),
         )
         .sort("perturbation", "setting", "mask", "control")
+    )
+
+
+def pruning_table(pruning: pl.DataFrame) -> pl.DataFrame:
+    """Each method at each target, best first within a target: damage and gains."""
+    return pruning.sort("pattern", "target", "ppl").select(
+        "pattern",
+        "target",
+        "method",
+        "group",
+        "ppl",
+        pl.col("delta_ppl").alias("ΔPPL"),
+        pl.col("ci_low").alias("CI low"),
+        pl.col("ci_high").alias("CI high"),
+        pl.col("kl").alias("KL"),
+        pl.col("top1_same").alias("top-1 same"),
+        pl.col("gain_magnitude").alias("gain vs magnitude"),
+        pl.col("gain_magnitude_ci_low").alias("CI low "),
+        pl.col("gain_magnitude_ci_high").alias("CI high "),
+        pl.col("gain_wanda").alias("gain vs wanda"),
     )
 
 
@@ -178,16 +258,17 @@ def summary(
     params,
     baseline: pl.DataFrame,
     pool_weights: int,
-    comparisons: pl.DataFrame,
+    pooled: pl.DataFrame,
     effects: pl.DataFrame,
     scaling: pl.DataFrame,
     first: dict,
 ) -> dict:
     """The numbers the README's results section shows (cwa.readme renders them): the set-up,
-    each perturbation's top / random_k / bottom_k at headline_k, and the family's sizes."""
+    each perturbation's top / random_k / bottom_k at headline_k pooled over seeds (the top
+    set's CI and the test from the pooled comparison with random_k), the family's sizes."""
     k = params.headline_k
     cells = effects_table(effects.filter(headline_cell(k, first)))
-    tests = comparisons.filter(headline_cell(k, first)).filter(pl.col("control") == "random_k")
+    tests = pooled.filter(headline_cell(k, first)).filter(pl.col("control") == "random_k")
     rows = []
     for (name, setting), group in cells.group_by("perturbation", "setting", maintain_order=True):
         by = {r["selection"]: r for r in group.iter_rows(named=True)}
@@ -202,7 +283,7 @@ def summary(
                     for sel in ("top", "random_k", "bottom_k")
                     for key, col in (("delta_ppl", "ΔPPL"), ("diverged", "diverged"))
                 },
-                "top_ci": [by["top"]["CI low"], by["top"]["CI high"]] if "top" in by else None,
+                "top_ci": [test.get("top_ci_low"), test.get("top_ci_high")],
                 "random_k_runs": by["random_k"]["runs"] if "random_k" in by else 0,
                 "separation": test.get("separation"),
                 "separation_ci": [test.get("separation_ci_low"), test.get("separation_ci_high")],
@@ -242,10 +323,12 @@ class ReportInputs:
     pool_tensors: int
     top: pl.DataFrame  # the top weights of the first seed at the smallest k
     headline: pl.DataFrame  # headline_table
+    seeds: pl.DataFrame  # seed_table
     comparisons: pl.DataFrame  # comparisons_table at headline_k
     tasks: pl.DataFrame  # tasks_table
     effects: pl.DataFrame  # effects_table
     faults: pl.DataFrame  # schema `fault_summary`
+    pruning: pl.DataFrame  # pruning_table
     perturbation_docs: list[tuple[str, str]]
     stability: pl.DataFrame  # mean over seed pairs, per k
     agreement: pl.DataFrame  # at headline_k
@@ -317,21 +400,24 @@ def _verdict(q: float) -> str:
 
 def headline_section(r: ReportInputs) -> list[str]:
     m, p = r.metrics, r.params
-    k = m["headline_k"]
+    k, seeds = m["headline_k"], m["seeds_perturbed"]
     ((name, setting),) = r.setting.items()
     doing = "zeroing" if name == "zero" else f"applying {name}{f' ({setting})' * bool(setting)} to"
     return [
         "## Headline",
         "",
-        f"{doing.capitalize()} the top-{k} weights by {p.metric} changes perplexity by "
-        f"**{fmt(m['delta_ppl_top'])}** (baseline {fmt(m['baseline_ppl'], 4)}); "
-        f"{doing} {k} random weights (same tensors, {p.random_draws} draws) by "
-        f"{fmt(m['delta_ppl_random'])} on average; the {k} lowest-scored weights by "
-        f"{fmt(m['delta_ppl_bottom'])}. Separation (top ΔPPL / mean |random ΔPPL|): "
-        f"**{fmt(m['separation'])}** (95% CI {fmt(m['separation_ci_low'])} – "
+        f"Pooled over the rankings of {seeds} calibration seed{'s' * (seeds > 1)} (each seed's "
+        f"own top set and controls): {doing} the top-{k} weights by {p.metric} changes "
+        f"perplexity by **{fmt(m['delta_ppl_top'])}** (95% CI {fmt(m['delta_ppl_top_ci_low'])} "
+        f"– {fmt(m['delta_ppl_top_ci_high'])}, resampling seeds and windows; baseline "
+        f"{fmt(m['baseline_ppl'], 4)}); {doing} {k} random weights (same tensors, "
+        f"{p.random_draws} draws per seed) by {fmt(m['delta_ppl_random'])} on average; the {k} "
+        f"lowest-scored weights by {fmt(m['delta_ppl_bottom'])}. Separation (top ΔPPL / mean "
+        f"|random ΔPPL|): **{fmt(m['separation'])}** (95% CI {fmt(m['separation_ci_low'])} – "
         f"{fmt(m['separation_ci_high'])}); one-sided permutation p-value of top > random: "
         f"{fmt(m['p_value'])}, Benjamini-Hochberg q-value over the run's {m['comparisons']} "
-        f"comparisons **{fmt(m['q_value'])}**: {_verdict(m['q_value'])}. Beyond perplexity, "
+        f"comparisons **{fmt(m['q_value'])}**: {_verdict(m['q_value'])}; on its own, "
+        f"{fmt(m['seeds_fdr05'])} of {seeds} seeds pass at q < 0.05. Beyond perplexity, "
         f"the next-token distribution moves by a mean KL of **{fmt(m['kl_top'])}** nats per "
         f"token for the top set against {fmt(m['kl_random'])} for random weights, and "
         f"{fmt(100 * m['top1_same_top'])}% of top-1 predictions stay the same."
@@ -339,8 +425,14 @@ def headline_section(r: ReportInputs) -> list[str]:
         f"different seeds overlap with mean "
         f"Jaccard **{fmt(m['jaccard_top'])}**.",
         "",
-        f"Every perturbation at k = {k} (first strength of its sweep, whole selections); "
-        "`p (top > this)` tests the top set against that control row:",
+        "Seed by seed, then pooled (CI of ΔPPL top: over windows for one seed, over seeds and "
+        "windows pooled; q: Benjamini-Hochberg over the run):",
+        "",
+        table(r.seeds),
+        "",
+        f"Every perturbation at k = {k} (first strength of its sweep, whole selections; means "
+        "over seeds and draws); `p (top > this)` and `q` test the top set against that control "
+        "row, pooled over seeds:",
         "",
         table(r.headline),
         "",
@@ -375,8 +467,10 @@ def figures_section(r: ReportInputs) -> list[str]:
             "Perturbation effects against k (first strength of each sweep)",
             "effects.png",
             "ΔPPL = perplexity after − before on the same windows, 95% CIs by paired bootstrap "
-            f"over windows ({p.bootstrap} resamples); random_k averages {p.random_draws} draws "
-            "that share the perturbation's random numbers (ε, bit positions) with the top set.",
+            f"over windows ({p.bootstrap} resamples); every point averages the {len(p.seeds)} "
+            f"seeds' rankings, random_k and magnitude_matched_k also their {p.random_draws} draws "
+            "per seed, which share the perturbation's random numbers (ε, bit positions) with "
+            "that seed's top set.",
         ),
         (f"Dose-response in strength (k = {k})", "dose.png", ""),
         (
@@ -389,6 +483,12 @@ def figures_section(r: ReportInputs) -> list[str]:
         ("Stability across calibration seeds", "stability.png", ""),
         (f"Do the metrics agree? (k = {k})", "agreement.png", ""),
         ("Fault injection", "faults.png", ""),
+        (
+            "Pruning: perplexity against sparsity",
+            "pruning.png",
+            "Unstructured pruning by each method of `prune_methods` (dotted: the dense model); "
+            "95% CIs by paired bootstrap over windows.",
+        ),
         ("Scaling across the built-in family", "scaling.png", ""),
         (
             "Where the sensitivity sits in each model of the family",
@@ -424,8 +524,9 @@ def experiments_section(r: ReportInputs) -> list[str]:
         "### Every experiment",
         "",
         f"Perturbations: {docs}. Bits are flipped in the {p.dtype} storage. Every perturbed "
-        "weight was restored bit for bit after each experiment (checked in the run). Random rows "
-        f"average {p.random_draws} draws (`sd draws` is their spread).",
+        "weight was restored bit for bit after each experiment (checked in the run). Rows average "
+        f"the {len(p.seeds)} seeds' rankings and, for the random controls, their "
+        f"{p.random_draws} draws each (`sd draws` is the spread of those runs).",
         "",
         table(r.effects),
         "",
@@ -454,14 +555,16 @@ def comparisons_section(r: ReportInputs) -> list[str]:
         else []
     )
     return [
-        f"### Top set against the controls (k = {m['headline_k']})",
+        f"### Top set against the controls, pooled over seeds (k = {m['headline_k']})",
         "",
-        "Per text, d = ΔNLL per token of the top set − the control's (mean over draws); p perm. "
-        "= one-sided sign-flip permutation test of mean(d) > 0, q (BH) = its Benjamini-Hochberg "
-        f"q-value over all {m['comparisons']} comparisons of the run (every perturbation, "
-        f"strength, k, mask ratio and control; {m['comparisons_fdr05']} have q < 0.05), "
-        "p Wilcoxon = one-sided signed-rank test, d_z = mean(d)/sd(d); separation CI by joint "
-        "paired bootstrap over texts.",
+        "Per text, d = ΔNLL per token of the top set − the control's (mean over draws), averaged "
+        "over seeds; p perm. = one-sided sign-flip permutation test of mean(d) > 0 over texts, "
+        "q (BH) = its Benjamini-Hochberg q-value over all "
+        f"{m['comparisons']} comparisons of the run (each seed's and the pooled ones, for every "
+        f"perturbation, strength, k, mask ratio and control; {m['comparisons_fdr05']} have "
+        "q < 0.05), p Wilcoxon = one-sided signed-rank test, d_z = mean(d)/sd(d); separation CI "
+        "by a bootstrap resampling seeds and texts. `seeds q < 0.05`: seeds whose own "
+        "comparison passes (each seed's rows: artifacts/perturb/comparisons.parquet).",
         "",
         table(r.comparisons.drop("p floor")),
         "",
@@ -506,6 +609,43 @@ def faults_section(r: ReportInputs) -> list[str]:
         table(r.faults),
         "",
     ]
+
+
+def pruning_section(r: ReportInputs) -> list[str]:
+    p = r.params
+    return [
+        "### Pruning: what the ranking is worth in practice",
+        "",
+        f"Each method removes the lowest-scored fraction of the {r.pool_weights:,} pool weights "
+        f"(metric methods and random within `prune_group` = {p.prune_group}; wanda per output "
+        "row, ria per tensor, sparsegpt per 128-column block with the remaining weights updated; "
+        "wanda, ria and sparsegpt block by block on the pruned model's activations) and the "
+        "pruned model is evaluated on the same windows. gain vs magnitude = 1 − PPL / "
+        "PPL(magnitude) at the same target, with its 95% paired CI over windows; gain vs wanda "
+        "likewise. The pool is restored bit for bit after each.",
+        "",
+        *_pruning_verdict(r.pruning, p.metric),
+        table(r.pruning),
+        "",
+    ]
+
+
+def _pruning_verdict(rows: pl.DataFrame, metric: str) -> list[str]:
+    """Which method prunes best at 50%, and how `metric` fares against magnitude there."""
+    half = rows.filter((pl.col("pattern") == "unstructured") & (pl.col("target") == 0.5))
+    if half.is_empty():
+        return []
+    best = half.sort("ppl").row(0, named=True)
+    line = f"At 50%: {best['method']} prunes best (PPL {fmt(best['ppl'])})"
+    mine = half.filter(pl.col("method") == metric)
+    if len(mine) and not math.isnan(mine["gain vs magnitude"][0] or math.nan):
+        m = mine.row(0, named=True)
+        line += (
+            f"; {metric} (the ranking's metric) reaches PPL {fmt(m['ppl'])}, a gain over "
+            f"magnitude of {fmt(m['gain vs magnitude'])} (95% CI {fmt(m['CI low '])} – "
+            f"{fmt(m['CI high '])})"
+        )
+    return [line + ".", ""]
 
 
 def stability_section(r: ReportInputs) -> list[str]:
@@ -622,6 +762,7 @@ SECTIONS = (
     tasks_section,
     top_weights_section,
     faults_section,
+    pruning_section,
     stability_section,
     agreement_section,
     superweight_section,

@@ -105,6 +105,74 @@ def separation_ci(
     return float(lo), float(hi)
 
 
+def relative_gain_ci(
+    nll: np.ndarray,
+    reference_nll: np.ndarray,
+    tokens: np.ndarray,
+    idx: np.ndarray,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile CI of 1 − ppl / ppl(reference) (the share of the reference's perplexity a
+    method avoids), resampling the same texts for both."""
+    if not (np.isfinite(nll).all() and np.isfinite(reference_nll).all()):
+        return math.nan, math.nan
+    tok = tokens[idx].sum(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        gain = 1 - _ppl_rows(nll, tok, idx) / _ppl_rows(reference_nll, tok, idx)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(gain, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class PooledCIs:
+    """Percentile CIs of statistics pooled over seeds (see pooled_cis)."""
+
+    top: tuple[float, float]  # mean over seeds of ΔPPL(top)
+    control: tuple[float, float]  # mean over seeds and draws of ΔPPL(control)
+    separation: tuple[float, float]  # pooled top ΔPPL / mean over seeds and draws |ΔPPL|
+
+
+NO_CIS = PooledCIs((math.nan,) * 2, (math.nan,) * 2, (math.nan,) * 2)
+
+
+def pooled_cis(
+    base_nll: np.ndarray,
+    top_nll: np.ndarray,
+    control_nll: np.ndarray,
+    tokens: np.ndarray,
+    idx: np.ndarray,
+    seed_idx: np.ndarray,
+    level: float = 0.95,
+) -> PooledCIs:
+    """CIs of the pooled ΔPPLs and separation by a two-way bootstrap over seeds and texts.
+
+    Seeds and texts are crossed (every seed's sets are evaluated on the same texts), so each
+    resample b draws texts idx[b] and, independently, seeds seed_idx[b] (both with replacement:
+    Owen's pigeonhole bootstrap), and recomputes the pooled statistic on that resample.
+    top_nll: (seeds, texts); control_nll: (seeds, draws, texts); idx: (B, texts); seed_idx:
+    (B, seeds)."""
+    if not (np.isfinite(top_nll).all() and np.isfinite(control_nll).all()):
+        return NO_CIS
+    tok = tokens[idx].sum(axis=1)
+    base = _ppl_rows(base_nll, tok, idx)
+    top = np.stack([_ppl_rows(t, tok, idx) - base for t in top_nll])  # (seeds, B)
+    draws = np.stack([[_ppl_rows(c, tok, idx) - base for c in seed] for seed in control_nll])
+    pick = lambda per_seed: np.take_along_axis(per_seed.T, seed_idx, axis=1).mean(axis=1)  # noqa: E731
+    top_b = pick(top)
+    control_b = pick(draws.mean(axis=1))
+    size_b = pick(np.abs(draws).mean(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(size_b > 0, top_b / size_b, np.inf)
+    tail = (1 - level) / 2
+
+    def ci(values: np.ndarray) -> tuple[float, float]:
+        lo, hi = np.quantile(values, [tail, 1 - tail])
+        return float(lo), float(hi)
+
+    return PooledCIs(ci(top_b), ci(control_b), ci(ratio))
+
+
 @dataclass(frozen=True)
 class PairedTest:
     """Top set against a control, on per-text differences d_i of ΔNLL per token."""

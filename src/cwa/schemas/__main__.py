@@ -11,6 +11,7 @@ from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
 from cwa.schemas.fault_summary import FAULT_SUMMARY_TABLE
 from cwa.schemas.fault_trials import FAULT_TRIALS_TABLE
 from cwa.schemas.pool import POOL_TABLE
+from cwa.schemas.pooled import POOLED_TABLE
 from cwa.schemas.ranking import RANKING_TABLE
 from cwa.schemas.scaling_fit import SCALING_FIT_TABLE
 from cwa.schemas.scaling_model import SCALING_MODEL_TABLE
@@ -32,6 +33,7 @@ TABLES = (
     RANKING_TABLE,
     EFFECTS_TABLE,
     COMPARISONS_TABLE,
+    POOLED_TABLE,
     TASKS_TABLE,
     FAULT_TRIALS_TABLE,
     FAULT_SUMMARY_TABLE,

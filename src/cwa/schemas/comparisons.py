@@ -6,9 +6,9 @@ from cwa.schemas.experiment import EXPERIMENT
 COMPARISONS_TABLE = Schema(
     "comparisons",
     "artifacts/perturb/comparisons.parquet",
-    "The top set against each control kind: one row per perturbation setting, k, mask ratio "
-    "and control. Unit of the tests: per-text differences d = ΔNLL/token(top) − mean over "
-    "draws of ΔNLL/token(control), on the same windows.",
+    "The top set against each control kind, for each seed's ranking: one row per seed, "
+    "perturbation setting, k, mask ratio and control. Unit of the tests: per-text differences "
+    "d = ΔNLL/token(top) − mean over draws of ΔNLL/token(control), on the same windows.",
     (
         Column("metric", STR, "sensitivity metric the selection came from"),
         Column("mode", STR, "ranking mode"),
@@ -46,12 +46,13 @@ COMPARISONS_TABLE = Schema(
         Column(
             "q_value",
             FLOAT,
-            "Benjamini-Hochberg q-value of p_value over every comparison in this table (one "
-            "family of tests); NaN where p_value is",
+            "Benjamini-Hochberg q-value of p_value over every comparison of the run, each "
+            "seed's and the pooled ones (schema `pooled`): one family of tests; NaN where "
+            "p_value is",
         ),
         Column("p_wilcoxon", FLOAT, "one-sided Wilcoxon signed-rank test of d > 0"),
         Column("top_diverged", BOOL, "the top-set experiment diverged"),
         Column("control_diverged", INT, "control draws that diverged"),
     ),
-    ("perturbation", "strength", "setting", "k", "mask_ratio", "control"),
+    ("seed", "perturbation", "strength", "setting", "k", "mask_ratio", "control"),
 )

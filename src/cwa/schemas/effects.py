@@ -6,7 +6,8 @@ from cwa.schemas.experiment import EXPERIMENT, EXPERIMENT_ORDER
 EFFECTS_TABLE = Schema(
     "effects",
     "artifacts/perturb/effects.parquet",
-    "One row per perturbation experiment: damage against the baseline, with a paired CI.",
+    "One row per perturbation experiment (every seed's ranking): damage against the baseline, "
+    "with a paired CI.",
     (
         Column("metric", STR, "sensitivity metric the selection came from"),
         Column("mode", STR, "ranking mode"),
@@ -35,5 +36,5 @@ EFFECTS_TABLE = Schema(
         Column("diverged", BOOL, "the loss became inf or NaN"),
         Column("restored", BOOL, "every touched weight was restored bit for bit (always true)"),
     ),
-    EXPERIMENT_ORDER,
+    ("seed", *EXPERIMENT_ORDER),
 )

@@ -8,11 +8,16 @@ EVAL_TEXTS_TABLE = Schema(
     "artifacts/baseline/texts.parquet, artifacts/perturb/texts.parquet",
     "Per evaluation text (window) results: the unit of every paired statistic.",
     (
+        Column(
+            "seed",
+            INT,
+            "calibration seed of the ranking perturbed; null for the unperturbed model",
+        ),
         *EXPERIMENT,
         Column("text", INT, "evaluation window index"),
         Column("nll", FLOAT, "summed next-token negative log-likelihood (nats)"),
         Column("tokens", INT, "predicted tokens in the window"),
         Column("correct", INT, "tokens whose greedy prediction is right"),
     ),
-    (*EXPERIMENT_ORDER, "text"),
+    ("seed", *EXPERIMENT_ORDER, "text"),
 )

@@ -1,0 +1,134 @@
+"""prune: prunes the model by every method of `prune_methods` at every target, against the dense
+model and against magnitude and Wanda pruning.
+
+Targets: each fraction of `sparsities` (unstructured, within each method's comparison group) and
+each N:M pattern of `prune_nm`. Metric methods use the metric's scores on the first seed's
+calibration draw (the score store's for `metric`, computed here for the others); wanda, ria and
+sparsegpt measure that draw's activations block by block on the model as it is being pruned.
+Every pruned model is evaluated on the baseline's windows (ΔPPL with paired CI, accuracy, KL to
+the dense model and unchanged top-1 predictions), then the pool is restored bit for bit
+(checked by checksum at the end, and one baseline batch re-evaluated).
+Reads: the calibration and evaluation texts (sources stage), the model, the score store, the
+pool and the baseline per-text table.
+Writes: one row per method and target (schema `pruning`).
+"""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from cwa import CwaError
+from cwa.data import calibration_draw, calibration_windows
+from cwa.evaluation import evaluate, reference
+from cwa.evaluation_setup import prepare_stage
+from cwa.io import write_table
+from cwa.metrics import ScoringConfig, get_metric, score
+from cwa.perturbations import fingerprint
+from cwa.progress import progress
+from cwa.pruning import (
+    ACTIVATION_METHODS,
+    Sparsity,
+    apply_masks,
+    in_group,
+    method_scores,
+    prune_by_activations,
+)
+from cwa.pruning_summary import table
+from cwa.schemas.pruning import PRUNING_TABLE
+from cwa.scores import StoredScores, pool_infos
+from cwa.stage import stage_main
+from cwa.stats import bootstrap_indices
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = (
+    "model",
+    "dtype",
+    "device",
+    "device_map",
+    "metric",
+    "seq_len",
+    "bos",
+    "calib_samples",
+    "eval_samples",
+    "batch_size",
+    "probes",
+    "layer_group",
+    "seeds",
+    "prune_methods",
+    "sparsities",
+    "prune_group",
+    "prune_nm",
+    "bootstrap",
+)
+
+
+def add_args(p):
+    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
+    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
+    p.add_argument("--models-dir", required=True)
+    p.add_argument("--scores", required=True)
+    p.add_argument("--pool", required=True)
+    p.add_argument("--baseline-texts", required=True)
+    p.add_argument("--out", required=True)
+
+
+def run(args, params):
+    ev = prepare_stage(params, args.models_dir, args.eval_text, args.baseline_texts)
+    model, windows, base, seed = ev.model, ev.windows, ev.base, params.seeds[0]
+    infos = pool_infos(pl.read_parquet(args.pool))
+    calib = calibration_windows(
+        ev.tokenizer, args.calib_text, params.seq_len, params.bos, params.calib_samples
+    )
+    draw = calibration_draw(calib.all, params.calib_samples, seed)
+    targets = [Sparsity(s) for s in params.sparsities]
+    targets += [Sparsity.pattern(t) for t in params.prune_nm]
+    weights = dict(model.named_parameters())
+    dense = {i.name: weights[i.name].detach().cpu().clone() for i in infos}
+    before = fingerprint([weights[n] for n in dense])
+
+    def scores_of(metric: str):
+        if metric == params.metric:  # the sensitivity stage's scores of this draw
+            return StoredScores(args.scores, seed)
+        return score(ScoringConfig.of(params), model, infos, get_metric(metric), draw, seed)
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
+        ref = reference(model, windows, params.batch_size, Path(tmp))
+        for method in params.prune_methods:
+            activations = method in ACTIVATION_METHODS
+            scores = None if activations else method_scores(method, infos, scores_of, seed)
+            for target in progress(targets, desc=f"prune {method}"):
+                if activations:
+                    masks = prune_by_activations(
+                        model, infos, method, target, draw, params.batch_size
+                    )
+                    pruned = sum(int(m.sum()) for m in masks.values())
+                else:
+                    pruned = apply_masks(model, in_group(scores, infos, target, params.prune_group))
+                runs.append(
+                    (method, target, pruned, evaluate(model, windows, params.batch_size, ref=ref))
+                )
+                for name, t in dense.items():
+                    weights[name].data.copy_(t)
+    if fingerprint([weights[n] for n in dense]) != before:
+        raise CwaError("model weights differ from the dense model after restoring")
+    check = evaluate(model, windows[: params.batch_size], params.batch_size)
+    if not np.allclose(check.nll, base.nll[: params.batch_size], rtol=1e-5, atol=1e-4):
+        raise CwaError("after restoring, the model no longer reproduces the baseline NLL")
+    idx = bootstrap_indices(len(windows), params.bootstrap, seed)
+    pool_size = sum(i.numel for i in infos)
+    rows = table(runs, base, pool_size, idx, params.prune_group)
+    write_table(rows, args.out, PRUNING_TABLE)
+    return {
+        "pruned_models": len(runs),
+        "diverged": int(rows["diverged"].sum()),
+        "memory": ev.memory,
+        "evaluation_text": ev.text,
+        "calibration_text": calib.record,
+    }
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run, PARAMS)

@@ -1,0 +1,210 @@
+"""Pruning methods against direct computations on hand-built layers and tiny models."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cwa.models import describe, pool
+from cwa.pruning import (
+    Sparsity,
+    apply_masks,
+    global_mask,
+    in_group,
+    input_stats,
+    n_of_m,
+    per_row,
+    prune_by_activations,
+    ria_scores,
+    sparsegpt,
+    wanda_scores,
+)
+from tests.conftest import VOCAB, tiny_gpt2, tiny_llama
+
+
+def test_per_row_prunes_exactly_the_lowest_of_every_row():
+    scores = torch.tensor([[5.0, 1.0, 3.0, 2.0], [0.5, 0.1, 0.9, 0.2]])
+    mask = per_row(scores, 0.5)
+    assert mask.tolist() == [[False, True, False, True], [False, True, False, True]]
+    assert per_row(scores, 0.7).sum(dim=1).tolist() == [2, 2]  # ⌊0.7·4⌋ = 2 per row
+
+
+def test_n_of_m_prunes_n_in_every_group_of_m_columns():
+    scores = torch.rand(6, 16, generator=torch.Generator().manual_seed(0))
+    mask = n_of_m(scores, 2, 4)
+    groups = mask.reshape(6, 4, 4)
+    assert (groups.sum(dim=2) == 2).all()
+    for r in range(6):
+        for g in range(4):
+            block = scores[r, 4 * g : 4 * g + 4]
+            assert set(torch.nonzero(groups[r, g]).flatten().tolist()) == set(
+                torch.argsort(block)[:2].tolist()
+            )
+
+
+def test_global_mask_equals_a_stable_sort_of_the_concatenated_scores():
+    gen = torch.Generator().manual_seed(1)
+    scores = {
+        "a": torch.randint(0, 20, (30,), generator=gen).float(),  # many ties
+        "b": torch.randint(0, 20, (5, 7), generator=gen).float(),
+        "c": torch.zeros(4),
+    }
+    for fraction in (0.0, 0.1, 0.37, 0.5, 0.99):
+        masks = global_mask(scores, fraction)
+        flat = torch.cat([s.flatten() for s in scores.values()])
+        want = torch.zeros_like(flat, dtype=torch.bool)
+        want[torch.argsort(flat, stable=True)[: int(len(flat) * fraction)]] = True
+        got = torch.cat([masks[n].flatten() for n in scores])
+        assert torch.equal(got, want), fraction
+
+
+def test_wanda_and_ria_scores_against_their_formulas():
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    sq = torch.rand(4, generator=gen, dtype=torch.float64) * 10
+    windows = 5
+    wanda = wanda_scores(w, sq, windows).tolist()
+    ria = ria_scores(w, sq, windows).tolist()
+    w, sq = w.tolist(), sq.tolist()
+    for i in range(3):
+        for j in range(4):
+            norm = math.sqrt(sq[j] / windows)
+            assert wanda[i][j] == pytest.approx(abs(w[i][j]) * norm, rel=1e-12)
+            col = sum(abs(w[k][j]) for k in range(3))
+            row = sum(abs(w[i][k]) for k in range(4))
+            want = (abs(w[i][j]) / col + abs(w[i][j]) / row) * norm**0.5
+            assert ria[i][j] == pytest.approx(want, rel=1e-12)
+
+
+def correlated_inputs(n: int, d: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=gen) / math.sqrt(d)
+    return torch.randn(n, d, generator=gen) @ mix + 0.1 * torch.randn(n, d, generator=gen)
+
+
+def test_sparsegpt_update_equals_the_dense_least_squares_solution_for_a_prefix_mask():
+    """When the pruned weights of every row are its first columns, SparseGPT's sequential OBS
+    updates reach the exact optimum: the kept weights minimise ‖(W − Ŵ) X‖² + damping, which a
+    dense solve of the normal equations gives directly (float64)."""
+    rows, cols, pruned = 3, 8, 3
+    x = correlated_inputs(200, cols, 3).double()
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(rows, cols, generator=gen, dtype=torch.float64) + 3.0
+    w[:, :pruned] = 1e-3  # the smallest saliencies: SparseGPT prunes these columns
+    h = x.T @ x
+    new, mask = sparsegpt(w, h, Sparsity(pruned / cols), block=cols)
+    assert mask[:, :pruned].all() and not mask[:, pruned:].any()
+    damped = h + 0.01 * torch.diag(h).mean() * torch.eye(cols, dtype=torch.float64)
+    keep = slice(pruned, cols)
+    for r in range(rows):
+        want = torch.linalg.solve(damped[keep, keep], damped[keep, :] @ w[r])
+        assert new[r, :pruned].abs().max() == 0
+        # fp32 algorithm against a float64 solve of a condition-number ~1e2 system
+        torch.testing.assert_close(new[r, keep].double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_sparsegpt_reconstructs_better_than_magnitude_at_the_same_sparsity():
+    rows, cols = 16, 64
+    x = correlated_inputs(500, cols, 5)
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(6))
+    h = x.T @ x
+    for target in (Sparsity(0.5), Sparsity.pattern("2:4")):
+        new, mask = sparsegpt(w, h, target, block=32)
+        magnitude = w.clone()
+        if target.nm:
+            magnitude[n_of_m(w.abs(), 2, 4)] = 0
+        else:
+            magnitude[per_row(w.abs(), 0.5)] = 0
+        error = ((w - new) @ x.T).square().sum()
+        baseline = ((w - magnitude) @ x.T).square().sum()
+        assert error < 0.8 * baseline, target
+        assert int(mask.sum()) == rows * cols // 2 and (new[mask] == 0).all()
+        if target.nm:
+            assert (mask.reshape(rows, cols // 4, 4).sum(dim=2) == 2).all()
+        else:  # exactly half of every 32-column block
+            assert all(int(mask[:, b : b + 32].sum()) == rows * 16 for b in (0, 32))
+
+
+def test_sparsegpt_zeroes_dead_inputs():
+    x = correlated_inputs(100, 8, 7)
+    x[:, 2] = 0  # an input that never fires
+    w = torch.randn(4, 8, generator=torch.Generator().manual_seed(8))
+    new, _ = sparsegpt(w, x.T @ x, Sparsity(0.25), block=8)
+    assert (new[:, 2] == 0).all() and torch.isfinite(new).all()
+
+
+@pytest.fixture()
+def calibration():
+    return torch.randint(0, VOCAB, (8, 12), generator=torch.Generator().manual_seed(9))
+
+
+def test_wanda_prunes_block_by_block_on_the_pruned_model(calibration):
+    """Exactly half of every row, and block 1's masks come from inputs measured with block 0
+    already pruned: recomputed here from the final model (q/k/v read the residual stream, which
+    block 1's own pruning does not touch)."""
+    model = tiny_llama()
+    infos = pool(describe(model))
+    dense = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks = prune_by_activations(model, infos, "wanda", Sparsity(0.5), calibration, 4)
+    params = dict(model.named_parameters())
+    for info in infos:
+        rows = masks[info.name]
+        assert (rows.sum(dim=1) == info.shape[1] // 2).all()
+        assert (params[info.name][rows] == 0).all()
+    q = "model.layers.1.self_attn.q_proj.weight"
+    module = model.model.layers[1].self_attn.q_proj
+    stats = input_stats(model, {q: module}, calibration, 4, False, None)[q]
+    want = per_row(wanda_scores(dense[q], stats.sq, stats.windows), 0.5)
+    assert torch.equal(masks[q], want)
+    q0 = "model.layers.0.self_attn.q_proj.weight"
+    dense_model = tiny_llama()
+    module0 = dense_model.model.layers[0].self_attn.q_proj
+    stats0 = input_stats(dense_model, {q0: module0}, calibration, 4, False, None)[q0]
+    assert torch.equal(masks[q0], per_row(wanda_scores(dense[q0], stats0.sq, stats0.windows), 0.5))
+
+
+def test_activation_methods_read_gpt2_conv1d_in_the_linear_convention(calibration):
+    model = tiny_gpt2()
+    infos = pool(describe(model))
+    masks = prune_by_activations(model, infos, "wanda", Sparsity(0.25), calibration, 4)
+    for info in infos:
+        assert info.transposed
+        # Conv1D stores [in, out]: an output row is a storage column
+        assert (masks[info.name].sum(dim=0) == info.shape[0] // 4).all()
+    model = tiny_gpt2()
+    masks = prune_by_activations(model, infos, "sparsegpt", Sparsity(0.5), calibration, 4)
+    assert sum(int(m.sum()) for m in masks.values()) == sum(i.numel for i in infos) // 2
+
+
+def test_metric_methods_prune_exactly_in_their_group():
+    model = tiny_llama()
+    infos = pool(describe(model))
+    gen = torch.Generator().manual_seed(10)
+    scores = {i.name: torch.rand(i.shape, generator=gen) for i in infos}
+    total = sum(i.numel for i in infos)
+    for group in ("global", "per_tensor", "per_row"):
+        masks = in_group(scores, infos, Sparsity(0.3), group)
+        if group == "per_tensor":
+            assert all(int(masks[i.name].sum()) == int(i.numel * 0.3) for i in infos)
+        if group == "per_row":
+            assert all((masks[i.name].sum(dim=1) == int(i.shape[1] * 0.3)).all() for i in infos)
+        if group == "global":
+            assert sum(int(m.sum()) for m in masks.values()) == int(total * 0.3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    masks = in_group(scores, infos, Sparsity.pattern("2:4"), "global")
+    assert apply_masks(model, masks) == total // 2
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        assert (params[name][mask] == 0).all()
+        assert torch.equal(params[name][~mask], before[name][~mask])
+
+
+def test_relative_gain_ci_on_the_identity_resample_is_the_point_gain():
+    from cwa.stats import relative_gain_ci
+
+    tokens = np.array([10, 10])
+    a, b = np.array([30.0, 32.0]), np.array([35.0, 36.0])
+    lo, hi = relative_gain_ci(a, b, tokens, np.arange(2)[None, :])
+    want = 1 - math.exp(62 / 20) / math.exp(71 / 20)
+    assert lo == pytest.approx(want) and hi == pytest.approx(want)
