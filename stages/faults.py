@@ -4,14 +4,19 @@ Random bit flips at each rate in `fault_rates` (per storage bit of every pool we
 `fault_trials` draws per rate; each draw is evaluated unprotected, with the top fraction
 (`fault_protect`) of the pool by the first seed's scores protected, and with a random set of the
 same size (uniform over the rest of the pool) protected. All arms share the draw and the
-evaluation windows.
+evaluation windows; each is measured by ΔPPL and by the KL to the unperturbed next-token
+distribution (one reference pass, cwa.evaluation.Reference) and its unchanged top-1 predictions.
 Reads: the evaluation text (sources stage), the model, the score store, the pool and the
 baseline per-text table.
 Writes: one row per trial and arm (schema `fault_trials`) and the summary (`fault_summary`).
 """
 
+import tempfile
+from pathlib import Path
+
 import polars as pl
 
+from cwa.evaluation import reference
 from cwa.evaluation_setup import prepare_stage
 from cwa.faults import campaign, summary
 from cwa.io import write_table
@@ -53,18 +58,21 @@ def run(args, params):
     seed = params.seeds[0]
     infos = pool_infos(pl.read_parquet(args.pool))
     scores = MemberScores(StoredScores(args.scores, seed), [(i, None) for i in infos])
-    rows = campaign(
-        ev.model,
-        [i.name for i in infos],
-        scores,
-        ev.windows,
-        ev.base,
-        params.fault_rates,
-        params.fault_trials,
-        params.fault_protect,
-        seed,
-        params.batch_size,
-    )
+    with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
+        ref = reference(ev.model, ev.windows, params.batch_size, Path(tmp))
+        rows = campaign(
+            ev.model,
+            [i.name for i in infos],
+            scores,
+            ev.windows,
+            ev.base,
+            params.fault_rates,
+            params.fault_trials,
+            params.fault_protect,
+            seed,
+            params.batch_size,
+            ref,
+        )
     write_table(rows, args.trials, FAULT_TRIALS_TABLE)
     write_table(summary(rows), args.summary, FAULT_SUMMARY_TABLE)
     return {

@@ -1,7 +1,8 @@
 """prune: prunes the model by every method of `prune_methods` at every target, against the dense
 model and against magnitude and Wanda pruning.
 
-Targets: each fraction of `sparsities` (unstructured, within each method's comparison group) and
+Targets: each fraction of `sparsities` (unstructured, within each method's comparison group; with
+`prune_owl` also with OWL's outlier-weighted block sparsities, measured on the dense model) and
 each N:M pattern of `prune_nm`. Metric methods use the metric's scores on the first seed's
 calibration draw (the score store's for `metric`, computed here for the others); wanda, ria and
 sparsegpt measure that draw's activations block by block on the model as it is being pruned.
@@ -10,7 +11,9 @@ the dense model and unchanged top-1 predictions), then the pool is restored bit 
 (checked by checksum at the end, and one baseline batch re-evaluated).
 Reads: the calibration and evaluation texts (sources stage), the model, the score store, the
 pool and the baseline per-text table.
-Writes: one row per method and target (schema `pruning`).
+The downstream tasks (`tasks`) run on the dense model and on every method's pruned model at the
+unstructured, uniform target nearest 0.5.
+Writes: one row per method and target (schema `pruning`), the task results (`prune_tasks`).
 """
 
 import tempfile
@@ -33,13 +36,17 @@ from cwa.pruning import (
     apply_masks,
     in_group,
     method_scores,
+    outlier_ratios,
+    owl,
     prune_by_activations,
 )
-from cwa.pruning_summary import table
+from cwa.pruning_summary import table, task_table
+from cwa.schemas.prune_tasks import PRUNE_TASKS_TABLE
 from cwa.schemas.pruning import PRUNING_TABLE
 from cwa.scores import StoredScores, pool_infos
 from cwa.stage import stage_main
 from cwa.stats import bootstrap_indices
+from cwa.tasks import evaluate_task, load_task
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (
@@ -60,7 +67,10 @@ PARAMS = (
     "sparsities",
     "prune_group",
     "prune_nm",
+    "prune_owl",
     "bootstrap",
+    "tasks",
+    "task_items",
 )
 
 
@@ -72,6 +82,8 @@ def add_args(p):
     p.add_argument("--pool", required=True)
     p.add_argument("--baseline-texts", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--tasks-dir", required=True)
+    p.add_argument("--task-results", required=True)
 
 
 def run(args, params):
@@ -83,6 +95,10 @@ def run(args, params):
     )
     draw = calibration_draw(calib.all, params.calib_samples, seed)
     targets = [Sparsity(s) for s in params.sparsities]
+    if params.prune_owl:
+        ratios = outlier_ratios(model, infos, draw, params.batch_size)
+        allocated = (owl(s, ratios) for s in params.sparsities)
+        targets += [t for t in allocated if t.by_layer]  # none when every ratio is equal
     targets += [Sparsity.pattern(t) for t in params.prune_nm]
     weights = dict(model.named_parameters())
     dense = {i.name: weights[i.name].detach().cpu().clone() for i in infos}
@@ -93,6 +109,13 @@ def run(args, params):
             return StoredScores(args.scores, seed)
         return score(ScoringConfig.of(params), model, infos, get_metric(metric), draw, seed)
 
+    tasks = [load_task(t, args.tasks_dir, params.task_items) for t in params.tasks]
+    measure = lambda: {  # noqa: E731
+        t.name: evaluate_task(model, ev.tokenizer, t, params.seq_len, params.batch_size)
+        for t in tasks
+    }
+    task_at = min(params.sparsities, key=lambda s: (abs(s - 0.5), s))
+    measured = {"dense": measure()}
     runs = []
     with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
         ref = reference(model, windows, params.batch_size, Path(tmp))
@@ -110,6 +133,8 @@ def run(args, params):
                 runs.append(
                     (method, target, pruned, evaluate(model, windows, params.batch_size, ref=ref))
                 )
+                if target == Sparsity(task_at):
+                    measured[method] = measure()
                 for name, t in dense.items():
                     weights[name].data.copy_(t)
     if fingerprint([weights[n] for n in dense]) != before:
@@ -121,6 +146,11 @@ def run(args, params):
     pool_size = sum(i.numel for i in infos)
     rows = table(runs, base, pool_size, idx, params.prune_group)
     write_table(rows, args.out, PRUNING_TABLE)
+    write_table(
+        task_table(measured, tasks, task_at, seed, params.bootstrap),
+        args.task_results,
+        PRUNE_TASKS_TABLE,
+    )
     return {
         "pruned_models": len(runs),
         "diverged": int(rows["diverged"].sum()),

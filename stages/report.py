@@ -70,10 +70,7 @@ PARAMS = (
     "fault_rates",
     "fault_trials",
     "fault_protect",
-    "prune_methods",
-    "sparsities",
     "prune_group",
-    "prune_nm",
 )
 
 
@@ -95,6 +92,7 @@ TABLES = (
     "faults",
     "texts",
     "pruning",
+    "prune_tasks",
 )
 
 
@@ -125,6 +123,7 @@ def run(args, params):
     sources = tuple(read_text(d).source for d in (args.calib_text, args.eval_text))
     weights = sum(int(s.numel()) for s in scores.values())
     r = report_inputs(t, m, weights, params, first, sources, criteria.table(checks))
+    plots.seeds(r.seeds, out / "seeds.png")
     facts = summary(
         params, t["baseline"], r.pool_weights, t["pooled"], t["effects"], t["scaling"], first
     )
@@ -221,6 +220,7 @@ def report_inputs(
         effects=effects_table(t["effects"]),
         faults=t["faults"].drop("trials"),
         pruning=pruning_table(t["pruning"]),
+        prune_tasks=tasks_table(t["prune_tasks"], by="method"),
         perturbation_docs=[(name, get_perturbation(name).doc) for name in names],
         stability=t["stability"]
         .group_by("k")

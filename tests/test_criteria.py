@@ -111,6 +111,7 @@ def test_pruning_reads_the_metrics_gain_over_magnitude_at_the_sparsity():
     table = pl.DataFrame(
         {
             "pattern": ["unstructured", "unstructured", "unstructured", "2:4"],
+            "allocation": ["uniform"] * 4,
             "target": [0.5, 0.5, 0.3, 0.5],
             "method": ["magnitude", "obd", "obd", "obd"],
             "ppl": [60.0, 48.0, 47.0, 50.0],

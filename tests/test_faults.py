@@ -90,3 +90,22 @@ def test_a_lazy_score_store_gives_the_same_campaign(tiny, tmp_path):
     lazy = MemberScores(StoredScores(tmp_path, 0), [(infos[n], None) for n in names])
     args = (windows, base, (1e-5,), 1, (0.3,), 7, 4)
     assert campaign(model, names, lazy, *args).equals(campaign(model, names, scores, *args))
+
+
+def test_fault_arms_measure_the_kl_to_the_unperturbed_model(tiny, tmp_path):
+    """With a reference, each arm's KL and unchanged top-1 equal a direct evaluation of the same
+    flipped model against it; a draw that flips nothing has KL exactly 0."""
+    from cwa.evaluation import reference
+
+    model, names, scores, windows, base = tiny
+    ref = reference(model, windows, 4, tmp_path)
+    rows = campaign(model, names, scores, windows, base, (1e-9, 1e-5), 1, (0.3,), 7, 4, ref)
+    quiet = rows.filter((pl.col("rate") == 1e-9) & (pl.col("arm") == "none"))
+    assert quiet["flips"][0] == 0
+    assert (quiet["kl"][0], quiet["top1_same"][0]) == (0.0, 1.0)  # the reference model itself
+    noisy = rows.filter((pl.col("rate") == 1e-5) & ~pl.col("diverged"))
+    assert (noisy["kl"] >= 0).all() and noisy["top1_same"].is_between(0, 1).all()
+    table = summary(rows)
+    assert {"median_kl", "median_top1_same"} <= set(table.columns)
+    assert rows.filter(pl.col("diverged"))["kl"].is_nan().all()
+    assert campaign(model, names, scores, windows, base, (1e-9,), 1, (), 7, 4)["kl"].is_nan().all()

@@ -34,6 +34,8 @@ TINY = {
     "fault_trials": 2,
     "fault_protect": [0.1],
     "headline_k": 50,
+    "prune_owl": True,
+    "prune_nm": ["2:4"],
     "vocab_size": 384,
     "train_steps": 40,
     "train_batch": 8,
@@ -120,6 +122,7 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "perturb/pooled.parquet",
         "perturb/tasks.parquet",
         "prune/pruning.parquet",
+        "prune/tasks.parquet",
         "report/pruning.png",
         "faults/trials.parquet",
         "faults/summary.parquet",
@@ -195,13 +198,23 @@ def test_metrics_hold_the_headline_keys(repo):
     assert base["delta_accuracy"].to_list() == [0.0, 0.0]  # x − x: exact
     assert m["kjv_lambada_acc"] == base.filter(pl.col("task") == "kjv_lambada")["accuracy"][0]
     pruning = pl.read_parquet(repo / "artifacts" / "prune" / "pruning.parquet")
-    assert len(pruning) == 7 * 4  # every default method at every default sparsity
-    half = pruning.filter(pl.col("target") == 0.5)
+    uniform = pruning.filter(pl.col("allocation") == "uniform")
+    owl = pruning.filter(pl.col("allocation") == "owl")
+    assert len(uniform) == 7 * (4 + 1)  # every method at every sparsity, and at 2:4
+    assert len(owl) in (0, 7 * 4)  # OWL: none when every block has the same outlier ratio
+    assert uniform.filter(pl.col("pattern") == "2:4")["sparsity"].to_list() == [0.5] * 7
+    half = uniform.filter((pl.col("target") == 0.5) & (pl.col("pattern") == "unstructured"))
     assert set(half["sparsity"]) == {0.5}  # even sizes: exactly half of every group
     assert m["prune_ppl50_sparsegpt"] == half.filter(pl.col("method") == "sparsegpt")["ppl"][0]
     magnitude = half.filter(pl.col("method") == "magnitude")
     assert magnitude["gain_magnitude"][0] == 0.0  # 1 − x/x: exact
     assert (pruning["ppl"] > m["baseline_ppl"] * 0.9).all()
+    prune_tasks = pl.read_parquet(repo / "artifacts" / "prune" / "tasks.parquet")
+    assert len(prune_tasks) == 2 * (1 + 7)  # 2 tasks x (dense + every method at 50%)
+    dense = prune_tasks.filter(pl.col("method") == "dense")
+    assert dense["delta_accuracy"].to_list() == [0.0, 0.0]
+    # the dense model's accuracy is the unperturbed model's of the perturb stage: same items
+    assert sorted(dense["accuracy"]) == sorted(base["accuracy"])
     lines = (repo / "data" / "tasks" / "kjv_hellaswag.jsonl").read_text().splitlines()
     assert len(lines) == 500 and {"ctx", "endings", "label"} <= set(json.loads(lines[0]))
 
@@ -412,7 +425,7 @@ def test_same_params_give_byte_identical_tables(repo):
     ("setting", "message"),
     [
         ("metric=fisher", "`metric` is 'fisher'; valid values:"),
-        ("topk=[0]", "`topk` must be a non-empty list of positive integers"),
+        ("topk=[0]", "`topk` must be a non-empty list of distinct positive integers"),
         ("flip_bit=[40]", "`flip_bit` must be a non-empty list of distinct bit positions"),
         ("seq_len=4096", "`seq_len` is 4096 but builtin:"),  # valid alone, not for the model
         ("topk=[50,99999999]", "`topk` 99999999 does not fit: mode global ranks 1 group(s)"),
@@ -508,7 +521,11 @@ SCALE_MODELS = {f"scale_model@t{i}" for i in (1, 2, 3)}
         ("src/cwa/training.py", {"check_params", "train@t1", "train@t2", "train@t3"}),
         # check_params imports every registry to check names: it reruns (in seconds) and
         # writes the same bytes, so nothing downstream reruns because of it
-        ("src/cwa/metrics.py", {"check_params", "sensitivity", "agreement", *SCALE_MODELS}),
+        # ... and prune (metric methods) and report (its pruning summary) import it too
+        (
+            "src/cwa/metrics.py",
+            {"check_params", "sensitivity", "agreement", "prune", "report", *SCALE_MODELS},
+        ),
     ],
 )
 def test_a_one_line_change_reruns_only_what_imports_it(repo, edited, changed):

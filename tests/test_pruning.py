@@ -208,3 +208,48 @@ def test_relative_gain_ci_on_the_identity_resample_is_the_point_gain():
     lo, hi = relative_gain_ci(a, b, tokens, np.arange(2)[None, :])
     want = 1 - math.exp(62 / 20) / math.exp(71 / 20)
     assert lo == pytest.approx(want) and hi == pytest.approx(want)
+
+
+def test_owl_allocation_against_the_reference_formula():
+    from cwa.pruning import owl
+
+    target = owl(0.5, {0: 0.01, 1: 0.03, 2: 0.02})
+    # densities (D − min)/(max − min)·2λ = [0, 0.16, 0.08], shifted to mean 0.5
+    assert dict(target.by_layer) == pytest.approx({0: 0.58, 1: 0.42, 2: 0.50})
+    assert np.mean([f for _, f in target.by_layer]) == pytest.approx(0.5)
+    assert target.allocation == "owl" and target.at(-1) == 0.5  # outside the blocks: the target
+    assert owl(0.3, {0: 0.02, 1: 0.02}) == Sparsity(0.3)  # no spread: uniform
+
+
+def test_outlier_ratios_count_wanda_scores_above_m_times_the_block_mean(calibration):
+    from cwa.pruning import OWL_M, outlier_ratios
+
+    model = tiny_llama()
+    infos = pool(describe(model))
+    ratios = outlier_ratios(model, infos, calibration, 4)
+    params = dict(model.named_parameters())
+    for layer in (0, 1):
+        scores = []
+        for info in (i for i in infos if i.layer == layer):
+            module = model.get_submodule(info.name.removesuffix(".weight"))
+            stats = input_stats(model, {info.name: module}, calibration, 4, False, None)[info.name]
+            scores.append(wanda_scores(params[info.name].detach(), stats.sq, 8).flatten())
+        s = torch.cat(scores)
+        assert ratios[layer] == pytest.approx(float((s > OWL_M * s.mean()).double().mean()))
+
+
+def test_owl_targets_prune_each_block_at_its_own_fraction(calibration):
+    target = Sparsity(0.5, by_layer=((0, 0.25), (1, 0.75)))
+    model = tiny_llama()
+    infos = pool(describe(model))
+    gen = torch.Generator().manual_seed(11)
+    scores = {i.name: torch.rand(i.shape, generator=gen) for i in infos}
+    for group in ("global", "per_tensor", "per_row"):
+        masks = in_group(scores, infos, target, group)
+        for layer, fraction in target.by_layer:
+            mine = [i for i in infos if i.layer == layer]
+            pruned = sum(int(masks[i.name].sum()) for i in mine)
+            assert pruned == pytest.approx(fraction * sum(i.numel for i in mine), abs=len(mine))
+    masks = prune_by_activations(model, infos, "sparsegpt", target, calibration, 4)
+    for info in infos:
+        assert int(masks[info.name].sum()) == int(info.numel * target.at(info.layer))

@@ -62,6 +62,7 @@ SHARES = pl.DataFrame(
 PRUNING = pl.DataFrame(
     {
         "pattern": ["unstructured"] * 3,
+        "allocation": ["uniform"] * 3,
         "target": [0.5] * 3,
         "method": ["sparsegpt", "grad_x_weight", "magnitude"],
         "ppl": [48.2, 55.0, 49.1],
@@ -111,6 +112,7 @@ def inputs(**changes) -> ReportInputs:
         "effects": one,
         "faults": one,
         "pruning": PRUNING,
+        "prune_tasks": pl.DataFrame(),
         "perturbation_docs": [("zero", "w → 0")],
         "stability": one,
         "agreement": one,

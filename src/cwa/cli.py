@@ -152,7 +152,9 @@ EXPORTS = (
     "report",
     "perturb/effects.parquet",
     "perturb/comparisons.parquet",
+    "perturb/pooled.parquet",
     "perturb/tasks.parquet",
+    "prune/pruning.parquet",
     "rank/ranking.parquet",
     "faults/summary.parquet",
 )
@@ -180,7 +182,7 @@ def cmd_show(args) -> int:
         print(side_by_side(args.exp))
         return 0
     name = args.exp[0] if args.exp else None
-    metrics, comparisons, changed = _experiment(name) if name else _workspace(args)
+    metrics, pooled, changed = _experiment(name) if name else _workspace(args)
     if name:
         print(
             f"experiment {name}: "
@@ -188,11 +190,11 @@ def cmd_show(args) -> int:
         )
     for key in sorted(metrics):
         print(f"{key:>24}: {fmt(metrics[key])}")
-    if comparisons is not None:
+    if pooled is not None:
         from cwa.report import comparisons_table, table
 
         print()
-        print(table(comparisons_table(comparisons, metrics["headline_k"])))
+        print(table(comparisons_table(pooled, metrics["headline_k"])))
     return 0
 
 
@@ -218,12 +220,12 @@ def _workspace(args):
     metrics_path = Path(args.artifacts) / "metrics.json"
     if not metrics_path.exists():
         raise CwaError(f"{metrics_path} not found: run the pipeline first (`dvc repro`)")
-    comparisons = pl.read_parquet(Path(args.artifacts) / "perturb" / "comparisons.parquet")
-    return json.loads(metrics_path.read_text()), comparisons, []
+    pooled = pl.read_parquet(Path(args.artifacts) / "perturb" / "pooled.parquet")
+    return json.loads(metrics_path.read_text()), pooled, []
 
 
 def _experiment(name: str):
-    """Metrics, comparisons table and changed params of a named experiment, from DVC."""
+    """Metrics, pooled comparisons table and changed params of a named experiment, from DVC."""
     import io
 
     import dvc.api
@@ -245,10 +247,10 @@ def _experiment(name: str):
                     metrics = data["metrics"]["artifacts/metrics.json"]["data"]
                     params = data["params"]["params.yaml"]["data"]
                     changed = [(k, v) for k, v in params.items() if base.get(k) != v]
-                    path = "artifacts/perturb/comparisons.parquet"
+                    path = "artifacts/perturb/pooled.parquet"
                     with dvc.api.open(path, rev=rev["rev"], mode="rb") as f:
-                        comparisons = pl.read_parquet(io.BytesIO(f.read()))
-                    return metrics, comparisons, changed
+                        pooled = pl.read_parquet(io.BytesIO(f.read()))
+                    return metrics, pooled, changed
     known = ", ".join(n for n in names if n) or "none"
     raise CwaError(f"no experiment named {name!r}; experiments: {known}")
 

@@ -126,6 +126,7 @@ def pruning(table: pl.DataFrame, metric: str, sparsity: float) -> Check:
         return Check("pruning_gain", rule, note="`metric` is magnitude itself")
     rows = table.filter(
         (pl.col("pattern") == "unstructured")
+        & (pl.col("allocation") == "uniform")
         & (pl.col("target") == sparsity)
         & (pl.col("method") == metric)
     )

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from cwa.evaluation import EvalResult, evaluate
+from cwa.evaluation import EvalResult, Reference, evaluate
 from cwa.perturbations import edited, int_view, xor_mask
 from cwa.progress import progress
 from cwa.ranking import Selected, extreme_k, sample_excluding, sizes_of
@@ -58,8 +58,10 @@ def campaign(
     fractions: tuple[float, ...],
     seed: int,
     batch_size: int,
+    ref: Reference | None = None,
 ) -> pl.DataFrame:
-    """One row per (rate, trial, protected fraction, arm): flips drawn and blocked, ΔPPL.
+    """One row per (rate, trial, protected fraction, arm): flips drawn and blocked, ΔPPL, and
+    with `ref` the mean KL to the unperturbed next-token distribution and unchanged top-1s.
 
     scores: |score| per pool tensor, flat (a lazy cwa.ranking.MemberScores reads them from the
     store one tensor at a time)."""
@@ -83,7 +85,7 @@ def campaign(
                 keep = ~np.isin(weights, guarded)
                 flips = masks(weights[keep], bits[keep], offsets, names)
                 with edited(params, flips, lambda v, t, mask: xor_mask(v, mask)):
-                    res = evaluate(model, windows, batch_size)
+                    res = evaluate(model, windows, batch_size, ref=ref)
                 rows.append(
                     {
                         "rate": rate,
@@ -95,10 +97,20 @@ def campaign(
                         "blocked": int((~keep).sum()),
                         "ppl": res.ppl,
                         "delta_ppl": res.ppl - base.ppl,
+                        **distribution(res),
                         "diverged": res.diverged,
                     }
                 )
     return pl.DataFrame(rows)
+
+
+def distribution(res: EvalResult) -> dict:
+    """Per-token means of the KL to the reference and of unchanged top-1 predictions (NaN
+    without a reference or when the loss diverged: the KL of a non-finite model is none)."""
+    if res.kl is None or res.diverged:
+        return {"kl": float("nan"), "top1_same": float("nan")}
+    tokens = res.tokens.sum()
+    return {"kl": float(res.kl.sum() / tokens), "top1_same": float(res.same_top1.sum() / tokens)}
 
 
 def summary(rows: pl.DataFrame) -> pl.DataFrame:
@@ -122,6 +134,8 @@ def summary(rows: pl.DataFrame) -> pl.DataFrame:
             pl.col("blocked").mean().alias("mean_blocked"),
             pl.col("diverged").mean().alias("diverged_share"),
             pl.col("delta_ppl").median().alias("median_delta_ppl"),
+            pl.col("kl").median().alias("median_kl"),
+            pl.col("top1_same").median().alias("median_top1_same"),
             pl.col("gain").median().alias("median_gain"),
         )
         .with_columns(

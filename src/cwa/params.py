@@ -93,6 +93,7 @@ class Params:
     sparsities: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
     prune_group: str = "per_row"
     prune_nm: tuple[str, ...] = ()
+    prune_owl: bool = False
     target_components: tuple[str, ...] = ()
     target_layers: tuple[int, ...] = ()
     spike_ratio: float = 100.0
@@ -349,6 +350,11 @@ DOCS = {
         "N:M semi-structured patterns also run, e.g. `[2:4, 4:8]`: N of every M consecutive "
         "input weights of each row pruned, for every method (`prune_group` does not apply)"
     ),
+    "prune_owl": (
+        "also run every method at every sparsity with OWL's non-uniform block sparsities (Yin "
+        "et al. 2024): blocks with more Wanda-score outliers (> 5× the block's mean) pruned "
+        "less, spread over ±0.08 around the target, the mean over blocks equal to it"
+    ),
     "spike_ratio": (
         "super-weight detector: a down projection's strongest input and output activations are "
         "spikes when each is at least this many times the layer's median |activation| (Yu et al. "
@@ -422,8 +428,8 @@ def _validate(p: Params):
         fail("seq_len", "must be >= 2 (one token predicts the next)")
     if not p.seeds or len(set(p.seeds)) != len(p.seeds):
         fail("seeds", f"must be a non-empty list of distinct integers, got {list(p.seeds)}")
-    if not p.topk or any(k < 1 for k in p.topk):
-        fail("topk", f"must be a non-empty list of positive integers, got {list(p.topk)}")
+    if not p.topk or any(k < 1 for k in p.topk) or len(set(p.topk)) != len(p.topk):
+        fail("topk", f"must be a non-empty list of distinct positive integers, got {list(p.topk)}")
     if p.headline_k not in p.topk:
         fail("headline_k", f"({p.headline_k}) must be one of topk {list(p.topk)}")
     if p.spike_ratio <= 1:

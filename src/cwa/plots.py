@@ -319,34 +319,58 @@ def agreement(table: pl.DataFrame, k: int, path) -> None:
 
 
 def pruning(table: pl.DataFrame, path) -> None:
-    """Perplexity against the pruned fraction per method (unstructured), with 95% paired CIs;
-    diverged points are left out."""
+    """Perplexity against the pruned fraction per method (unstructured; OWL's allocation
+    dashed), with 95% paired CIs; diverged points are left out."""
     rows = table.filter((pl.col("pattern") == "unstructured") & ~pl.col("diverged"))
     dense = (table["ppl"] - table["delta_ppl"]).drop_nans()
     methods = table["method"].unique(maintain_order=True).to_list()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     colors = plt.get_cmap("tab10").colors
     for i, method in enumerate(methods):
-        color = colors[i % len(colors)]
-        mine = rows.filter(pl.col("method") == method).sort("target")
-        if mine.is_empty():
-            continue
-        low = (mine["delta_ppl"] - mine["ci_low"]).clip(lower_bound=0)
-        high = (mine["ci_high"] - mine["delta_ppl"]).clip(lower_bound=0)
-        ax.errorbar(
-            mine["target"],
-            mine["ppl"],
-            yerr=[low, high],
-            marker="o",
-            capsize=3,
-            color=color,
-            label=method,
-        )
+        for allocation, style in (("uniform", "-"), ("owl", "--")):
+            mine = rows.filter(
+                (pl.col("method") == method) & (pl.col("allocation") == allocation)
+            ).sort("target")
+            if mine.is_empty():
+                continue
+            low = (mine["delta_ppl"] - mine["ci_low"]).clip(lower_bound=0)
+            high = (mine["ci_high"] - mine["delta_ppl"]).clip(lower_bound=0)
+            ax.errorbar(
+                mine["target"],
+                mine["ppl"],
+                yerr=[low, high],
+                marker="o",
+                capsize=3,
+                linestyle=style,
+                color=colors[i % len(colors)],
+                label=method if allocation == "uniform" else f"{method} (owl)",
+            )
     if len(dense):
         ax.axhline(dense[0], color="black", linestyle=":", label="dense")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set(xlabel="fraction pruned", ylabel="perplexity (log)", title="Pruning")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def seeds(table: pl.DataFrame, path) -> None:
+    """The headline experiment seed by seed and pooled: the top set's ΔPPL with its 95% CI (one
+    seed: over windows; pooled: over seeds and windows) beside the controls' mean ΔPPL."""
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(table) + 1.5))
+    y = np.arange(len(table))[::-1]
+    top = table["ΔPPL top"].to_numpy()
+    low = np.clip(top - table["CI low"].to_numpy(), 0, None)
+    high = np.clip(table["CI high"].to_numpy() - top, 0, None)
+    ax.errorbar(top, y, xerr=[low, high], fmt="o", capsize=3, color=COLORS["top"], label="top")
+    for column, marker, color in (
+        ("ΔPPL random_k", "s", COLORS["random_k"]),
+        ("ΔPPL magnitude_matched_k", "D", "#8e44ad"),
+    ):
+        ax.plot(table[column], y, marker, color=color, label=column.removeprefix("ΔPPL "))
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [f"seed {s}" if s != "pooled" else "pooled" for s in table["seed"]])
+    ax.set(xlabel="ΔPPL", title="The headline, seed by seed")
     ax.legend(fontsize=8)
     _save(fig, path)

@@ -62,10 +62,20 @@ def _valid_pruning(p) -> None:
 
 @dataclass(frozen=True)
 class Sparsity:
-    """A pruning target: a fraction of every group, or N of every M consecutive input weights."""
+    """A pruning target: a fraction of every group, or N of every M consecutive input weights;
+    `by_layer` ((block, fraction), ...) overrides the fraction per block (OWL's allocation)."""
 
     fraction: float
     nm: tuple[int, int] | None = None
+    by_layer: tuple[tuple[int, float], ...] = ()
+
+    def at(self, layer: int) -> float:
+        """The fraction pruned in block `layer` (layers outside the blocks: `fraction`)."""
+        return dict(self.by_layer).get(layer, self.fraction)
+
+    @property
+    def allocation(self) -> str:
+        return "owl" if self.by_layer else "uniform"
 
     @classmethod
     def pattern(cls, text: str) -> Sparsity:
@@ -140,20 +150,28 @@ def global_mask(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, t
 def in_group(
     scores: dict[str, torch.Tensor], infos: list[ParamInfo], target: Sparsity, group: str
 ) -> dict[str, torch.Tensor]:
-    """Masks (True: prune) of the lowest scores within `group`, in storage layout."""
+    """Masks (True: prune) of the lowest scores within `group`, in storage layout (with a
+    per-block allocation, `global` means the whole pool part of each block)."""
     if target.nm or group == "per_row":
         out = {}
         for info in infos:
             rows = matrix(scores[info.name], info)
-            mask = n_of_m(rows, *target.nm) if target.nm else per_row(rows, target.fraction)
+            mask = n_of_m(rows, *target.nm) if target.nm else per_row(rows, target.at(info.layer))
             out[info.name] = (mask.T if info.transposed else mask).reshape(info.shape)
         return out
     if group == "per_tensor":
-        return {
-            n: lowest(s.flatten(), int(s.numel() * target.fraction)).reshape(s.shape)
-            for n, s in scores.items()
-        }
-    return global_mask(scores, target.fraction)
+        out = {}
+        for i in infos:
+            count = int(i.numel * target.at(i.layer))
+            out[i.name] = lowest(scores[i.name].flatten(), count).reshape(i.shape)
+        return out
+    if not target.by_layer:
+        return global_mask(scores, target.fraction)
+    out = {}
+    for layer in sorted({i.layer for i in infos}):
+        mine = {i.name: scores[i.name] for i in infos if i.layer == layer}
+        out |= global_mask(mine, target.at(layer))
+    return out
 
 
 def wanda_scores(w: torch.Tensor, sq: torch.Tensor, windows: int) -> torch.Tensor:
@@ -295,10 +313,9 @@ def prune_by_activations(
             hessian=method == "sparsegpt",
             stop_after=blocks[layer] if layer >= 0 else None,
         )
+        here = Sparsity(target.at(layer), target.nm)
         for info in mine:
-            masks[info.name] = _prune_layer(
-                params[info.name], info, method, target, stats[info.name]
-            )
+            masks[info.name] = _prune_layer(params[info.name], info, method, here, stats[info.name])
     return masks
 
 
@@ -342,3 +359,47 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> int:
         for name, mask in masks.items():
             params[name].masked_fill_(mask.to(params[name].device), 0)
     return sum(int(m.sum()) for m in masks.values())
+
+
+OWL_M = 5.0  # an outlier: a Wanda score above M × its block's mean score (the paper's LLaMA runs)
+OWL_LAMBDA = 0.08  # block sparsities span target ± λ
+
+
+def outlier_ratios(model: nn.Module, infos: list[ParamInfo], windows, batch_size) -> dict:
+    """OWL's layerwise outlier distribution: per block, the share of its pool weights whose
+    Wanda score |W_ij|·‖X_j‖₂ exceeds OWL_M × the block's mean score, on the dense model (one
+    calibration pass)."""
+    params = dict(model.named_parameters())
+    owners = owning_modules(model, [i.name for i in infos])
+    blocks = [i for i in infos if i.layer >= 0]
+    stats = input_stats(
+        model, {i.name: owners[i.name] for i in blocks}, windows, batch_size, False, None
+    )
+    ratios = {}
+    for layer in sorted({i.layer for i in blocks}):
+        mine = [i for i in blocks if i.layer == layer]
+        scores = torch.cat(
+            [
+                wanda_scores(
+                    matrix(params[i.name].detach(), i).float(), stats[i.name].sq, 1
+                ).flatten()
+                for i in mine
+            ]
+        )
+        ratios[layer] = float((scores > OWL_M * scores.mean()).double().mean())
+    return ratios
+
+
+def owl(fraction: float, ratios: dict[int, float]) -> Sparsity:
+    """OWL's allocation (Yin et al. 2024): block densities spread over 2λ in proportion to the
+    block's outlier ratio, shifted so that their mean is 1 − fraction; blocks with more outliers
+    are pruned less. Uniform when every block has the same ratio."""
+    layers = sorted(ratios)
+    d = torch.tensor([ratios[layer] for layer in layers], dtype=torch.float64)
+    spread = d.max() - d.min()
+    if spread == 0:
+        return Sparsity(fraction)
+    density = (d - d.min()) / spread * 2 * OWL_LAMBDA
+    density = density - density.mean() + (1 - fraction)
+    per_layer = (1 - density).clamp(min=0.0, max=1.0)
+    return Sparsity(fraction, by_layer=tuple(zip(layers, per_layer.tolist(), strict=True)))

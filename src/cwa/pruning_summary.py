@@ -9,8 +9,9 @@ import numpy as np
 import polars as pl
 
 from cwa.evaluation import EvalResult
-from cwa.experiment import distribution_damage
+from cwa.experiment import distribution_damage, task_rows
 from cwa.pruning import Sparsity
+from cwa.schemas.prune_tasks import PRUNE_TASKS_TABLE
 from cwa.stats import paired_delta_ci, relative_gain_ci
 
 OWN_GROUPS = {"wanda": "per_row", "ria": "per_tensor", "sparsegpt": "block"}
@@ -41,6 +42,7 @@ def table(
             "group": group_of(method, target, prune_group),
             "target": target.fraction,
             "pattern": target.label,
+            "allocation": target.allocation,
             "pruned": pruned,
             "sparsity": pruned / pool_size,
             "ppl": res.ppl,
@@ -69,8 +71,12 @@ def _gain(res: EvalResult, ref: EvalResult | None, base: EvalResult, idx, key: s
 
 
 def at(table: pl.DataFrame, target: float) -> pl.DataFrame:
-    """Unstructured rows at `target` (the report's and metrics.json's 50%)."""
-    return table.filter((pl.col("pattern") == "unstructured") & (pl.col("target") == target))
+    """Unstructured, uniformly allocated rows at `target` (metrics.json's 50%)."""
+    return table.filter(
+        (pl.col("pattern") == "unstructured")
+        & (pl.col("allocation") == "uniform")
+        & (pl.col("target") == target)
+    )
 
 
 HEADLINE_SPARSITY = 0.5  # metrics.json: the perplexity of every method at 50%
@@ -80,3 +86,24 @@ def metrics(table: pl.DataFrame) -> dict:
     """`prune_ppl50_<method>` for every method pruned at 50% unstructured."""
     rows = at(table, HEADLINE_SPARSITY)
     return {f"prune_ppl50_{m}": p for m, p in zip(rows["method"], rows["ppl"], strict=True)}
+
+
+def task_table(
+    measured: dict, tasks: list, target: float, seed: int, resamples: int
+) -> pl.DataFrame:
+    """Task rows (schema `prune_tasks`) of the dense model and of each method's pruned model at
+    `target`, against the dense model (`measured`: method -> {task: TaskResult}, with `dense`)."""
+    if not tasks:  # `tasks: []`: the schema's empty table
+        return pl.DataFrame(schema={c.name: c.dtype for c in PRUNE_TASKS_TABLE.columns})
+    dense = measured["dense"]
+    rows = []
+    for method, results in measured.items():
+        pruned = method != "dense"
+        ident = {
+            "method": method,
+            "target": target if pruned else 0.0,
+            "pattern": "unstructured" if pruned else "dense",
+            "allocation": "uniform" if pruned else "dense",
+        }
+        rows += task_rows(ident, results, dense, tasks, seed, resamples)
+    return pl.DataFrame(rows)

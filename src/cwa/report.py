@@ -181,10 +181,12 @@ def k_sweep(effects: pl.DataFrame, first: dict) -> pl.DataFrame:
     return effects.filter(first_strength(first) & (pl.col("mask_ratio") == 1.0))
 
 
-def tasks_table(tasks: pl.DataFrame) -> pl.DataFrame:
-    """Per task, perturbation and selection (random draws averaged): accuracy and its change."""
+def tasks_table(tasks: pl.DataFrame, by: str | tuple = ("perturbation", "setting", "selection")):
+    """Per task and experiment cell (`by`: its columns; random draws averaged): accuracy and its
+    change."""
+    by = [by] if isinstance(by, str) else list(by)
     return (
-        tasks.group_by(["task", "perturbation", "setting", "selection"], maintain_order=True)
+        tasks.group_by(["task", *by], maintain_order=True)
         .agg(
             pl.col("accuracy").mean(),
             pl.col("delta_accuracy").mean().alias("Δacc"),
@@ -194,7 +196,7 @@ def tasks_table(tasks: pl.DataFrame) -> pl.DataFrame:
             pl.col("target_ppl").mean().alias("target PPL"),
             pl.len().alias("runs"),
         )
-        .sort("task", "perturbation", "selection")
+        .sort("task", *by)
     )
 
 
@@ -236,8 +238,9 @@ def comparisons_table(pooled: pl.DataFrame, k: int) -> pl.DataFrame:
 
 def pruning_table(pruning: pl.DataFrame) -> pl.DataFrame:
     """Each method at each target, best first within a target: damage and gains."""
-    return pruning.sort("pattern", "target", "ppl").select(
+    return pruning.sort("pattern", "allocation", "target", "ppl").select(
         "pattern",
+        "allocation",
         "target",
         "method",
         "group",
@@ -329,6 +332,7 @@ class ReportInputs:
     effects: pl.DataFrame  # effects_table
     faults: pl.DataFrame  # schema `fault_summary`
     pruning: pl.DataFrame  # pruning_table
+    prune_tasks: pl.DataFrame  # tasks_table of the pruned models, by method
     perturbation_docs: list[tuple[str, str]]
     stability: pl.DataFrame  # mean over seed pairs, per k
     agreement: pl.DataFrame  # at headline_k
@@ -429,6 +433,8 @@ def headline_section(r: ReportInputs) -> list[str]:
         "windows pooled; q: Benjamini-Hochberg over the run):",
         "",
         table(r.seeds),
+        "",
+        "![The headline, seed by seed](seeds.png)",
         "",
         f"Every perturbation at k = {k} (first strength of its sweep, whole selections; means "
         "over seeds and draws); `p (top > this)` and `q` test the top set against that control "
@@ -604,7 +610,9 @@ def faults_section(r: ReportInputs) -> list[str]:
         f"fraction of the pool by {p.metric} protected (flips landing there are not applied), and "
         "with a random set of the same size (uniform over the rest of the pool) protected. "
         "median_gain = median over draws of PPL(unprotected) − PPL(arm); gain_per_weight divides "
-        "it by the protected weights.",
+        "it by the protected weights; median_kl and median_top1_same: medians over draws of "
+        "the mean KL per token to the unperturbed model's next-token distribution and of the "
+        "unchanged top-1 fraction (a diverged draw has none).",
         "",
         table(r.faults),
         "",
@@ -622,17 +630,36 @@ def pruning_section(r: ReportInputs) -> list[str]:
         "wanda, ria and sparsegpt block by block on the pruned model's activations) and the "
         "pruned model is evaluated on the same windows. gain vs magnitude = 1 − PPL / "
         "PPL(magnitude) at the same target, with its 95% paired CI over windows; gain vs wanda "
-        "likewise. The pool is restored bit for bit after each.",
+        "likewise. The pool is restored bit for bit after each. allocation `owl` "
+        "(`prune_owl`): OWL's outlier-weighted block sparsities, their mean the target.",
         "",
         *_pruning_verdict(r.pruning, p.metric),
         table(r.pruning),
+        "",
+        *_prune_tasks(r.prune_tasks),
+    ]
+
+
+def _prune_tasks(rows: pl.DataFrame) -> list[str]:
+    if rows.is_empty():
+        return []
+    return [
+        "Downstream tasks of the dense model and of each method's model pruned at the "
+        "unstructured target nearest 50% (Δacc against the dense model, CI by paired bootstrap "
+        "over items):",
+        "",
+        table(rows.drop("runs")),
         "",
     ]
 
 
 def _pruning_verdict(rows: pl.DataFrame, metric: str) -> list[str]:
     """Which method prunes best at 50%, and how `metric` fares against magnitude there."""
-    half = rows.filter((pl.col("pattern") == "unstructured") & (pl.col("target") == 0.5))
+    half = rows.filter(
+        (pl.col("pattern") == "unstructured")
+        & (pl.col("allocation") == "uniform")
+        & (pl.col("target") == 0.5)
+    )
     if half.is_empty():
         return []
     best = half.sort("ppl").row(0, named=True)

@@ -16,6 +16,8 @@ FAULT_SUMMARY_TABLE = Schema(
         Column("mean_blocked", FLOAT, "flips blocked by protection per draw (mean)"),
         Column("diverged_share", FLOAT, "share of draws whose loss became inf/NaN"),
         Column("median_delta_ppl", FLOAT, "median ΔPPL over draws (a diverged draw is +inf)"),
+        Column("median_kl", FLOAT, "median over draws of the mean KL per token (diverged: NaN)"),
+        Column("median_top1_same", FLOAT, "median over draws of the unchanged top-1 fraction"),
         Column(
             "median_gain",
             FLOAT,

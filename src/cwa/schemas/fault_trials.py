@@ -17,6 +17,13 @@ FAULT_TRIALS_TABLE = Schema(
         Column("blocked", INT, "flips that landed in the protected set and were not applied"),
         Column("ppl", FLOAT, "perplexity with the applied flips (inf when diverged)"),
         Column("delta_ppl", FLOAT, "ppl − baseline ppl"),
+        Column(
+            "kl",
+            FLOAT,
+            "mean KL(p_ref ‖ p) per token to the unperturbed model's next-token distribution, "
+            "nats (NaN when diverged)",
+        ),
+        Column("top1_same", FLOAT, "fraction of tokens whose top-1 prediction is unchanged"),
         Column("diverged", BOOL, "the loss became inf or NaN"),
     ),
     ("rate", "protect", "arm", "trial"),

@@ -22,6 +22,12 @@ PRUNING_TABLE = Schema(
         ),
         Column("target", FLOAT, "fraction of every group pruned (N/M for a pattern)"),
         Column("pattern", STR, "`unstructured` or the N:M pattern"),
+        Column(
+            "allocation",
+            STR,
+            "`uniform` (the target in every block) or `owl` (outlier-weighted block sparsities "
+            "whose mean is the target)",
+        ),
         Column("pruned", INT, "weights set to zero"),
         Column("sparsity", FLOAT, "pruned / pool weights"),
         Column("ppl", FLOAT, "perplexity of the pruned model (inf when diverged)"),
@@ -48,5 +54,5 @@ PRUNING_TABLE = Schema(
         Column("gain_wanda_ci_high", FLOAT, "97.5% quantile of gain_wanda"),
         Column("diverged", BOOL, "the loss became inf or NaN"),
     ),
-    ("pattern", "target", "method"),
+    ("pattern", "allocation", "target", "method"),
 )
