@@ -227,7 +227,9 @@ def report_inputs(
         .agg(pl.col("jaccard", "overlap", "spearman", "spearman_pool", "union").mean())
         .sort("k"),
         agreement=t["agreement"].filter(pl.col("k") == k).drop("k"),
-        spikes=t["spikes"].drop("param", "flat_index", "ppl"),
+        spikes=t["spikes"]
+        .sort("contribution", descending=True)
+        .drop("param", "flat_index", "token_id", "in_act", "out_act", "row_mean"),
         scaling=t["scaling"],
         fits=t["fit"],
         shares=t["shares"],

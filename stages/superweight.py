@@ -1,9 +1,10 @@
 """superweight: the data-free super-weight detector (Yu et al. 2024) with a causal check.
 
 One forward pass over the first `batch_size` windows of the first seed's calibration draw finds,
-in every MLP down projection, the strongest input and output activation spikes and the weight
-joining them; each such weight is then zeroed alone (and restored bit for bit) and the damage
-measured on the evaluation windows against the baseline.
+in every MLP down projection, where its output spikes (token and output channel) and the weight
+contributing most to that spike (cwa.superweight.detect); each such weight is then set alone to
+0, and to the mean of its row (the mean-ablation control), each time restored bit for bit, and
+the damage measured on the evaluation windows against the baseline.
 Reads: the calibration and evaluation text (sources stage), the model, the baseline per-text table.
 Writes: the spikes table (schema `spikes`).
 """
@@ -15,7 +16,7 @@ from cwa.data import calibration_draw, calibration_windows
 from cwa.evaluation import evaluate
 from cwa.evaluation_setup import prepare_stage
 from cwa.io import write_table
-from cwa.perturbations import get_perturbation, perturbed
+from cwa.perturbations import edited
 from cwa.schemas.spikes import SPIKES_TABLE
 from cwa.stage import stage_main
 from cwa.stats import bootstrap_indices, paired_delta_ci
@@ -48,38 +49,18 @@ def add_args(p):
 
 def run(args, params):
     ev = prepare_stage(params, args.models_dir, args.eval_text, args.baseline_texts)
-    model, windows, base = ev.model, ev.windows, ev.base
     calib = calibration_windows(
         ev.tokenizer, args.calib_text, params.seq_len, params.bos, params.calib_samples
     )
     probe = calibration_draw(calib.all, params.calib_samples, params.seeds[0])[: params.batch_size]
-    idx = bootstrap_indices(len(windows), params.bootstrap, params.seeds[0])
-    weights = dict(model.named_parameters())
+    idx = bootstrap_indices(len(ev.windows), params.bootstrap, params.seeds[0])
+    weights = dict(ev.model.named_parameters())
     rows = []
-    for spike in detect(model, probe, params.batch_size):
-        selection = {spike.param: torch.tensor([spike.flat_index])}
-        with perturbed(weights, selection, get_perturbation("zero")):
-            result = evaluate(model, windows, params.batch_size)
-        lo, hi = paired_delta_ci(base.nll, result.nll, result.tokens, idx)
-        rows.append(
-            {
-                "param": spike.param,
-                "layer": spike.layer,
-                "row": spike.out_channel,
-                "col": spike.in_channel,
-                "flat_index": spike.flat_index,
-                "weight": float(weights[spike.param].detach().reshape(-1)[spike.flat_index]),
-                "in_max": spike.in_max,
-                "out_max": spike.out_max,
-                "in_ratio": spike.in_ratio,
-                "out_ratio": spike.out_ratio,
-                "candidate": spike.is_candidate(params.spike_ratio),
-                "ppl": result.ppl,
-                "delta_ppl": result.ppl - base.ppl,
-                "ci_low": lo,
-                "ci_high": hi,
-            }
-        )
+    for spike in detect(ev.model, probe, params.batch_size):
+        row = described(spike, weights, probe, params.spike_ratio)
+        for control, value in (("zero", 0.0), ("mean", spike.row_mean)):
+            row |= set_alone(ev, weights, spike, value, idx, params.batch_size, control)
+        rows.append(row)
     table = pl.DataFrame(rows)
     write_table(table, args.out, SPIKES_TABLE)
     return {
@@ -89,6 +70,40 @@ def run(args, params):
         "calibration_text": calib.record,
         "evaluation_text": ev.text,
     }
+
+
+def described(spike, weights, probe, spike_ratio: float) -> dict:
+    """The spikes table's description of one candidate (schema `spikes`)."""
+    return {
+        "param": spike.param,
+        "layer": spike.layer,
+        "row": spike.out_channel,
+        "col": spike.in_channel,
+        "flat_index": spike.flat_index,
+        "weight": float(weights[spike.param].detach().reshape(-1)[spike.flat_index]),
+        "window": spike.window,
+        "token": spike.token,
+        "token_id": int(probe[spike.window, spike.token]),
+        "in_act": spike.in_act,
+        "out_act": spike.out_act,
+        "in_ratio": spike.in_ratio,
+        "out_ratio": spike.out_ratio,
+        "contribution": spike.contribution,
+        "share": spike.share,
+        "candidate": spike.is_candidate(spike_ratio),
+        "row_mean": spike.row_mean,
+    }
+
+
+def set_alone(ev, weights, spike, value: float, idx, batch_size: int, control: str) -> dict:
+    """Sets the one weight to `value` (0, or its row's mean), measures ΔPPL with its paired CI,
+    restores it bit for bit."""
+    edit = {spike.param: (torch.tensor([spike.flat_index]), value)}
+    with edited(weights, edit, lambda old, tensor, v: torch.full_like(old, v)):
+        result = evaluate(ev.model, ev.windows, batch_size)
+    lo, hi = paired_delta_ci(ev.base.nll, result.nll, result.tokens, idx)
+    delta = result.ppl - ev.base.ppl
+    return {f"delta_ppl_{control}": delta, f"ci_low_{control}": lo, f"ci_high_{control}": hi}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Params: every bad value fails before any model loads, naming the key and what is valid."""
 
+import math
+
 import pytest
 import yaml
 
@@ -82,3 +84,21 @@ def test_missing_or_malformed_params_file(tmp_path):
     bad.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(CwaError, match="mapping"):
         load_params(bad)
+
+
+def test_params_yaml_is_read_as_dvc_writes_it():
+    """DVC (YAML 1.2) writes the string 2:4 unquoted and may write 1e-07: YAML 1.1 would read
+    the number 124 and the string '1e-07'."""
+    from cwa.params import read_yaml
+
+    values = read_yaml("prune_nm: [2:4, 4:8]\nfault_rates: [1e-07, 1.0e-6]\nlr: 3.0e-3\nn: 480")
+    assert values == {
+        "prune_nm": ["2:4", "4:8"],
+        "fault_rates": [1e-7, 1e-6],
+        "lr": 0.003,
+        "n": 480,
+    }
+    assert isinstance(values["n"], int)
+    assert read_yaml("a: [true, null, .inf, 0x10, 1_000]") == {
+        "a": [True, None, math.inf, 16, 1000]
+    }

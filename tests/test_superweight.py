@@ -37,6 +37,61 @@ def test_detector_finds_the_planted_super_weight(windows):
     assert not spikes[1].is_candidate(100.0)
 
 
+def planted_behind_a_louder_channel():
+    """A super weight whose input channel is quieter than an ordinary channel's peak: channel
+    LOUD's input is boosted 10x everywhere (as SwiGLU intermediates spike in every layer of a
+    small model), the planted weight [ROW, COL] is large and COL's input ordinary."""
+    model = tiny_llama(seed=4)
+    mlp = model.model.layers[LAYER].mlp
+    with torch.no_grad():
+        mlp.up_proj.weight[LOUD] *= 10
+        mlp.down_proj.weight[ROW, COL] = 25.0
+    return model
+
+
+LOUD = 40
+
+
+def test_detector_locates_the_super_weight_where_the_spike_happens(windows):
+    """Pairing the largest input channel with the largest output channel reports LOUD; the
+    contribution at the spike token finds the planted weight."""
+    from cwa.superweight import spike_sites
+
+    model = planted_behind_a_louder_channel()
+    name = f"model.layers.{LAYER}.mlp.down_proj.weight"
+    sites = spike_sites(model, windows, 2)[name]
+    with torch.no_grad():  # every input channel's peak |x| over the probe, directly
+        hidden = []
+        handle = model.model.layers[LAYER].mlp.down_proj.register_forward_hook(
+            lambda m, i, o: hidden.append(i[0].abs().amax(dim=(0, 1)))
+        )
+        model(input_ids=windows)
+        handle.remove()
+        peaks = hidden[0]
+    assert int(peaks.argmax()) == LOUD and peaks[LOUD] > peaks[COL]  # the old pairing's choice
+    found = {s.layer: s for s in detect(model, windows, batch_size=2)}[LAYER]
+    assert (found.out_channel, found.in_channel) == (ROW, COL)
+    w = model.model.layers[LAYER].mlp.down_proj.weight.detach()
+    x = sites["x"]
+    assert found.contribution == pytest.approx(float((w[ROW, COL] * x[COL]).abs()), rel=1e-6)
+    assert found.share == pytest.approx(
+        float((w[ROW, COL] * x[COL]).abs() / (w[ROW] * x).abs().sum()), rel=1e-5
+    )
+    assert found.row_mean == pytest.approx(float(w[ROW].mean()), rel=1e-6)
+    # the spike token: the largest |output| of that channel, found again by a direct pass
+    with torch.no_grad():
+        out = []
+        handle = model.model.layers[LAYER].mlp.down_proj.register_forward_hook(
+            lambda m, i, o: out.append(o.abs())
+        )
+        model(input_ids=windows)
+        handle.remove()
+    y = out[0]
+    window, token, channel = torch.unravel_index(y.argmax(), y.shape)
+    assert (found.window, found.token, found.out_channel) == (window, token, channel)
+    assert found.out_act == pytest.approx(float(y.max()))
+
+
 def test_plain_model_has_no_candidate(windows):
     spikes = detect(tiny_llama(seed=4), windows, batch_size=4)
     assert len(spikes) == 2

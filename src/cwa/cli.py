@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from cwa import CwaError
-from cwa.params import params_from_dict
+from cwa.params import params_from_dict, read_yaml
 from cwa.runflags import Plan, add_flags, translate
 
 
@@ -58,7 +58,7 @@ def preset(path: str | None) -> dict:
     if path is None:
         return {}
     try:
-        values = yaml.safe_load(Path(path).read_text())
+        values = read_yaml(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
         raise CwaError(f"--preset {path}: cannot read it ({err})") from err
     if not isinstance(values, dict):
@@ -70,7 +70,7 @@ def cmd_run(args) -> int:
     params_file = Path(args.params)
     if not params_file.exists():
         raise CwaError(f"{params_file} not found: run cwa from the project root")
-    raw = yaml.safe_load(params_file.read_text()) or {}
+    raw = read_yaml(params_file.read_text()) or {}
     if not isinstance(raw, dict):
         raise CwaError(f"params file {params_file} must hold a mapping of keys to values")
     plan = translate(args)

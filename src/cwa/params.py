@@ -10,6 +10,7 @@ stage's code dependencies stay its own, and a stage validates the names of what 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -528,10 +529,7 @@ def _coerce(name: str, ftype: str, value):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not ok:
-        hint = " (quote it in YAML: unquoted, a:b is read as a base-60 number)" * (
-            kind is str and isinstance(value, int)
-        )
-        fail(name, f"must be {ftype}, got {value!r}{hint}")
+        fail(name, f"must be {ftype}, got {value!r}")
     return value
 
 
@@ -569,11 +567,43 @@ def params_from_dict(raw: dict, strict: bool = True) -> Params:
     return Params(**own, registered=registered | {k: raw[k] for k in unknown})
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """YAML as DVC writes params.yaml (ruamel, YAML 1.2): no base-60 numbers, and 1e-7 is a
+    float. DVC writes the string 2:4 unquoted after `dvc exp run -S`, which YAML 1.1 would read
+    as the number 124."""
+
+
+ParamsLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if not tag.endswith((":int", ":float"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+ParamsLoader.add_implicit_resolver(  # YAML 1.2's floats: 1e-7 too, not only 1.0e-7
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str):
+    """Params YAML (params.yaml, presets, `--set` values), read as DVC writes it."""
+    return yaml.load(text, Loader=ParamsLoader)
+
+
 def load_params(path: str | Path = "params.yaml", strict: bool = True) -> Params:
     path = Path(path)
     if not path.exists():
         raise CwaError(f"params file {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise CwaError(f"params file {path} must hold a mapping of keys to values")
     return params_from_dict(raw, strict)

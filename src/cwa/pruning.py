@@ -53,11 +53,7 @@ def _valid_pruning(p) -> None:
     for text in p.prune_nm:
         n, _, m = str(text).partition(":")
         if not (n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
-            fail(
-                "prune_nm",
-                f"entries are N:M with 0 < N < M, quoted in YAML ('2:4': unquoted, YAML reads "
-                f"2:4 as the number 124), got {text!r}",
-            )
+            fail("prune_nm", f"entries are N:M with 0 < N < M (e.g. 2:4), got {text!r}")
 
 
 @dataclass(frozen=True)

@@ -705,10 +705,13 @@ def superweight_section(r: ReportInputs) -> list[str]:
     return [
         "### Super-weight detector",
         "",
-        "Data-free detector after Yu et al. (2024): in each MLP down projection, the input channel "
-        "(col) and output channel (row) with the largest |activation| over one calibration batch; "
-        f"a candidate needs both to reach {r.params.spike_ratio:g}× the layer's median "
-        "|activation|. Each weight[row, col] was then zeroed alone (ΔPPL with 95% paired CI). "
+        "Data-free detector after Yu et al. (2024), located where the spike happens: in each MLP "
+        "down projection, the token and output channel (row) of its largest |output| over one "
+        "calibration batch, then the input channel (col) whose term |W[row, col]·x[col]| "
+        "contributes most to it (share: of the summed |terms|); rows ranked by contribution. A "
+        f"candidate needs its input and its output to reach {r.params.spike_ratio:g}× the "
+        "layer's median |activation|. Each weight[row, col] was then set alone to 0 and to the "
+        "mean of its row (the mean-ablation control), ΔPPL with 95% paired CIs. "
         f"**{int(spikes['candidate'].sum())} of {len(spikes)}** down projections hold a candidate.",
         "",
         table(spikes),

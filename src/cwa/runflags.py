@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from cwa import CwaError
+from cwa.params import read_yaml
 
 LIST = "list"
 
@@ -137,7 +138,7 @@ def _values(flag: Flag, given: list[str] | str):
     try:
         if flag.kind == LIST:
             items = [t.strip() for token in given for t in token.split(",") if t.strip()]
-            return [yaml.safe_load(flag.aliases.get(t, t)) for t in items]
+            return [read_yaml(flag.aliases.get(t, t)) for t in items]
         return flag.kind(flag.aliases.get(given, given))
     except (ValueError, yaml.YAMLError) as err:
         kind = "list" if flag.kind == LIST else flag.kind.__name__
@@ -166,7 +167,7 @@ def translate(args: argparse.Namespace) -> Plan:
         key, sep, value = pair.partition("=")
         if not sep:
             raise CwaError(f"--set {pair!r}: write KEY=VALUE, e.g. --set bos=true")
-        changes[key.strip()] = yaml.safe_load(value)
+        changes[key.strip()] = read_yaml(value)
     _old_values(args, changes, notes)
     _switches(args, changes, notes)
     _strengths(args, changes, notes)

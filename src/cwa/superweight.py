@@ -1,9 +1,11 @@
 """Data-free super-weight detection after Yu et al. (2024), "The Super Weight in LLMs".
 
-One forward pass with hooks on every MLP down projection: the input channel j* and the output
-channel i* holding the largest |activation| over all tokens. A layer is a candidate when both
-maxima are spikes: at least `spike_ratio` times the median |activation| of that input / output.
-The super weight is down_proj.weight[i*, j*] (row = output channel, col = input channel).
+One forward pass with hooks on every MLP down projection finds where its output spikes: the
+token t* and output channel i* of the largest |output|. The super weight is the weight making
+that spike: down_proj.weight[i*, j*] with j* the input channel whose term |W[i*, j]·x[t*, j]|
+is largest (row = output channel, col = input channel). A layer holds a candidate when both the
+spike and that input are at least `spike_ratio` times the layer's median |activation|.
+`activation_maxima` (per-channel maxima) feeds the `super_weight` metric.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ class Spike:
     layer: int
     in_channel: int  # j*: column of the weight (nn.Linear convention)
     out_channel: int  # i*: row
-    in_max: float
-    out_max: float
-    in_ratio: float  # in_max / median |input|
-    out_ratio: float  # out_max / median |output|
+    window: int  # where the output spike happens: window of the probe batch ...
+    token: int  # ... and token position in it
+    in_act: float  # |x[t*, j*]|: the input on j* at the spike token
+    out_act: float  # |y[t*, i*]|: the spike
+    in_ratio: float  # in_act / median |input| of the layer
+    out_ratio: float  # out_act / median |output| of the layer
+    contribution: float  # |W[i*, j*] · x[t*, j*]|
+    share: float  # contribution / Σ_j |W[i*, j] · x[t*, j]|: how much of the spike it makes
     flat_index: int  # position of [i*, j*] in the weight's storage
+    row_mean: float  # mean of W[i*, :]: the value the mean-ablation control sets it to
 
     def is_candidate(self, spike_ratio: float) -> bool:
         return self.in_ratio >= spike_ratio and self.out_ratio >= spike_ratio
@@ -59,28 +66,66 @@ def activation_maxima(model, windows: torch.Tensor, batch_size: int):
     return stats
 
 
+def spike_sites(model, windows: torch.Tensor, batch_size: int) -> dict[str, dict]:
+    """Per down projection: where its largest |output| happens (window, token, output channel),
+    the input vector x[t*] at that token, and the medians of |x| and |y| (fp32; the medians
+    over the first batch)."""
+    downs = down_projections(model)
+    sites: dict[str, dict] = {}
+    offset = 0
+
+    def hook(name, module, inputs, output):
+        x = inputs[0].detach().float()  # (batch, tokens, in)
+        y = output.detach().float().abs()  # (batch, tokens, out)
+        s = sites.setdefault(name, {"x_med": x.abs().median(), "y_med": y.median(), "peak": -1.0})
+        flat = int(y.argmax())
+        peak = float(y.reshape(-1)[flat])
+        if peak > s["peak"]:
+            b, t, o = (int(v) for v in torch.unravel_index(torch.tensor(flat), y.shape))
+            s.update(peak=peak, window=offset + b, token=t, out=o, x=x[b, t].clone())
+
+    device = next(model.parameters()).device
+    with forward_hooks(downs, hook), torch.inference_mode():
+        for batch in windows.split(batch_size):
+            model(input_ids=batch.to(device), use_cache=False)
+            offset += len(batch)
+    return sites
+
+
 def detect(model, windows: torch.Tensor, batch_size: int) -> list[Spike]:
-    """The strongest input/output spike of every down projection, with its weight coordinate."""
+    """The super-weight candidate of every down projection, located where the spike happens:
+    the token and output channel of its largest |output|, then the weight whose term
+    |W[i*, j] · x[t*, j]| contributes most to that output. Sorted by contribution, largest
+    first. (Pairing the largest input channel with the largest output channel independently
+    misses a super weight whenever an ordinary channel's peak input is larger.)"""
     from transformers.pytorch_utils import Conv1D
 
     infos = {i.name: i for i in describe(model)}
     downs = down_projections(model)
     spikes = []
-    for name, s in activation_maxima(model, windows, batch_size).items():
-        j, i = int(s["x_max"].argmax()), int(s["y_max"].argmax())
+    for name, s in spike_sites(model, windows, batch_size).items():
+        weight = downs[name].weight.detach().float()
+        transposed = isinstance(downs[name], Conv1D)
+        row = weight[:, s["out"]] if transposed else weight[s["out"]]  # W[i*, :]
+        terms = (row * s["x"]).abs()
+        j, i = int(terms.argmax()), s["out"]
         shape = infos[name].shape
-        flat = j * shape[1] + i if isinstance(downs[name], Conv1D) else i * shape[1] + j
         spikes.append(
             Spike(
                 param=name,
                 layer=infos[name].layer,
                 in_channel=j,
                 out_channel=i,
-                in_max=float(s["x_max"][j]),
-                out_max=float(s["y_max"][i]),
-                in_ratio=float(s["x_max"][j] / s["x_med"]),
-                out_ratio=float(s["y_max"][i] / s["y_med"]),
-                flat_index=flat,
+                window=s["window"],
+                token=s["token"],
+                in_act=float(s["x"][j].abs()),
+                out_act=s["peak"],
+                in_ratio=float(s["x"][j].abs() / s["x_med"]),
+                out_ratio=float(s["peak"] / s["y_med"]),
+                contribution=float(terms[j]),
+                share=float(terms[j] / terms.sum()),
+                flat_index=j * shape[1] + i if transposed else i * shape[1] + j,
+                row_mean=float(row.mean()),
             )
         )
-    return sorted(spikes, key=lambda sp: sp.layer)
+    return sorted(spikes, key=lambda sp: -sp.contribution)
