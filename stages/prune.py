@@ -94,15 +94,6 @@ def run(args, params):
         ev.tokenizer, args.calib_text, params.seq_len, params.bos, params.calib_samples
     )
     draw = calibration_draw(calib.all, params.calib_samples, seed)
-    targets = [Sparsity(s) for s in params.sparsities]
-    if params.prune_owl:
-        ratios = outlier_ratios(model, infos, draw, params.batch_size)
-        allocated = (owl(s, ratios) for s in params.sparsities)
-        targets += [t for t in allocated if t.by_layer]  # none when every ratio is equal
-    targets += [Sparsity.pattern(t) for t in params.prune_nm]
-    weights = dict(model.named_parameters())
-    dense = {i.name: weights[i.name].detach().cpu().clone() for i in infos}
-    before = fingerprint([weights[n] for n in dense])
 
     def scores_of(metric: str):
         if metric == params.metric:  # the sensitivity stage's scores of this draw
@@ -115,13 +106,52 @@ def run(args, params):
         for t in tasks
     }
     task_at = min(params.sparsities, key=lambda s: (abs(s - 0.5), s))
-    measured = {"dense": measure()}
-    runs = []
+    runs, measured = prune_each(ev, infos, params, draw, scores_of, measure, task_at)
+    idx = bootstrap_indices(len(windows), params.bootstrap, seed)
+    pool_size = sum(i.numel for i in infos)
+    rows = table(runs, base, pool_size, idx, params.prune_group)
+    write_table(rows, args.out, PRUNING_TABLE)
+    write_table(
+        task_table(measured, tasks, task_at, seed, params.bootstrap),
+        args.task_results,
+        PRUNE_TASKS_TABLE,
+    )
+    return {
+        "pruned_models": len(runs),
+        "diverged": int(rows["diverged"].sum()),
+        "memory": ev.memory,
+        "evaluation_text": ev.text,
+        "calibration_text": calib.record,
+    }
+
+
+def pruning_targets(params, model, infos, draw) -> list[Sparsity]:
+    """Every sparsity (uniform, then with OWL's allocation when asked), then every N:M."""
+    targets = [Sparsity(s) for s in params.sparsities]
+    if params.prune_owl:
+        ratios = outlier_ratios(model, infos, draw, params.batch_size)
+        allocated = (owl(s, ratios) for s in params.sparsities)
+        targets += [t for t in allocated if t.by_layer]  # none when every ratio is equal
+    return targets + [Sparsity.pattern(t) for t in params.prune_nm]
+
+
+def prune_each(ev, infos, params, draw, scores_of, measure, task_at: float):
+    """Every method at every target from the dense model, restored after each: (runs, task
+    results), runs as (method, target, pruned, EvalResult); proves the restore by checksum and
+    one baseline batch."""
+    model, windows = ev.model, ev.windows
+    weights = dict(model.named_parameters())
+    dense = {i.name: weights[i.name].detach().cpu().clone() for i in infos}
+    before = fingerprint([weights[n] for n in dense])
+    targets = pruning_targets(params, model, infos, draw)
+    measured, runs = {"dense": measure()}, []
     with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
         ref = reference(model, windows, params.batch_size, Path(tmp))
         for method in params.prune_methods:
             activations = method in ACTIVATION_METHODS
-            scores = None if activations else method_scores(method, infos, scores_of, seed)
+            scores = (
+                None if activations else method_scores(method, infos, scores_of, params.seeds[0])
+            )
             for target in progress(targets, desc=f"prune {method}"):
                 if activations:
                     masks = prune_by_activations(
@@ -140,24 +170,9 @@ def run(args, params):
     if fingerprint([weights[n] for n in dense]) != before:
         raise CwaError("model weights differ from the dense model after restoring")
     check = evaluate(model, windows[: params.batch_size], params.batch_size)
-    if not np.allclose(check.nll, base.nll[: params.batch_size], rtol=1e-5, atol=1e-4):
+    if not np.allclose(check.nll, ev.base.nll[: params.batch_size], rtol=1e-5, atol=1e-4):
         raise CwaError("after restoring, the model no longer reproduces the baseline NLL")
-    idx = bootstrap_indices(len(windows), params.bootstrap, seed)
-    pool_size = sum(i.numel for i in infos)
-    rows = table(runs, base, pool_size, idx, params.prune_group)
-    write_table(rows, args.out, PRUNING_TABLE)
-    write_table(
-        task_table(measured, tasks, task_at, seed, params.bootstrap),
-        args.task_results,
-        PRUNE_TASKS_TABLE,
-    )
-    return {
-        "pruned_models": len(runs),
-        "diverged": int(rows["diverged"].sum()),
-        "memory": ev.memory,
-        "evaluation_text": ev.text,
-        "calibration_text": calib.record,
-    }
+    return runs, measured
 
 
 if __name__ == "__main__":
