@@ -14,6 +14,8 @@ import numpy as np
 import polars as pl
 from scipy import stats as sps
 
+from cwa.pruning_summary import at
+
 NOT_MEASURED, MET, NOT_MET = "not measured", "met", "not met"
 
 
@@ -124,12 +126,7 @@ def pruning(table: pl.DataFrame, metric: str, sparsity: float) -> Check:
     )
     if metric == "magnitude":
         return Check("pruning_gain", rule, note="`metric` is magnitude itself")
-    rows = table.filter(
-        (pl.col("pattern") == "unstructured")
-        & (pl.col("allocation") == "uniform")
-        & (pl.col("target") == sparsity)
-        & (pl.col("method") == metric)
-    )
+    rows = at(table, sparsity).filter(pl.col("method") == metric)
     if not len(rows) or rows["gain_magnitude"][0] is None or math.isnan(rows["gain_magnitude"][0]):
         why = f"needs {metric} and magnitude in `prune_methods` and {sparsity} in `sparsities`"
         return Check("pruning_gain", rule, note=why)

@@ -9,6 +9,7 @@ import markdown as md
 import polars as pl
 
 from cwa.experiment import first_strength, headline, headline_cell, headline_rows
+from cwa.pruning_summary import HEADLINE_SPARSITY, at
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -655,11 +656,7 @@ def _prune_tasks(rows: pl.DataFrame) -> list[str]:
 
 def _pruning_verdict(rows: pl.DataFrame, metric: str) -> list[str]:
     """Which method prunes best at 50%, and how `metric` fares against magnitude there."""
-    half = rows.filter(
-        (pl.col("pattern") == "unstructured")
-        & (pl.col("allocation") == "uniform")
-        & (pl.col("target") == 0.5)
-    )
+    half = at(rows, HEADLINE_SPARSITY)
     if half.is_empty():
         return []
     best = half.sort("ppl").row(0, named=True)
