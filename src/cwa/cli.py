@@ -119,7 +119,9 @@ def check_text(params, artifacts: Path) -> None:
     from cwa.data import Text, text_windows
     from cwa.sources import user_sources
 
-    sources = user_sources(params.calib_data, params.eval_data, params.data_field)
+    sources = user_sources(
+        params.calib_data, params.eval_data, params.finetune_data, params.data_field
+    )
     tokenizer = _tokenizer(params.model, artifacts / "models") if sources else None
     for s in sources if tokenizer is not None else ():
         key, count = (

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from cwa import CwaError
 from cwa.data import evaluation_windows
-from cwa.evaluation import EvalResult, read_baseline
+from cwa.evaluation import EvalResult, evaluate, read_baseline
 from cwa.memory import guard_evaluation
 from cwa.models import ModelConfig, load_studied
 
@@ -37,6 +39,12 @@ class Evaluation:
     memory: dict  # the guard's estimate, for the manifest
     base: EvalResult | None  # the baseline stage's per-window results, when asked for
     text: dict  # the evaluation text's source, tokens and windows, for the manifest
+
+    def check_unchanged(self, batch_size: int) -> None:
+        """After a sweep that restored the model: one batch must reproduce the baseline's NLL."""
+        check = evaluate(self.model, self.windows[:batch_size], batch_size)
+        if not np.allclose(check.nll, self.base.nll[:batch_size], rtol=1e-5, atol=1e-4):
+            raise CwaError("after restoring, the model no longer reproduces the baseline NLL")
 
 
 def prepare(

@@ -95,6 +95,13 @@ class Params:
     prune_group: str = "per_row"
     prune_nm: tuple[str, ...] = ()
     prune_owl: bool = False
+    # fine-tuning with critical weights frozen, or only they trained (finetune stage)
+    finetune_data: str = "builtin:web"
+    finetune_k: int = 1000
+    finetune_steps: int = 32
+    finetune_batch: int = 8
+    finetune_lr: float = 1e-3
+    finetune_seeds: tuple[int, ...] = (0, 1, 2)
     target_components: tuple[str, ...] = ()
     target_layers: tuple[int, ...] = ()
     spike_ratio: float = 100.0
@@ -356,6 +363,28 @@ DOCS = {
         "et al. 2024): blocks with more Wanda-score outliers (> 5× the block's mean) pruned "
         "less, spread over ±0.08 around the target, the mean over blocks equal to it"
     ),
+    "finetune_data": (
+        "the finetune stage's new text, any source `calib_data` accepts other than "
+        "`calib_data` and `eval_data` themselves (`builtin:web`: the World English Bible, modern "
+        "English the built-in models never saw). Its windows of `seq_len` are split: "
+        "`eval_samples` of them, spread evenly through the text, measure the gain; the others "
+        "are trained on"
+    ),
+    "finetune_k": (
+        "size of the critical set the fine-tuning arms freeze or train alone: the top "
+        "`finetune_k` pool weights by `metric` (the first seed's scores), against a random set "
+        "with the same count in every tensor drawn by each fine-tuning seed"
+    ),
+    "finetune_steps": "optimizer steps of each fine-tuning run (AdamW, constant learning rate)",
+    "finetune_batch": "windows per fine-tuning step, drawn without replacement by the seed",
+    "finetune_lr": (
+        "AdamW learning rate of every fine-tuning arm (betas 0.9/0.95, no weight decay, no "
+        "clipping: arms differ only in which weights may change)"
+    ),
+    "finetune_seeds": (
+        "one fine-tuning run per seed and arm: the seed orders the training windows and draws "
+        "the random set; the CIs are over these seeds"
+    ),
     "spike_ratio": (
         "super-weight detector: a down projection's strongest input and output activations are "
         "spikes when each is at least this many times the layer's median |activation| (Yu et al. "
@@ -471,6 +500,9 @@ def _validate_counts(p: Params):
         "train_steps",
         "train_batch",
         "train_seq_len",
+        "finetune_k",
+        "finetune_steps",
+        "finetune_batch",
     ):
         if getattr(p, key) < 1:
             fail(key, f"must be >= 1, got {getattr(p, key)}")

@@ -385,3 +385,22 @@ def fingerprint(tensors: list[torch.Tensor]) -> str:
     for t in tensors:
         h.update(int_view(t.detach()).cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+class Snapshot:
+    """Named weights as they were, kept on the CPU: written back after each whole-model edit
+    (a pruned or fine-tuned model), and the restore proved by checksum at the end."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]):
+        self.weights = dict(model.named_parameters())
+        self.saved = {n: self.weights[n].detach().cpu().clone() for n in names}
+        self.checksum = fingerprint(list(self.saved.values()))
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for name, t in self.saved.items():
+                self.weights[name].copy_(t)
+
+    def verify(self) -> None:
+        if fingerprint([self.weights[n] for n in self.saved]) != self.checksum:
+            raise CwaError("model weights differ from the saved ones after restoring")

@@ -355,6 +355,34 @@ def pruning(table: pl.DataFrame, path) -> None:
     _save(fig, path)
 
 
+def finetune(runs: pl.DataFrame, summary: pl.DataFrame, arms: tuple[str, ...], path) -> None:
+    """Gain on the new text and forgetting on the evaluation text per fine-tuning arm: the mean
+    over seeds with its 95% t-interval, and each seed's run as a dot (symmetric log scale: the
+    sparse arms move by a few PPL points, the others by tens)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 0.45 * len(arms) + 1.8), sharey=True)
+    y = np.arange(len(arms))[::-1]
+    own = summary.filter(pl.col("against") == "")
+    for ax, measure in zip(axes, ("gain", "forgetting"), strict=True):
+        for yi, arm in zip(y, arms, strict=True):
+            row = own.filter(pl.col("arm") == arm)
+            if row.is_empty():
+                continue
+            mean, low, high = (
+                row[c][0] for c in (measure, f"{measure}_ci_low", f"{measure}_ci_high")
+            )
+            err = [[max(mean - low, 0)], [max(high - mean, 0)]] if np.isfinite(low) else None
+            ax.errorbar([mean], [yi], xerr=err, fmt="o", capsize=4, color=COLORS["top"])
+            dots = runs.filter(pl.col("arm") == arm)[measure].to_numpy()
+            ax.plot(dots, np.full(len(dots), yi + 0.15), ".", color="#7f8c8d")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xscale("symlog", linthresh=0.1)
+        seen = np.concatenate([runs[measure].to_numpy(), [0.0]])
+        ax.set_xlim(min(seen.min() * 1.6, -0.05), max(seen.max() * 1.6, 0.05))
+        ax.set(xlabel=f"{measure} (PPL points)", title=measure.capitalize())
+    axes[0].set_yticks(y, list(arms))
+    _save(fig, path)
+
+
 def seeds(table: pl.DataFrame, path) -> None:
     """The headline experiment seed by seed and pooled: the top set's ΔPPL with its 95% CI (one
     seed: over windows; pooled: over seeds and windows) beside the controls' mean ΔPPL."""

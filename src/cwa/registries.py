@@ -1,8 +1,9 @@
 """Every registry whose names params can hold: importing this module loads them all, and each
 adds its checks of params (cwa.params.check), so a Params built afterwards is checked whole."""
 
+import cwa.finetuning  # finetune_lr, finetune_seeds
 import cwa.metrics
 import cwa.perturbations
 import cwa.pruning  # prune_methods, prune_group, prune_nm
 import cwa.ranking  # mode, controls
-import cwa.sources  # noqa: F401  calib_data, eval_data
+import cwa.sources  # noqa: F401  calib_data, eval_data, finetune_data

@@ -334,6 +334,7 @@ class ReportInputs:
     faults: pl.DataFrame  # schema `fault_summary`
     pruning: pl.DataFrame  # pruning_table
     prune_tasks: pl.DataFrame  # tasks_table of the pruned models, by method
+    finetune: pl.DataFrame  # schema `finetune`, arms in cwa.finetuning.ARMS order
     perturbation_docs: list[tuple[str, str]]
     stability: pl.DataFrame  # mean over seed pairs, per k
     agreement: pl.DataFrame  # at headline_k
@@ -495,6 +496,12 @@ def figures_section(r: ReportInputs) -> list[str]:
             "pruning.png",
             "Unstructured pruning by each method of `prune_methods` (dotted: the dense model); "
             "95% CIs by paired bootstrap over windows.",
+        ),
+        (
+            "Fine-tuning: gain on the new text and forgetting, per arm",
+            "finetune.png",
+            f"Mean over the {len(p.finetune_seeds)} fine-tuning seeds with its 95% t-interval; "
+            "grey dots: each seed's run. Symmetric log scale.",
         ),
         ("Scaling across the built-in family", "scaling.png", ""),
         (
@@ -672,6 +679,59 @@ def _pruning_verdict(rows: pl.DataFrame, metric: str) -> list[str]:
     return [line + ".", ""]
 
 
+def finetune_section(r: ReportInputs) -> list[str]:
+    p = r.params
+    if r.finetune.is_empty():
+        return []
+    return [
+        "### Fine-tuning: protect the critical weights, or train only them?",
+        "",
+        f"The model is fine-tuned on `{p.finetune_data}` for {p.finetune_steps} AdamW steps at a "
+        f"constant learning rate of {fmt(p.finetune_lr)}, once per fine-tuning seed "
+        f"({len(p.finetune_seeds)}), in arms that differ only in which pool weights may change: "
+        f"all of them (full), all but the top {p.finetune_k:,} by {p.metric} (freeze_top) or "
+        "all but a random set with the same count in every tensor (freeze_random), only the top "
+        "set (only_top) or only the random set (only_random). Frozen weights are checked bit for "
+        "bit after every run. gain: PPL points gained on held-out windows of the new text; "
+        "forgetting: PPL points lost on the evaluation windows. Rows with `against` give the "
+        "paired difference between two arms; CIs and p-values are Student's t over the "
+        "fine-tuning seeds (the windows are fixed).",
+        "",
+        *_finetune_verdict(r.finetune, p.finetune_k),
+        table(r.finetune),
+        "",
+    ]
+
+
+def _finetune_verdict(rows: pl.DataFrame, k: int) -> list[str]:
+    """The two contrasts in words: protection against forgetting, and sparse fine-tuning."""
+
+    def cell(arm: str, against: str = "") -> dict | None:
+        found = rows.filter((pl.col("arm") == arm) & (pl.col("against") == against))
+        return found.row(0, named=True) if len(found) else None
+
+    lines = []
+    protect, full = cell("freeze_top", "freeze_random"), cell("full")
+    if protect and full:
+        lines.append(
+            f"Protection: freezing the top {k:,} changed forgetting by "
+            f"{fmt(protect['forgetting'])} PPL (95% CI {fmt(protect['forgetting_ci_low'])} – "
+            f"{fmt(protect['forgetting_ci_high'])}, p {fmt(protect['p_forgetting'])}) against "
+            f"freezing a random {k:,}, of {fmt(full['forgetting'])} forgotten with every weight "
+            "free."
+        )
+    sparse, top, rand = cell("only_top", "only_random"), cell("only_top"), cell("only_random")
+    if sparse and top and rand:
+        lines.append(
+            f"Sparse fine-tuning: training only the top {k:,} gained {fmt(top['gain'])} PPL on "
+            f"the new text against {fmt(rand['gain'])} for a random {k:,} (difference "
+            f"{fmt(sparse['gain'])}, 95% CI {fmt(sparse['gain_ci_low'])} – "
+            f"{fmt(sparse['gain_ci_high'])}, p {fmt(sparse['p_gain'])}), and forgot "
+            f"{fmt(top['forgetting'])} against {fmt(rand['forgetting'])}."
+        )
+    return [" ".join(lines), ""] if lines else []
+
+
 def stability_section(r: ReportInputs) -> list[str]:
     return [
         "### Stability across calibration seeds",
@@ -790,6 +850,7 @@ SECTIONS = (
     top_weights_section,
     faults_section,
     pruning_section,
+    finetune_section,
     stability_section,
     agreement_section,
     superweight_section,

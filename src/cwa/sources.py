@@ -3,6 +3,8 @@
 A source spec is one of:
   builtin:kjv                      the built-in corpus: its `calib` split for calibration, its
                                    `eval` split for evaluation (disjoint paragraphs)
+  builtin:web                      the World English Bible (the corpus's `finetune` split), for
+                                   fine-tuning only
   a .txt file                      documents separated by blank lines
   a .jsonl file                    one JSON object per line, the text in field `data_field`
   a .parquet or .csv file          the text in column `data_field`
@@ -12,7 +14,9 @@ A source spec is one of:
 
 `cwa.data` joins a role's documents with a blank line and cuts the token stream into windows.
 When calibration and evaluation name the same (non-built-in) source, it is split into two
-disjoint halves (`halves`): calibration text is never evaluation text.
+disjoint halves (`halves`): calibration text is never evaluation text. The fine-tuning text
+(`finetune_data`) must be another source than both: fine-tuning on the text that ranks the
+weights or measures forgetting would confound what the finetune stage compares.
 """
 
 from __future__ import annotations
@@ -30,10 +34,15 @@ from cwa.params import check as params_check
 from cwa.params import fail
 
 BUILTIN = "builtin:"
-BUILTIN_SOURCES = ("builtin:kjv",)
 HF = "hf:"
 SUFFIXES = (".txt", ".jsonl", ".parquet", ".csv")
-ROLES = {"calib_data": "calib", "eval_data": "eval"}  # key -> the built-in corpus split
+ROLES = ("calib_data", "eval_data", "finetune_data")
+# (built-in source, key) -> the corpus split that key reads (cwa.corpus)
+BUILTIN_SPLITS = {
+    ("builtin:kjv", "calib_data"): "calib",
+    ("builtin:kjv", "eval_data"): "eval",
+    ("builtin:web", "finetune_data"): "finetune",
+}
 
 
 @dataclass(frozen=True)
@@ -77,12 +86,20 @@ def _check_specs(p) -> None:
     for key in ROLES:
         spec = getattr(p, key)
         kind = kind_of(spec)
-        if kind == "builtin" and spec not in BUILTIN_SOURCES:
-            fail(key, f"is {spec!r}; valid built-in sources: {', '.join(BUILTIN_SOURCES)}")
+        if kind == "builtin" and (spec, key) not in BUILTIN_SPLITS:
+            valid = ", ".join(s for s, k in BUILTIN_SPLITS if k == key)
+            fail(key, f"is {spec!r}; valid built-in sources for it: {valid}")
         elif kind == "hf" and not spec.removeprefix(HF).split(":")[0]:
             fail(key, f"is {spec!r}: write hf:<name>[:<config>[:<split>]]")
         elif kind in ("file", "directory"):
             _check_path(key, Path(spec).expanduser())
+    for other in ("calib_data", "eval_data"):
+        if p.finetune_data == getattr(p, other):
+            fail(
+                "finetune_data",
+                f"is {other} ({p.finetune_data!r}): fine-tuning needs a text of its own, or the "
+                f"forgetting and the ranking are measured on what it trained on",
+            )
 
 
 def _check_path(key: str, path: Path) -> None:
@@ -90,7 +107,7 @@ def _check_path(key: str, path: Path) -> None:
         fail(
             key,
             f"is {str(path)!r}, which does not exist: give a .txt, .jsonl, .parquet or .csv "
-            f"file, a directory of them, hf:<dataset> or builtin:kjv",
+            f"file, a directory of them, hf:<dataset> or a built-in source",
         )
     if path.is_file() and path.suffix not in SUFFIXES:
         fail(key, f"is {str(path)!r}: a {path.suffix or 'suffix-less'} file; valid: {SUFFIXES}")
@@ -113,13 +130,15 @@ def read_sources(calib: str, evaluation: str, field: str, corpus) -> tuple[Sourc
     )
 
 
-def user_sources(calib: str, evaluation: str, field: str) -> list[Source]:
+def user_sources(calib: str, evaluation: str, finetune: str, field: str) -> list[Source]:
     """The roles whose text is not built in, read and split as the sources stage reads them
     (`cwa run` checks them before DVC starts)."""
+    own = kind_of(finetune) != "builtin"
+    tuning = [read_source("finetune_data", finetune, field, None)] if own else []
     if calib == evaluation and kind_of(calib) != "builtin":
-        return list(read_sources(calib, evaluation, field, None))
+        return [*read_sources(calib, evaluation, field, None), *tuning]
     roles = (("calib_data", calib), ("eval_data", evaluation))
-    return [read_source(k, s, field, None) for k, s in roles if kind_of(s) != "builtin"]
+    return [read_source(k, s, field, None) for k, s in roles if kind_of(s) != "builtin"] + tuning
 
 
 def _part(whole: Source, key: str, documents: list[str], part: str) -> Source:
@@ -149,9 +168,10 @@ def read_source(key: str, spec: str, field: str, corpus) -> Source:
     kind = kind_of(spec)
     if kind in ("builtin", "hf"):  # no file of their own: the hash is the joined text's
         builtin = kind == "builtin"
-        documents = _read_builtin(corpus, ROLES[key]) if builtin else _read_hf(key, spec, field)
+        split = BUILTIN_SPLITS.get((spec, key))
+        documents = _read_builtin(corpus, split) if builtin else _read_hf(key, spec, field)
         text = "\n\n".join(documents).encode()
-        part = f"{ROLES[key]} split" if builtin else "whole"
+        part = f"{split} split" if builtin else "whole"
         sha, size = hashlib.sha256(text).hexdigest(), len(text)
     else:
         path = Path(spec).expanduser()

@@ -1,0 +1,124 @@
+"""finetune: fine-tunes the model on a new text with the critical weights frozen, or with only
+them trained, against the same with a random set, and the whole pool free (cwa.finetuning).
+
+The critical set: the top `finetune_k` pool weights by `metric` on the first seed's calibration
+draw (the score store). Each seed of `finetune_seeds` orders the training windows and draws the
+random set (the top set's count in every tensor, none of it in the top set); every arm of a seed
+trains on the same windows in the same order. After each run the frozen weights are checked
+bit for bit, the model is evaluated on the held-out windows of `finetune_data` (gain) and on the
+baseline's evaluation windows (forgetting), and the pool is restored (checksum at the end, one
+baseline batch re-evaluated).
+Reads: the fine-tuning and evaluation texts (sources stage), the model, the score store, the
+pool and the baseline per-text table.
+Writes: one row per seed and arm (schema `finetune_runs`) and the summary over seeds
+(`finetune`).
+"""
+
+import numpy as np
+import polars as pl
+
+from cwa.data import read_text, text_windows
+from cwa.evaluation import evaluate
+from cwa.evaluation_setup import prepare_stage
+from cwa.finetuning import ARMS, check_frozen, finetune, split_windows, summary, trainable
+from cwa.io import write_table
+from cwa.memory import guard_training
+from cwa.perturbations import Snapshot
+from cwa.progress import progress
+from cwa.ranking import MemberScores, extreme_k, matched_random
+from cwa.schemas.finetune import FINETUNE_TABLE
+from cwa.schemas.finetune_runs import FINETUNE_RUNS_TABLE
+from cwa.scores import StoredScores, pool_infos
+from cwa.stage import stage_main
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = (
+    "model",
+    "dtype",
+    "device",
+    "device_map",
+    "seq_len",
+    "bos",
+    "eval_samples",
+    "batch_size",
+    "seeds",
+    "finetune_k",
+    "finetune_steps",
+    "finetune_batch",
+    "finetune_lr",
+    "finetune_seeds",
+)
+
+
+def add_args(p):
+    p.add_argument("--finetune-text", required=True, help="the sources stage's finetune directory")
+    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
+    p.add_argument("--models-dir", required=True)
+    p.add_argument("--scores", required=True)
+    p.add_argument("--pool", required=True)
+    p.add_argument("--baseline-texts", required=True)
+    p.add_argument("--runs", required=True)
+    p.add_argument("--summary", required=True)
+
+
+def run(args, params):
+    ev = prepare_stage(params, args.models_dir, args.eval_text, args.baseline_texts)
+    memory = guard_training(ev.model, params.finetune_batch, params.seq_len)
+    infos = pool_infos(pl.read_parquet(args.pool))
+    scores = MemberScores(StoredScores(args.scores, params.seeds[0]), [(i, None) for i in infos])
+    top = extreme_k(scores, params.finetune_k)
+    text = read_text(args.finetune_text)
+    found = text_windows(
+        ev.tokenizer, text, params.seq_len, params.bos, "eval_samples", params.eval_samples
+    )
+    train, held = split_windows(
+        found.all, params.eval_samples, params.finetune_batch, text.source["spec"]
+    )
+    before = evaluate(ev.model, held, params.batch_size).ppl
+    rows = []
+    dense = Snapshot(ev.model, [i.name for i in infos])
+    for seed in params.finetune_seeds:
+        random = matched_random(top, scores.sizes, np.random.default_rng(seed), scores)
+        for arm in progress(ARMS, desc=f"finetune seed {seed}"):
+            free = trainable(arm, infos, top, random)
+            steps, batch, lr = params.finetune_steps, params.finetune_batch, params.finetune_lr
+            losses = finetune(ev.model, free, train, steps, batch, lr, seed)
+            changed = check_frozen(ev.model, free, dense.saved)
+            after = (evaluate(ev.model, w, params.batch_size).ppl for w in (held, ev.windows))
+            row = {"seed": seed, "arm": arm, "k": params.finetune_k, "changed": changed}
+            rows.append(row | measures(free, losses, before, ev.base.ppl, *after))
+            dense.restore()
+    dense.verify()
+    ev.check_unchanged(params.batch_size)
+    runs = pl.DataFrame(rows)
+    write_table(runs, args.runs, FINETUNE_RUNS_TABLE)
+    write_table(summary(runs), args.summary, FINETUNE_TABLE)
+    return {
+        "runs": len(rows),
+        "training_windows": len(train),
+        "held_out_windows": len(held),
+        "memory": memory,
+        "evaluation_text": ev.text,
+        "finetune_text": found.record,
+    }
+
+
+def measures(free, losses, new_before, eval_before, new_after, eval_after) -> dict:
+    """One run's row: what could change, the loss, and the gain and forgetting in PPL points."""
+    return {
+        "trainable": sum(int(m.sum()) for m in free.values()),
+        "steps": len(losses),
+        "train_loss": float(np.mean(losses[-5:])),
+        "new_ppl_before": new_before,
+        "new_ppl": new_after,
+        "gain": new_before - new_after,
+        "gain_rel": (new_before - new_after) / new_before,
+        "eval_ppl_before": eval_before,
+        "eval_ppl": eval_after,
+        "forgetting": eval_after - eval_before,
+        "forgetting_rel": (eval_after - eval_before) / eval_before,
+    }
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run, PARAMS)
