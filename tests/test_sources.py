@@ -71,7 +71,9 @@ def test_one_source_named_twice_is_split_calibration_first(tmp_path):
     assert joined == " ".join(PARAGRAPHS).split()  # every word once, in order: no overlap
     assert calib.part.startswith("first half") and evaluation.part.startswith("second half")
     assert calib.sha256 == evaluation.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert [s.key for s in user_sources("builtin:kjv", str(path), "text")] == ["eval_data"]
+    assert [s.key for s in user_sources("builtin:kjv", str(path), "builtin:web", "text")] == [
+        "eval_data"
+    ]
 
 
 def test_hf_datasets_saved_to_disk(tmp_path):
@@ -143,3 +145,28 @@ def test_window_counts_fail_with_both_numbers_and_the_remedy():
         text_windows(CharTokenizer(), text, 10, False, "eval_samples", 11)
     with pytest.raises(CwaError, match="100 tokens, fewer than one window of seq_len 128"):
         text_windows(CharTokenizer(), text, 128, False, "eval_samples", 1)
+
+
+def test_finetune_data_reads_the_web_split_or_its_own_file(tmp_path):
+    corpus = tmp_path / "corpus.parquet"
+    pl.DataFrame(
+        {"doc": [0, 1, 2], "split": ["calib", "eval", "finetune"], "text": ["c", "e", "web text"]}
+    ).write_parquet(corpus)
+    web = read_source("finetune_data", "builtin:web", "text", corpus)
+    assert web.documents == ["web text"] and web.part == "finetune split"
+    path = tmp_path / "new.txt"
+    path.write_text("\n\n".join(PARAGRAPHS))
+    found = user_sources("builtin:kjv", "builtin:kjv", str(path), "text")
+    assert [(s.key, s.documents) for s in found] == [("finetune_data", PARAGRAPHS)]
+
+
+def test_finetune_data_must_not_be_the_calibration_or_evaluation_text(tmp_path):
+    from cwa.params import params_from_dict
+
+    path = tmp_path / "a.txt"
+    path.write_text("x")
+    family = {"m": {"hidden": 8, "layers": 1, "heads": 2, "intermediate": 16}}
+    base = {"family": family, "model": "builtin:m", "finetune_data": str(path)}
+    for key in ("calib_data", "eval_data"):
+        with pytest.raises(CwaError, match=f"`finetune_data` is {key} .*a text of its own"):
+            params_from_dict(base | {key: str(path)})

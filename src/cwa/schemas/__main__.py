@@ -10,8 +10,12 @@ from cwa.schemas.effects import EFFECTS_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
 from cwa.schemas.fault_summary import FAULT_SUMMARY_TABLE
 from cwa.schemas.fault_trials import FAULT_TRIALS_TABLE
+from cwa.schemas.finetune import FINETUNE_TABLE
+from cwa.schemas.finetune_runs import FINETUNE_RUNS_TABLE
 from cwa.schemas.pool import POOL_TABLE
 from cwa.schemas.pooled import POOLED_TABLE
+from cwa.schemas.prune_tasks import PRUNE_TASKS_TABLE
+from cwa.schemas.pruning import PRUNING_TABLE
 from cwa.schemas.ranking import RANKING_TABLE
 from cwa.schemas.scaling_fit import SCALING_FIT_TABLE
 from cwa.schemas.scaling_model import SCALING_MODEL_TABLE
@@ -37,6 +41,10 @@ TABLES = (
     TASKS_TABLE,
     FAULT_TRIALS_TABLE,
     FAULT_SUMMARY_TABLE,
+    PRUNING_TABLE,
+    PRUNE_TASKS_TABLE,
+    FINETUNE_RUNS_TABLE,
+    FINETUNE_TABLE,
     SPIKES_TABLE,
     AGREEMENT_TABLE,
     STABILITY_TABLE,

@@ -1,0 +1,84 @@
+"""Layer correlations against numpy on hand-built per-window scores, and the per-window
+sensitivities against a direct computation."""
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from scipy import stats
+
+from cwa.layer_correlation import correlation_matrix, group_matrix, pairs, window_scores
+from cwa.models import describe, pool
+from tests.conftest import VOCAB, tiny_llama
+
+
+def _scores(matrix: np.ndarray, components=("attn_q", "mlp_up")) -> pl.DataFrame:
+    """Per-window rows for layers 0..L-1, each with the given components; `matrix` is windows
+    x (layers * components), layer-major."""
+    rows = []
+    for w, values in enumerate(matrix):
+        for g, v in enumerate(values):
+            layer, comp = divmod(g, len(components))
+            name = f"model.layers.{layer}.{components[comp]}"
+            rows.append(
+                {"window": w, "param": name, "layer": layer, "component": components[comp],
+                 "score": float(v)}
+            )  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def test_pairs_equal_numpy_correlations_and_fisher_intervals():
+    rng = np.random.default_rng(0)
+    base = rng.gamma(2.0, size=(40, 1))
+    matrix = base * rng.uniform(0.5, 1.5, size=(40, 6))  # 3 layers x 2 components, shared scale
+    matrix[:, 4] += 3 * matrix[:, 0]  # layer 2 attn_q moves with layer 0 attn_q
+    table = pairs(_scores(matrix))
+    layers = matrix.reshape(40, 3, 2).sum(axis=2)
+    assert len(table.filter(pl.col("level") == "layer")) == 3
+    assert len(table.filter(pl.col("level") == "component")) == 15
+    row = table.filter((pl.col("a") == "L0") & (pl.col("b") == "L2")).row(0, named=True)
+    assert row["r"] == pytest.approx(np.corrcoef(layers[:, 0], layers[:, 2])[0, 1])
+    z, half = math.atanh(row["r"]), stats.norm.ppf(0.975) / math.sqrt(40 - 3)
+    assert (row["r_ci_low"], row["r_ci_high"]) == pytest.approx(
+        (math.tanh(z - half), math.tanh(z + half))
+    )
+    shares = layers / layers.sum(axis=1, keepdims=True)
+    assert row["share_r"] == pytest.approx(np.corrcoef(shares[:, 0], shares[:, 2])[0, 1])
+    comp = table.filter((pl.col("a") == "L0 attn_q") & (pl.col("b") == "L2 attn_q"))
+    assert comp["r"][0] == pytest.approx(np.corrcoef(matrix[:, 0], matrix[:, 4])[0, 1])
+    strongest = table.filter(pl.col("level") == "component").sort("share_r", descending=True)
+    assert (strongest["a"][0], strongest["b"][0]) == ("L0 attn_q", "L2 attn_q")
+    p = table.filter(pl.col("level") == "layer")["r_p"].to_numpy()
+    q = table.filter(pl.col("level") == "layer")["r_q"].to_numpy()
+    order = np.argsort(p)  # Benjamini-Hochberg step-up by hand
+    by_hand = np.minimum.accumulate((p[order] * 3 / np.arange(1, 4))[::-1])[::-1]
+    assert q[order] == pytest.approx(np.minimum(by_hand, 1))
+
+
+def test_group_matrix_sums_a_layers_tensors_and_the_heatmap_is_symmetric():
+    matrix = np.arange(24, dtype=float).reshape(4, 6) + 1
+    groups, layers = group_matrix(_scores(matrix), "layer")
+    assert groups == ["L0", "L1", "L2"]
+    assert layers.tolist() == matrix.reshape(4, 3, 2).sum(axis=2).tolist()
+    labels, heat = correlation_matrix(pairs(_scores(np.random.default_rng(1).random((9, 6)))), "layer")
+    assert labels == ["L0", "L1", "L2"] and np.allclose(heat, heat.T) and (np.diag(heat) == 1).all()
+
+
+def test_window_scores_equal_one_backward_per_window_written_out():
+    model = tiny_llama(seed=0)
+    infos = pool(describe(model))
+    windows = torch.randint(0, VOCAB, (3, 10), generator=torch.Generator().manual_seed(0))
+    table = window_scores(model, infos, windows)
+    assert len(table) == 3 * len(infos)
+    weights = dict(model.named_parameters())
+    w = weights[infos[1].name]
+    x = windows[2:3]
+    logits = model(input_ids=x).logits[0, :-1]
+    loss = torch.nn.functional.cross_entropy(logits, x[0, 1:])  # the window's mean token loss
+    (g,) = torch.autograd.grad(loss, [w])
+    want = float((g * w.detach()).abs().sum())
+    got = table.filter((pl.col("window") == 2) & (pl.col("param") == infos[1].name))["score"][0]
+    assert got == pytest.approx(want, rel=1e-5)  # float32 sums in another order
+    assert all(p.requires_grad for p in model.parameters())  # the flags restored
