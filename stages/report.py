@@ -102,6 +102,7 @@ TABLES = (
     "prune_tasks",
     "finetune",
     "finetune_runs",
+    "correlation",
 )
 
 
@@ -193,6 +194,7 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
     plots.shares(t["shares"], k, out / "shares.png")
     plots.pruning(t["pruning"], out / "pruning.png")
     plots.finetune(t["finetune_runs"], t["finetune"], ARMS, out / "finetune.png")
+    plots.layer_correlation(t["correlation"], out / "correlation.png")
     if t["training"] is not None:
         plots.training_curves(t["training"], out / "training.png")
 
@@ -239,6 +241,7 @@ def report_inputs(
         pruning=pruning_table(t["pruning"]),
         prune_tasks=tasks_table(t["prune_tasks"], by="method"),
         finetune=finetune_table(t["finetune"]),
+        correlation=t["correlation"],
         perturbation_docs=[(name, get_perturbation(name).doc) for name in names],
         stability=t["stability"]
         .group_by("k")

@@ -76,6 +76,15 @@ def test_every_k_fits_the_smallest_group_of_the_mode(mode, smallest, groups):
     refused(tiny(mode=mode, topk=(10, smallest // 2 + 1)), f"valid: every k <= {smallest // 2}")
 
 
+def test_the_fine_tuning_sets_fit_the_pool_twice_over():
+    feasibility.check(tiny(finetune_k=POOL // 2))
+    refused(
+        tiny(finetune_k=POOL // 2 + 1),
+        f"`finetune_k` is {POOL // 2 + 1} but the pool holds {POOL} weights and the random set "
+        f"is drawn beside the top set; valid: finetune_k <= {POOL // 2}",
+    )
+
+
 def test_targets_and_layers_the_model_lacks():
     refused(tiny(layers=(2,)), "`layers` [2] do not exist; the model has layers 0..1")
     refused(tiny(target_layers=(5,)), "`target_layers` [5] are not in the ranking pool")

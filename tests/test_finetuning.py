@@ -54,7 +54,7 @@ def test_held_out_windows_are_spread_evenly_and_disjoint_from_training():
     train, held = split_windows(windows, 5, 2, "x.txt")
     assert held.flatten().tolist() == [0, 4, 8, 12, 16]  # every ⌊23 / 5⌋-th
     assert sorted(train.flatten().tolist() + held.flatten().tolist()) == list(range(23))
-    with pytest.raises(CwaError, match="`finetune_data` x.txt gives 6 windows.*eval_samples"):
+    with pytest.raises(CwaError, match=r"`finetune_data` x\.txt gives 6 windows.*eval_samples"):
         split_windows(windows[:6], 5, 2, "x.txt")
 
 
@@ -80,7 +80,7 @@ def _setup(arm: str):
 
 @pytest.mark.parametrize("arm", ["freeze_top", "only_top", "only_random"])
 def test_frozen_weights_stay_bit_identical_and_free_ones_learn(arm):
-    model, infos, free, windows = _setup(arm)
+    model, _, free, windows = _setup(arm)
     saved = {n: p.detach().clone() for n, p in model.named_parameters()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     losses = finetune(model, free, windows, steps=4, batch=3, lr=1e-2, seed=0)
@@ -110,7 +110,7 @@ def test_masked_adamw_equals_plain_adamw_with_frozen_weights_written_back():
     """The reference trains every pool tensor with plain AdamW and writes the frozen weights
     back after each step: the model is the same at every step, so each free weight must follow
     the same trajectory (AdamW is elementwise)."""
-    model, infos, free, windows = _setup("freeze_top")
+    model, _, free, windows = _setup("freeze_top")
     reference = tiny_llama(seed=0)
     finetune(model, free, windows, steps=3, batch=4, lr=1e-2, seed=1)
 

@@ -62,7 +62,9 @@ def test_group_matrix_sums_a_layers_tensors_and_the_heatmap_is_symmetric():
     groups, layers = group_matrix(_scores(matrix), "layer")
     assert groups == ["L0", "L1", "L2"]
     assert layers.tolist() == matrix.reshape(4, 3, 2).sum(axis=2).tolist()
-    labels, heat = correlation_matrix(pairs(_scores(np.random.default_rng(1).random((9, 6)))), "layer")
+    labels, heat = correlation_matrix(
+        pairs(_scores(np.random.default_rng(1).random((9, 6)))), "layer"
+    )
     assert labels == ["L0", "L1", "L2"] and np.allclose(heat, heat.T) and (np.diag(heat) == 1).all()
 
 

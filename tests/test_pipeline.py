@@ -147,6 +147,9 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "finetune/runs.parquet",
         "finetune/summary.parquet",
         "report/finetune.png",
+        "correlation/windows.parquet",
+        "correlation/pairs.parquet",
+        "report/correlation.png",
     ]:
         assert (art / path).exists(), path
     manifest = json.loads((art / "perturb" / "manifest.json").read_text())
@@ -243,6 +246,11 @@ def test_metrics_hold_the_headline_keys(repo):
     assert len(tuned) == 5 + 2 and set(tuned["seeds"]) == {2}
     only_top = tuned.filter((pl.col("arm") == "only_top") & (pl.col("against") == ""))
     assert m["finetune_gain_only_top"] == only_top["gain"][0]
+    windows = pl.read_parquet(repo / "artifacts" / "correlation" / "windows.parquet")
+    assert len(windows) == 8 * 2 * 7 and (windows["score"] > 0).all()  # windows x tensors
+    pairs = pl.read_parquet(repo / "artifacts" / "correlation" / "pairs.parquet")
+    assert len(pairs) == 1 + 14 * 13 // 2  # 2 layers: one pair; 14 layer components
+    assert pairs["r"].drop_nans().is_between(-1, 1).all()
     lines = (repo / "data" / "tasks" / "kjv_hellaswag.jsonl").read_text().splitlines()
     assert len(lines) == 500 and {"ctx", "endings", "label"} <= set(json.loads(lines[0]))
 

@@ -75,6 +75,17 @@ def check_ranking(infos: list[ParamInfo], p: Params) -> None:
         )
 
 
+def check_finetune(infos: list[ParamInfo], p: Params) -> None:
+    """The fine-tuning sets fit the pool: the random set is drawn beside the top set."""
+    size = sum(i.numel for i in pool(infos, **p.pool_options))
+    if 2 * p.finetune_k > size:
+        fail(
+            "finetune_k",
+            f"is {p.finetune_k} but the pool holds {size} weights and the random set is drawn "
+            f"beside the top set; valid: finetune_k <= {size // 2}",
+        )
+
+
 def check_strengths(p: Params) -> None:
     """Every strength of every listed perturbation applies in `dtype` (bit 30 exists in fp32,
     not in bf16): what the sweep checks again before it starts."""
@@ -94,4 +105,6 @@ def check(params: Params) -> None:
     if model is None:
         return
     check_positions(model.config, params.seq_len, params.model)
-    check_ranking(describe(model), params)
+    infos = describe(model)
+    check_ranking(infos, params)
+    check_finetune(infos, params)

@@ -23,6 +23,7 @@ import torch
 from scipy import stats
 
 from cwa import CwaError
+from cwa.hooks import grads_for
 from cwa.models import ParamInfo
 from cwa.params import check as params_check
 from cwa.params import fail
@@ -87,34 +88,28 @@ def finetune(model, free: dict[str, torch.Tensor], windows, steps, batch, lr, se
     """Trains the weights `free` marks on `windows` with AdamW; every other parameter stays
     frozen. Returns each step's loss."""
     weights = dict(model.named_parameters())
-    flags = {name: w.requires_grad for name, w in weights.items()}
-    for w in weights.values():
-        w.requires_grad_(False)
-    trained, hooks = [], []
-    for name, mask in free.items():
-        if mask.any():
-            w = weights[name].requires_grad_(True)
-            trained.append(w)
-            if not mask.all():
-                hooks.append(w.register_hook(_masking(mask.to(w.device))))
-    opt = torch.optim.AdamW(trained, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    trained = {name: weights[name] for name, mask in free.items() if mask.any()}
+    opt = torch.optim.AdamW(trained.values(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     device = next(model.parameters()).device
-    losses = []
+    losses, hooks = [], []
     model.train()  # no dropout in the built-in configs; train mode as in training
     try:
-        for step in progress(batch_order(len(windows), steps, batch, seed), desc=desc, leave=False):
-            x = windows[step].to(device)
-            loss = model(input_ids=x, labels=x, use_cache=False).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+        with grads_for(model, trained):
+            for name, w in trained.items():
+                if not free[name].all():
+                    hooks.append(w.register_hook(_masking(free[name].to(w.device))))
+            order = batch_order(len(windows), steps, batch, seed)
+            for step in progress(order, desc=desc, leave=False):
+                x = windows[step].to(device)
+                loss = model(input_ids=x, labels=x, use_cache=False).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(loss.item())
     finally:
         model.eval()
         for h in hooks:
             h.remove()
-        for name, w in weights.items():
-            w.requires_grad_(flags[name])
     return losses
 
 

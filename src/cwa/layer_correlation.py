@@ -48,7 +48,13 @@ def window_scores(model, infos: list[ParamInfo], windows: torch.Tensor, desc=Non
             loss = token_nll(model(input_ids=x, use_cache=False).logits, x).mean()
             sums = _abs_products(weights, torch.autograd.grad(loss, weights))
             rows += [
-                {"window": n, "param": i.name, "layer": i.layer, "component": i.component, "score": s}
+                {
+                    "window": n,
+                    "param": i.name,
+                    "layer": i.layer,
+                    "component": i.component,
+                    "score": s,
+                }
                 for i, s in zip(infos, sums, strict=True)
             ]
     return pl.DataFrame(rows)

@@ -402,3 +402,24 @@ def seeds(table: pl.DataFrame, path) -> None:
     ax.set(xlabel="ΔPPL", title="The headline, seed by seed")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def layer_correlation(table: pl.DataFrame, path) -> None:
+    """Heatmaps of the correlation over calibration windows between layers and between layer
+    components: r of the sensitivities below the diagonal, r of their shares above it."""
+    from cwa.layer_correlation import LEVELS, correlation_matrix
+
+    levels = [lv for lv in LEVELS if not table.filter(pl.col("level") == lv).is_empty()]
+    fig, axes = plt.subplots(1, max(len(levels), 1), figsize=(6 * max(len(levels), 1), 5.2))
+    for ax, level in zip(np.atleast_1d(axes), levels, strict=False):
+        labels, raw = correlation_matrix(table, level, "r")
+        _, share = correlation_matrix(table, level, "share_r")
+        shown = np.where(np.tri(len(labels), dtype=bool), raw, share)
+        image = ax.imshow(shown, cmap="RdBu_r", vmin=-1, vmax=1)
+        ticks = range(len(labels))
+        size = 8 if len(labels) <= 12 else 5
+        ax.set_xticks(ticks, labels, rotation=90, fontsize=size)
+        ax.set_yticks(ticks, labels, fontsize=size)
+        ax.set_title(f"by {level}: r below, share r above")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    _save(fig, path)

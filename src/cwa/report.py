@@ -335,6 +335,7 @@ class ReportInputs:
     pruning: pl.DataFrame  # pruning_table
     prune_tasks: pl.DataFrame  # tasks_table of the pruned models, by method
     finetune: pl.DataFrame  # schema `finetune`, arms in cwa.finetuning.ARMS order
+    correlation: pl.DataFrame  # schema `layer_pairs`
     perturbation_docs: list[tuple[str, str]]
     stability: pl.DataFrame  # mean over seed pairs, per k
     agreement: pl.DataFrame  # at headline_k
@@ -490,6 +491,13 @@ def figures_section(r: ReportInputs) -> list[str]:
         ("Score distribution", "score_distribution.png", ""),
         ("Stability across calibration seeds", "stability.png", ""),
         (f"Do the metrics agree? (k = {k})", "agreement.png", ""),
+        (
+            "Layers that move together",
+            "correlation.png",
+            "Correlation over calibration windows of the per-window sensitivities (Σ|g·w|) of "
+            "two layers (left) and two layer components (right): r below the diagonal, r of "
+            "their shares of the window's total above it.",
+        ),
         ("Fault injection", "faults.png", ""),
         (
             "Pruning: perplexity against sparsity",
@@ -732,6 +740,36 @@ def _finetune_verdict(rows: pl.DataFrame, k: int) -> list[str]:
     return [" ".join(lines), ""] if lines else []
 
 
+def correlation_section(r: ReportInputs) -> list[str]:
+    if r.correlation.is_empty():
+        return []
+    layers = r.correlation.filter(pl.col("level") == "layer")
+    components = r.correlation.filter(pl.col("level") == "component")
+    windows = r.correlation["windows"][0]
+    shown = ["a", "b", "r", "r_ci_low", "r_ci_high", "r_q", "share_r", "share_r_ci_low",
+             "share_r_ci_high", "share_r_q"]  # fmt: skip
+    strongest = components.sort(pl.col("share_r").abs(), descending=True, nulls_last=True)
+    return [
+        "### Layers that move together",
+        "",
+        f"Per calibration window ({windows} windows of the first seed's draw), each pool "
+        "tensor's sensitivity on that window alone, Σ|g·w| with g the gradient of the window's "
+        "mean token loss; a layer's is the sum over its tensors. r: Pearson correlation over "
+        "windows of two layers' sensitivities (a hard window raises every layer's, so r is "
+        "mostly positive); share r: of their shares of the window's total, the common scale "
+        "divided out, so a positive share r means the two gain sensitivity on the same windows "
+        "at the expense of the others. 95% CIs by Fisher's z; q: Benjamini-Hochberg over the "
+        "pairs of a level.",
+        "",
+        table(layers.select(shown)),
+        "",
+        f"The {min(10, len(strongest))} component pairs with the largest |share r|:",
+        "",
+        table(strongest.head(10).select(shown)),
+        "",
+    ]
+
+
 def stability_section(r: ReportInputs) -> list[str]:
     return [
         "### Stability across calibration seeds",
@@ -852,6 +890,7 @@ SECTIONS = (
     pruning_section,
     finetune_section,
     stability_section,
+    correlation_section,
     agreement_section,
     superweight_section,
     scaling_section,

@@ -12,6 +12,7 @@ from cwa.schemas.fault_summary import FAULT_SUMMARY_TABLE
 from cwa.schemas.fault_trials import FAULT_TRIALS_TABLE
 from cwa.schemas.finetune import FINETUNE_TABLE
 from cwa.schemas.finetune_runs import FINETUNE_RUNS_TABLE
+from cwa.schemas.layer_pairs import LAYER_PAIRS_TABLE
 from cwa.schemas.pool import POOL_TABLE
 from cwa.schemas.pooled import POOLED_TABLE
 from cwa.schemas.prune_tasks import PRUNE_TASKS_TABLE
@@ -25,6 +26,7 @@ from cwa.schemas.stability import STABILITY_TABLE
 from cwa.schemas.tasks import TASKS_TABLE
 from cwa.schemas.tensor_stats import TENSOR_STATS_TABLE
 from cwa.schemas.train_log import TRAIN_LOG_TABLE
+from cwa.schemas.window_scores import WINDOW_SCORES_TABLE
 
 TABLES = (
     CORPUS_TABLE,
@@ -48,6 +50,8 @@ TABLES = (
     SPIKES_TABLE,
     AGREEMENT_TABLE,
     STABILITY_TABLE,
+    WINDOW_SCORES_TABLE,
+    LAYER_PAIRS_TABLE,
     SCALING_MODEL_TABLE,
     SCALING_SHARES_TABLE,
     SCALING_FIT_TABLE,
