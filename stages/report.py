@@ -78,6 +78,7 @@ PARAMS = (
     "finetune_steps",
     "finetune_lr",
     "finetune_seeds",
+    "unit_reduce",
 )
 
 
@@ -103,6 +104,9 @@ TABLES = (
     "finetune",
     "finetune_runs",
     "correlation",
+    "unit_scores",
+    "unit_effects",
+    "unit_comparisons",
 )
 
 
@@ -195,8 +199,22 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
     plots.pruning(t["pruning"], out / "pruning.png")
     plots.finetune(t["finetune_runs"], t["finetune"], ARMS, out / "finetune.png")
     plots.layer_correlation(t["correlation"], out / "correlation.png")
+    plots.units(unit_table(t), out / "units.png")
     if t["training"] is not None:
         plots.training_curves(t["training"], out / "training.png")
+
+
+def unit_table(t: dict) -> pl.DataFrame:
+    """The unit comparisons with each single unit's score and size, and the top set's CI of
+    ΔPPL from the effects."""
+    keys = ["kind", "rank", "k", "perturbation", "setting"]
+    top = t["unit_effects"].filter(pl.col("selection") == "top").select(*keys, "ci_low", "ci_high")
+    scores = t["unit_scores"].select("kind", "rank", "score", "weights")
+    return (
+        t["unit_comparisons"]
+        .join(top, on=keys, how="left")
+        .join(scores, on=["kind", "rank"], how="left")
+    )
 
 
 def finetune_table(summary: pl.DataFrame) -> pl.DataFrame:
@@ -242,6 +260,7 @@ def report_inputs(
         prune_tasks=tasks_table(t["prune_tasks"], by="method"),
         finetune=finetune_table(t["finetune"]),
         correlation=t["correlation"],
+        units=unit_table(t),
         perturbation_docs=[(name, get_perturbation(name).doc) for name in names],
         stability=t["stability"]
         .group_by("k")

@@ -85,6 +85,11 @@ def test_the_fine_tuning_sets_fit_the_pool_twice_over():
     )
 
 
+def test_every_unit_kind_exists_in_the_pool():
+    feasibility.check(tiny(units=("neuron", "head", "channel"), unit_topk=(2,)))
+    refused(tiny(units=("expert",)), "`units` expert: the pool holds none")
+
+
 def test_targets_and_layers_the_model_lacks():
     refused(tiny(layers=(2,)), "`layers` [2] do not exist; the model has layers 0..1")
     refused(tiny(target_layers=(5,)), "`target_layers` [5] are not in the ranking pool")

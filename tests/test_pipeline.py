@@ -40,6 +40,7 @@ TINY = {
     "finetune_steps": 3,
     "finetune_batch": 4,
     "finetune_seeds": [0, 1],
+    "unit_each": 2,
     "vocab_size": 384,
     "train_steps": 40,
     "train_batch": 8,
@@ -150,6 +151,8 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "correlation/windows.parquet",
         "correlation/pairs.parquet",
         "report/correlation.png",
+        "units/scores.parquet",
+        "report/units.png",
     ]:
         assert (art / path).exists(), path
     manifest = json.loads((art / "perturb" / "manifest.json").read_text())
@@ -246,6 +249,18 @@ def test_metrics_hold_the_headline_keys(repo):
     assert len(tuned) == 5 + 2 and set(tuned["seeds"]) == {2}
     only_top = tuned.filter((pl.col("arm") == "only_top") & (pl.col("against") == ""))
     assert m["finetune_gain_only_top"] == only_top["gain"][0]
+    unit_scores = pl.read_parquet(repo / "artifacts" / "units" / "scores.parquet")
+    assert dict(unit_scores.group_by("kind").len().iter_rows()) == {"neuron": 128, "head": 4}
+    unit_effects = pl.read_parquet(repo / "artifacts" / "units" / "effects.parquet")
+    # top-k sets (neurons k=5, heads capped at 2 of 4) x 5 perturbations x (top + 2 random),
+    # and the top 2 units of each kind zeroed alone, each with 2 random draws
+    assert len(unit_effects) == 2 * 5 * 3 + 2 * 2 * 3
+    assert set(unit_effects.filter(pl.col("kind") == "head")["k"]) == {1, 2}
+    units_compared = pl.read_parquet(repo / "artifacts" / "units" / "comparisons.parquet")
+    assert len(units_compared) == 2 * 5 + 2 * 2
+    alone = unit_effects.filter((pl.col("rank") == 0) & (pl.col("selection") == "top"))
+    assert alone["k"].to_list() == [1, 1]
+    assert all(re.fullmatch(r"layer \d, (head|neuron) \d+", u) for u in alone["unit"])
     windows = pl.read_parquet(repo / "artifacts" / "correlation" / "windows.parquet")
     assert len(windows) == 8 * 2 * 7 and (windows["score"] > 0).all()  # windows x tensors
     pairs = pl.read_parquet(repo / "artifacts" / "correlation" / "pairs.parquet")

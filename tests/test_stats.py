@@ -135,6 +135,8 @@ def test_separation_is_one_rule_with_its_non_finite_cases():
 
     assert separation(0.2, [0.01, -0.03]) == pytest.approx(0.2 / 0.02)  # |draws| averaged
     assert separation(0.2, [0.0, 0.0]) == math.inf  # random weights changed nothing at all
+    assert separation(-0.2, [0.0, 0.0]) == -math.inf
+    assert math.isnan(separation(0.0, [0.0, 0.0]))  # neither moved: an exact symmetry
     assert math.isnan(separation(0.2, []))  # no control draw: no ratio
     assert math.isnan(separation(math.inf, [0.1]))  # the top set diverged
     assert math.isnan(separation(0.2, [0.1, math.inf]))  # a control draw diverged

@@ -86,6 +86,15 @@ def check_finetune(infos: list[ParamInfo], p: Params) -> None:
         )
 
 
+def check_units(infos: list[ParamInfo], p: Params) -> None:
+    """Each kind of `units` exists in the pool (unit_topk is capped per kind by the stage)."""
+    from cwa.units import units_of
+
+    chosen = pool(infos, **p.pool_options)
+    for kind in p.units:
+        units_of(chosen, kind)
+
+
 def check_strengths(p: Params) -> None:
     """Every strength of every listed perturbation applies in `dtype` (bit 30 exists in fp32,
     not in bf16): what the sweep checks again before it starts."""
@@ -108,3 +117,4 @@ def check(params: Params) -> None:
     infos = describe(model)
     check_ranking(infos, params)
     check_finetune(infos, params)
+    check_units(infos, params)

@@ -102,6 +102,11 @@ class Params:
     finetune_batch: int = 8
     finetune_lr: float = 1e-3
     finetune_seeds: tuple[int, ...] = (0, 1, 2)
+    # structural units (units stage)
+    units: tuple[str, ...] = ("neuron", "head")
+    unit_reduce: str = "sum"
+    unit_topk: tuple[int, ...] = (5,)
+    unit_each: int = 5
     target_components: tuple[str, ...] = ()
     target_layers: tuple[int, ...] = ()
     spike_ratio: float = 100.0
@@ -384,6 +389,29 @@ DOCS = {
     "finetune_seeds": (
         "one fine-tuning run per seed and arm: the seed orders the training windows and draws "
         "the random set; the CIs are over these seeds"
+    ),
+    "units": (
+        "kinds of structural unit the units stage ranks and perturbs whole: `neuron` (an MLP "
+        "intermediate unit: its rows of up and gate, its column of down), `head` (a key/value "
+        "group: its query heads' q rows and o columns, its k and v rows; one head without GQA; "
+        "fused qkv sliced by layout), `expert` (an MoE expert's matrices), `channel` (a "
+        "residual-stream dimension: every row that writes it and every column that reads it, "
+        "across blocks). Empty: no unit analysis"
+    ),
+    "unit_reduce": (
+        "`sum`, `mean` or `max`: how a unit's score aggregates the |scores| of its weights "
+        "(`metric`, the first seed's)"
+    ),
+    "unit_topk": (
+        "numbers of top units perturbed together (every perturbation at its first strength), "
+        "each against `random_draws` sets of random units with the same count in every layer "
+        "(as far as a layer has other units: the rest from other layers). A k above half a "
+        "kind's units is capped there (the tables' k says what ran). The top unit alone is "
+        "`unit_each`'s first experiment"
+    ),
+    "unit_each": (
+        "the top this-many units of each kind are also zeroed one at a time, each against "
+        "`random_draws` random units of its own layer (0: none)"
     ),
     "spike_ratio": (
         "super-weight detector: a down projection's strongest input and output activations are "

@@ -423,3 +423,23 @@ def layer_correlation(table: pl.DataFrame, path) -> None:
         ax.set_title(f"by {level}: r below, share r above")
         fig.colorbar(image, ax=ax, shrink=0.8)
     _save(fig, path)
+
+
+def units(table: pl.DataFrame, path) -> None:
+    """Per kind, each top unit zeroed alone: its ΔPPL (95% CI from the effects) beside the mean
+    ΔPPL of random units of its own layer."""
+    kinds = table["kind"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, max(len(kinds), 1), figsize=(5.5 * max(len(kinds), 1), 3.6))
+    for ax, kind in zip(np.atleast_1d(axes), kinds, strict=False):
+        rows = table.filter((pl.col("kind") == kind) & (pl.col("rank") >= 0)).sort("rank")
+        y = np.arange(len(rows))[::-1]
+        top = rows["top_delta_ppl"].to_numpy()
+        err = [np.clip(top - rows["ci_low"].to_numpy(), 0, None),
+               np.clip(rows["ci_high"].to_numpy() - top, 0, None)]  # fmt: skip
+        ax.errorbar(top, y, xerr=err, fmt="o", capsize=3, color=COLORS["top"], label="top unit")
+        ax.plot(rows["control_delta_ppl"], y, "s", color=COLORS["random_k"], label="random")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(y, rows["unit"].to_list(), fontsize=8)
+        ax.set(xlabel="ΔPPL (zeroed alone)", title=f"Top {kind}s")
+        ax.legend(fontsize=8)
+    _save(fig, path)

@@ -265,7 +265,7 @@ def _by_component(infos: list[ParamInfo]) -> list[tuple[str, list[Member]]]:
     return [(c, [(i, None) for i in infos if i.component == c]) for c in comps]
 
 
-def _head_features(info: ParamInfo, g: int) -> torch.Tensor:
+def head_features(info: ParamInfo, g: int) -> torch.Tensor:
     """Features (nn.Linear convention) of key/value group g in an attention weight: output
     features of q/k/v (and of fused qkv, by its layout), input features of o."""
     hd, per_kv = info.head_dim, info.heads // info.kv_heads
@@ -287,7 +287,7 @@ def _head_features(info: ParamInfo, g: int) -> torch.Tensor:
     raise CwaError(f"per_head mode: unknown fused attention layout of {info.name}")
 
 
-def _feature_flat(info: ParamInfo, features: torch.Tensor, axis: str) -> torch.Tensor:
+def feature_flat(info: ParamInfo, features: torch.Tensor, axis: str) -> torch.Tensor:
     """Sorted flat storage indices of whole output (axis 'out') or input ('in') features."""
     out_dim, in_dim = (info.shape[1], info.shape[0]) if info.transposed else info.shape
     if axis == "out":
@@ -314,7 +314,7 @@ def _by_head(infos: list[ParamInfo]) -> list[tuple[str, list[Member]]]:
             members = []
             for i in parts:
                 axis = "in" if i.component == "attn_o" else "out"
-                members.append((i, _feature_flat(i, _head_features(i, g), axis)))
+                members.append((i, feature_flat(i, head_features(i, g), axis)))
             groups.append((f"layers.{layer}.head.{g}", members))
     return groups
 

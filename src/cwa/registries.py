@@ -6,4 +6,5 @@ import cwa.metrics
 import cwa.perturbations
 import cwa.pruning  # prune_methods, prune_group, prune_nm
 import cwa.ranking  # mode, controls
-import cwa.sources  # noqa: F401  calib_data, eval_data, finetune_data
+import cwa.sources  # calib_data, eval_data, finetune_data
+import cwa.units  # noqa: F401  units, unit_reduce, unit_topk, unit_each

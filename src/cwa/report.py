@@ -336,6 +336,7 @@ class ReportInputs:
     prune_tasks: pl.DataFrame  # tasks_table of the pruned models, by method
     finetune: pl.DataFrame  # schema `finetune`, arms in cwa.finetuning.ARMS order
     correlation: pl.DataFrame  # schema `layer_pairs`
+    units: pl.DataFrame  # schema `unit_comparisons`, joined with the units' scores
     perturbation_docs: list[tuple[str, str]]
     stability: pl.DataFrame  # mean over seed pairs, per k
     agreement: pl.DataFrame  # at headline_k
@@ -491,6 +492,12 @@ def figures_section(r: ReportInputs) -> list[str]:
         ("Score distribution", "score_distribution.png", ""),
         ("Stability across calibration seeds", "stability.png", ""),
         (f"Do the metrics agree? (k = {k})", "agreement.png", ""),
+        (
+            "Units: the top neurons and heads zeroed alone",
+            "units.png",
+            "ΔPPL of zeroing each top unit alone (red, 95% paired CI) beside the mean of random "
+            "units from its own layer (grey).",
+        ),
         (
             "Layers that move together",
             "correlation.png",
@@ -740,6 +747,34 @@ def _finetune_verdict(rows: pl.DataFrame, k: int) -> list[str]:
     return [" ".join(lines), ""] if lines else []
 
 
+def units_section(r: ReportInputs) -> list[str]:
+    if r.units.is_empty():
+        return []
+    p = r.params
+    lines = [
+        "### Units: neurons, heads, experts and channels as wholes",
+        "",
+        f"A unit's score is the {p.unit_reduce} of its weights' |{p.metric}| scores (the first "
+        "seed's). Each of the top units is zeroed alone and compared with random units of its "
+        f"own layer ({p.random_draws} draws); the top k together go through every perturbation "
+        "at its first strength against random sets with the same count in every layer. "
+        "separation = ΔPPL(top) / mean |ΔPPL(random)| with its joint bootstrap CI; q: "
+        "Benjamini-Hochberg over this stage's comparisons. A whole head's sign flip leaves the "
+        "model exactly unchanged (q·k and v·o keep their signs): no ratio.",
+        "",
+    ]
+    shown = ["perturbation", "k", "top_delta_ppl", "control_delta_ppl", "separation",
+             "separation_ci_low", "separation_ci_high", "q_value"]  # fmt: skip
+    for kind in r.units["kind"].unique(maintain_order=True):
+        rows = r.units.filter(pl.col("kind") == kind)
+        each = rows.filter(pl.col("rank") >= 0).sort("rank")
+        sets = rows.filter(pl.col("rank") < 0).sort("k", "perturbation")
+        lines += [f"Top {kind}s, each zeroed alone:", "", table(each.select(
+            "rank", "unit", "score", "weights", *shown[2:])), ""]  # fmt: skip
+        lines += [f"The top {kind}s together:", "", table(sets.select(shown)), ""]
+    return lines
+
+
 def correlation_section(r: ReportInputs) -> list[str]:
     if r.correlation.is_empty():
         return []
@@ -889,6 +924,7 @@ SECTIONS = (
     faults_section,
     pruning_section,
     finetune_section,
+    units_section,
     stability_section,
     correlation_section,
     agreement_section,

@@ -73,13 +73,16 @@ def agreement(top_a: set, top_b: set, bulk_a: np.ndarray, bulk_b: np.ndarray) ->
 
 def separation(top_delta: float, control_deltas) -> float:
     """ΔPPL(top) / mean over draws |ΔPPL(control)|: absolute values, so a lucky negative draw
-    cannot inflate it. NaN when a side is not finite (a diverged run has no ratio) or there is
-    no control draw; +inf when every draw left perplexity exactly unchanged."""
+    cannot inflate it. NaN when a side is not finite (a diverged run has no ratio), there is
+    no control draw, or neither side moved (an exact symmetry: a whole head's sign flip); ±inf
+    when every draw left perplexity exactly unchanged and the top set did not."""
     deltas = np.abs(np.asarray(control_deltas, dtype=np.float64))
     if not (len(deltas) and math.isfinite(top_delta) and np.isfinite(deltas).all()):
         return math.nan
     scale = float(deltas.mean())
-    return top_delta / scale if scale > 0 else math.inf
+    if scale > 0:
+        return top_delta / scale
+    return math.copysign(math.inf, top_delta) if top_delta else math.nan
 
 
 def separation_ci(

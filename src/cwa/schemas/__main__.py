@@ -26,6 +26,9 @@ from cwa.schemas.stability import STABILITY_TABLE
 from cwa.schemas.tasks import TASKS_TABLE
 from cwa.schemas.tensor_stats import TENSOR_STATS_TABLE
 from cwa.schemas.train_log import TRAIN_LOG_TABLE
+from cwa.schemas.unit_comparisons import UNIT_COMPARISONS_TABLE
+from cwa.schemas.unit_effects import UNIT_EFFECTS_TABLE
+from cwa.schemas.unit_scores import UNIT_SCORES_TABLE
 from cwa.schemas.window_scores import WINDOW_SCORES_TABLE
 
 TABLES = (
@@ -50,6 +53,9 @@ TABLES = (
     SPIKES_TABLE,
     AGREEMENT_TABLE,
     STABILITY_TABLE,
+    UNIT_SCORES_TABLE,
+    UNIT_EFFECTS_TABLE,
+    UNIT_COMPARISONS_TABLE,
     WINDOW_SCORES_TABLE,
     LAYER_PAIRS_TABLE,
     SCALING_MODEL_TABLE,

@@ -1,0 +1,78 @@
+"""Perturbation experiments on whole units: the top units of a kind against random units of the
+same kind matched per layer, through the same sweep, restore and statistics as single weights
+(cwa.experiment): a set of units becomes the selection of all their weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from cwa.evaluation import EvalResult, Reference
+from cwa.experiment import Spec, compare, experiments, stream_seed, summarize
+from cwa.experiment import run as run_experiments
+from cwa.units import Units, matched_random, weights_of
+
+EFFECT_COLUMNS = (
+    "perturbation", "setting", "selection", "draw", "k", "weights", "ppl", "delta_ppl", "ci_low",
+    "ci_high", "kl", "top1_same", "diverged",
+)  # fmt: skip
+COMPARISON_COLUMNS = (
+    "perturbation", "setting", "k", "control", "draws", "top_delta_ppl", "control_delta_ppl",
+    "separation", "separation_ci_low", "separation_ci_high", "effect_size", "p_value", "q_value",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every unit experiment is measured against: the model, the evaluation windows and
+    the baseline's results on them, the reference distributions and the bootstrap indices."""
+
+    model: torch.nn.Module
+    windows: torch.Tensor
+    base: EvalResult
+    ref: Reference
+    boot_idx: np.ndarray
+    batch_size: int
+    resamples: int
+    seed: int  # the first calibration seed: whose scores ranked the units
+    draws: int  # random sets per comparison
+
+
+def selection_rows(units: Units, chosen: list[int], selection: str, k: int, draw: int):
+    """The rows cwa.experiment.selection_sets reads for one set of units: each weight's param
+    and flat index."""
+    weights = weights_of(units, chosen)
+    return pl.DataFrame(
+        {
+            "selection": selection,
+            "k": k,
+            "draw": draw,
+            "param": [name for name, flat in weights.items() for _ in range(len(flat))],
+            "flat_index": torch.cat(list(weights.values())).numpy(),
+        },
+        schema_overrides={"k": pl.Int64, "draw": pl.Int64, "flat_index": pl.Int64},
+    )
+
+
+def unit_sets(units: Units, ranked: pl.DataFrame, top: list[int], draws: int, seed: int):
+    """The top units `top` (ids) and `draws` random sets matched to them per layer."""
+    k, frames = len(top), [selection_rows(units, top, "top", len(top), 0)]
+    for d in range(draws):
+        rng = np.random.default_rng(stream_seed(seed, units.kind, tuple(top), d))
+        frames.append(selection_rows(units, matched_random(ranked, top, rng), "random_k", k, d))
+    return pl.concat(frames)
+
+
+def measure(bench: Bench, units: Units, ranked: pl.DataFrame, top: list[int], sweeps: list[Spec]):
+    """(effects, comparisons) of perturbing the units `top` against matched random units, every
+    perturbation of `sweeps` at its first strength."""
+    sets = unit_sets(units, ranked, top, bench.draws, bench.seed)
+    exps = experiments(sets, sweeps, seed=stream_seed(bench.seed, units.kind, len(top)))
+    desc = f"{units.kind} x{len(top)}"
+    results = run_experiments(bench.model, exps, bench.windows, bench.batch_size, desc, bench.ref)
+    effects, _ = summarize(exps, results, bench.base, bench.boot_idx, bench.seed)
+    comparisons = compare(exps, results, bench.base, bench.boot_idx, bench.resamples, bench.seed)
+    return effects.select(EFFECT_COLUMNS), comparisons.select(COMPARISON_COLUMNS)

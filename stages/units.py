@@ -1,0 +1,116 @@
+"""units: ranks neurons, heads, experts or residual channels as wholes and perturbs the top ones
+against random units of the same kind matched per layer (cwa.units, cwa.unit_experiments).
+
+For each kind of `units`: every unit's score aggregates the |scores| of its weights
+(`unit_reduce`; the first seed's score store). The top k units of each k in `unit_topk` (capped
+at half the kind's units) are perturbed together by every perturbation of `perturb` at its first
+strength, against `random_draws` sets of random units with the same count in each layer; the top
+`unit_each` units are also zeroed one at a time (the headline perturbation), each against
+random units of its own layer. Same windows, reference, bootstrap and tests as the perturb
+stage; q-values by Benjamini-Hochberg over this stage's comparisons. Every experiment's restore
+is checked bit for bit, and one baseline batch re-evaluated at the end.
+Reads: the evaluation text (sources stage), the model, the score store, the pool and the
+baseline per-text table.
+Writes: every unit's score and rank (schema `unit_scores`), the experiments (`unit_effects`)
+and the comparisons (`unit_comparisons`).
+"""
+
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from cwa.evaluation import reference
+from cwa.evaluation_setup import prepare_stage
+from cwa.experiment import SweepConfig, first_settings, headline_setting, specs
+from cwa.io import write_table
+from cwa.perturbations import SWEEP_KEYS
+from cwa.schemas.unit_comparisons import UNIT_COMPARISONS_TABLE
+from cwa.schemas.unit_effects import UNIT_EFFECTS_TABLE
+from cwa.schemas.unit_scores import UNIT_SCORES_TABLE
+from cwa.scores import StoredScores, pool_infos
+from cwa.stage import stage_main
+from cwa.stats import bh_q_values, bootstrap_indices
+from cwa.unit_experiments import Bench, measure
+from cwa.units import ranked, unit_scores, units_of
+
+# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+PARAMS = (
+    "model",
+    "dtype",
+    "device",
+    "device_map",
+    "seq_len",
+    "bos",
+    "eval_samples",
+    "batch_size",
+    "seeds",
+    "random_draws",
+    "bootstrap",
+    "perturb",
+    *SWEEP_KEYS,
+    "units",
+    "unit_reduce",
+    "unit_topk",
+    "unit_each",
+)
+
+
+def add_args(p):
+    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
+    p.add_argument("--models-dir", required=True)
+    p.add_argument("--scores", required=True)
+    p.add_argument("--pool", required=True)
+    p.add_argument("--baseline-texts", required=True)
+    p.add_argument("--unit-scores", required=True)
+    p.add_argument("--effects", required=True)
+    p.add_argument("--comparisons", required=True)
+
+
+def run(args, params):
+    ev = prepare_stage(params, args.models_dir, args.eval_text, args.baseline_texts)
+    infos = pool_infos(pl.read_parquet(args.pool))
+    store = StoredScores(args.scores, params.seeds[0])
+    sweeps = specs(SweepConfig.of(params))
+    headline = next(iter(headline_setting(first_settings(SweepConfig.of(params)))))
+    zero = [s for s in sweeps if s[0].name == headline]
+    idx = bootstrap_indices(len(ev.windows), params.bootstrap, params.seeds[0])
+    scored, effects, comparisons = [], [], []
+    with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
+        ref = reference(ev.model, ev.windows, params.batch_size, Path(tmp))
+        bench = Bench(
+            ev.model, ev.windows, ev.base, ref, idx, params.batch_size, params.bootstrap,
+            params.seeds[0], params.random_draws,
+        )  # fmt: skip
+        for kind in params.units:
+            units = units_of(infos, kind)
+            table = ranked(unit_scores(units, store, params.unit_reduce))
+            scored.append(table.with_columns(kind=pl.lit(kind)))
+            top = table["unit"].to_list()
+            ks = sorted({min(k, len(top) // 2) for k in params.unit_topk} - {0})
+            runs = [(k, top[:k], sweeps, "", -1) for k in ks]
+            each = range(min(params.unit_each, len(top)))
+            runs += [(1, [top[r]], zero, table["label"][r], r) for r in each]
+            for _, chosen, grid, label, rank in runs:
+                e, c = measure(bench, units, table, chosen, grid)
+                tag = {"kind": pl.lit(kind), "unit": pl.lit(label), "rank": pl.lit(rank)}
+                effects.append(e.with_columns(**tag))
+                comparisons.append(c.with_columns(**tag))
+    ev.check_unchanged(params.batch_size)
+    compared = stacked(comparisons, UNIT_COMPARISONS_TABLE)
+    compared = compared.with_columns(q_value=pl.Series(bh_q_values(compared["p_value"])))
+    write_table(stacked(scored, UNIT_SCORES_TABLE), args.unit_scores, UNIT_SCORES_TABLE)
+    write_table(stacked(effects, UNIT_EFFECTS_TABLE), args.effects, UNIT_EFFECTS_TABLE)
+    write_table(compared, args.comparisons, UNIT_COMPARISONS_TABLE)
+    return {"experiments": sum(len(e) for e in effects), "memory": ev.memory}
+
+
+def stacked(frames: list[pl.DataFrame], schema) -> pl.DataFrame:
+    """The frames one under another; with `units: []`, the schema's empty table."""
+    if frames:
+        return pl.concat(frames, how="diagonal_relaxed")
+    return pl.DataFrame(schema={c.name: c.dtype for c in schema.columns})
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, add_args, run, PARAMS)
