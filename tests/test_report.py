@@ -10,12 +10,15 @@ from cwa.params import load_params
 from cwa.report import (
     ReportInputs,
     comparisons_section,
+    correlation_section,
     criteria_section,
     figures_section,
+    finetune_section,
     headline_section,
     render_markdown,
     superweight_section,
     tasks_section,
+    units_section,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +76,53 @@ PRUNING = pl.DataFrame(
 )
 
 
+FINETUNE = pl.DataFrame(
+    {
+        "arm": ["full", "freeze_top", "freeze_random", "only_top", "only_random", "freeze_top",
+                "only_top"],
+        "against": ["", "", "", "", "", "freeze_random", "only_random"],
+        "seeds": [3] * 7,
+        "gain": [44.8, 44.8, 44.8, 3.99, 1.30, 0.0166, 2.69],
+        "gain_ci_low": [43.9, 43.9, 43.9, 3.86, 0.92, -0.0177, 2.30],
+        "gain_ci_high": [45.7, 45.7, 45.7, 4.12, 1.67, 0.0508, 3.08],
+        "p_gain": [math.nan] * 5 + [0.173, 0.00114],
+        "forgetting": [9.02, 8.97, 9.01, 0.0846, 0.0087, -0.0368, 0.0759],
+        "forgetting_ci_low": [8.37, 8.31, 8.35, 0.0661, -0.0118, -0.0498, 0.0372],
+        "forgetting_ci_high": [9.67, 9.63, 9.66, 0.103, 0.0292, -0.0238, 0.115],
+        "p_forgetting": [math.nan] * 5 + [0.00669, 0.0137],
+    }
+)  # fmt: skip
+
+PAIRS = pl.DataFrame(
+    {
+        "level": ["layer", "component", "component"],
+        "a": ["L0", "L0 mlp_gate", "L0 attn_q"],
+        "b": ["L1", "L0 mlp_up", "L1 attn_q"],
+        "windows": [64] * 3,
+        **{c: [0.9, 0.99, 0.5] for c in ("r", "r_ci_low", "r_ci_high", "r_q")},
+        "share_r": [-0.2, 0.9, -0.95],
+        **{c: [0.1] * 3 for c in ("share_r_ci_low", "share_r_ci_high", "share_r_q")},
+    }
+)
+
+UNITS = pl.DataFrame(
+    {
+        "kind": ["neuron", "neuron", "head"],
+        "unit": ["", "layer 0, neuron 221", "layer 3, head 3"],
+        "rank": [-1, 0, 0],
+        "perturbation": ["zero"] * 3,
+        "setting": [""] * 3,
+        "k": [5, 1, 1],
+        "score": [None, 0.0148, 0.0999],
+        "weights": [None, 384, 16384],
+        **{c: [0.7, 0.494, 1.63] for c in ("top_delta_ppl", "ci_low", "ci_high")},
+        "control_delta_ppl": [0.11, 0.0044, 0.21],
+        **{c: [6.3, 82.9, 7.83] for c in ("separation", "separation_ci_low", "separation_ci_high")},
+        "q_value": [0.0018] * 3,
+    }
+)
+
+
 def inputs(**changes) -> ReportInputs:
     one = pl.DataFrame({"a": [1.0]})
     values = {
@@ -113,6 +163,9 @@ def inputs(**changes) -> ReportInputs:
         "faults": one,
         "pruning": PRUNING,
         "prune_tasks": pl.DataFrame(),
+        "finetune": FINETUNE,
+        "correlation": PAIRS,
+        "units": UNITS,
         "perturbation_docs": [("zero", "w → 0")],
         "stability": one,
         "agreement": one,
@@ -285,3 +338,28 @@ def test_pruning_section_names_the_best_method_and_the_metrics_gain():
     text = "\n".join(pruning_section(inputs()))
     assert "At 50%: sparsegpt prunes best (PPL 48.2); grad_x_weight (the ranking's metric)" in text
     assert "a gain over magnitude of -0.12 (95% CI -0.13 – -0.11)" in text
+
+
+def test_finetune_section_states_both_contrasts():
+    text = "\n".join(finetune_section(inputs()))
+    assert (
+        "Protection: freezing the top 1,000 changed forgetting by -0.0368 PPL (95% CI -0.0498 – "
+        "-0.0238, p 0.00669) against freezing a random 1,000, of 9.02 forgotten" in text
+    )
+    assert "training only the top 1,000 gained 3.99 PPL on the new text against 1.3" in text
+    assert "(difference 2.69, 95% CI 2.3 – 3.08, p 0.00114), and forgot 0.0846" in text
+    assert finetune_section(inputs(finetune=FINETUNE.head(0))) == []
+
+
+def test_units_section_tables_each_kind_alone_and_together():
+    text = "\n".join(units_section(inputs()))
+    assert "Top neurons, each zeroed alone:" in text and "Top heads, each zeroed alone:" in text
+    assert "| 0 | layer 0, neuron 221 | 0.0148 | 384 | 0.494 |" in text
+    assert "The top neurons together:" in text and "| zero | 5 | 0.7 | 0.11 | 6.3 |" in text
+
+
+def test_correlation_section_ranks_component_pairs_by_share_r():
+    text = "\n".join(correlation_section(inputs()))
+    assert "(64 windows of the first seed's draw)" in text
+    strongest = text.split("largest |share r|:")[1]
+    assert strongest.index("L0 attn_q") < strongest.index("L0 mlp_gate")  # |−0.95| > 0.9
