@@ -79,6 +79,9 @@ PARAMS = (
     "finetune_lr",
     "finetune_seeds",
     "unit_reduce",
+    "cluster_sample",
+    "cluster_top",
+    "cluster_max_k",
 )
 
 
@@ -107,6 +110,9 @@ TABLES = (
     "unit_scores",
     "unit_effects",
     "unit_comparisons",
+    "cluster_members",
+    "clusters",
+    "cluster_effects",
 )
 
 
@@ -200,6 +206,7 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
     plots.finetune(t["finetune_runs"], t["finetune"], ARMS, out / "finetune.png")
     plots.layer_correlation(t["correlation"], out / "correlation.png")
     plots.units(unit_table(t), out / "units.png")
+    plots.clusters(t["cluster_members"], out / "clusters.png")
     if t["training"] is not None:
         plots.training_curves(t["training"], out / "training.png")
 
@@ -261,6 +268,8 @@ def report_inputs(
         finetune=finetune_table(t["finetune"]),
         correlation=t["correlation"],
         units=unit_table(t),
+        clusters=t["clusters"],
+        cluster_effects=t["cluster_effects"],
         perturbation_docs=[(name, get_perturbation(name).doc) for name in names],
         stability=t["stability"]
         .group_by("k")

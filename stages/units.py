@@ -79,9 +79,16 @@ def run(args, params):
     with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
         ref = reference(ev.model, ev.windows, params.batch_size, Path(tmp))
         bench = Bench(
-            ev.model, ev.windows, ev.base, ref, idx, params.batch_size, params.bootstrap,
-            params.seeds[0], params.random_draws,
-        )  # fmt: skip
+            ev.model,
+            ev.windows,
+            ev.base,
+            ref,
+            idx,
+            params.batch_size,
+            params.bootstrap,
+            params.seeds[0],
+            params.random_draws,
+        )
         for kind in params.units:
             units = units_of(infos, kind)
             table = ranked(unit_scores(units, store, params.unit_reduce))

@@ -39,8 +39,10 @@ def test_trainable_marks_exactly_each_arms_weights():
     top = Selected(np.array([0, 1]), np.array([4, 2]), np.array([9.0, 8.0]))
     rnd = Selected(np.array([0, 1]), np.array([0, 3]), np.array([1.0, 1.0]))
     masks = {arm: trainable(arm, _infos(), top, rnd) for arm in ARMS}
-    flat = {arm: {n: m.flatten().nonzero().flatten().tolist() for n, m in ms.items()}
-            for arm, ms in masks.items()}  # fmt: skip
+    flat = {
+        arm: {n: m.flatten().nonzero().flatten().tolist() for n, m in ms.items()}
+        for arm, ms in masks.items()
+    }
     assert flat["full"] == {"a": [0, 1, 2, 3, 4, 5], "b": [0, 1, 2, 3]}
     assert flat["only_top"] == {"a": [4], "b": [2]}
     assert flat["only_random"] == {"a": [0], "b": [3]}

@@ -23,9 +23,14 @@ def _scores(matrix: np.ndarray, components=("attn_q", "mlp_up")) -> pl.DataFrame
             layer, comp = divmod(g, len(components))
             name = f"model.layers.{layer}.{components[comp]}"
             rows.append(
-                {"window": w, "param": name, "layer": layer, "component": components[comp],
-                 "score": float(v)}
-            )  # fmt: skip
+                {
+                    "window": w,
+                    "param": name,
+                    "layer": layer,
+                    "component": components[comp],
+                    "score": float(v),
+                }
+            )
     return pl.DataFrame(rows)
 
 

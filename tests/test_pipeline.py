@@ -41,6 +41,9 @@ TINY = {
     "finetune_batch": 4,
     "finetune_seeds": [0, 1],
     "unit_each": 2,
+    "cluster_sample": 400,
+    "cluster_top": 40,
+    "cluster_max_k": 4,
     "vocab_size": 384,
     "train_steps": 40,
     "train_batch": 8,
@@ -152,6 +155,8 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "correlation/pairs.parquet",
         "report/correlation.png",
         "units/scores.parquet",
+        "clusters/members.parquet",
+        "report/clusters.png",
         "report/units.png",
     ]:
         assert (art / path).exists(), path
@@ -261,6 +266,15 @@ def test_metrics_hold_the_headline_keys(repo):
     alone = unit_effects.filter((pl.col("rank") == 0) & (pl.col("selection") == "top"))
     assert alone["k"].to_list() == [1, 1]
     assert all(re.fullmatch(r"layer \d, (head|neuron) \d+", u) for u in alone["unit"])
+    members = pl.read_parquet(repo / "artifacts" / "clusters" / "members.parquet")
+    assert len(members) == 440 and members["top"].sum() == 40
+    clusters = pl.read_parquet(repo / "artifacts" / "clusters" / "clusters.parquet")
+    kmeans = clusters.filter(pl.col("method") == "kmeans")
+    assert (
+        2 <= len(kmeans) <= 4 and kmeans["size"].sum() == 440 and kmeans["top_members"].sum() == 40
+    )
+    cluster_effects = pl.read_parquet(repo / "artifacts" / "clusters" / "effects.parquet")
+    assert cluster_effects["cluster"].to_list() == kmeans["cluster"].to_list()
     windows = pl.read_parquet(repo / "artifacts" / "correlation" / "windows.parquet")
     assert len(windows) == 8 * 2 * 7 and (windows["score"] > 0).all()  # windows x tensors
     pairs = pl.read_parquet(repo / "artifacts" / "correlation" / "pairs.parquet")

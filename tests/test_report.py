@@ -9,6 +9,7 @@ import pytest
 from cwa.params import load_params
 from cwa.report import (
     ReportInputs,
+    clusters_section,
     comparisons_section,
     correlation_section,
     criteria_section,
@@ -78,8 +79,15 @@ PRUNING = pl.DataFrame(
 
 FINETUNE = pl.DataFrame(
     {
-        "arm": ["full", "freeze_top", "freeze_random", "only_top", "only_random", "freeze_top",
-                "only_top"],
+        "arm": [
+            "full",
+            "freeze_top",
+            "freeze_random",
+            "only_top",
+            "only_random",
+            "freeze_top",
+            "only_top",
+        ],
         "against": ["", "", "", "", "", "freeze_random", "only_random"],
         "seeds": [3] * 7,
         "gain": [44.8, 44.8, 44.8, 3.99, 1.30, 0.0166, 2.69],
@@ -91,7 +99,7 @@ FINETUNE = pl.DataFrame(
         "forgetting_ci_high": [9.67, 9.63, 9.66, 0.103, 0.0292, -0.0238, 0.115],
         "p_forgetting": [math.nan] * 5 + [0.00669, 0.0137],
     }
-)  # fmt: skip
+)
 
 PAIRS = pl.DataFrame(
     {
@@ -119,6 +127,26 @@ UNITS = pl.DataFrame(
         "control_delta_ppl": [0.11, 0.0044, 0.21],
         **{c: [6.3, 82.9, 7.83] for c in ("separation", "separation_ci_low", "separation_ci_high")},
         "q_value": [0.0018] * 3,
+    }
+)
+
+
+CLUSTERS = pl.DataFrame(
+    {
+        "method": ["kmeans", "kmeans", "dbscan", "dbscan"],
+        "cluster": [0, 1, -1, 0],
+        "size": [15000, 6000, 100, 20900],
+        "top_share": [0.9, 0.1, 0.0, 1.0],
+    }
+)
+CLUSTER_EFFECTS = pl.DataFrame(
+    {
+        "cluster": [0, 1],
+        "size": [15000, 6000],
+        "k": [100, 100],
+        **{c: [0.2, 0.01] for c in ("top_delta_ppl", "ci_low", "ci_high", "control_delta_ppl")},
+        **{c: [20.0, 1.0] for c in ("separation", "separation_ci_low", "separation_ci_high")},
+        "q_value": [0.002, 0.5],
     }
 )
 
@@ -166,6 +194,8 @@ def inputs(**changes) -> ReportInputs:
         "finetune": FINETUNE,
         "correlation": PAIRS,
         "units": UNITS,
+        "clusters": CLUSTERS,
+        "cluster_effects": CLUSTER_EFFECTS,
         "perturbation_docs": [("zero", "w → 0")],
         "stability": one,
         "agreement": one,
@@ -363,3 +393,10 @@ def test_correlation_section_ranks_component_pairs_by_share_r():
     assert "(64 windows of the first seed's draw)" in text
     strongest = text.split("largest |share r|:")[1]
     assert strongest.index("L0 attn_q") < strongest.index("L0 mlp_gate")  # |−0.95| > 0.9
+
+
+def test_clusters_section_says_k_noise_and_where_the_top_set_falls():
+    text = "\n".join(clusters_section(inputs()))
+    assert "K-means with k = 2 (the best silhouette over 2..8)" in text
+    assert "DBSCAN found 1 cluster and left 0.5% as noise" in text
+    assert "| 0 | 15000 | 0.9 |" in text and "| 0 | 15000 | 100 | 0.2 |" in text

@@ -129,6 +129,23 @@ def selection_sets(ranking: pl.DataFrame) -> list[tuple[str, int, int, dict[str,
     return out
 
 
+def selection_frame(
+    weights: dict[str, torch.Tensor], selection: str, k: int, draw: int
+) -> pl.DataFrame:
+    """The rows selection_sets reads back for one set: each weight's param and flat index (for
+    sets chosen outside the rank stage: units, clusters)."""
+    return pl.DataFrame(
+        {
+            "selection": selection,
+            "k": k,
+            "draw": draw,
+            "param": [name for name, flat in weights.items() for _ in range(len(flat))],
+            "flat_index": torch.cat([f.reshape(-1) for f in weights.values()]).numpy(),
+        },
+        schema_overrides={"k": pl.Int64, "draw": pl.Int64, "flat_index": pl.Int64},
+    )
+
+
 def masked(weights: dict[str, torch.Tensor], ratio: float, seed: int) -> dict[str, torch.Tensor]:
     """A random fraction `ratio` of a selection; the positions depend on `seed` and the set's
     layout only, so a top set and its matched control keep the same per-tensor counts."""

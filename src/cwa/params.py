@@ -107,6 +107,10 @@ class Params:
     unit_reduce: str = "sum"
     unit_topk: tuple[int, ...] = (5,)
     unit_each: int = 5
+    # clusters of weights (clusters stage)
+    cluster_sample: int = 20000
+    cluster_top: int = 1000
+    cluster_max_k: int = 8
     target_components: tuple[str, ...] = ()
     target_layers: tuple[int, ...] = ()
     spike_ratio: float = 100.0
@@ -412,6 +416,14 @@ DOCS = {
     "unit_each": (
         "the top this-many units of each kind are also zeroed one at a time, each against "
         "`random_draws` random units of its own layer (0: none)"
+    ),
+    "cluster_sample": (
+        "clusters stage: pool weights drawn uniformly (seeded, the top ones excluded) and "
+        "clustered beside the top ones"
+    ),
+    "cluster_top": "clusters stage: the top this-many weights by `metric` (first seed) clustered",
+    "cluster_max_k": (
+        "clusters stage: K-means runs for k = 2..cluster_max_k and keeps the best silhouette"
     ),
     "spike_ratio": (
         "super-weight detector: a down projection's strongest input and output activations are "

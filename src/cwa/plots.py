@@ -429,17 +429,51 @@ def units(table: pl.DataFrame, path) -> None:
     """Per kind, each top unit zeroed alone: its ΔPPL (95% CI from the effects) beside the mean
     ΔPPL of random units of its own layer."""
     kinds = table["kind"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(1, max(len(kinds), 1), figsize=(5.5 * max(len(kinds), 1), 3.6))
+    fig, axes = plt.subplots(1, max(len(kinds), 1), figsize=(6.5 * max(len(kinds), 1), 3.6))
+    fig.subplots_adjust(wspace=0.55)  # room for the unit labels
     for ax, kind in zip(np.atleast_1d(axes), kinds, strict=False):
         rows = table.filter((pl.col("kind") == kind) & (pl.col("rank") >= 0)).sort("rank")
         y = np.arange(len(rows))[::-1]
         top = rows["top_delta_ppl"].to_numpy()
-        err = [np.clip(top - rows["ci_low"].to_numpy(), 0, None),
-               np.clip(rows["ci_high"].to_numpy() - top, 0, None)]  # fmt: skip
+        err = [
+            np.clip(top - rows["ci_low"].to_numpy(), 0, None),
+            np.clip(rows["ci_high"].to_numpy() - top, 0, None),
+        ]
         ax.errorbar(top, y, xerr=err, fmt="o", capsize=3, color=COLORS["top"], label="top unit")
         ax.plot(rows["control_delta_ppl"], y, "s", color=COLORS["random_k"], label="random")
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_yticks(y, rows["unit"].to_list(), fontsize=8)
         ax.set(xlabel="ΔPPL (zeroed alone)", title=f"Top {kind}s")
         ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def clusters(members: pl.DataFrame, path) -> None:
+    """The clustered weights by magnitude and score, coloured by K-means cluster; the top set
+    circled in black."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    labels = sorted(members["kmeans"].unique())
+    colors = _colors(len(labels))
+    for color, label in zip(colors, labels, strict=True):
+        rows = members.filter(pl.col("kmeans") == label)
+        ax.scatter(
+            rows["log_abs_w"],
+            rows["log_score"],
+            s=3,
+            color=color,
+            alpha=0.5,
+            label=f"cluster {label} ({len(rows):,})",
+        )
+    top = members.filter(pl.col("top"))
+    ax.scatter(
+        top["log_abs_w"],
+        top["log_score"],
+        s=10,
+        facecolors="none",
+        edgecolors="black",
+        linewidths=0.5,
+        label=f"top {len(top):,}",
+    )
+    ax.set(xlabel="log10 |w|", ylabel="log10 |score|", title="Clusters of weights (K-means)")
+    ax.legend(fontsize=7, markerscale=3)
     _save(fig, path)

@@ -1,6 +1,7 @@
 """Every registry whose names params can hold: importing this module loads them all, and each
 adds its checks of params (cwa.params.check), so a Params built afterwards is checked whole."""
 
+import cwa.clusters  # cluster_sample, cluster_top, cluster_max_k
 import cwa.finetuning  # finetune_lr, finetune_seeds
 import cwa.metrics
 import cwa.perturbations

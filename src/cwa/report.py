@@ -337,6 +337,8 @@ class ReportInputs:
     finetune: pl.DataFrame  # schema `finetune`, arms in cwa.finetuning.ARMS order
     correlation: pl.DataFrame  # schema `layer_pairs`
     units: pl.DataFrame  # schema `unit_comparisons`, joined with the units' scores
+    clusters: pl.DataFrame  # schema `clusters`
+    cluster_effects: pl.DataFrame  # schema `cluster_effects`
     perturbation_docs: list[tuple[str, str]]
     stability: pl.DataFrame  # mean over seed pairs, per k
     agreement: pl.DataFrame  # at headline_k
@@ -497,6 +499,12 @@ def figures_section(r: ReportInputs) -> list[str]:
             "units.png",
             "ΔPPL of zeroing each top unit alone (red, 95% paired CI) beside the mean of random "
             "units from its own layer (grey).",
+        ),
+        (
+            "Clusters of weights",
+            "clusters.png",
+            "The clustered weights by magnitude and score, coloured by K-means cluster; the top "
+            "weights circled.",
         ),
         (
             "Layers that move together",
@@ -763,16 +771,75 @@ def units_section(r: ReportInputs) -> list[str]:
         "model exactly unchanged (q·k and v·o keep their signs): no ratio.",
         "",
     ]
-    shown = ["perturbation", "k", "top_delta_ppl", "control_delta_ppl", "separation",
-             "separation_ci_low", "separation_ci_high", "q_value"]  # fmt: skip
+    shown = [
+        "perturbation",
+        "k",
+        "top_delta_ppl",
+        "control_delta_ppl",
+        "separation",
+        "separation_ci_low",
+        "separation_ci_high",
+        "q_value",
+    ]
     for kind in r.units["kind"].unique(maintain_order=True):
         rows = r.units.filter(pl.col("kind") == kind)
         each = rows.filter(pl.col("rank") >= 0).sort("rank")
         sets = rows.filter(pl.col("rank") < 0).sort("k", "perturbation")
-        lines += [f"Top {kind}s, each zeroed alone:", "", table(each.select(
-            "rank", "unit", "score", "weights", *shown[2:])), ""]  # fmt: skip
+        lines += [
+            f"Top {kind}s, each zeroed alone:",
+            "",
+            table(each.select("rank", "unit", "score", "weights", *shown[2:])),
+            "",
+        ]
         lines += [f"The top {kind}s together:", "", table(sets.select(shown)), ""]
     return lines
+
+
+def clusters_section(r: ReportInputs) -> list[str]:
+    if r.clusters.is_empty():
+        return []
+    p = r.params
+    kmeans = r.clusters.filter(pl.col("method") == "kmeans").drop("method")
+    found = r.clusters.filter((pl.col("method") == "dbscan") & (pl.col("cluster") >= 0))
+    noise = r.clusters.filter((pl.col("method") == "dbscan") & (pl.col("cluster") < 0))
+    clustered = int(kmeans["size"].sum())
+    noise_share = float(noise["size"].sum()) / clustered if clustered else 0.0
+    return [
+        "### Clusters of weights",
+        "",
+        f"The top {p.cluster_top:,} weights by {p.metric} and a seeded sample of "
+        f"{p.cluster_sample:,} others, each described by log10 |score|, log10 |w|, the spread "
+        "of log10 |score| over the seeds, normalised depth (standardised) and its component "
+        f"(one-hot). K-means with k = {len(kmeans)} (the best silhouette over 2.."
+        f"{p.cluster_max_k}); DBSCAN found {len(found)} cluster{'s' * (len(found) != 1)} and left "
+        f"{noise_share:.1%} as noise. top_share: the share of the top set in the cluster.",
+        "",
+        table(kmeans),
+        "",
+        f"Each K-means cluster's {p.headline_k} highest-scored members (or all of a smaller "
+        "cluster) zeroed against random sets with the same count in every tensor:",
+        "",
+        table(
+            r.cluster_effects.select(
+                "cluster",
+                "size",
+                "k",
+                "top_delta_ppl",
+                "ci_low",
+                "ci_high",
+                "control_delta_ppl",
+                "separation",
+                "separation_ci_low",
+                "separation_ci_high",
+                "q_value",
+            )
+        ),
+        "",
+        "DBSCAN's clusters:",
+        "",
+        table(r.clusters.filter(pl.col("method") == "dbscan").drop("method")),
+        "",
+    ]
 
 
 def correlation_section(r: ReportInputs) -> list[str]:
@@ -781,8 +848,18 @@ def correlation_section(r: ReportInputs) -> list[str]:
     layers = r.correlation.filter(pl.col("level") == "layer")
     components = r.correlation.filter(pl.col("level") == "component")
     windows = r.correlation["windows"][0]
-    shown = ["a", "b", "r", "r_ci_low", "r_ci_high", "r_q", "share_r", "share_r_ci_low",
-             "share_r_ci_high", "share_r_q"]  # fmt: skip
+    shown = [
+        "a",
+        "b",
+        "r",
+        "r_ci_low",
+        "r_ci_high",
+        "r_q",
+        "share_r",
+        "share_r_ci_low",
+        "share_r_ci_high",
+        "share_r_q",
+    ]
     strongest = components.sort(pl.col("share_r").abs(), descending=True, nulls_last=True)
     return [
         "### Layers that move together",
@@ -925,6 +1002,7 @@ SECTIONS = (
     pruning_section,
     finetune_section,
     units_section,
+    clusters_section,
     stability_section,
     correlation_section,
     agreement_section,

@@ -11,18 +11,40 @@ import polars as pl
 import torch
 
 from cwa.evaluation import EvalResult, Reference
-from cwa.experiment import Spec, compare, experiments, stream_seed, summarize
+from cwa.experiment import Spec, compare, experiments, selection_frame, stream_seed, summarize
 from cwa.experiment import run as run_experiments
 from cwa.units import Units, matched_random, weights_of
 
 EFFECT_COLUMNS = (
-    "perturbation", "setting", "selection", "draw", "k", "weights", "ppl", "delta_ppl", "ci_low",
-    "ci_high", "kl", "top1_same", "diverged",
-)  # fmt: skip
+    "perturbation",
+    "setting",
+    "selection",
+    "draw",
+    "k",
+    "weights",
+    "ppl",
+    "delta_ppl",
+    "ci_low",
+    "ci_high",
+    "kl",
+    "top1_same",
+    "diverged",
+)
 COMPARISON_COLUMNS = (
-    "perturbation", "setting", "k", "control", "draws", "top_delta_ppl", "control_delta_ppl",
-    "separation", "separation_ci_low", "separation_ci_high", "effect_size", "p_value", "q_value",
-)  # fmt: skip
+    "perturbation",
+    "setting",
+    "k",
+    "control",
+    "draws",
+    "top_delta_ppl",
+    "control_delta_ppl",
+    "separation",
+    "separation_ci_low",
+    "separation_ci_high",
+    "effect_size",
+    "p_value",
+    "q_value",
+)
 
 
 @dataclass(frozen=True)
@@ -41,28 +63,13 @@ class Bench:
     draws: int  # random sets per comparison
 
 
-def selection_rows(units: Units, chosen: list[int], selection: str, k: int, draw: int):
-    """The rows cwa.experiment.selection_sets reads for one set of units: each weight's param
-    and flat index."""
-    weights = weights_of(units, chosen)
-    return pl.DataFrame(
-        {
-            "selection": selection,
-            "k": k,
-            "draw": draw,
-            "param": [name for name, flat in weights.items() for _ in range(len(flat))],
-            "flat_index": torch.cat(list(weights.values())).numpy(),
-        },
-        schema_overrides={"k": pl.Int64, "draw": pl.Int64, "flat_index": pl.Int64},
-    )
-
-
 def unit_sets(units: Units, ranked: pl.DataFrame, top: list[int], draws: int, seed: int):
     """The top units `top` (ids) and `draws` random sets matched to them per layer."""
-    k, frames = len(top), [selection_rows(units, top, "top", len(top), 0)]
+    k, frames = len(top), [selection_frame(weights_of(units, top), "top", len(top), 0)]
     for d in range(draws):
         rng = np.random.default_rng(stream_seed(seed, units.kind, tuple(top), d))
-        frames.append(selection_rows(units, matched_random(ranked, top, rng), "random_k", k, d))
+        drawn = weights_of(units, matched_random(ranked, top, rng))
+        frames.append(selection_frame(drawn, "random_k", k, d))
     return pl.concat(frames)
 
 

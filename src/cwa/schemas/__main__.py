@@ -3,6 +3,9 @@ table's schema so the docs cannot drift."""
 
 from cwa.schemas.agreement import AGREEMENT_TABLE
 from cwa.schemas.baseline import BASELINE_TABLE
+from cwa.schemas.cluster_effects import CLUSTER_EFFECTS_TABLE
+from cwa.schemas.cluster_members import CLUSTER_MEMBERS_TABLE
+from cwa.schemas.clusters import CLUSTERS_TABLE
 from cwa.schemas.comparisons import COMPARISONS_TABLE
 from cwa.schemas.corpus import CORPUS_TABLE
 from cwa.schemas.documents import DOCUMENTS_TABLE
@@ -56,6 +59,9 @@ TABLES = (
     UNIT_SCORES_TABLE,
     UNIT_EFFECTS_TABLE,
     UNIT_COMPARISONS_TABLE,
+    CLUSTER_MEMBERS_TABLE,
+    CLUSTERS_TABLE,
+    CLUSTER_EFFECTS_TABLE,
     WINDOW_SCORES_TABLE,
     LAYER_PAIRS_TABLE,
     SCALING_MODEL_TABLE,
