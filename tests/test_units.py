@@ -8,6 +8,7 @@ import torch
 
 from cwa import CwaError
 from cwa.models import ParamInfo, describe, pool
+from cwa.perturbations import int_view
 from cwa.units import matched_random, ranked, unit_scores, units_of, weights_of
 from tests.test_architectures import CONFIGS, build, expected_head_features
 
@@ -132,3 +133,55 @@ def test_ranking_and_random_units_matched_per_layer():
     assert len(drawn) == 3 and 3 in drawn and set(drawn) - {3} <= {4, 5, 6, 7}
     with pytest.raises(CwaError, match="`unit_topk`: 5 units leave too few of the 8"):
         matched_random(table, [0, 1, 2, 3, 4], np.random.default_rng(0))
+
+
+def _planted(arch: str, kind: str, plant) -> None:
+    """Plant a critical unit (its weights scaled up), score by grad_x_weight, rank the units:
+    it comes first; zeroing it moves the windows' losses far more than zeroing random units of
+    its layer (an untrained model: the loss moves both ways), and restores bit for bit."""
+    from cwa.evaluation import evaluate
+    from cwa.experiment import experiments, selection_frame
+    from cwa.experiment import run as run_experiments
+    from cwa.metrics import compute_scores, get_metric
+    from cwa.perturbations import get_perturbation
+
+    model = build(arch)
+    infos = pool(describe(model))
+    units = units_of(infos, kind)
+    target = int(units.table["unit"][len(units.table) // 2 + 1])
+    with torch.no_grad():
+        weights = dict(model.named_parameters())
+        for name, flat in weights_of(units, [target]).items():
+            weights[name].view(-1)[flat] *= plant
+    windows = torch.randint(1, 64, (6, 12), generator=torch.Generator().manual_seed(0))
+    scores = compute_scores(model, infos, get_metric("grad_x_weight"), windows, 3)
+    table = ranked(unit_scores(units, scores, "sum"))
+    assert table["unit"][0] == target
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rng = np.random.default_rng(0)
+    sets = pl.concat(
+        [selection_frame(weights_of(units, [target]), "top", 1, 0)]
+        + [
+            selection_frame(
+                weights_of(units, matched_random(table, [target], rng)), "random_k", 1, d
+            )
+            for d in range(3)
+        ]
+    )
+    exps = experiments(sets, [(get_perturbation("zero"), (None,))])
+    results = run_experiments(model, exps, windows, 3, desc=None)
+    base = evaluate(model, windows, 3).nll
+    pairs = zip(exps, results, strict=True)
+    moved = {(e.selection, e.draw): np.abs(r.nll - base).sum() for e, r in pairs}
+    top = moved.pop(("top", 0))  # how far the windows' losses moved
+    assert top > 5 * max(moved.values())
+    for n, p in model.named_parameters():
+        assert torch.equal(int_view(p.detach()), int_view(before[n])), n
+
+
+def test_a_planted_critical_neuron_is_ranked_first_and_restored_bit_for_bit():
+    _planted("llama", "neuron", 8.0)
+
+
+def test_a_planted_critical_expert_is_ranked_first_and_restored_bit_for_bit():
+    _planted("mixtral", "expert", 4.0)
