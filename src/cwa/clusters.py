@@ -145,32 +145,19 @@ def dbscan(x: np.ndarray) -> tuple[np.ndarray, float]:
 
 def summary(table: pl.DataFrame, method: str, label: str, top: int) -> pl.DataFrame:
     """Per cluster of `label`: size, the share of the top set it holds, mean features, and
-    where it sits (the most common block and component with their shares)."""
-    t = table
-    stats = t.group_by(label).agg(
-        pl.len().alias("size"),
-        pl.col("top").sum().alias("top_members"),
-        pl.col("log_score", "log_abs_w", "seed_spread", "depth").mean(),
-    )
-    where = []
-    for key in ("layer", "component"):
-        common = (
-            t.group_by(label, key)
-            .len()
-            .sort([label, "len", key], descending=[False, True, False])
-            .group_by(label, maintain_order=True)
-            .first()
-        )
-        where.append(common.rename({key: f"main_{key}", "len": f"main_{key}_n"}))
-    out = stats.join(where[0], on=label).join(where[1], on=label)
-    return (
-        out.with_columns(
-            method=pl.lit(method),
-            cluster=pl.col(label).cast(pl.Int64),
-            top_share=pl.col("top_members") / top,
-            main_layer_share=pl.col("main_layer_n") / pl.col("size"),
-            main_component_share=pl.col("main_component_n") / pl.col("size"),
-        )
-        .drop(label, "main_layer_n", "main_component_n")
-        .sort("cluster")
-    )
+    where it sits (the most common block and component, ties to the first in sort order, with
+    their shares). Means by numpy over the rows in table order: a parallel group-by sums in
+    a varying order, and the table's bytes must not vary."""
+    rows = []
+    for cluster in sorted(table[label].unique()):
+        mine = table.filter(pl.col(label) == cluster)
+        row = {"method": method, "cluster": int(cluster), "size": len(mine)}
+        row |= {"top_members": int(mine["top"].sum()), "top_share": mine["top"].sum() / top}
+        for feature in ("log_score", "log_abs_w", "seed_spread", "depth"):
+            row[feature] = float(np.mean(mine[feature].to_numpy()))
+        for key in ("layer", "component"):
+            counts = mine[key].value_counts().sort(["count", key], descending=[True, False])
+            row[f"main_{key}"] = counts[key][0]
+            row[f"main_{key}_share"] = counts["count"][0] / len(mine)
+        rows.append(row)
+    return pl.DataFrame(rows)

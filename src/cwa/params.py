@@ -91,14 +91,14 @@ class Params:
         "sparsegpt",
         "random",
     )
-    sparsities: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
+    sparsities: tuple[float, ...] = (0.3, 0.5, 0.7)
     prune_group: str = "per_row"
     prune_nm: tuple[str, ...] = ()
     prune_owl: bool = False
     # fine-tuning with critical weights frozen, or only they trained (finetune stage)
     finetune_data: str = "builtin:web"
     finetune_k: int = 1000
-    finetune_steps: int = 32
+    finetune_steps: int = 24
     finetune_batch: int = 8
     finetune_lr: float = 1e-3
     finetune_seeds: tuple[int, ...] = (0, 1, 2)
@@ -106,7 +106,7 @@ class Params:
     units: tuple[str, ...] = ("neuron", "head")
     unit_reduce: str = "sum"
     unit_topk: tuple[int, ...] = (5,)
-    unit_each: int = 5
+    unit_each: int = 3
     # clusters of weights (clusters stage)
     cluster_sample: int = 20000
     cluster_top: int = 1000
