@@ -473,8 +473,20 @@ def criteria_section(r: ReportInputs) -> list[str]:
 
 def figures_section(r: ReportInputs) -> list[str]:
     """The figures, each with what it shows; the tables they summarise follow the figures."""
+    figures = _evidence_figures(r) + _structure_figures(r) + _practice_figures(r)
+    if r.has_training:
+        figures.append(("Built-in model training", "training.png", ""))
+    lines = ["## Figures", ""]
+    for title, png, caption in figures:
+        lines += [f"### {title}", "", f"![{title}]({png})", ""]
+        lines += [caption, ""] if caption else []
+    return lines
+
+
+def _evidence_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
+    """(title, file, caption) of the perturbation, ranking and stability figures."""
     p, k = r.params, r.metrics["headline_k"]
-    figures = [
+    return [
         (
             "Perturbation effects against k (first strength of each sweep)",
             "effects.png",
@@ -494,6 +506,12 @@ def figures_section(r: ReportInputs) -> list[str]:
         ("Score distribution", "score_distribution.png", ""),
         ("Stability across calibration seeds", "stability.png", ""),
         (f"Do the metrics agree? (k = {k})", "agreement.png", ""),
+    ]
+
+
+def _structure_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
+    """(title, file, caption) of the figures on units, clusters and layers."""
+    return [
         (
             "Units: the top neurons and heads zeroed alone",
             "units.png",
@@ -513,6 +531,13 @@ def figures_section(r: ReportInputs) -> list[str]:
             "two layers (left) and two layer components (right): r below the diagonal, r of "
             "their shares of the window's total above it.",
         ),
+    ]
+
+
+def _practice_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
+    """(title, file, caption) of faults, pruning, fine-tuning and scaling."""
+    p, k = r.params, r.metrics["headline_k"]
+    return [
         ("Fault injection", "faults.png", ""),
         (
             "Pruning: perplexity against sparsity",
@@ -534,13 +559,6 @@ def figures_section(r: ReportInputs) -> list[str]:
             "block at normalised depth; dashed: share of the total score.",
         ),
     ]
-    if r.has_training:
-        figures.append(("Built-in model training", "training.png", ""))
-    lines = ["## Figures", ""]
-    for title, png, caption in figures:
-        lines += [f"### {title}", "", f"![{title}]({png})", ""]
-        lines += [caption, ""] if caption else []
-    return lines
 
 
 def top_weights_section(r: ReportInputs) -> list[str]:
