@@ -25,18 +25,7 @@ import torch
 from cwa.clusters import chosen_weights, dbscan, features, kmeans, matrix, summary
 from cwa.evaluation import reference
 from cwa.evaluation_setup import prepare_stage
-from cwa.experiment import (
-    SweepConfig,
-    compare,
-    experiments,
-    first_settings,
-    headline_setting,
-    selection_frame,
-    specs,
-    stream_seed,
-    summarize,
-)
-from cwa.experiment import run as run_experiments
+from cwa.experiment import SweepConfig, selection_frame, stream_seed
 from cwa.io import write_table
 from cwa.perturbations import SWEEP_KEYS
 from cwa.ranking import MemberScores, Selected, matched_random
@@ -45,7 +34,8 @@ from cwa.schemas.cluster_members import CLUSTER_MEMBERS_TABLE
 from cwa.schemas.clusters import CLUSTERS_TABLE
 from cwa.scores import StoredScores, pool_infos
 from cwa.stage import stage_main
-from cwa.stats import bh_q_values, bootstrap_indices
+from cwa.stats import bh_q_values
+from cwa.unit_experiments import Bench, headline_sweep, measure
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (
@@ -111,17 +101,12 @@ def perturb_clusters(ev, params, infos, scores, table: pl.DataFrame) -> pl.DataF
     """Each K-means cluster's top-scored members (up to headline_k) zeroed against random sets
     matched per tensor: the comparison row with the top set's CI."""
     position = {i.name: t for t, i in enumerate(infos)}
-    config = SweepConfig.of(params)
-    headline = next(iter(headline_setting(first_settings(config))))
-    sweeps = [s for s in specs(config) if s[0].name == headline]
-    seed = params.seeds[0]
-    idx = bootstrap_indices(len(ev.windows), params.bootstrap, seed)
-    rows = []
+    sweeps = headline_sweep(SweepConfig.of(params))
+    seed, rows = params.seeds[0], []
     with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
-        ref = reference(ev.model, ev.windows, params.batch_size, Path(tmp))
-        for (cluster,), members in table.sort("log_score", descending=True).group_by(
-            "kmeans", maintain_order=True
-        ):
+        bench = Bench.of(ev, reference(ev.model, ev.windows, params.batch_size, Path(tmp)), params)
+        by_score = table.sort("log_score", descending=True)
+        for (cluster,), members in by_score.group_by("kmeans", maintain_order=True):
             best = members.head(params.headline_k)
             top = Selected(
                 best["param"].replace_strict(position).to_numpy(),
@@ -133,21 +118,14 @@ def perturb_clusters(ev, params, infos, scores, table: pl.DataFrame) -> pl.DataF
                 rng = np.random.default_rng(stream_seed(seed, "cluster", cluster, d))
                 drawn = matched_random(top, scores.sizes, rng, scores)
                 sets.append(selection_frame(_named(infos, drawn), "random_k", len(best), d))
-            exps = experiments(pl.concat(sets), sweeps, seed=stream_seed(seed, "cluster", cluster))
-            res = run_experiments(
-                ev.model, exps, ev.windows, params.batch_size, f"cluster {cluster}", ref
+            stream = stream_seed(seed, "cluster", cluster)
+            effects, compared = measure(
+                bench, pl.concat(sets), sweeps, stream, f"cluster {cluster}"
             )
-            effects, _ = summarize(exps, res, ev.base, idx, seed)
-            compared = compare(exps, res, ev.base, idx, params.bootstrap, seed)
             top_row = effects.filter(pl.col("selection") == "top").row(0, named=True)
+            ci = {"ci_low": top_row["ci_low"], "ci_high": top_row["ci_high"]}
             rows.append(
-                compared.row(0, named=True)
-                | {
-                    "cluster": cluster,
-                    "size": len(members),
-                    "ci_low": top_row["ci_low"],
-                    "ci_high": top_row["ci_high"],
-                }
+                compared.row(0, named=True) | {"cluster": cluster, "size": len(members)} | ci
             )
     ev.check_unchanged(params.batch_size)
     out = pl.DataFrame(rows).select(c.name for c in CLUSTER_EFFECTS_TABLE.columns)

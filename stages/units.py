@@ -22,7 +22,7 @@ import polars as pl
 
 from cwa.evaluation import reference
 from cwa.evaluation_setup import prepare_stage
-from cwa.experiment import SweepConfig, first_settings, headline_setting, specs
+from cwa.experiment import SweepConfig, specs
 from cwa.io import write_table
 from cwa.perturbations import SWEEP_KEYS
 from cwa.schemas.unit_comparisons import UNIT_COMPARISONS_TABLE
@@ -30,8 +30,8 @@ from cwa.schemas.unit_effects import UNIT_EFFECTS_TABLE
 from cwa.schemas.unit_scores import UNIT_SCORES_TABLE
 from cwa.scores import StoredScores, pool_infos
 from cwa.stage import stage_main
-from cwa.stats import bh_q_values, bootstrap_indices
-from cwa.unit_experiments import Bench, measure
+from cwa.stats import bh_q_values
+from cwa.unit_experiments import Bench, headline_sweep, measure_units
 from cwa.units import ranked, unit_scores, units_of
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
@@ -72,23 +72,10 @@ def run(args, params):
     infos = pool_infos(pl.read_parquet(args.pool))
     store = StoredScores(args.scores, params.seeds[0])
     sweeps = specs(SweepConfig.of(params))
-    headline = next(iter(headline_setting(first_settings(SweepConfig.of(params)))))
-    zero = [s for s in sweeps if s[0].name == headline]
-    idx = bootstrap_indices(len(ev.windows), params.bootstrap, params.seeds[0])
+    zero = headline_sweep(SweepConfig.of(params))
     scored, effects, comparisons = [], [], []
     with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
-        ref = reference(ev.model, ev.windows, params.batch_size, Path(tmp))
-        bench = Bench(
-            ev.model,
-            ev.windows,
-            ev.base,
-            ref,
-            idx,
-            params.batch_size,
-            params.bootstrap,
-            params.seeds[0],
-            params.random_draws,
-        )
+        bench = Bench.of(ev, reference(ev.model, ev.windows, params.batch_size, Path(tmp)), params)
         for kind in params.units:
             units = units_of(infos, kind)
             table = ranked(unit_scores(units, store, params.unit_reduce))
@@ -99,7 +86,7 @@ def run(args, params):
             each = range(min(params.unit_each, len(top)))
             runs += [(1, [top[r]], zero, table["label"][r], r) for r in each]
             for _, chosen, grid, label, rank in runs:
-                e, c = measure(bench, units, table, chosen, grid)
+                e, c = measure_units(bench, units, table, chosen, grid)
                 tag = {"kind": pl.lit(kind), "unit": pl.lit(label), "rank": pl.lit(rank)}
                 effects.append(e.with_columns(**tag))
                 comparisons.append(c.with_columns(**tag))

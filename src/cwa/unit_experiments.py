@@ -1,6 +1,6 @@
-"""Perturbation experiments on whole units: the top units of a kind against random units of the
-same kind matched per layer, through the same sweep, restore and statistics as single weights
-(cwa.experiment): a set of units becomes the selection of all their weights."""
+"""Perturbation experiments on sets chosen outside the rank stage (whole units, clusters): a top
+set against its random sets, through the same sweep, restore and statistics as single weights
+(cwa.experiment); a set of units becomes the selection of all their weights."""
 
 from __future__ import annotations
 
@@ -11,8 +11,20 @@ import polars as pl
 import torch
 
 from cwa.evaluation import EvalResult, Reference
-from cwa.experiment import Spec, compare, experiments, selection_frame, stream_seed, summarize
+from cwa.experiment import (
+    Spec,
+    SweepConfig,
+    compare,
+    experiments,
+    first_settings,
+    headline_setting,
+    selection_frame,
+    specs,
+    stream_seed,
+    summarize,
+)
 from cwa.experiment import run as run_experiments
+from cwa.stats import bootstrap_indices
 from cwa.units import Units, matched_random, weights_of
 
 EFFECT_COLUMNS = (
@@ -62,6 +74,23 @@ class Bench:
     seed: int  # the first calibration seed: whose scores ranked the units
     draws: int  # random sets per comparison
 
+    @classmethod
+    def of(cls, ev, ref: Reference, params) -> Bench:
+        """The bench of a stage's Evaluation, with the perturb stage's bootstrap indices."""
+        seed = params.seeds[0]
+        idx = bootstrap_indices(len(ev.windows), params.bootstrap, seed)
+        return cls(
+            ev.model,
+            ev.windows,
+            ev.base,
+            ref,
+            idx,
+            params.batch_size,
+            params.bootstrap,
+            seed,
+            params.random_draws,
+        )
+
 
 def unit_sets(units: Units, ranked: pl.DataFrame, top: list[int], draws: int, seed: int):
     """The top units `top` (ids) and `draws` random sets matched to them per layer."""
@@ -73,13 +102,25 @@ def unit_sets(units: Units, ranked: pl.DataFrame, top: list[int], draws: int, se
     return pl.concat(frames)
 
 
-def measure(bench: Bench, units: Units, ranked: pl.DataFrame, top: list[int], sweeps: list[Spec]):
-    """(effects, comparisons) of perturbing the units `top` against matched random units, every
-    perturbation of `sweeps` at its first strength."""
-    sets = unit_sets(units, ranked, top, bench.draws, bench.seed)
-    exps = experiments(sets, sweeps, seed=stream_seed(bench.seed, units.kind, len(top)))
-    desc = f"{units.kind} x{len(top)}"
+def measure(bench: Bench, sets: pl.DataFrame, sweeps: list[Spec], stream: int, desc: str):
+    """(effects, comparisons) of a top set against its random sets (`sets`: selection_frame
+    rows), every perturbation of `sweeps` at its first strength; `stream` seeds the
+    perturbations' random numbers."""
+    exps = experiments(sets, sweeps, seed=stream)
     results = run_experiments(bench.model, exps, bench.windows, bench.batch_size, desc, bench.ref)
     effects, _ = summarize(exps, results, bench.base, bench.boot_idx, bench.seed)
     comparisons = compare(exps, results, bench.base, bench.boot_idx, bench.resamples, bench.seed)
     return effects.select(EFFECT_COLUMNS), comparisons.select(COMPARISON_COLUMNS)
+
+
+def measure_units(bench: Bench, units: Units, ranked: pl.DataFrame, top: list[int], sweeps):
+    """`measure` of the units `top` (ids) against random units matched per layer."""
+    sets = unit_sets(units, ranked, top, bench.draws, bench.seed)
+    stream = stream_seed(bench.seed, units.kind, len(top))
+    return measure(bench, sets, sweeps, stream, f"{units.kind} x{len(top)}")
+
+
+def headline_sweep(config: SweepConfig) -> list[Spec]:
+    """The headline perturbation (cwa.experiment.headline_setting) with its strength sweep."""
+    name = next(iter(headline_setting(first_settings(config))))
+    return [s for s in specs(config) if s[0].name == name]

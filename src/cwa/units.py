@@ -36,7 +36,6 @@ from cwa.ranking import feature_flat, head_features
 
 KINDS = ("neuron", "head", "expert", "channel")
 REDUCES = ("sum", "mean", "max")
-_NOUN = {"neuron": "neuron", "head": "head", "expert": "expert", "channel": "channel"}
 
 
 @params_check
@@ -90,7 +89,7 @@ def units_of(infos: list[ParamInfo], kind: str) -> Units:
         comps = ", ".join(sorted({i.component for i in infos}))
         raise CwaError(f"params: `units` {kind}: the pool holds none (its components: {comps})")
     table = pl.DataFrame(rows, schema=["layer", "index"], orient="row").with_row_index("unit")
-    noun = _NOUN[kind] if kind != "head" or not _grouped(infos) else "kv head"
+    noun = "kv head" if kind == "head" and _grouped(infos) else kind
     label = (
         pl.format(f"{noun} {{}}", "index")
         if kind == "channel"
