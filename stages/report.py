@@ -1,7 +1,8 @@
 """report: the Markdown/HTML report with its plots, the DVC metrics and the plot side files.
 
 Reads: every upstream table (baseline, pool, scores, ranking, effects, per-text results,
-comparisons, tasks, stability, scaling, training curves, super-weight spikes, fault campaign) and
+comparisons, tasks, stability, the study across models, training curves, super-weight spikes,
+fault campaign) and
 the records of the calibration and evaluation text. Checks the old guide's success criteria
 (cwa.criteria). Writes: report.md, report.html and PNGs in the report directory, summary.json
 (the numbers of the README's results section, rendered by `cwa readme`), metrics.json (with a
@@ -40,7 +41,7 @@ from cwa.report import (
 )
 from cwa.scores import StoredScores, bulk
 from cwa.stage import stage_main
-from cwa.stats import SCALING_STATISTICS
+from cwa.study import FIT_STATISTICS, scaling_points
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (
@@ -95,9 +96,12 @@ TABLES = (
     "pooled",
     "tasks",
     "stability",
-    "scaling",
-    "fit",
-    "shares",
+    "study_members",
+    "study_fit",
+    "study_shares",
+    "study_groups",
+    "study_experts",
+    "study_drift",
     "spikes",
     "agreement",
     "faults",
@@ -130,7 +134,7 @@ def run(args, params):
     m = metrics(
         t["baseline"], t["effects"], t["comparisons"], t["pooled"], t["stability"], k, setting
     )
-    m |= task_metrics(t["tasks"], k, setting) | scaling_metrics(t["fit"])
+    m |= task_metrics(t["tasks"], k, setting) | scaling_metrics(t["study_fit"])
     m |= pruning_metrics(t["pruning"]) | finetune_metrics(t["finetune"])
     scores = StoredScores(args.scores, params.seeds[0])  # read tensor by tensor
     checks = success_criteria(t, m, bulk(scores, scores.sizes()), params, setting)
@@ -145,7 +149,7 @@ def run(args, params):
     r = report_inputs(t, m, weights, params, first, sources, criteria.table(checks))
     plots.seeds(r.seeds, out / "seeds.png")
     facts = summary(
-        params, t["baseline"], r.pool_weights, t["pooled"], t["effects"], t["scaling"], first
+        params, t["baseline"], r.pool_weights, t["pooled"], t["effects"], t["study_members"], first
     )
     write_json(facts, out / "summary.json")
     text = render_markdown(r)
@@ -164,7 +168,7 @@ def success_criteria(t: dict, m: dict, sample, params, setting: dict) -> list:
         criteria.concentration(sample),
         criteria.separation(m),
         criteria.dose_response(t["texts"], setting),
-        *criteria.scaling(t["fit"], SCALING_HEADLINE),
+        *criteria.scaling(t["study_fit"], SCALING_HEADLINE),
         criteria.pruning(t["pruning"], params.metric, HEADLINE_SPARSITY),
     ]
 
@@ -200,8 +204,7 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
     plots.stability(t["stability"], out / "stability.png")
     plots.agreement(t["agreement"], k, out / "agreement.png")
     plots.faults(t["faults"], out / "faults.png")
-    plots.scaling(t["scaling"], t["fit"], SCALING_STATISTICS, out / "scaling.png")
-    plots.shares(t["shares"], k, out / "shares.png")
+    study_figures(t, k, out)
     plots.pruning(t["pruning"], out / "pruning.png")
     plots.finetune(t["finetune_runs"], t["finetune"], ARMS, out / "finetune.png")
     plots.layer_correlation(t["correlation"], out / "correlation.png")
@@ -209,6 +212,21 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
     plots.clusters(t["cluster_members"], out / "clusters.png")
     if t["training"] is not None:
         plots.training_curves(t["training"], out / "training.png")
+
+
+def study_figures(t: dict, k: int, out: Path) -> None:
+    """Scaling, shares of the final members, experts and checkpoint drift (each when the study
+    has them)."""
+    members, points = t["study_members"], scaling_points(t["study_members"])
+    finals = members.filter(pl.col("final") == "yes")
+    others = finals.filter(~pl.col("label").is_in(points["label"].implode()))
+    plots.scaling(points, others, t["study_fit"], FIT_STATISTICS, out / "scaling.png")
+    kinds = dict(finals.select("label", "kind").iter_rows())
+    plots.shares(t["study_shares"], kinds, k, out / "shares.png")
+    if len(t["study_experts"]):
+        plots.experts(t["study_experts"], out / "experts.png")
+    if len(t["study_drift"]):
+        plots.drift(t["study_drift"], k, out / "drift.png")
 
 
 def unit_table(t: dict) -> pl.DataFrame:
@@ -279,9 +297,12 @@ def report_inputs(
         spikes=t["spikes"]
         .sort("contribution", descending=True)
         .drop("param", "flat_index", "token_id", "in_act", "out_act", "row_mean"),
-        scaling=t["scaling"],
-        fits=t["fit"],
-        shares=t["shares"],
+        study=t["study_members"],
+        fits=t["study_fit"],
+        shares=t["study_shares"],
+        groups=t["study_groups"],
+        experts=t["study_experts"],
+        drift=t["study_drift"],
         has_training=t["training"] is not None,
         sources=sources,
         setting=setting,

@@ -1,11 +1,15 @@
-"""train: trains one built-in Llama model of the family on the train split.
+"""train: trains one built-in model of the family on the train split.
 
 Reads: the corpus table and the tokenizer.
-Writes: a save_pretrained model directory (with its tokenizer) and the training curve
-(schema `train_log`).
+Writes: a save_pretrained model directory (with its tokenizer) holding the checkpoints of
+train_checkpoints as model directories `checkpoints/step-<n>`, and the training curve (schema
+`train_log`).
 """
 
 import math
+import shutil
+import tempfile
+from pathlib import Path
 
 import polars as pl
 import torch
@@ -23,7 +27,15 @@ from cwa.tokenizer import save_tokenizer
 from cwa.training import build_model, final_loss, train
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
-PARAMS = ("family", "train_steps", "train_batch", "train_seq_len", "train_lr", "train_seed")
+PARAMS = (
+    "family",
+    "train_steps",
+    "train_batch",
+    "train_seq_len",
+    "train_lr",
+    "train_seed",
+    "train_checkpoints",
+)
 
 
 def add_args(p):
@@ -45,23 +57,38 @@ def run(args, params):
         params.family[args.name], len(tokenizer), params.train_seq_len, params.train_seed
     )
     memory = guard_training(model, params.train_batch, params.train_seq_len)
-    log = train(
-        model,
-        stream,
-        params.train_steps,
-        params.train_batch,
-        params.train_seq_len,
-        params.train_lr,
-        params.train_seed,
-        desc=f"train {args.name}",
-    )
-    final = final_loss(log, len(tokenizer), args.name)  # before saving: a useless model is not
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # atomic_write's clean-up removes it if the stage is killed (a `.<name>.tmp-` sibling)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-checkpoints-"))
 
-    def save(tmp):
-        model.save_pretrained(tmp)
-        save_tokenizer(tokenizer, tmp)
+    def save_checkpoint(step: int):
+        model.save_pretrained(staging / f"step-{step}")
+        save_tokenizer(tokenizer, staging / f"step-{step}")
 
-    atomic_write(args.out, save)
+    try:
+        log = train(
+            model,
+            stream,
+            params.train_steps,
+            params.train_batch,
+            params.train_seq_len,
+            params.train_lr,
+            params.train_seed,
+            desc=f"train {args.name}",
+            checkpoints=params.train_checkpoints,
+            save=save_checkpoint,
+        )
+        final = final_loss(log, len(tokenizer), args.name)  # before saving: a useless model is not
+
+        def save(tmp):
+            model.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
+            shutil.move(staging, tmp / "checkpoints")
+
+        atomic_write(out, save)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     write_table(pl.DataFrame(log).with_columns(model=pl.lit(args.name)), args.log, TRAIN_LOG_TABLE)
     return {
         "params": count_parameters(model),

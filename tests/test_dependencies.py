@@ -150,8 +150,9 @@ def rewrite_dvc_yaml() -> None:
                 items.append(f'"{dep}"' if dep.startswith("${") else dep)
         text = _wrapped(text, "deps", name, items)
         keys = declared_params(ROOT / script)
-        if keys:  # a foreach stage reads its own member of `family`
-            each = ['"family.${key}"' if k == "family" and "do" in stage else k for k in keys]
+        if keys:  # a foreach stage reads its own member of `family` or `models`
+            own = ("family", "models")
+            each = [f'"{k}.${{key}}"' if k in own and "do" in stage else k for k in keys]
             text = _wrapped(text, "params", name, each)
     (ROOT / "dvc.yaml").write_text(text)
 

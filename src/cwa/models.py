@@ -15,11 +15,14 @@ from cwa.devices import resolve_device
 BUILTIN = "builtin:"
 
 
-def resolve_model(spec: str, builtin_dir: str | Path) -> str:
-    """`builtin:<name>` -> its directory under `builtin_dir`; anything else is passed through."""
+def resolve_model(spec: str, builtin_dir: str | Path, revision: str = "") -> str:
+    """`builtin:<name>` -> its directory under `builtin_dir` (a `revision`: its checkpoint
+    directory there); anything else is passed through."""
     if not spec.startswith(BUILTIN):
         return spec
     path = Path(builtin_dir) / spec.removeprefix(BUILTIN)
+    if revision:
+        path = path / "checkpoints" / revision
     if not (path / "config.json").exists():
         raise CwaError(
             f"built-in model {spec} not found at {path}: train it with `dvc repro train` "
@@ -36,8 +39,10 @@ def load_model(
     attn_implementation: str | None = None,
     device_map: str = "none",
     max_memory: dict | None = None,
+    revision: str = "",
 ):
-    """Loads (model, tokenizer) through AutoModelForCausalLM / AutoTokenizer, in eval mode.
+    """Loads (model, tokenizer) through AutoModelForCausalLM / AutoTokenizer, in eval mode;
+    `revision`: a hub branch, tag or commit, or a built-in model's checkpoint (`step-<n>`).
 
     device_map "none" puts the whole model on `device`; any other strategy (auto, balanced,
     balanced_low_0, sequential) splits it over the visible GPUs with accelerate, planned before
@@ -46,20 +51,21 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve_model(spec, builtin_dir)
+    source = resolve_model(spec, builtin_dir, revision)
     local = Path(source).exists()
     if not local and (source.startswith((".", "/")) or source.count("/") > 1):
         raise CwaError(f"model directory {source} does not exist")
     kwargs = {"dtype": getattr(torch, dtype)}
+    hub = {"revision": revision} if revision and not local else {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **hub)
         if device_map != "none":
             kwargs["device_map"] = plan_devices(
-                spec, source, kwargs["dtype"], device_map, max_memory
+                spec, source, kwargs["dtype"], device_map, max_memory, hub
             )
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **hub)
     except OSError as err:
         raise CwaError(
             f"could not load model {spec!r}: it is not a local directory with config.json and "
@@ -116,15 +122,22 @@ def load_studied(config: ModelConfig, builtin_dir: str | Path, device: str | Non
 
 
 def plan_devices(
-    spec: str, source: str, dtype: torch.dtype, strategy: str, max_memory: dict | None = None
+    spec: str,
+    source: str,
+    dtype: torch.dtype,
+    strategy: str,
+    max_memory: dict | None = None,
+    hub: dict | None = None,
 ) -> dict[str, int | str]:
-    """accelerate's placement of each block for `strategy`, computed on an empty (meta) model."""
+    """accelerate's placement of each block for `strategy`, computed on an empty (meta) model
+    (`hub`: from_pretrained's revision)."""
     from accelerate import init_empty_weights
     from accelerate.utils import get_balanced_memory, get_max_memory, infer_auto_device_map
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with init_empty_weights():
-        empty = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype)
+        config = AutoConfig.from_pretrained(source, **(hub or {}))
+        empty = AutoModelForCausalLM.from_config(config, dtype=dtype)
     keep_whole = empty._no_split_modules
     if strategy == "sequential":
         memory = get_max_memory(max_memory)

@@ -25,12 +25,34 @@ DEVICE_MAPS = ("none", "auto", "balanced", "balanced_low_0", "sequential")
 
 @dataclass(frozen=True)
 class FamilyMember:
-    """Shape of one built-in Llama model."""
+    """Shape of one built-in model: Llama, or Mixtral when it has experts (`intermediate` is
+    then each expert's width, and `active` experts serve each token)."""
 
     hidden: int
     layers: int
     heads: int
     intermediate: int
+    experts: int = 0
+    active: int = 0
+
+
+KINDS = ("dense", "moe")
+TUNINGS = ("base", "instruct")
+
+
+@dataclass(frozen=True)
+class StudyMember:
+    """One model of a study (`models`): what to load and the tags that place it. Untagged
+    `kind` is read from the model (experts or not); an untagged built-in's `step` is its
+    checkpoint's, or train_steps for the final model (cwa.study.member_step)."""
+
+    model: str
+    revision: str = ""
+    family: str = ""
+    kind: str = ""
+    tuning: str = "base"
+    step: int | None = None
+    dtype: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,13 +140,16 @@ class Params:
     bootstrap: int = 1000
     headline_k: int = 100
     # built-in corpus and model family
-    vocab_size: int = 4096
+    vocab_size: int = 2048
     train_steps: int = 480
     train_batch: int = 16
     train_seq_len: int = 128
     train_lr: float = 3e-3
     train_seed: int = 0
+    train_checkpoints: tuple[int, ...] = (60, 120, 240)
     family: dict[str, FamilyMember] = field(default_factory=dict)
+    # the study: models compared by the member and study stages
+    models: dict[str, StudyMember] = field(default_factory=dict)
     # values of the keys modules register (`Key`), filled with their defaults
     registered: dict[str, object] = field(default_factory=dict)
 
@@ -447,10 +472,26 @@ DOCS = {
     "train_seq_len": "tokens per training window (also the models' context length)",
     "train_lr": "AdamW peak learning rate, in (0, 1) (5% warm-up, cosine to 10%)",
     "train_seed": "initialisation and data-order seed",
+    "train_checkpoints": (
+        "training steps at which every built-in model also saves a checkpoint (a model "
+        "directory `checkpoints/step-<n>` inside its own), for the study's drift analysis; "
+        "each below train_steps"
+    ),
     "family": (
-        "built-in Llama shapes: `{name: {hidden, layers, heads, intermediate}}`, `hidden` a "
-        "multiple of `heads` with an even head size (rotary embeddings rotate pairs); each "
-        "member is one `train@<name>` and one `scale_model@<name>` stage"
+        "built-in model shapes: `{name: {hidden, layers, heads, intermediate}}`, `hidden` a "
+        "multiple of `heads` with an even head size (rotary embeddings rotate pairs); with "
+        "`experts: E, active: A` a Mixtral-style mixture of E experts of width `intermediate`, A "
+        "per token; each member is one `train@<name>` stage"
+    ),
+    "models": (
+        "the study: `{label: {model, revision, family, kind, tuning, step, dtype}}`, one "
+        "`member@<label>` stage each and one `study` stage over all. `model`: builtin:<name>, a "
+        "hub id or a local directory; `revision`: a hub branch, tag or commit (a Pythia "
+        "checkpoint: step3000), for a built-in model a checkpoint `step-<n>` of "
+        "train_checkpoints; tags: `family` (free text), `kind` dense | moe (default: read from "
+        "the model), `tuning` base | instruct (default base), `step` (training step of a "
+        "checkpoint; a built-in's is known), `dtype` (default: `dtype`). Labels are letters, "
+        "digits, - and _; add one with `dvc exp run -S '+models.<label>={model: ...}'`"
     ),
 }
 
@@ -569,6 +610,15 @@ def _validate_ranges(p: Params):
         fail("train_lr", f"must be a learning rate in (0, 1), got {p.train_lr}")
     for name, m in p.family.items():
         _validate_member(f"family.{name}", m)
+    steps = p.train_checkpoints
+    if len(set(steps)) != len(steps) or not all(0 < n < p.train_steps for n in steps):
+        fail(
+            "train_checkpoints",
+            f"must be distinct steps in 1..{p.train_steps - 1} (below train_steps), got "
+            f"{list(steps)}",
+        )
+    for label, member in p.models.items():
+        _validate_study_member(p, label, member)
 
 
 def _validate_member(key: str, m: FamilyMember):
@@ -576,12 +626,51 @@ def _validate_member(key: str, m: FamilyMember):
     (rotary embeddings rotate pairs of dimensions)."""
     if min(m.hidden, m.layers, m.heads, m.intermediate) < 1:
         fail(key, f"sizes must be >= 1, got {m}")
+    if m.experts and not (m.experts >= 2 and 1 <= m.active <= m.experts):
+        fail(
+            key,
+            f"a mixture of experts needs experts >= 2 and 1 <= active <= experts, got "
+            f"experts {m.experts}, active {m.active}",
+        )
+    if not m.experts and m.active:
+        fail(key, f"active ({m.active}) needs experts: set experts >= 2 or drop active")
     if m.hidden % m.heads or (m.hidden // m.heads) % 2:
         fail(
             key,
             f"hidden ({m.hidden}) must be heads ({m.heads}) x an even head size; "
             f"e.g. hidden {m.heads * max(2, 2 * round(m.hidden / m.heads / 2))}",
         )
+
+
+def _validate_study_member(p: Params, label: str, m: StudyMember):
+    """A label DVC and `-S` can address, known tags, and a built-in model (and checkpoint) that
+    `family` and `train_checkpoints` will produce."""
+    key = f"models.{label}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", label):
+        fail(key, "label must be letters, digits, - and _ (it names a DVC stage and a file)")
+    if m.kind:
+        check_choice(f"{key}.kind", m.kind, KINDS)
+    check_choice(f"{key}.tuning", m.tuning, TUNINGS)
+    if m.dtype:
+        check_choice(f"{key}.dtype", m.dtype, DTYPES)
+    if m.step is not None and m.step < 0:
+        fail(f"{key}.step", f"must be a training step >= 0, got {m.step}")
+    if m.model.startswith("builtin:"):
+        if m.model.removeprefix("builtin:") not in p.family:
+            valid = ", ".join("builtin:" + n for n in p.family)
+            fail(f"{key}.model", f"names no built-in model; valid: {valid}")
+        saved = [f"step-{n}" for n in p.train_checkpoints]
+        if m.revision and m.revision not in saved:
+            fail(
+                f"{key}.revision",
+                f"is {m.revision!r}; a built-in model's checkpoints: {', '.join(saved) or 'none'} "
+                f"(train_checkpoints)",
+            )
+    elif m.model.startswith(("/", "./", "../", "~")):
+        if not (Path(m.model).expanduser() / "config.json").exists():
+            fail(f"{key}.model", f"is the path {m.model!r}, which holds no config.json")
+        if m.revision:
+            fail(f"{key}.revision", "applies to hub ids and built-in models, not a directory")
 
 
 def _coerce(name: str, ftype: str, value):
@@ -595,7 +684,8 @@ def _coerce(name: str, ftype: str, value):
     if ftype.startswith("dict["):
         if not isinstance(value, dict):
             fail(name, f"must be a mapping, got {value!r}")
-        return {str(k): _member(f"{name}.{k}", v) for k, v in value.items()}
+        entry = _study_member if "StudyMember" in ftype else _member
+        return {str(k): entry(f"{name}.{k}", v) for k, v in value.items()}
     kind = scalar[ftype]
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -607,9 +697,30 @@ def _coerce(name: str, ftype: str, value):
 
 def _member(name: str, value) -> FamilyMember:
     valid = [f.name for f in fields(FamilyMember)]
-    if not isinstance(value, dict) or sorted(value) != sorted(valid):
-        fail(name, f"must be a mapping with exactly the keys {', '.join(valid)}, got {value!r}")
-    return FamilyMember(**{k: _coerce(f"{name}.{k}", "int", value[k]) for k in valid})
+    required = [f.name for f in fields(FamilyMember) if f.default is dataclasses.MISSING]
+    if not isinstance(value, dict) or not set(required) <= set(value) <= set(valid):
+        fail(
+            name,
+            f"must be a mapping with the keys {', '.join(required)} (and optionally "
+            f"{', '.join(sorted(set(valid) - set(required)))}), got {value!r}",
+        )
+    return FamilyMember(**{k: _coerce(f"{name}.{k}", "int", v) for k, v in value.items()})
+
+
+def _study_member(name: str, value) -> StudyMember:
+    if isinstance(value, str):  # `label: builtin:kjv-tiny` is the model alone
+        value = {"model": value}
+    valid = {f.name: f for f in fields(StudyMember)}
+    if not isinstance(value, dict) or "model" not in value or not set(value) <= set(valid):
+        fail(name, f"must be a model or a mapping with `model` and any of {', '.join(valid)}")
+    if value.get("step") is not None:
+        value = value | {"step": _coerce(f"{name}.step", "int", value["step"])}
+    text = {
+        k: _coerce(f"{name}.{k}", "str", str(v) if k == "revision" else v)
+        for k, v in value.items()
+        if k != "step"
+    }
+    return StudyMember(**text, step=value.get("step"))
 
 
 def field_names() -> list[str]:

@@ -214,17 +214,29 @@ def stability(table: pl.DataFrame, path) -> None:
     _save(fig, path)
 
 
-def scaling(table: pl.DataFrame, fits: pl.DataFrame, stats: tuple[str, ...], path) -> None:
-    """Each statistic against parameter count on log-log axes, with its power-law fit."""
+def scaling(
+    points: pl.DataFrame, others: pl.DataFrame, fits: pl.DataFrame, stats: tuple[str, ...], path
+) -> None:
+    """Each statistic against parameter count on log-log axes: the fitted members (circles)
+    with the power law, the other members (crosses, with their kind) beside it."""
+    members = pl.concat([points, others])
     fig, axes = plt.subplots(
         1, len(stats), figsize=(4.2 * len(stats), 3.6), squeeze=False, layout="constrained"
     )
-    x = table["params"].to_numpy().astype(float)
+    x = members["params"].to_numpy().astype(float)
     grid = np.geomspace(x.min(), x.max(), 50)
     for ax, stat in zip(axes[0], stats, strict=True):
-        ax.loglog(x, table[stat].to_numpy(), "o", color="#c0392b")
-        for name, xi, yi in zip(table["model"], x, table[stat], strict=True):
-            ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for rows, marker in ((points, "o"), (others, "x")):
+            ax.loglog(rows["params"], rows[stat], marker, color="#c0392b", linestyle="none")
+            for row in rows.iter_rows(named=True):
+                label = f"{row['label']} ({row['kind']})" if marker == "x" else row["label"]
+                ax.annotate(
+                    label,
+                    (row["params"], row[stat]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         fit = fits.filter(pl.col("statistic") == stat).row(0, named=True)
         if np.isfinite(fit["slope"]):
             ax.loglog(
@@ -236,7 +248,7 @@ def scaling(table: pl.DataFrame, fits: pl.DataFrame, stats: tuple[str, ...], pat
             )
             ax.legend(fontsize=7)
         ax.set(xlabel="parameters", title=stat)
-        _log_labels(ax, table[stat].to_numpy())
+        _log_labels(ax, members[stat].to_numpy())
     _save(fig, path)
 
 
@@ -260,22 +272,24 @@ def training_curves(logs: pl.DataFrame, path) -> None:
     _save(fig, path)
 
 
-def shares(table: pl.DataFrame, k: int, path) -> None:
-    """Left: each model's share of the top-k by component class (bars). Right: the share of the
-    top-k (solid) and of the total score (dashed) by normalised depth."""
+def shares(table: pl.DataFrame, kinds: dict[str, str], k: int, path) -> None:
+    """Left: each member's share of the top-k by component class (bars). Right: the share of the
+    top-k (solid) and of the total score (dashed) by normalised depth. `kinds`: label -> kind
+    of the members shown."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
-    models = table["model"].unique(maintain_order=True).to_list()
+    labels = [m for m in table["label"].unique(maintain_order=True) if m in kinds]
     components = table.filter(pl.col("axis") == "component")
     groups = sorted(set(components["group"]))
-    width = 0.8 / max(len(models), 1)
-    for i, (model, color) in enumerate(zip(models, _colors(len(models)), strict=True)):
+    width = 0.8 / max(len(labels), 1)
+    for i, (label, color) in enumerate(zip(labels, _colors(len(labels)), strict=True)):
+        name = f"{label} ({kinds[label]})"
         mine = dict(
-            components.filter(pl.col("model") == model).select("group", "topk_share").iter_rows()
+            components.filter(pl.col("label") == label).select("group", "topk_share").iter_rows()
         )
         x = np.arange(len(groups)) + i * width
-        left.bar(x, [mine.get(g, 0.0) for g in groups], width, label=model, color=color)
-        depth = table.filter((pl.col("model") == model) & (pl.col("axis") == "depth"))
-        right.plot(depth["depth"], depth["topk_share"], "o-", color=color, label=model)
+        left.bar(x, [mine.get(g, 0.0) for g in groups], width, label=name, color=color)
+        depth = table.filter((pl.col("label") == label) & (pl.col("axis") == "depth"))
+        right.plot(depth["depth"], depth["topk_share"], "o-", color=color, label=name)
         right.plot(depth["depth"], depth["score_share"], "--", color=color)
     left.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=45, ha="right")
     left.set(ylabel=f"share of the top-{k}", title="By component")
@@ -285,6 +299,57 @@ def shares(table: pl.DataFrame, k: int, path) -> None:
         title="By depth",
     )
     left.legend(fontsize=7)
+    _save(fig, path)
+
+
+def experts(table: pl.DataFrame, path) -> None:
+    """Each expert's share of the score against its share of the routed tokens (1 = a uniform
+    share); red: too few tokens for its scores to mean much."""
+    fig, ax = plt.subplots(figsize=(5.8, 4.0), layout="constrained")
+    for (label,), rows in table.group_by("label", maintain_order=True):
+        experts_per_block = rows.group_by("layer").len()["len"].max()
+        x = rows["token_share"].to_numpy() * experts_per_block
+        colors = ["#c0392b" if few else "#2c3e50" for few in rows["few_tokens"]]
+        ax.scatter(x, rows["score_share"], c=colors, s=22)
+        for row, xi in zip(rows.iter_rows(named=True), x, strict=True):
+            ax.annotate(
+                f"{label} L{row['layer']}E{row['expert']}",
+                (xi, row["score_share"]),
+                fontsize=6,
+                xytext=(2, 2),
+                textcoords="offset points",
+            )
+    ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
+    ax.set(
+        xlabel="routed tokens / uniform share",
+        ylabel="share of the pool's total |score|",
+        title="Experts: sensitivity against routing",
+    )
+    _save(fig, path)
+
+
+def drift(table: pl.DataFrame, k: int, path) -> None:
+    """Per checkpointed model, at k: Jaccard of each step's top-k with the last step's (solid)
+    and the previous step's (dashed), and the score Spearman with the last (dotted)."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.8), layout="constrained")
+    rows = table.filter(pl.col("k") == k)
+    for ((model,), series), color in zip(
+        rows.group_by("model", maintain_order=True), _colors(rows["model"].n_unique()), strict=True
+    ):
+        last = series.filter(pl.col("against") == "last").sort("step")
+        previous = series.filter(pl.col("against") == "previous").sort("step")
+        ax.plot(last["step"], last["jaccard"], "o-", color=color, label=f"{model}: Jaccard, last")
+        ax.plot(
+            previous["step"], previous["jaccard"], "s--", color=color, label="Jaccard, previous"
+        )
+        ax.plot(last["step"], last["spearman"], "^:", color=color, label="Spearman, last")
+    ax.set(
+        xlabel="training step",
+        ylabel="agreement",
+        ylim=(-0.05, 1.05),
+        title=f"Drift of the top-{k} during training",
+    )
+    ax.legend(fontsize=7)
     _save(fig, path)
 
 

@@ -98,10 +98,10 @@ def results_markdown(metrics: dict, summary: dict) -> str:
             f"| {name} | {top} | {_delta(r, 'random_k')} | {_delta(r, 'bottom_k')} | "
             f"{separation} | {num(r['p_value'])} |"
         )
-    lines += ["", "The built-in family (held-out perplexity on the same windows):", ""]
-    lines += ["| model | parameters | perplexity |", "|---|---|---|"]
+    lines += ["", "The study's models (held-out perplexity on the same windows):", ""]
+    lines += ["| model | kind | parameters | perplexity |", "|---|---|---|---|"]
     lines += [
-        f"| `{r['model']}` | {r['params']:,} | {num(r['baseline_ppl'])} |"
+        f"| `{r['label']}` | {r['kind']} | {r['params']:,} | {num(r['baseline_ppl'])} |"
         for r in summary["models"]
     ]
     return "\n".join(lines)

@@ -264,12 +264,12 @@ def summary(
     pool_weights: int,
     pooled: pl.DataFrame,
     effects: pl.DataFrame,
-    scaling: pl.DataFrame,
+    members: pl.DataFrame,
     first: dict,
 ) -> dict:
     """The numbers the README's results section shows (cwa.readme renders them): the set-up,
     each perturbation's top / random_k / bottom_k at headline_k pooled over seeds (the top
-    set's CI and the test from the pooled comparison with random_k), the family's sizes."""
+    set's CI and the test from the pooled comparison with random_k), the study's final members."""
     k = params.headline_k
     cells = effects_table(effects.filter(headline_cell(k, first)))
     tests = pooled.filter(headline_cell(k, first)).filter(pl.col("control") == "random_k")
@@ -312,7 +312,9 @@ def summary(
             "bootstrap": params.bootstrap,
         },
         "perturbations": rows,
-        "models": scaling.select("model", "params", "baseline_ppl").to_dicts(),
+        "models": members.filter(pl.col("final") == "yes")
+        .select("label", "kind", "params", "baseline_ppl")
+        .to_dicts(),
     }
 
 
@@ -343,9 +345,12 @@ class ReportInputs:
     stability: pl.DataFrame  # mean over seed pairs, per k
     agreement: pl.DataFrame  # at headline_k
     spikes: pl.DataFrame  # schema `spikes`
-    scaling: pl.DataFrame  # schema `scaling_model`
+    study: pl.DataFrame  # schema `study_members`
     fits: pl.DataFrame  # schema `scaling_fit`
-    shares: pl.DataFrame  # schema `scaling_shares`
+    shares: pl.DataFrame  # schema `study_shares`
+    groups: pl.DataFrame  # schema `study_groups`
+    experts: pl.DataFrame  # schema `study_experts`
+    drift: pl.DataFrame  # schema `study_drift`
     has_training: bool
     sources: tuple[dict, dict]  # calibration's and evaluation's source.json (cwa.sources)
     setting: dict[str, str]  # the headline perturbation and setting (headline_setting)
@@ -536,7 +541,7 @@ def _structure_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
 
 def _practice_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
     """(title, file, caption) of faults, pruning, fine-tuning and scaling."""
-    p, k = r.params, r.metrics["headline_k"]
+    p = r.params
     return [
         ("Fault injection", "faults.png", ""),
         (
@@ -551,14 +556,32 @@ def _practice_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
             f"Mean over the {len(p.finetune_seeds)} fine-tuning seeds with its 95% t-interval; "
             "grey dots: each seed's run. Symmetric log scale.",
         ),
-        ("Scaling across the built-in family", "scaling.png", ""),
+        *_study_figures(r),
+    ]
+
+
+def _study_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
+    """(title, file, caption) of the study across models."""
+    p, k = r.params, r.metrics["headline_k"]
+    figures = [
         (
-            "Where the sensitivity sits in each model of the family",
+            "Scaling across the study's models",
+            "scaling.png",
+            "Circles: the final dense base members, with the power law fitted to them; crosses: "
+            "the other final members (mixture of experts at its total parameter count).",
+        ),
+        (
+            "Where the sensitivity sits in each model of the study",
             "shares.png",
-            f"Share of each model's global top-{k} (by {p.metric}) per component class, and per "
-            "block at normalised depth; dashed: share of the total score.",
+            f"Share of each final member's global top-{k} (by {p.metric}) per component class, "
+            "and per block at normalised depth; dashed: share of the total score.",
         ),
     ]
+    if len(r.experts):
+        figures.append(("Mixture of experts: sensitivity and routing", "experts.png", ""))
+    if len(r.drift):
+        figures.append(("Checkpoints: when the critical set forms", "drift.png", ""))
+    return figures
 
 
 def top_weights_section(r: ReportInputs) -> list[str]:
@@ -946,16 +969,33 @@ def superweight_section(r: ReportInputs) -> list[str]:
 
 def scaling_section(r: ReportInputs) -> list[str]:
     p = r.params
+    shown = r.study.select(
+        "label",
+        "kind",
+        "tuning",
+        "step",
+        "final",
+        "params",
+        "active_params",
+        "baseline_ppl",
+        "top_share",
+        "max_over_median",
+        "delta_ppl_top",
+        "delta_ppl_top_rel",
+        "separation",
+        "superweight_candidates",
+    )
     return [
-        "### Scaling across the built-in family",
+        "### Scaling across the study's models",
         "",
-        f"Each model scored with {p.metric} (seed {p.seeds[0]}); top_share = share of the "
+        f"Each member scored with {p.metric} (seed {p.seeds[0]}); top_share = share of the "
         "pool's total score in its top 0.1% weights; ΔPPL from zeroing the global top-"
-        f"{r.metrics['headline_k']} vs matched random weights. Fits: statistic = a · "
-        "params^slope (log-log least squares, 95% t-interval of the slope).",
+        f"{r.metrics['headline_k']} vs matched random weights. Fits over the final dense base "
+        "members: statistic = a · params^slope (log-log least squares, 95% t-interval of the "
+        "slope).",
         "",
         *scaling_verdict(r.fits),
-        table(r.scaling),
+        table(shown),
         "",
         table(r.fits),
         "",
@@ -990,17 +1030,63 @@ def scaling_verdict(fits: pl.DataFrame) -> list[str]:
 
 
 def architecture_section(r: ReportInputs) -> list[str]:
-    """Where each model's top-k and score sit by component class (the depth profile is in the
-    figure)."""
-    components = r.shares.filter(pl.col("axis") == "component")
-    wide = components.pivot(on="model", index="group", values="topk_share").sort("group")
+    """Where each final member's top-k sits by component class, and the group comparisons (the
+    depth profile is in the figure)."""
+    finals = r.study.filter(pl.col("final") == "yes")["label"].implode()
+    components = r.shares.filter((pl.col("axis") == "component") & pl.col("label").is_in(finals))
+    wide = components.pivot(on="label", index="group", values="topk_share").sort("group")
     k = r.metrics["headline_k"]
-    return [
-        f"### Where the sensitivity sits, model by model (share of the top-{k})",
+    out = [
+        f"### Where the sensitivity sits, member by member (share of the top-{k})",
         "",
-        table(wide.rename({"group": "component"})),
+        table(wide.rename({"group": "component"}).fill_null(0.0)),
         "",
     ]
+    if len(r.groups):
+        notes = sorted(set(r.groups["note"]) - {""})
+        out += [
+            "Group comparison of the final members (permutation test of the difference of "
+            "means). " + (" ".join(f"{n}." for n in notes) if notes else ""),
+            "",
+            table(r.groups.filter(pl.col("share") == "score_share").drop("share", "note")),
+            "",
+        ]
+    return out + experts_lines(r) + drift_lines(r)
+
+
+def experts_lines(r: ReportInputs) -> list[str]:
+    """The mixture-of-experts members' experts: score shares and routed tokens."""
+    if not len(r.experts):
+        return []
+    few = int(r.experts["few_tokens"].sum())
+    return [
+        "### Mixture of experts: each expert's score share and routed tokens",
+        "",
+        f"{few} of {len(r.experts)} experts saw fewer than a tenth of a uniform share of the "
+        "routed calibration tokens (few_tokens): their scores rest on few tokens.",
+        "",
+        table(r.experts),
+        "",
+    ]
+
+
+def drift_lines(r: ReportInputs) -> list[str]:
+    """Checkpoints: overlap of each step's critical set with the last step's and the previous."""
+    if not len(r.drift):
+        return []
+    k = r.metrics["headline_k"]
+    out = [f"### Checkpoints: drift of the critical set during training (k = {k})", ""]
+    for (model,), rows in r.drift.filter(pl.col("k") == k).group_by("model", maintain_order=True):
+        last = rows.filter(pl.col("against") == "last").sort("step")
+        formed = last.filter(pl.col("jaccard") >= 0.5)["step"]
+        when = (
+            f"from step {formed[0]} on, the top-{k} shares Jaccard ≥ 0.5 with the last step's"
+            if len(formed) and (last.filter(pl.col("step") >= formed[0])["jaccard"] >= 0.5).all()
+            else f"no earlier step's top-{k} reaches Jaccard 0.5 with the last step's"
+        )
+        out += [f"- `{model}`: {when}.", ""]
+    shown = r.drift.filter(pl.col("k") == k).drop("model", "k")
+    return [*out, table(shown), ""]
 
 
 def tables_heading(r: ReportInputs) -> list[str]:

@@ -8,9 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-# Columns of the scaling table that get a power-law fit against parameter count.
-SCALING_STATISTICS = ("top_share", "max_over_median", "delta_ppl_top", "separation")
-
 
 def bootstrap_indices(n_texts: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, n_texts) text indices; shared by all experiments so CIs are paired."""

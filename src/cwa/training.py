@@ -1,11 +1,15 @@
-"""The built-in model family: small Llama models trained here (their tokenizer: cwa.tokenizer).
+"""The built-in model family: small Llama models, and Mixtral-style mixtures of experts, trained
+here (their tokenizer: cwa.tokenizer).
 
 Training is a fixed step budget (not a time budget) from fixed seeds, so it is deterministic.
+A mixture of experts trains with Mixtral's load-balancing loss (coefficient ROUTER_AUX_LOSS, the
+published Mixtral 8x7B value), so its experts share the tokens rather than collapse onto one.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -14,12 +18,15 @@ from cwa import CwaError
 from cwa.params import FamilyMember
 from cwa.progress import progress
 
+ROUTER_AUX_LOSS = 0.02
+
 
 def builtin_config(shape: FamilyMember, vocab_size: int, seq_len: int):
-    """The LlamaConfig of a built-in model (its context length: the training windows')."""
-    from transformers import LlamaConfig
+    """The LlamaConfig (MixtralConfig with experts) of a built-in model; its context length is
+    the training windows'."""
+    from transformers import LlamaConfig, MixtralConfig
 
-    return LlamaConfig(
+    common = dict(
         vocab_size=vocab_size,
         hidden_size=shape.hidden,
         num_hidden_layers=shape.layers,
@@ -32,14 +39,22 @@ def builtin_config(shape: FamilyMember, vocab_size: int, seq_len: int):
         bos_token_id=0,
         pad_token_id=None,
     )
+    if not shape.experts:
+        return LlamaConfig(**common)
+    return MixtralConfig(
+        **common,
+        num_local_experts=shape.experts,
+        num_experts_per_tok=shape.active,
+        router_aux_loss_coef=ROUTER_AUX_LOSS,
+    )
 
 
 def build_model(shape: FamilyMember, vocab_size: int, seq_len: int, seed: int):
-    """A randomly initialised LlamaForCausalLM of the given shape."""
-    from transformers import LlamaForCausalLM
+    """A randomly initialised causal LM of the given shape."""
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(builtin_config(shape, vocab_size, seq_len))
+    return AutoModelForCausalLM.from_config(builtin_config(shape, vocab_size, seq_len))
 
 
 def lr_at(step: int, steps: int, peak: float, warmup_frac: float = 0.05) -> float:
@@ -60,9 +75,13 @@ def train(
     lr: float,
     seed: int,
     desc: str | None = None,
+    checkpoints: tuple[int, ...] = (),
+    save: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """Trains on random windows of the token stream; returns the per-step log."""
+    """Trains on random windows of the token stream; returns the per-step log. After each step
+    in `checkpoints`, `save(step)` (the model in eval mode, then back to training)."""
     gen = torch.Generator().manual_seed(seed)
+    moe = getattr(model.config, "num_local_experts", 0) > 0  # adds the load-balancing loss
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     model.train()  # no dropout in Llama configs (attention_dropout=0); train mode for clarity
     log = []
@@ -71,12 +90,18 @@ def train(
         x = torch.stack([stream[s : s + seq_len] for s in starts.tolist()])  # (B, T)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr)
-        loss = model(input_ids=x, labels=x, use_cache=False).loss
-        loss.backward()
+        extra = {"output_router_logits": True} if moe else {}
+        out = model(input_ids=x, labels=x, use_cache=False, **extra)
+        out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        log.append({"step": step + 1, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]})
+        lm_loss = out.loss - model.config.router_aux_loss_coef * out.aux_loss if moe else out.loss
+        log.append({"step": step + 1, "loss": lm_loss.item(), "lr": opt.param_groups[0]["lr"]})
+        if step + 1 in checkpoints and save is not None:
+            model.eval()
+            save(step + 1)
+            model.train()
     model.eval()
     return log
 

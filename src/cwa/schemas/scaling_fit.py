@@ -4,12 +4,12 @@ from cwa.schemas import FLOAT, INT, STR, Column, Schema
 
 SCALING_FIT_TABLE = Schema(
     "scaling_fit",
-    "artifacts/scaling/fit.parquet",
-    "Power law statistic = a · params^slope, fitted by least squares in log-log space; how well "
-    "it predicts a held-out model; and whether a two-segment law (a critical parameter "
-    "threshold) beats it.",
+    "artifacts/study/fit.parquet",
+    "Power law statistic = a · params^slope over the study's final dense base members, fitted by "
+    "least squares in log-log space; how well it predicts a held-out member; and whether a "
+    "two-segment law (a critical parameter threshold) beats it.",
     (
-        Column("statistic", STR, "column of the scaling table that was fitted"),
+        Column("statistic", STR, "column of `study_members` that was fitted"),
         Column("slope", FLOAT, "exponent"),
         Column("intercept", FLOAT, "log10 a"),
         Column("r2", FLOAT, "coefficient of determination in log-log space"),

@@ -1,15 +1,15 @@
-"""The `scaling_shares` table."""
+"""The `study_shares` table."""
 
 from cwa.schemas import FLOAT, STR, Column, Schema
 
-SCALING_SHARES_TABLE = Schema(
-    "scaling_shares",
-    "artifacts/scaling/shares/<model>.parquet, artifacts/scaling/shares.parquet",
-    "Where each model's sensitivity sits: per component class and per transformer block, the "
+STUDY_SHARES_TABLE = Schema(
+    "study_shares",
+    "artifacts/study/members/<label>/shares.parquet, artifacts/study/shares.parquet",
+    "Where each member's sensitivity sits: per component class and per transformer block, the "
     "share of the global top-k weights (k = headline_k) and of the pool's total |score| "
-    "(`metric`, first seed). One row per model, axis and group.",
+    "(`metric`, first seed). One row per member, axis and group.",
     (
-        Column("model", STR, "built-in model name"),
+        Column("label", STR, "study member"),
         Column("axis", STR, "`component` or `depth`"),
         Column(
             "group",
@@ -26,5 +26,5 @@ SCALING_SHARES_TABLE = Schema(
         Column("topk_share", FLOAT, "fraction of the top-k weights in this group"),
         Column("score_share", FLOAT, "fraction of the pool's total |score| in this group"),
     ),
-    ("model", "axis", "depth", "group"),
+    ("label", "axis", "depth", "group"),
 )
