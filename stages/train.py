@@ -57,10 +57,8 @@ def run(args, params):
         params.family[args.name], len(tokenizer), params.train_seq_len, params.train_seed
     )
     memory = guard_training(model, params.train_batch, params.train_seq_len)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # atomic_write's clean-up removes it if the stage is killed (a `.<name>.tmp-` sibling)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-checkpoints-"))
+    # checkpoints wait outside the models directory, which other stages hash as a whole
+    staging = Path(tempfile.mkdtemp(prefix=f"cwa-{args.name}-checkpoints-"))
 
     def save_checkpoint(step: int):
         model.save_pretrained(staging / f"step-{step}")
@@ -86,7 +84,7 @@ def run(args, params):
             save_tokenizer(tokenizer, tmp)
             shutil.move(staging, tmp / "checkpoints")
 
-        atomic_write(out, save)
+        atomic_write(args.out, save)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_table(pl.DataFrame(log).with_columns(model=pl.lit(args.name)), args.log, TRAIN_LOG_TABLE)

@@ -49,9 +49,9 @@ def test_every_key_has_a_meaning_and_params_yaml_holds_the_defaults():
     keys = all_keys()
     written = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert sorted(written) == sorted(keys)
-    family = written.pop("family")
-    defaults = params_from_dict({"family": family, **written})
-    assert defaults == Params(family=defaults.family)  # the file and the dataclass agree
+    family, models = written.pop("family"), written.pop("models")
+    defaults = params_from_dict({"family": family, "models": models, **written})
+    assert defaults == Params(family=defaults.family, models=defaults.models)  # they agree
 
 
 def test_a_stage_reads_only_what_it_declared():

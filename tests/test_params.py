@@ -62,7 +62,40 @@ def test_repository_params_file_is_valid():
         ({"dtype": "float8"}, "valid values: float32, bfloat16, float16"),
         ({"model": "builtin:nope"}, "valid: builtin:m"),
         ({"include_embeddings": "yes"}, "must be bool"),
-        ({"family": {"m": {"hidden": 8}}}, "exactly the keys hidden, layers, heads, intermediate"),
+        ({"family": {"m": {"hidden": 8}}}, "the keys hidden, layers, heads, intermediate \\(and"),
+        (
+            {
+                "family": {
+                    "m": {
+                        "hidden": 8,
+                        "layers": 1,
+                        "heads": 2,
+                        "intermediate": 8,
+                        "experts": 4,
+                        "active": 5,
+                    }
+                }
+            },
+            "needs experts >= 2 and 1 <= active <= experts, got experts 4, active 5",
+        ),
+        ({"train_checkpoints": [0, 10]}, "`train_checkpoints` must be distinct steps in 1..479"),
+        ({"models": {"a.b": "builtin:m"}}, "`models.a.b` label must be letters, digits, - and _"),
+        (
+            {"models": {"x": {"model": "builtin:m", "kind": "sparse"}}},
+            "`models.x.kind` is 'sparse'; valid values: dense, moe",
+        ),
+        (
+            {"models": {"x": {"model": "builtin:m", "tuning": "chat"}}},
+            "`models.x.tuning` is 'chat'; valid values: base, instruct",
+        ),
+        (
+            {"models": {"x": {"model": "builtin:m", "revision": "step-7"}}},
+            "`models.x.revision` is 'step-7'; a built-in model's checkpoints: step-60, step-120",
+        ),
+        ({"models": {"x": {"model": "builtin:zz"}}}, "`models.x.model` names no built-in model"),
+        ({"models": {"x": {"model": "./nowhere"}}}, "`models.x.model` is the path './nowhere'"),
+        ({"models": {"x": {"revison": "main", "model": "a/b"}}}, "`models.x` must be a model or"),
+        ({"models": {"x": {"model": "a/b", "step": -1}}}, "`models.x.step` must be a training"),
         ({"finetune_lr": 0}, "`finetune_lr` must be a learning rate in \\(0, 1\\), got 0.0"),
         ({"finetune_seeds": [0, 0]}, "`finetune_seeds` must be a non-empty list of distinct"),
         ({"finetune_seeds": []}, "`finetune_seeds` must be a non-empty list"),

@@ -49,10 +49,27 @@ TINY = {
     "train_batch": 8,
     "train_seq_len": 32,
     "train_lr": 0.01,
+    "train_checkpoints": [20],
     "family": {
         "t1": {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32},
         "t2": {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64},
         "t3": {"hidden": 48, "layers": 2, "heads": 2, "intermediate": 96},
+        "tm": {
+            "hidden": 16,
+            "layers": 2,
+            "heads": 2,
+            "intermediate": 16,
+            "experts": 4,
+            "active": 2,
+        },
+    },
+    # four final models of two architectures, and a training checkpoint of t2
+    "models": {
+        "t1": {"model": "builtin:t1"},
+        "t2": {"model": "builtin:t2"},
+        "t3": {"model": "builtin:t3"},
+        "tm": {"model": "builtin:tm"},
+        "t2-20": {"model": "builtin:t2", "revision": "step-20"},
     },
 }
 
@@ -120,8 +137,14 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "rank/ranking.parquet",
         "perturb/effects.parquet",
         "stability/stability.parquet",
-        "scaling/scaling.parquet",
-        "scaling/fit.parquet",
+        "study/members.parquet",
+        "study/fit.parquet",
+        "study/measures.parquet",
+        "study/groups.parquet",
+        "study/experts.parquet",
+        "study/drift.parquet",
+        "report/experts.png",
+        "report/drift.png",
         "report/report.md",
         "report/report.html",
         "report/effects.png",
@@ -144,7 +167,7 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "faults/summary.parquet",
         "report/faults.png",
         "data/calibration/documents.parquet",
-        "scaling/shares.parquet",
+        "study/shares.parquet",
         "report/shares.png",
         "data/evaluation/source.json",
         "data/finetune/source.json",
@@ -167,7 +190,7 @@ def test_repro_writes_every_artifact_and_the_report(repo):
     summary = json.loads((art / "report" / "summary.json").read_text())
     order = [r["perturbation"] for r in summary["perturbations"]]
     assert order == ["zero", "sign_flip", "scale", "bit_flip", "quantize"]  # as params list them
-    assert summary["setup"]["eval_windows"] == 24 and len(summary["models"]) == 3
+    assert summary["setup"]["eval_windows"] == 24 and len(summary["models"]) == 4  # finals
     log = (repo / "logs" / "perturb.log").read_text()  # every stage keeps a log file
     assert "started:" in log and "done in" in log
     assert "# Critical weights of `builtin:t2`" in (art / "report" / "report.md").read_text()
@@ -294,9 +317,15 @@ def test_tables_are_consistent(repo):
     assert top["score"].is_sorted(descending=True) and top["rank"].to_list() == list(range(50))
     stab = pl.read_parquet(art / "stability" / "stability.parquet")
     assert stab["jaccard"].is_between(0, 1).all() and len(stab) == 2
-    scaling = pl.read_parquet(art / "scaling" / "scaling.parquet")
-    assert scaling["model"].to_list() == ["t1", "t2", "t3"]
-    assert scaling["params"].is_sorted()
+    members = pl.read_parquet(art / "study" / "members.parquet")
+    assert members["label"].to_list() == ["t1", "tm", "t2", "t2-20", "t3"]  # by params, label
+    assert members["params"].is_sorted()
+    by = {r["label"]: r for r in members.iter_rows(named=True)}
+    assert by["tm"]["kind"] == "moe" and by["tm"]["experts"] == 4 and by["t2"]["kind"] == "dense"
+    experts_weights = 2 * 4 * (2 * 16 * 16 + 16 * 16)  # blocks x experts x (gate_up + down)
+    assert by["tm"]["params"] - by["tm"]["active_params"] == experts_weights // 2  # 2 of 4 idle
+    assert (by["t2-20"]["step"], by["t2"]["step"], by["t2-20"]["final"]) == (20, 40, "no")
+    assert by["tm"]["superweight_candidates"] == 0  # experts have no dense down projection
     spikes = pl.read_parquet(art / "superweight" / "spikes.parquet")
     assert spikes["layer"].to_list() == [0, 1]  # t2 has 2 layers: one detector row each
     assert (spikes["in_ratio"] > 1).all() and spikes["delta_ppl_zero"].is_finite().all()
@@ -305,14 +334,26 @@ def test_tables_are_consistent(repo):
     faults = pl.read_parquet(art / "faults" / "trials.parquet")
     assert len(faults) == 2 * (1 + 2) and faults["flips"].min() > 0
     assert (faults["blocked"] <= faults["flips"]).all()
-    fit = pl.read_parquet(art / "scaling" / "fit.parquet")
+    fit = pl.read_parquet(art / "study" / "fit.parquet")
     top_share = fit.filter(pl.col("statistic") == "top_share").row(0, named=True)
     assert top_share["models"] == 3 and top_share["loo_mean_error"] >= 0
     assert top_share["note"] == "3 models: a two-segment fit needs 5 models"
     m = json.loads((art / "metrics.json").read_text())
     assert m["scaling_exponent"] == top_share["slope"] and m["scaling_r2"] == top_share["r2"]
-    shares = pl.read_parquet(art / "scaling" / "shares.parquet")
-    for _, rows in shares.group_by("model", "axis"):
+    experts = pl.read_parquet(art / "study" / "experts.parquet")
+    assert set(experts["label"]) == {"tm"} and len(experts) == 2 * 4  # blocks x experts
+    routed = experts.group_by("layer").agg(pl.col("tokens").sum())["tokens"].to_list()
+    assert routed == [8 * 32 * 2] * 2  # every calibration token of seed 0's draw, to 2 experts
+    drift = pl.read_parquet(art / "study" / "drift.parquet")
+    assert set(drift["label"]) == {"t2-20"} and set(drift["other"]) == {"t2"}
+    assert set(drift["k"]) == {5, 50} and drift["jaccard"].is_between(0, 1).all()
+    groups = pl.read_parquet(art / "study" / "groups.parquet")
+    assert set(groups["tag"]) == {"kind"} and groups["p_value"].is_null().all()  # one MoE
+    assert set(groups["note"]) == {"moe has 1 member: a test needs 2 in each group"}
+    measures = pl.read_parquet(art / "study" / "measures.parquet")
+    assert len(measures.unique(["label", "measure"])) == len(measures)
+    shares = pl.read_parquet(art / "study" / "shares.parquet")
+    for _, rows in shares.group_by("label", "axis"):
         assert (
             abs(rows["topk_share"].sum() - 1) < 1e-9 and abs(rows["score_share"].sum() - 1) < 1e-9
         )
@@ -333,6 +374,21 @@ def stale(repo) -> set[str]:
 def test_second_repro_runs_nothing_but_reading_the_text(repo):
     out = sh(repo, "dvc", "repro")
     assert ran(out) == ["sources"] and not stale(repo)
+
+
+def test_adding_a_study_member_runs_only_it_and_the_study(repo):
+    """`dvc exp run -S '+models.<label>=...'` computes the new member and the cross-model stage
+    (check_params rereads params, the report redraws), nothing of the members already there."""
+    out = sh(
+        repo, "dvc", "exp", "run", "-S", "+models.t3-20={model: 'builtin:t3', revision: step-20}"
+    )
+    assert set(ran(out)) == {"check_params", "sources", "member@t3-20", "study", "report"}
+    members = pl.read_parquet(repo / "artifacts" / "study" / "members.parquet")
+    assert "t3-20" in members["label"].to_list() and len(members) == 6
+    drift = pl.read_parquet(repo / "artifacts" / "study" / "drift.parquet")
+    assert set(drift["label"]) == {"t2-20", "t3-20"}  # t3 now has a checkpoint series too
+    restore(repo, "params.yaml", "dvc.lock")
+    sh(repo, "dvc", "checkout", "--force")
 
 
 def test_own_text_files_through_dvc_exp_run(repo, tmp_path):
@@ -577,7 +633,8 @@ def test_a_colleague_pulls_from_a_dvc_remote_and_reproduces_nothing(repo, tmp_pa
     assert hashes(colleague) == hashes(repo)
 
 
-SCALE_MODELS = {f"scale_model@t{i}" for i in (1, 2, 3)}
+MEMBERS = {f"member@{label}" for label in TINY["models"]}
+TRAINED = {f"train@{name}" for name in TINY["family"]}
 
 
 @pytest.mark.parametrize(
@@ -586,13 +643,13 @@ SCALE_MODELS = {f"scale_model@t{i}" for i in (1, 2, 3)}
         ("src/cwa/plots.py", {"report"}),
         ("src/cwa/schemas/effects.py", {"perturb"}),  # the one stage that writes the table
         # check_params builds the built-in models' empty shapes from training.builtin_config
-        ("src/cwa/training.py", {"check_params", "train@t1", "train@t2", "train@t3"}),
+        ("src/cwa/training.py", {"check_params", *TRAINED}),
         # check_params imports every registry to check names: it reruns (in seconds) and
         # writes the same bytes, so nothing downstream reruns because of it
         # ... and prune (metric methods) and report (its pruning summary) import it too
         (
             "src/cwa/metrics.py",
-            {"check_params", "sensitivity", "agreement", "prune", "report", *SCALE_MODELS},
+            {"check_params", "sensitivity", "agreement", "prune", "report", *MEMBERS},
         ),
     ],
 )

@@ -66,7 +66,7 @@ SUMMARY = {
         ZERO,
         ZERO | {"perturbation": "bit_flip", "setting": "bit 30", "top_diverged": True},
     ],
-    "models": [{"model": "kjv-base", "params": 2098304, "baseline_ppl": 46.774}],
+    "models": [{"label": "kjv-base", "kind": "dense", "params": 2098304, "baseline_ppl": 46.774}],
 }
 
 
@@ -85,7 +85,7 @@ def test_numbers_are_rendered_from_the_metrics():
     assert "37.9 (95% CI 16.1 – 93)" in text
     assert "| bit_flip bit 30 | diverged | +0.00367 |" in text
     assert "| zero | +0.192 (0.123 – 0.254) | +0.00367 | −8.55·10^−5 | 37.9 (16.1 – 93) |" in text
-    assert "| `kjv-base` | 2,098,304 | 46.8 |" in text
+    assert "| `kjv-base` | dense | 2,098,304 | 46.8 |" in text
     assert "1,048,576 pool weights, 3 seeds × 64 calibration windows" in text
 
 

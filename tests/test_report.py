@@ -53,12 +53,67 @@ FITS = pl.DataFrame(
 )
 SHARES = pl.DataFrame(
     {
-        "model": ["a", "a", "b", "b"],
+        "label": ["a", "a", "b", "b"],
         "axis": ["component"] * 4,
         "group": ["attn_q", "mlp_down", "attn_q", "mlp_down"],
         "depth": [None] * 4,
         "topk_share": [0.25, 0.75, 0.5, 0.5],
         "score_share": [0.4, 0.6, 0.5, 0.5],
+    }
+)
+
+
+STUDY = pl.DataFrame(
+    {
+        "label": ["a", "b", "b-60"],
+        "kind": ["dense", "moe", "dense"],
+        "tuning": ["base"] * 3,
+        "step": [480, None, 60],
+        "final": ["yes", "yes", "no"],
+        **{c: [1.0, 2.0, 3.0] for c in ("params", "active_params", "baseline_ppl", "top_share")},
+        **{c: [1.0, 2.0, 3.0] for c in ("max_over_median", "delta_ppl_top", "delta_ppl_top_rel")},
+        "separation": [5.0, 6.0, 7.0],
+        "superweight_candidates": [1, 0, 1],
+    }
+)
+GROUPS = pl.DataFrame(
+    {
+        "tag": ["kind"],
+        "share": ["score_share"],
+        "component": ["attn_q"],
+        "group_a": ["dense"],
+        "group_b": ["moe"],
+        "members_a": [1],
+        "members_b": [1],
+        "mean_a": [0.4],
+        "mean_b": [0.5],
+        "difference": [-0.1],
+        "p_value": [None],
+        "note": ["dense has 1 member; moe has 1 member: a test needs 2 in each group"],
+    }
+)
+EXPERTS = pl.DataFrame(
+    {
+        "label": ["b"] * 2,
+        "layer": [0, 0],
+        "expert": [0, 1],
+        "score_share": [0.1, 0.2],
+        "tokens": [5, 195],
+        "token_share": [0.025, 0.975],
+        "few_tokens": [True, False],
+    }
+)
+DRIFT = pl.DataFrame(
+    {
+        "model": ["builtin:b"] * 3,
+        "label": ["b-60", "b-120", "b-120"],
+        "step": [60, 120, 120],
+        "against": ["last", "last", "previous"],
+        "other": ["b", "b", "b-60"],
+        "other_step": [480, 480, 60],
+        "k": [100] * 3,
+        "jaccard": [0.2, 0.6, 0.3],
+        "spearman": [0.5, 0.9, 0.6],
     }
 )
 
@@ -200,9 +255,12 @@ def inputs(**changes) -> ReportInputs:
         "stability": one,
         "agreement": one,
         "spikes": pl.DataFrame({"candidate": [True, False, False]}),
-        "scaling": one,
+        "study": STUDY,
         "fits": FITS,
         "shares": SHARES,
+        "groups": GROUPS,
+        "experts": EXPERTS,
+        "drift": DRIFT,
         "has_training": True,
         "setting": {"zero": ""},
         "criteria": pl.DataFrame(
@@ -296,6 +354,14 @@ def test_architecture_section_puts_models_side_by_side():
 
     text = "\n".join(architecture_section(inputs()))
     assert "| component | a | b |" in text and "| mlp_down | 0.75 | 0.5 |" in text
+    assert "moe has 1 member: a test needs 2 in each group." in text
+    assert "1 of 2 experts saw fewer than a tenth of a uniform share" in text
+    assert "Spearman ρ of score share against token share over the experts: 1." in text
+    # b-120 reaches 0.6 with the last step, b-60 only 0.2
+    assert "`builtin:b`: from step 120 on, the top-100 shares Jaccard ≥ 0.5 with the last" in text
+    bare = inputs(experts=EXPERTS.clear(), drift=DRIFT.clear(), groups=GROUPS.clear())
+    text = "\n".join(architecture_section(bare))
+    assert "experts" not in text and "Checkpoints" not in text and "Group comparison" not in text
 
 
 def test_scaling_metrics_are_the_top_share_fit():

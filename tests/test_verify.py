@@ -207,6 +207,6 @@ def test_run_records_are_not_compared():
 
     assert is_run_record("artifacts/perturb/manifest.json")
     assert is_run_record("artifacts/train/kjv-base.manifest.json")
-    assert is_run_record("artifacts/scaling/manifests/kjv-base.json")
+    assert is_run_record("artifacts/study/manifests/kjv-base.json")
     assert not is_run_record("artifacts/metrics.json")
     assert not is_run_record("artifacts/perturb/effects.parquet")

@@ -102,11 +102,11 @@ def dose_response(texts: pl.DataFrame, setting: dict[str, str]) -> Check:
 
 
 def scaling(fits: pl.DataFrame, statistic: str) -> list[Check]:
-    r2_rule = f"a power law fits the family's {statistic} against parameter count with R² > 0.8"
+    r2_rule = f"a power law fits the study's {statistic} against parameter count with R² > 0.8"
     loo_rule = "each member is predicted from the others within 20% (leave-one-out)"
     rows = fits.filter(pl.col("statistic") == statistic)
     if not len(rows) or rows["r2"][0] is None or math.isnan(rows["r2"][0]):
-        why = "too few family members for a fit"
+        why = "too few final dense members for a fit"
         return [Check("scaling_r2", r2_rule, note=why), Check("scaling_loo", loo_rule, note=why)]
     row = rows.row(0, named=True)
     r2 = Check("scaling_r2", r2_rule, row["r2"], met=row["r2"] > 0.8)

@@ -263,7 +263,7 @@ DOCS = {
     ),
     "seeds": (
         "one calibration draw per seed (each seed draws its own `calib_samples` windows); "
-        "`perturb` and `scale_model` use the first seed's ranking. Distinct integers >= 0"
+        "the study's members use the first seed. Distinct integers >= 0"
     ),
     "calib_samples": (
         "calibration windows per seed, drawn without replacement from the calibration split"
@@ -462,7 +462,7 @@ DOCS = {
     "bootstrap": "bootstrap resamples per CI, and sign-flip permutations per p-value",
     "headline_k": (
         "the k of the headline numbers in `metrics.json`, of the strength and mask sweeps and of "
-        "the scaling experiments; must be in `topk`"
+        "the study members' experiments; must be in `topk`"
     ),
     "vocab_size": "built-in tokenizer's vocabulary",
     "train_steps": (
@@ -491,7 +491,7 @@ DOCS = {
         "train_checkpoints; tags: `family` (free text), `kind` dense | moe (default: read from "
         "the model), `tuning` base | instruct (default base), `step` (training step of a "
         "checkpoint; a built-in's is known), `dtype` (default: `dtype`). Labels are letters, "
-        "digits, - and _; add one with `dvc exp run -S '+models.<label>={model: ...}'`"
+        "digits, - and _; add one with `dvc exp run -S \"+models.<label>={model: 'org/name'}\"`"
     ),
 }
 

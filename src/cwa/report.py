@@ -10,6 +10,7 @@ import polars as pl
 
 from cwa.experiment import first_strength, headline, headline_cell, headline_rows
 from cwa.pruning_summary import HEADLINE_SPARSITY, at
+from cwa.stats import spearman
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -1059,11 +1060,13 @@ def experts_lines(r: ReportInputs) -> list[str]:
     if not len(r.experts):
         return []
     few = int(r.experts["few_tokens"].sum())
+    rho = spearman(r.experts["token_share"].to_numpy(), r.experts["score_share"].to_numpy())
     return [
         "### Mixture of experts: each expert's score share and routed tokens",
         "",
         f"{few} of {len(r.experts)} experts saw fewer than a tenth of a uniform share of the "
-        "routed calibration tokens (few_tokens): their scores rest on few tokens.",
+        "routed calibration tokens (few_tokens): their scores rest on few tokens. Spearman ρ "
+        f"of score share against token share over the experts: {fmt(rho)}.",
         "",
         table(r.experts),
         "",

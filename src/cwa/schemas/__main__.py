@@ -22,10 +22,17 @@ from cwa.schemas.prune_tasks import PRUNE_TASKS_TABLE
 from cwa.schemas.pruning import PRUNING_TABLE
 from cwa.schemas.ranking import RANKING_TABLE
 from cwa.schemas.scaling_fit import SCALING_FIT_TABLE
-from cwa.schemas.scaling_model import SCALING_MODEL_TABLE
-from cwa.schemas.scaling_shares import SCALING_SHARES_TABLE
 from cwa.schemas.spikes import SPIKES_TABLE
 from cwa.schemas.stability import STABILITY_TABLE
+from cwa.schemas.study_drift import STUDY_DRIFT_TABLE
+from cwa.schemas.study_experts import STUDY_EXPERTS_TABLE
+from cwa.schemas.study_groups import STUDY_GROUPS_TABLE
+from cwa.schemas.study_measures import STUDY_MEASURES_TABLE
+from cwa.schemas.study_member import STUDY_MEMBER_TABLE
+from cwa.schemas.study_members import STUDY_MEMBERS_TABLE
+from cwa.schemas.study_sample import STUDY_SAMPLE_TABLE
+from cwa.schemas.study_shares import STUDY_SHARES_TABLE
+from cwa.schemas.study_top import STUDY_TOP_TABLE
 from cwa.schemas.tasks import TASKS_TABLE
 from cwa.schemas.tensor_stats import TENSOR_STATS_TABLE
 from cwa.schemas.train_log import TRAIN_LOG_TABLE
@@ -64,9 +71,16 @@ TABLES = (
     CLUSTER_EFFECTS_TABLE,
     WINDOW_SCORES_TABLE,
     LAYER_PAIRS_TABLE,
-    SCALING_MODEL_TABLE,
-    SCALING_SHARES_TABLE,
+    STUDY_MEMBER_TABLE,
+    STUDY_TOP_TABLE,
+    STUDY_SAMPLE_TABLE,
+    STUDY_MEMBERS_TABLE,
+    STUDY_MEASURES_TABLE,
     SCALING_FIT_TABLE,
+    STUDY_SHARES_TABLE,
+    STUDY_GROUPS_TABLE,
+    STUDY_EXPERTS_TABLE,
+    STUDY_DRIFT_TABLE,
 )
 
 

@@ -22,9 +22,9 @@ STUDY_GROUPS_TABLE = Schema(
         Column(
             "p_value",
             FLOAT,
-            "two-sided permutation test of the difference of means over every split of the "
-            "members into groups of these sizes (exact up to `bootstrap` splits, random beyond); "
-            "null when a group has fewer than 2 members",
+            "permutation test of the difference of means over every split of the members into "
+            "groups of these sizes (exact up to `bootstrap` splits, random beyond); two-sided: "
+            "twice the smaller one-sided p; null when a group has fewer than 2 members",
         ),
         Column("note", STR, "why there is no test, or empty"),
     ),

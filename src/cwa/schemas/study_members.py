@@ -26,5 +26,5 @@ STUDY_MEMBERS_TABLE = Schema(
         ),
         *MEMBER_COLUMNS[3:],
     ),
-    ("params", "label"),
+    ("params", "step", "label"),
 )
