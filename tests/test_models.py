@@ -84,3 +84,29 @@ def test_non_finite_weights_are_reported_by_name(llama, tmp_path):
         load_model(str(tmp_path), "unused", "float32", "cpu")
     assert "model.layers.1.mlp.up_proj.weight (3 of 2048)" in str(err.value)
     assert "model.norm.weight (1 of 32)" in str(err.value)
+
+
+def test_a_hub_revision_reaches_both_loaders_and_a_directory_ignores_none(llama, monkeypatch):
+    """Offline, the hub is replaced by recording loaders: a Pythia-style checkpoint revision
+    goes to the tokenizer's and the model's from_pretrained alike."""
+    import transformers
+
+    seen = []
+
+    def record(kind):
+        def load(source, **kwargs):
+            seen.append((kind, source, kwargs.get("revision")))
+            return llama
+
+        return load
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", record("tokenizer"))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", record("model"))
+    load_model("EleutherAI/pythia-70m", "unused", revision="step3000")
+    assert seen == [
+        ("tokenizer", "EleutherAI/pythia-70m", "step3000"),
+        ("model", "EleutherAI/pythia-70m", "step3000"),
+    ]
+    seen.clear()
+    load_model("EleutherAI/pythia-70m", "unused")
+    assert [revision for *_, revision in seen] == [None, None]

@@ -80,7 +80,7 @@ GROUPS = pl.DataFrame(
     {
         "tag": ["kind"],
         "share": ["score_share"],
-        "component": ["attn_q"],
+        "part": ["attn_q"],
         "group_a": ["dense"],
         "group_b": ["moe"],
         "members_a": [1],

@@ -123,7 +123,7 @@ def test_group_tests_match_a_brute_force_permutation_test():
     rows = [r for r in rows if not (r["label"] == "m2" and r["group"] == "mlp_down")]
     table = group_tests(members, pl.DataFrame(rows), resamples=1000)
     assert set(table["tag"]) == {"kind"}  # every member is base: no tuning comparison
-    row = table.filter((pl.col("component") == "attn_q") & (pl.col("share") == "score_share"))
+    row = table.filter((pl.col("part") == "attn_q") & (pl.col("share") == "score_share"))
     row = row.row(0, named=True)
     values = np.array(list(attn.values()))
     observed = values[:3].mean() - values[3:].mean()
@@ -136,7 +136,7 @@ def test_group_tests_match_a_brute_force_permutation_test():
     brute = min(1.0, 2 * min(above, below))
     assert row["difference"] == pytest.approx(observed) and row["p_value"] == pytest.approx(brute)
     assert (row["members_a"], row["members_b"]) == (3, 2) and row["note"] == ""
-    mlp = table.filter((pl.col("component") == "mlp_down") & (pl.col("share") == "score_share"))
+    mlp = table.filter((pl.col("part") == "mlp_down") & (pl.col("share") == "score_share"))
     assert mlp["mean_b"][0] == pytest.approx((1 - 0.10 + 0.0) / 2)
 
 
@@ -318,3 +318,34 @@ def test_permutation_floor_of_two_by_two_is_one_third():
             permutation_type="independent",
         ).pvalue,
     )
+
+
+def test_member_parts_sum_blocks_into_thirds_of_the_depth_and_fill_missing_parts():
+    from cwa.study import member_parts
+
+    depth = [
+        {
+            "label": "a",
+            "axis": "depth",
+            "group": str(b),
+            "depth": d,
+            "topk_share": t,
+            "score_share": s,
+        }
+        for b, d, t, s in (
+            (0, 0.0, 0.1, 0.2),
+            (1, 0.25, 0.2, 0.2),
+            (2, 0.5, 0.3, 0.3),
+            (3, 1.0, 0.4, 0.3),
+        )
+    ]
+    rows = pl.DataFrame(depth + shares_of("a", 0.6, 0.4, 0.5) + shares_of("b", 1.0, 0.0, 1.0))
+    rows = rows.filter(~((pl.col("label") == "b") & (pl.col("group") == "mlp_down")))
+    parts = member_parts(rows)
+    a = {r["part"]: r for r in parts.filter(pl.col("label") == "a").iter_rows(named=True)}
+    assert a["depth:early"]["topk_share"] == pytest.approx(0.3)  # blocks at depth 0 and 0.25
+    assert a["depth:middle"]["score_share"] == pytest.approx(0.3)
+    assert a["depth:late"]["topk_share"] == pytest.approx(0.4)
+    b = dict(parts.filter(pl.col("label") == "b").select("part", "score_share").iter_rows())
+    assert b["mlp_down"] == 0 and b["depth:late"] == 0  # parts b lacks count 0
+    assert len(parts) == 2 * 5  # every member has every part

@@ -3,8 +3,9 @@
 - Scaling: each statistic of the final dense base members against parameter count, a power law
   with its slope CI and R², the leave-one-out error of predicting each member from the others,
   and a two-segment law with its breakpoint (cwa.stats).
-- Architecture: each component class's share of the top-k and of the total score, compared
-  between the groups of a tag (kind: dense / moe; tuning: base / instruct) by a permutation test.
+- Architecture: each component class's and each third of the depth's share of the top-k and of
+  the total score, compared between the groups of a tag (kind: dense / moe; tuning: base /
+  instruct) by a permutation test.
 - Checkpoints: members of one model at several training steps; the Jaccard overlap of their
   top-k sets and the Spearman correlation of their scores, step to step and with the last.
 
@@ -133,15 +134,24 @@ def fits(members: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame([scaling_fit(s, x, points[s].to_numpy()) for s in FIT_STATISTICS])
 
 
-def component_shares(shares: pl.DataFrame) -> pl.DataFrame:
-    """One row per member, axis `component`: (label, component, topk_share, score_share), a
-    component a member lacks at 0 so every member has every class."""
-    rows = shares.filter(pl.col("axis") == "component").rename({"group": "component"})
-    grid = rows.select("label").unique().join(rows.select("component").unique(), how="cross")
-    filled = grid.join(
-        rows.select("label", "component", *SHARES), on=["label", "component"], how="left"
+def member_parts(shares: pl.DataFrame) -> pl.DataFrame:
+    """(label, part, topk_share, score_share): each member's shares per component class and per
+    third of its normalised depth (`depth:early` < 1/3 <= `depth:middle` < 2/3 <= `depth:late`),
+    a part a member lacks at 0 so every member has every part."""
+    columns = ["label", "part", *SHARES]
+    components = shares.filter(pl.col("axis") == "component").rename({"group": "part"})
+    third = pl.when(pl.col("depth") < 1 / 3).then(pl.lit("depth:early"))
+    third = third.when(pl.col("depth") < 2 / 3).then(pl.lit("depth:middle"))
+    depths = (
+        shares.filter(pl.col("axis") == "depth")
+        .with_columns(part=third.otherwise(pl.lit("depth:late")))
+        .group_by("label", "part")
+        .agg(pl.col(s).sum() for s in SHARES)
     )
-    return filled.with_columns(pl.col(s).fill_null(0.0) for s in SHARES).sort("label", "component")
+    rows = pl.concat([components.select(columns), depths.select(columns)])
+    grid = rows.select("label").unique().join(rows.select("part").unique(), how="cross")
+    filled = grid.join(rows, on=["label", "part"], how="left")
+    return filled.with_columns(pl.col(s).fill_null(0.0) for s in SHARES).sort("label", "part")
 
 
 def permutation_p(a: np.ndarray, b: np.ndarray, resamples: int) -> float:
@@ -160,10 +170,10 @@ def permutation_p(a: np.ndarray, b: np.ndarray, resamples: int) -> float:
 
 
 def group_tests(members: pl.DataFrame, shares: pl.DataFrame, resamples: int) -> pl.DataFrame:
-    """Per tag with two groups among the final members: each component's mean shares per group
-    and the permutation p-value where each group holds at least 2 members."""
+    """Per tag with two groups among the final members: each part's (member_parts) mean shares
+    per group and the permutation p-value where each group holds at least 2 members."""
     finals = members.filter(pl.col("final") == "yes")
-    by_member = component_shares(shares.filter(pl.col("label").is_in(finals["label"].implode())))
+    by_member = member_parts(shares.filter(pl.col("label").is_in(finals["label"].implode())))
     rows = []
     for tag in TAGS:
         groups = sorted(set(finals[tag]))
@@ -171,16 +181,17 @@ def group_tests(members: pl.DataFrame, shares: pl.DataFrame, resamples: int) -> 
             continue
         sides = [finals.filter(pl.col(tag) == g)["label"] for g in groups]
         few = [f"{g} has {len(s)} member" for g, s in zip(groups, sides, strict=True) if len(s) < 2]
-        for (component,), part in by_member.group_by("component", maintain_order=True):
+        for (part,), rows_ in by_member.group_by("part", maintain_order=True):
             for share in SHARES:
                 a, b = (
-                    part.filter(pl.col("label").is_in(s.implode()))[share].to_numpy() for s in sides
+                    rows_.filter(pl.col("label").is_in(s.implode()))[share].to_numpy()
+                    for s in sides
                 )
                 rows.append(
                     {
                         "tag": tag,
                         "share": share,
-                        "component": component,
+                        "part": part,
                         "group_a": groups[0],
                         "group_b": groups[1],
                         "members_a": len(a),
@@ -198,7 +209,7 @@ def group_tests(members: pl.DataFrame, shares: pl.DataFrame, resamples: int) -> 
 GROUP_COLUMNS = {
     "tag": pl.String,
     "share": pl.String,
-    "component": pl.String,
+    "part": pl.String,
     "group_a": pl.String,
     "group_b": pl.String,
     "members_a": pl.Int64,
@@ -272,15 +283,13 @@ def sample_spearman(samples: pl.DataFrame, a: str, b: str) -> float:
 
 
 def measures(members: pl.DataFrame, shares: pl.DataFrame) -> pl.DataFrame:
-    """The tidy (label, measure, value) table: numeric member columns and component shares."""
+    """The tidy (label, measure, value) table: numeric member columns and the parts' shares."""
     numeric = [c for c, t in members.schema.items() if t.is_numeric() and c not in ("step",)]
     long = members.select("label", *[pl.col(c).cast(pl.Float64) for c in numeric]).unpivot(
         index="label", variable_name="measure", value_name="value"
     )
-    parts = component_shares(shares).unpivot(
-        index=["label", "component"], on=list(SHARES), variable_name="share", value_name="value"
+    parts = member_parts(shares).unpivot(
+        index=["label", "part"], on=list(SHARES), variable_name="share", value_name="value"
     )
-    parts = parts.select(
-        "label", pl.format("{}:{}", "share", "component").alias("measure"), "value"
-    )
+    parts = parts.select("label", pl.format("{}:{}", "share", "part").alias("measure"), "value")
     return pl.concat([long, parts]).sort("label", "measure")

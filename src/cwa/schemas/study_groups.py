@@ -6,12 +6,17 @@ STUDY_GROUPS_TABLE = Schema(
     "study_groups",
     "artifacts/study/groups.parquet",
     "Architecture comparison over the final members: for each tag (`kind`, `tuning`) with two "
-    "groups, each component class's mean top-k and score share per group and a permutation test "
-    "of the difference.",
+    "groups, each part's (component class, third of the depth) mean top-k and score share per "
+    "group and a permutation test of the difference.",
     (
         Column("tag", STR, "`kind` or `tuning`"),
         Column("share", STR, "`topk_share` or `score_share`"),
-        Column("component", STR, "component class (0 where a member has none)"),
+        Column(
+            "part",
+            STR,
+            "component class, or a third of the normalised depth: `depth:early` (< 1/3), "
+            "`depth:middle` (< 2/3), `depth:late`; a member without the part counts 0",
+        ),
         Column("group_a", STR, "first group (alphabetical)"),
         Column("group_b", STR, "second group"),
         Column("members_a", INT, "members in group_a"),
@@ -28,5 +33,5 @@ STUDY_GROUPS_TABLE = Schema(
         ),
         Column("note", STR, "why there is no test, or empty"),
     ),
-    ("tag", "share", "component"),
+    ("tag", "share", "part"),
 )

@@ -6,8 +6,9 @@ STUDY_MEASURES_TABLE = Schema(
     "study_measures",
     "artifacts/study/measures.parquet",
     "The study as a tidy table: one row per member and measure (every numeric column of "
-    "`study_members`, and each component class's top-k and score shares as "
-    "`topk_share:<component>` and `score_share:<component>`).",
+    "`study_members`, and each part's top-k and score shares as `topk_share:<part>` and "
+    "`score_share:<part>`, a part being a component class or a third of the depth, "
+    "`depth:early`, `depth:middle`, `depth:late`).",
     (
         Column("label", STR, "study member"),
         Column("measure", STR, "what was measured"),
