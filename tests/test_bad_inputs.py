@@ -59,7 +59,7 @@ CASES = [
     ),
     (
         ["--model", "builtin:kjv-huge"],
-        "valid: builtin:kjv-tiny, builtin:kjv-small, builtin:kjv-base",
+        "valid: builtin:kjv-tiny, builtin:kjv-mini, builtin:kjv-small, builtin:kjv-base",
     ),
 ]
 
@@ -91,7 +91,10 @@ def test_bad_flag(project, flags, message, capsys):
     ("edit", "message"),
     [
         ({"metrc": "grad_x_weight"}, "unknown key(s) metrc; valid keys: model, dtype"),
-        ({"family": {"m": {"hidden": 8}}}, "`family.m` must be a mapping with exactly the keys"),
+        (
+            {"family": {"m": {"hidden": 8}}},
+            "`family.m` must be a mapping with the keys hidden, layers",
+        ),
         ({"bootstrap": "many"}, "`bootstrap` must be int, got 'many'"),
         ({"include_embeddings": "yes"}, "`include_embeddings` must be bool, got 'yes'"),
         ({"layers": [0, "last"]}, "`layers` must be int, got 'last'"),

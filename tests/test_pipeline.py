@@ -318,7 +318,8 @@ def test_tables_are_consistent(repo):
     stab = pl.read_parquet(art / "stability" / "stability.parquet")
     assert stab["jaccard"].is_between(0, 1).all() and len(stab) == 2
     members = pl.read_parquet(art / "study" / "members.parquet")
-    assert members["label"].to_list() == ["t1", "tm", "t2", "t2-20", "t3"]  # by params, label
+    # by parameters, then step: t2's checkpoint before t2
+    assert members["label"].to_list() == ["t1", "tm", "t2-20", "t2", "t3"]
     assert members["params"].is_sorted()
     by = {r["label"]: r for r in members.iter_rows(named=True)}
     assert by["tm"]["kind"] == "moe" and by["tm"]["experts"] == 4 and by["t2"]["kind"] == "dense"
@@ -345,7 +346,8 @@ def test_tables_are_consistent(repo):
     routed = experts.group_by("layer").agg(pl.col("tokens").sum())["tokens"].to_list()
     assert routed == [8 * 32 * 2] * 2  # every calibration token of seed 0's draw, to 2 experts
     drift = pl.read_parquet(art / "study" / "drift.parquet")
-    assert set(drift["label"]) == {"t2-20"} and set(drift["other"]) == {"t2"}
+    pairs = set(zip(drift["label"], drift["against"], drift["other"], strict=True))
+    assert pairs == {("t2-20", "last", "t2"), ("t2", "previous", "t2-20")}
     assert set(drift["k"]) == {5, 50} and drift["jaccard"].is_between(0, 1).all()
     groups = pl.read_parquet(art / "study" / "groups.parquet")
     assert set(groups["tag"]) == {"kind"} and groups["p_value"].is_null().all()  # one MoE
@@ -386,7 +388,7 @@ def test_adding_a_study_member_runs_only_it_and_the_study(repo):
     members = pl.read_parquet(repo / "artifacts" / "study" / "members.parquet")
     assert "t3-20" in members["label"].to_list() and len(members) == 6
     drift = pl.read_parquet(repo / "artifacts" / "study" / "drift.parquet")
-    assert set(drift["label"]) == {"t2-20", "t3-20"}  # t3 now has a checkpoint series too
+    assert set(drift["model"]) == {"builtin:t2", "builtin:t3"}  # t3 now has a series too
     restore(repo, "params.yaml", "dvc.lock")
     sh(repo, "dvc", "checkout", "--force")
 
