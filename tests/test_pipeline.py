@@ -378,15 +378,37 @@ def test_second_repro_runs_nothing_but_reading_the_text(repo):
     assert ran(out) == ["sources"] and not stale(repo)
 
 
-def test_adding_a_study_member_runs_only_it_and_the_study(repo):
-    """`dvc exp run -S '+models.<label>=...'` computes the new member and the cross-model stage
-    (check_params rereads params, the report redraws), nothing of the members already there."""
-    out = sh(
-        repo, "dvc", "exp", "run", "-S", "+models.t3-20={model: 'builtin:t3', revision: step-20}"
+def test_adding_study_members_runs_only_them_and_the_study(repo, tmp_path):
+    """`dvc exp run -S '+models.<label>=...'` computes the new members (a built-in checkpoint, a
+    local directory) and the cross-model stage (check_params rereads params, the report
+    redraws), nothing of the members already there. The directory holds t1's weights: its
+    member's measures are t1's, bit for bit."""
+    own = tmp_path / "own-t1"
+    shutil.copytree(
+        repo / "artifacts" / "models" / "t1", own, ignore=shutil.ignore_patterns("checkpoints")
     )
-    assert set(ran(out)) == {"check_params", "sources", "member@t3-20", "study", "report"}
+    out = sh(
+        repo,
+        "dvc",
+        "exp",
+        "run",
+        "-S",
+        "+models.t3-20={model: 'builtin:t3', revision: step-20}",
+        "-S",
+        f"+models.own-t1={{model: '{own}', family: own}}",
+    )
+    added = {"member@t3-20", "member@own-t1"}
+    assert set(ran(out)) == {"check_params", "sources", *added, "study", "report"}
     members = pl.read_parquet(repo / "artifacts" / "study" / "members.parquet")
-    assert "t3-20" in members["label"].to_list() and len(members) == 6
+    assert {"t3-20", "own-t1"} <= set(members["label"]) and len(members) == 7
+    by = {r["label"]: r for r in members.iter_rows(named=True)}
+    same = ("params", "pool", "baseline_ppl", "top_share", "max_over_median", "delta_ppl_top")
+    assert {c: by["own-t1"][c] for c in same} == {c: by["t1"][c] for c in same}
+    assert (by["own-t1"]["family"], by["own-t1"]["step"], by["own-t1"]["final"]) == (
+        "own",
+        None,
+        "yes",
+    )
     drift = pl.read_parquet(repo / "artifacts" / "study" / "drift.parquet")
     assert set(drift["model"]) == {"builtin:t2", "builtin:t3"}  # t3 now has a series too
     restore(repo, "params.yaml", "dvc.lock")
