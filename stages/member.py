@@ -19,7 +19,7 @@ from cwa.data import calibration_draw, calibration_windows, evaluation_windows
 from cwa.evaluation import evaluate
 from cwa.experiment import ZERO, experiments, headline, summarize
 from cwa.experiment import run as run_experiments
-from cwa.experts import expert_table, experts_per_token, is_moe, routed_tokens
+from cwa.experts import active_parameters, expert_table, experts_in, is_moe, routed_tokens
 from cwa.io import atomic_write, write_table
 from cwa.memory import guard_scoring
 from cwa.metrics import ScoringConfig, get_metric, score
@@ -93,7 +93,8 @@ def run(args, params):
 
 def measure(args, params, model, tokenizer):
     metric, seed, k = get_metric(params.metric), params.seeds[0], params.headline_k
-    infos = pool(describe(model), **params.pool_options)
+    every = describe(model)
+    infos = pool(every, **params.pool_options)
     s = ScoringConfig.of(params)
     guard_scoring(model, infos, metric, s.batch_size, s.seq_len, s.layer_group)
     windows = calibration_windows(
@@ -104,7 +105,7 @@ def measure(args, params, model, tokenizer):
     effects, base = headline_experiment(args, params, model, tokenizer, infos, scores)
     h = headline(effects, None, k, ZERO)
     spikes = detect(model, calib[: params.batch_size], params.batch_size)
-    row = describe_member(args.label, params, model, infos, scores) | {
+    row = describe_member(args.label, params, model, every, infos, scores) | {
         "baseline_ppl": base.ppl,
         "delta_ppl_top": h["delta_ppl_top"],
         "delta_ppl_top_rel": h["delta_ppl_top"] / base.ppl,
@@ -144,23 +145,17 @@ def measure(args, params, model, tokenizer):
     return {"member": row}
 
 
-def describe_member(label, params, model, infos, scores) -> dict:
-    """Identity, sizes and concentration of one member. A mixture of experts' active
-    parameters leave out the expert weights a token does not use."""
-    member, config = params.models[label], model.config
-    experts = getattr(config, "num_local_experts", 0) or getattr(config, "num_experts", 0) or 0
-    total = count_parameters(model)
-    idle = 0.0
-    if experts and is_moe(infos):
-        in_experts = sum(i.numel for i in describe(model) if i.component.startswith("moe_"))
-        idle = in_experts * (1 - experts_per_token(config) / experts)
+def describe_member(label, params, model, every, infos, scores) -> dict:
+    """Identity, sizes and concentration of one member (`every`: all its parameters' infos,
+    `infos`: the pool's)."""
+    member, total = params.models[label], count_parameters(model)
     return {
         "label": label,
         "model": member.model,
         "revision": member.revision,
-        "experts": int(experts) if is_moe(infos) else 0,
+        "experts": experts_in(model.config) if is_moe(infos) else 0,
         "params": total,
-        "active_params": round(total - idle),
+        "active_params": active_parameters(every, model.config, total),
         "pool": sum(i.numel for i in infos),
         "metric": params.metric,
         **concentration([scores[i.name] for i in infos]),

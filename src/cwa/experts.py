@@ -24,6 +24,21 @@ def is_moe(infos: list[ParamInfo]) -> bool:
     return any(i.component.startswith("moe_") for i in infos)
 
 
+def experts_in(config) -> int:
+    """Experts per block from the model config (0: dense)."""
+    return int(getattr(config, "num_local_experts", 0) or getattr(config, "num_experts", 0) or 0)
+
+
+def active_parameters(infos: list[ParamInfo], config, total: int) -> int:
+    """Parameters one token uses: all of them less the unchosen experts' share of the expert
+    weights (`infos`: every parameter of the model)."""
+    experts = experts_in(config)
+    if not experts or not is_moe(infos):
+        return total
+    in_experts = sum(i.numel for i in infos if i.component.startswith("moe_"))
+    return round(total - in_experts * (1 - experts_per_token(config) / experts))
+
+
 def experts_per_token(config) -> int:
     for key in ("num_experts_per_tok", "moe_topk", "top_k"):
         value = getattr(config, key, None)

@@ -74,22 +74,12 @@ def with_tags(rows: pl.DataFrame, models: dict[str, StudyMember], train_steps: i
     table = table.with_columns(
         kind=pl.when(pl.col("kind_tag") != "").then("kind_tag").otherwise(detected)
     ).drop("kind_tag")
-    return table.with_columns(final=pl.Series(final_flags(table)))
-
-
-def final_flags(table: pl.DataFrame) -> list[str]:
-    """`yes` for each model's final member (see the module doc), else `no`."""
-    flags = []
-    for row in table.iter_rows(named=True):
-        same = table.filter(pl.col("model") == row["model"])
-        whole = same.filter(pl.col("revision") == "")
-        if len(whole):
-            final = row["revision"] == ""
-        else:
-            steps = same["step"].drop_nulls()
-            final = not len(steps) or row["step"] == steps.max()
-        flags.append("yes" if final else "no")
-    return flags
+    whole = pl.col("revision") == ""
+    last_step = pl.col("step").is_null().all().over("model") | (
+        pl.col("step") == pl.col("step").max().over("model")
+    ).fill_null(False)
+    final = pl.when(whole.any().over("model")).then(whole).otherwise(last_step)
+    return table.with_columns(final=pl.when(final).then(pl.lit("yes")).otherwise(pl.lit("no")))
 
 
 def scaling_points(members: pl.DataFrame) -> pl.DataFrame:
