@@ -3,7 +3,8 @@
     python benchmarks/gpu.py [--layers 22 --windows 32 --seq-len 512 --batch-size 8 --probes 2]
 
 For plain forward, plain forward+backward and each sensitivity pass: seconds, tokens/s, peak CUDA
-memory, the memory estimate of src/cwa/memory.py for the same pass, and the ratio of the pass to
+memory, the memory estimate of src/cwa/models/memory.py for the same pass, and the ratio of the
+pass to
 plain forward+backward on the same windows. A consistency check first: scores of a small model
 on the GPU against the CPU (fp32). Prints a markdown table; --json also writes the rows.
 Meant for a CUDA GPU (on a CPU it only smoke-tests itself); docs/benchmarks.md holds the figures.
@@ -19,10 +20,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cwa import CwaError
-from cwa.evaluation import evaluate, token_nll
-from cwa.memory import check, estimate
-from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, pool
+from cwa.evaluation.perplexity import evaluate, token_nll
+from cwa.models.anatomy import describe, pool
+from cwa.models.memory import check, estimate
+from cwa.scoring.metrics import compute_scores, get_metric
 
 GIB = 2**30
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: a smoke run of the script only

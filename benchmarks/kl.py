@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from speed import best_of
 
-from cwa.evaluation import evaluate, reference
-from cwa.params import FamilyMember
-from cwa.perturbations import get_perturbation, perturbed
-from cwa.training import build_model
+from cwa.config.params import FamilyMember
+from cwa.evaluation.perplexity import evaluate, reference
+from cwa.experiments.perturbations import get_perturbation, perturbed
+from cwa.models.training import build_model
 
 
 def main():

@@ -55,10 +55,10 @@ def one(args, layer_group: int, measure: str) -> dict:
     warms up the allocator and kernels."""
     import torch
 
-    from cwa.evaluation import token_nll
-    from cwa.memory import estimate
-    from cwa.metrics import compute_scores, get_metric
-    from cwa.models import describe, pool
+    from cwa.evaluation.perplexity import token_nll
+    from cwa.models.anatomy import describe, pool
+    from cwa.models.memory import estimate
+    from cwa.scoring.metrics import compute_scores, get_metric
 
     torch.set_num_threads(args.threads)
     model = build(args)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cwa.distributed import launch_command
+from cwa.core.distributed import launch_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,11 +31,11 @@ def worker(args) -> None:
     """One process of the launched run: score, time between barriers, main writes the time."""
     import torch.distributed as dist
 
-    from cwa.distributed import init_world
-    from cwa.metrics import compute_scores, get_metric
-    from cwa.models import describe, pool
-    from cwa.params import FamilyMember
-    from cwa.training import build_model
+    from cwa.config.params import FamilyMember
+    from cwa.core.distributed import init_world
+    from cwa.models.anatomy import describe, pool
+    from cwa.models.training import build_model
+    from cwa.scoring.metrics import compute_scores, get_metric
 
     world = init_world("cpu")
     shape = FamilyMember(args.hidden, args.layers, max(1, args.hidden // 32), 4 * args.hidden)

@@ -17,13 +17,13 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from cwa.evaluation import evaluate, token_nll
-from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, pool
-from cwa.params import FamilyMember
-from cwa.perturbations import get_perturbation, perturbed
-from cwa.ranking import extreme_k
-from cwa.training import build_model
+from cwa.config.params import FamilyMember
+from cwa.evaluation.perplexity import evaluate, token_nll
+from cwa.experiments.perturbations import get_perturbation, perturbed
+from cwa.models.anatomy import describe, pool
+from cwa.models.training import build_model
+from cwa.scoring.metrics import compute_scores, get_metric
+from cwa.selection.ranking import extreme_k
 
 # One experiment of each kind: apply to 1,000 weights, evaluate, restore (and verify).
 PERTURBATION_COSTS = [

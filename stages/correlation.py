@@ -1,7 +1,7 @@
 """correlation: which layers move together: per calibration window, each pool tensor's
 sensitivity on that window alone (Σ|g·w|, one backward pass per window), and the correlation of
 those sensitivities across windows between every two layers and every two layer components
-(cwa.layer_correlation).
+(cwa.analysis.layer_correlation).
 
 Reads: the calibration text (sources stage), the model and the pool.
 The windows: the first seed's calibration draw (the sensitivity stage's first draw).
@@ -10,15 +10,15 @@ Writes: the per-window scores (schema `window_scores`) and the pairs (`layer_pai
 
 import polars as pl
 
-from cwa.data import calibration_draw, calibration_windows
-from cwa.io import write_table
-from cwa.layer_correlation import pairs, window_scores
-from cwa.memory import guard
-from cwa.models import ModelConfig, load_studied
+from cwa.analysis.layer_correlation import pairs, window_scores
+from cwa.core.io import write_table
+from cwa.data.windows import calibration_draw, calibration_windows
+from cwa.models.loading import ModelConfig, load_studied
+from cwa.models.memory import guard
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.layer_pairs import LAYER_PAIRS_TABLE
 from cwa.schemas.window_scores import WINDOW_SCORES_TABLE
-from cwa.scores import pool_infos
-from cwa.stage import stage_main
+from cwa.scoring.store import pool_infos
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = ("model", "dtype", "device", "device_map", "seeds", "calib_samples", "seq_len", "bos")

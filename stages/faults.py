@@ -5,7 +5,8 @@ Random bit flips at each rate in `fault_rates` (per storage bit of every pool we
 (`fault_protect`) of the pool by the first seed's scores protected, and with a random set of the
 same size (uniform over the rest of the pool) protected. All arms share the draw and the
 evaluation windows; each is measured by ΔPPL and by the KL to the unperturbed next-token
-distribution (one reference pass, cwa.evaluation.Reference) and its unchanged top-1 predictions.
+distribution (one reference pass, cwa.evaluation.perplexity.Reference) and its unchanged top-1
+predictions.
 Reads: the evaluation text (sources stage), the model, the score store, the pool and the
 baseline per-text table.
 Writes: one row per trial and arm (schema `fault_trials`) and the summary (`fault_summary`).
@@ -16,15 +17,15 @@ from pathlib import Path
 
 import polars as pl
 
-from cwa.evaluation import reference
-from cwa.evaluation_setup import prepare_stage
-from cwa.faults import campaign, summary
-from cwa.io import write_table
-from cwa.ranking import MemberScores
+from cwa.core.io import write_table
+from cwa.evaluation.perplexity import reference
+from cwa.experiments.faults import campaign, summary
+from cwa.pipeline.evaluation_setup import prepare_stage
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.fault_summary import FAULT_SUMMARY_TABLE
 from cwa.schemas.fault_trials import FAULT_TRIALS_TABLE
-from cwa.scores import StoredScores, pool_infos
-from cwa.stage import stage_main
+from cwa.scoring.store import StoredScores, pool_infos
+from cwa.selection.ranking import MemberScores
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

@@ -1,5 +1,6 @@
 """finetune: fine-tunes the model on a new text with the critical weights frozen, or with only
-them trained, against the same with a random set, and the whole pool free (cwa.finetuning).
+them trained, against the same with a random set, and the whole pool free
+(cwa.experiments.finetuning).
 
 The critical set: the top `finetune_k` pool weights by `metric` on the first seed's calibration
 draw (the score store). Each seed of `finetune_seeds` orders the training windows and draws the
@@ -17,19 +18,26 @@ Writes: one row per seed and arm (schema `finetune_runs`) and the summary over s
 import numpy as np
 import polars as pl
 
-from cwa.data import read_text, text_windows
-from cwa.evaluation import evaluate
-from cwa.evaluation_setup import prepare_stage
-from cwa.finetuning import ARMS, check_frozen, finetune, split_windows, summary, trainable
-from cwa.io import write_table
-from cwa.memory import guard_training
-from cwa.perturbations import Snapshot
-from cwa.progress import progress
-from cwa.ranking import MemberScores, extreme_k, matched_random
+from cwa.core.io import write_table
+from cwa.core.progress import progress
+from cwa.data.windows import read_text, text_windows
+from cwa.evaluation.perplexity import evaluate
+from cwa.experiments.finetuning import (
+    ARMS,
+    check_frozen,
+    finetune,
+    split_windows,
+    summary,
+    trainable,
+)
+from cwa.experiments.perturbations import Snapshot
+from cwa.models.memory import guard_training
+from cwa.pipeline.evaluation_setup import prepare_stage
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.finetune import FINETUNE_TABLE
 from cwa.schemas.finetune_runs import FINETUNE_RUNS_TABLE
-from cwa.scores import StoredScores, pool_infos
-from cwa.stage import stage_main
+from cwa.scoring.store import StoredScores, pool_infos
+from cwa.selection.ranking import MemberScores, extreme_k, matched_random
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

@@ -15,26 +15,28 @@ from pathlib import Path
 import polars as pl
 
 from cwa import CwaError
-from cwa.data import calibration_draw, calibration_windows, evaluation_windows
-from cwa.evaluation import evaluate
-from cwa.experiment import ZERO, experiments, headline, summarize
-from cwa.experiment import run as run_experiments
-from cwa.experts import active_parameters, expert_table, experts_in, is_moe, routed_tokens
-from cwa.io import atomic_write, write_table
-from cwa.memory import guard_scoring
-from cwa.metrics import ScoringConfig, get_metric, score
-from cwa.models import check_positions, count_parameters, describe, load_model, pool
-from cwa.perturbations import get_perturbation
-from cwa.ranking import rank
+from cwa.analysis.experts import active_parameters, expert_table, experts_in, is_moe, routed_tokens
+from cwa.core.io import atomic_write, write_table
+from cwa.core.stats import bootstrap_indices
+from cwa.data.windows import calibration_draw, calibration_windows, evaluation_windows
+from cwa.evaluation.perplexity import evaluate
+from cwa.experiments.perturbations import get_perturbation
+from cwa.experiments.summaries import ZERO, headline, summarize
+from cwa.experiments.sweep import experiments
+from cwa.experiments.sweep import run as run_experiments
+from cwa.models.anatomy import describe, pool
+from cwa.models.loading import check_positions, count_parameters, load_model
+from cwa.models.memory import guard_scoring
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.study_experts import STUDY_EXPERTS_TABLE
 from cwa.schemas.study_member import STUDY_MEMBER_TABLE
 from cwa.schemas.study_sample import STUDY_SAMPLE_TABLE
 from cwa.schemas.study_shares import STUDY_SHARES_TABLE
 from cwa.schemas.study_top import STUDY_TOP_TABLE
-from cwa.scores import concentration, magnitude_bins, pool_sample, shares
-from cwa.stage import stage_main
-from cwa.stats import bootstrap_indices
-from cwa.superweight import detect
+from cwa.scoring.metrics import ScoringConfig, get_metric, score
+from cwa.scoring.store import concentration, magnitude_bins, pool_sample, shares
+from cwa.scoring.superweight import detect
+from cwa.selection.ranking import rank
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

@@ -5,7 +5,8 @@ every perturbation at the first value of its strength sweep for every k; at head
 strength and every mask ratio. Every experiment is evaluated on the baseline's windows: ΔPPL
 with a paired bootstrap CI over texts, and the KL to the unperturbed model's next-token
 distributions and the fraction of unchanged top-1 predictions with theirs (one reference pass
-for all seeds: cwa.evaluation.Reference). Per seed, the top set is compared with each control
+for all seeds: cwa.evaluation.perplexity.Reference). Per seed, the top set is compared with each
+control
 (permutation and Wilcoxon p-values, effect size, separation CI); pooled over seeds, the same
 with CIs from a bootstrap over seeds and texts; BH q-values over all of them. After each
 experiment the touched weights are checked bit for bit, the whole touched tensors by checksum
@@ -25,34 +26,30 @@ from pathlib import Path
 
 import polars as pl
 
-from cwa.evaluation import BASELINE, reference
-from cwa.evaluation_setup import prepare_stage
-from cwa.experiment import (
+from cwa.core.io import write_table
+from cwa.core.stats import bootstrap_indices
+from cwa.evaluation.lmeval import LmEval
+from cwa.evaluation.perplexity import BASELINE, reference
+from cwa.evaluation.tasks import evaluate_task, load_task, task_path
+from cwa.experiments.perturbations import SWEEP_KEYS
+from cwa.experiments.summaries import compare, headline_cell, pool, summarize, with_q_values
+from cwa.experiments.sweep import (
     SweepConfig,
-    compare,
     experiments,
     first_settings,
-    headline_cell,
-    pool,
     specs,
     stream_seed,
-    summarize,
     sweep,
     task_rows,
-    with_q_values,
 )
-from cwa.experiment import run as run_experiments
-from cwa.io import write_table
-from cwa.lmeval import LmEval
-from cwa.perturbations import SWEEP_KEYS
+from cwa.experiments.sweep import run as run_experiments
+from cwa.pipeline.evaluation_setup import prepare_stage
+from cwa.pipeline.stage import content_hash, stage_main
 from cwa.schemas.comparisons import COMPARISONS_TABLE
 from cwa.schemas.effects import EFFECTS_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
 from cwa.schemas.pooled import POOLED_TABLE
 from cwa.schemas.tasks import TASKS_TABLE
-from cwa.stage import content_hash, stage_main
-from cwa.stats import bootstrap_indices
-from cwa.tasks import evaluate_task, load_task, task_path
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

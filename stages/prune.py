@@ -21,14 +21,14 @@ from pathlib import Path
 
 import polars as pl
 
-from cwa.data import calibration_draw, calibration_windows
-from cwa.evaluation import evaluate, reference
-from cwa.evaluation_setup import prepare_stage
-from cwa.io import write_table
-from cwa.metrics import ScoringConfig, get_metric, score
-from cwa.perturbations import Snapshot
-from cwa.progress import progress
-from cwa.pruning import (
+from cwa.core.io import write_table
+from cwa.core.progress import progress
+from cwa.core.stats import bootstrap_indices
+from cwa.data.windows import calibration_draw, calibration_windows
+from cwa.evaluation.perplexity import evaluate, reference
+from cwa.evaluation.tasks import evaluate_task, load_task
+from cwa.experiments.perturbations import Snapshot
+from cwa.experiments.pruning import (
     ACTIVATION_METHODS,
     Sparsity,
     apply_masks,
@@ -38,13 +38,13 @@ from cwa.pruning import (
     owl,
     prune_by_activations,
 )
-from cwa.pruning_summary import table, task_table
+from cwa.experiments.pruning_summary import table, task_table
+from cwa.pipeline.evaluation_setup import prepare_stage
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.prune_tasks import PRUNE_TASKS_TABLE
 from cwa.schemas.pruning import PRUNING_TABLE
-from cwa.scores import StoredScores, pool_infos
-from cwa.stage import stage_main
-from cwa.stats import bootstrap_indices
-from cwa.tasks import evaluate_task, load_task
+from cwa.scoring.metrics import ScoringConfig, get_metric, score
+from cwa.scoring.store import StoredScores, pool_infos
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

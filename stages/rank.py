@@ -7,11 +7,11 @@ Writes: the ranking table (schema `ranking`).
 
 import polars as pl
 
-from cwa.io import write_table
-from cwa.ranking import CONTROLS, rank, target
+from cwa.core.io import write_table
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.ranking import RANKING_TABLE
-from cwa.scores import StoredScores, pool_infos, read_magnitude_bins, seeds_in
-from cwa.stage import stage_main
+from cwa.scoring.store import StoredScores, pool_infos, read_magnitude_bins, seeds_in
+from cwa.selection.ranking import CONTROLS, rank, target
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

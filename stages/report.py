@@ -4,7 +4,7 @@ Reads: every upstream table (baseline, pool, scores, ranking, effects, per-text 
 comparisons, tasks, stability, the study across models, training curves, super-weight spikes,
 fault campaign) and
 the records of the calibration and evaluation text. Checks the old guide's success criteria
-(cwa.criteria). Writes: report.md, report.html and PNGs in the report directory, summary.json
+(cwa.report.criteria). Writes: report.md, report.html and PNGs in the report directory, summary.json
 (the numbers of the README's results section, rendered by `cwa readme`), metrics.json (with a
 criterion_<name> key per criterion), and effects_vs_k.csv for `dvc plots`.
 """
@@ -13,16 +13,19 @@ from pathlib import Path
 
 import polars as pl
 
-from cwa import criteria, plots
-from cwa.data import read_text
-from cwa.experiment import SweepConfig, first_settings, first_strength, headline_setting
-from cwa.finetuning import ARMS
-from cwa.finetuning import metrics as finetune_metrics
-from cwa.io import atomic_write, write_csv, write_json
-from cwa.perturbations import SWEEP_KEYS, get_perturbation
-from cwa.pruning_summary import HEADLINE_SPARSITY
-from cwa.pruning_summary import metrics as pruning_metrics
-from cwa.report import (
+from cwa.analysis.study import FIT_STATISTICS, scaling_points
+from cwa.core.io import atomic_write, write_csv, write_json
+from cwa.data.windows import read_text
+from cwa.experiments.finetuning import ARMS
+from cwa.experiments.finetuning import metrics as finetune_metrics
+from cwa.experiments.perturbations import SWEEP_KEYS, get_perturbation
+from cwa.experiments.pruning_summary import HEADLINE_SPARSITY
+from cwa.experiments.pruning_summary import metrics as pruning_metrics
+from cwa.experiments.summaries import first_strength
+from cwa.experiments.sweep import SweepConfig, first_settings, headline_setting
+from cwa.pipeline.stage import stage_main
+from cwa.report import criteria, plots
+from cwa.report.sections import (
     SCALING_HEADLINE,
     ReportInputs,
     comparisons_table,
@@ -39,9 +42,7 @@ from cwa.report import (
     task_metrics,
     tasks_table,
 )
-from cwa.scores import StoredScores, bulk
-from cwa.stage import stage_main
-from cwa.study import FIT_STATISTICS, scaling_points
+from cwa.scoring.store import StoredScores, bulk
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (
@@ -160,7 +161,7 @@ def run(args, params):
 
 
 def success_criteria(t: dict, m: dict, sample, params, setting: dict) -> list:
-    """The old guide's criteria against this run (cwa.criteria)."""
+    """The old guide's criteria against this run (cwa.report.criteria)."""
     k = params.headline_k
     return [
         criteria.seed_stability(t["stability"], k),

@@ -11,16 +11,17 @@ all-reduced once per seed, and only the main process writes.
 
 import polars as pl
 
-from cwa.data import calibration_indices, calibration_windows
-from cwa.distributed import init_world, relaunch
-from cwa.io import write_table
-from cwa.memory import guard_scoring
-from cwa.metrics import ScoringConfig, get_metric, score
-from cwa.models import ModelConfig, describe, load_studied, pool
+from cwa.core.distributed import init_world, relaunch
+from cwa.core.io import write_table
+from cwa.data.windows import calibration_indices, calibration_windows
+from cwa.models.anatomy import describe, pool
+from cwa.models.loading import ModelConfig, load_studied
+from cwa.models.memory import guard_scoring
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.pool import POOL_TABLE
 from cwa.schemas.tensor_stats import TENSOR_STATS_TABLE
-from cwa.scores import pool_table, save_magnitude_bins, save_scores, tensor_stats
-from cwa.stage import stage_main
+from cwa.scoring.metrics import ScoringConfig, get_metric, score
+from cwa.scoring.store import pool_table, save_magnitude_bins, save_scores, tensor_stats
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

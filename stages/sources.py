@@ -10,11 +10,11 @@ writes the same bytes and reruns nothing downstream; an edited file reruns what 
 
 import polars as pl
 
-from cwa.data import DOCUMENTS, SOURCE
-from cwa.io import atomic_write, write_json, write_table
+from cwa.core.io import atomic_write, write_json, write_table
+from cwa.data.sources import Source, read_source, read_sources
+from cwa.data.windows import DOCUMENTS, SOURCE
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.documents import DOCUMENTS_TABLE
-from cwa.sources import Source, read_source, read_sources
-from cwa.stage import stage_main
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = ("calib_data", "eval_data", "finetune_data", "data_field")

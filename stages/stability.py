@@ -12,11 +12,11 @@ import itertools
 import numpy as np
 import polars as pl
 
-from cwa.io import write_csv, write_table
+from cwa.core.io import write_csv, write_table
+from cwa.core.stats import agreement, spearman
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.stability import STABILITY_TABLE
-from cwa.scores import StoredScores, bulk, scores_at
-from cwa.stage import stage_main
-from cwa.stats import agreement, spearman
+from cwa.scoring.store import StoredScores, bulk, scores_at
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = ()

@@ -2,7 +2,8 @@
 
 One forward pass over the first `batch_size` windows of the first seed's calibration draw finds,
 in every MLP down projection, where its output spikes (token and output channel) and the weight
-contributing most to that spike (cwa.superweight.detect); each such weight is then set alone to
+contributing most to that spike (cwa.scoring.superweight.detect); each such weight is then set
+alone to
 0, and to the mean of its row (the mean-ablation control), each time restored bit for bit, and
 the damage measured on the evaluation windows against the baseline.
 Reads: the calibration and evaluation text (sources stage), the model, the baseline per-text table.
@@ -12,15 +13,15 @@ Writes: the spikes table (schema `spikes`).
 import polars as pl
 import torch
 
-from cwa.data import calibration_draw, calibration_windows
-from cwa.evaluation import evaluate
-from cwa.evaluation_setup import prepare_stage
-from cwa.io import write_table
-from cwa.perturbations import edited
+from cwa.core.io import write_table
+from cwa.core.stats import bootstrap_indices, paired_delta_ci
+from cwa.data.windows import calibration_draw, calibration_windows
+from cwa.evaluation.perplexity import evaluate
+from cwa.experiments.perturbations import edited
+from cwa.pipeline.evaluation_setup import prepare_stage
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.spikes import SPIKES_TABLE
-from cwa.stage import stage_main
-from cwa.stats import bootstrap_indices, paired_delta_ci
-from cwa.superweight import detect
+from cwa.scoring.superweight import detect
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

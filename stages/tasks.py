@@ -9,10 +9,10 @@ from pathlib import Path
 
 import polars as pl
 
-from cwa.corpus import texts
-from cwa.io import atomic_write
-from cwa.stage import stage_main
-from cwa.tasks import build_choice, build_last_word, jsonl
+from cwa.core.io import atomic_write
+from cwa.data.corpus import texts
+from cwa.evaluation.tasks import build_choice, build_last_word, jsonl
+from cwa.pipeline.stage import stage_main
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = ()

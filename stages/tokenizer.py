@@ -5,9 +5,9 @@ Reads: the corpus table. Writes: a tokenizer directory loadable with AutoTokeniz
 
 import polars as pl
 
-from cwa.corpus import texts
-from cwa.stage import stage_main
-from cwa.tokenizer import save_tokenizer, train_tokenizer
+from cwa.data.corpus import texts
+from cwa.data.tokenizer import save_tokenizer, train_tokenizer
+from cwa.pipeline.stage import stage_main
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = ("vocab_size",)

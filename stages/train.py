@@ -16,15 +16,15 @@ import torch
 from transformers import AutoTokenizer
 
 from cwa import CwaError
-from cwa.corpus import texts
-from cwa.data import windows
-from cwa.io import atomic_write, write_table
-from cwa.memory import guard_training
-from cwa.models import count_parameters
+from cwa.core.io import atomic_write, write_table
+from cwa.data.corpus import texts
+from cwa.data.tokenizer import save_tokenizer
+from cwa.data.windows import windows
+from cwa.models.loading import count_parameters
+from cwa.models.memory import guard_training
+from cwa.models.training import build_model, final_loss, train
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.train_log import TRAIN_LOG_TABLE
-from cwa.stage import stage_main
-from cwa.tokenizer import save_tokenizer
-from cwa.training import build_model, final_loss, train
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

@@ -1,5 +1,6 @@
 """units: ranks neurons, heads, experts or residual channels as wholes and perturbs the top ones
-against random units of the same kind matched per layer (cwa.units, cwa.unit_experiments).
+against random units of the same kind matched per layer (cwa.selection.units,
+cwa.experiments.unit_sets).
 
 For each kind of `units`: every unit's score aggregates the |scores| of its weights
 (`unit_reduce`; the first seed's score store). The top k units of each k in `unit_topk` (capped
@@ -20,19 +21,19 @@ from pathlib import Path
 
 import polars as pl
 
-from cwa.evaluation import reference
-from cwa.evaluation_setup import prepare_stage
-from cwa.experiment import SweepConfig, specs
-from cwa.io import write_table
-from cwa.perturbations import SWEEP_KEYS
+from cwa.core.io import write_table
+from cwa.core.stats import bh_q_values
+from cwa.evaluation.perplexity import reference
+from cwa.experiments.perturbations import SWEEP_KEYS
+from cwa.experiments.sweep import SweepConfig, specs
+from cwa.experiments.unit_sets import Bench, headline_sweep, measure_units
+from cwa.pipeline.evaluation_setup import prepare_stage
+from cwa.pipeline.stage import stage_main
 from cwa.schemas.unit_comparisons import UNIT_COMPARISONS_TABLE
 from cwa.schemas.unit_effects import UNIT_EFFECTS_TABLE
 from cwa.schemas.unit_scores import UNIT_SCORES_TABLE
-from cwa.scores import StoredScores, pool_infos
-from cwa.stage import stage_main
-from cwa.stats import bh_q_values
-from cwa.unit_experiments import Bench, headline_sweep, measure_units
-from cwa.units import ranked, unit_scores, units_of
+from cwa.scoring.store import StoredScores, pool_infos
+from cwa.selection.units import ranked, unit_scores, units_of
 
 # What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
 PARAMS = (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cwa.registries  # noqa: F401  (every registry's checks and params keys, as `cwa run` has)
+import cwa.pipeline.load_registries  # noqa: F401  (every registry's checks and params keys, as `cwa run` has)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def project(tmp_path, monkeypatch):
     def no_dvc(*args, **kwargs):
         raise AssertionError(f"DVC was started: {args}")
 
-    monkeypatch.setattr("cwa.cli.subprocess.run", no_dvc)
+    monkeypatch.setattr("cwa.cli.main.subprocess.run", no_dvc)
     return tmp_path
 
 

@@ -10,9 +10,9 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from cwa.distributed import init_world
-from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, pool
+from cwa.core.distributed import init_world
+from cwa.models.anatomy import describe, pool
+from cwa.scoring.metrics import compute_scores, get_metric
 from tests.conftest import VOCAB, tiny_llama
 
 METRICS = ("grad_x_weight", "grad_squared", "hutchinson_diag", "obd", "wanda", "super_weight")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cwa.agreement import metric_agreement, summarize
+from cwa.analysis.agreement import metric_agreement, summarize
 
 
 def test_identical_reversed_and_unrelated_metrics():

@@ -5,12 +5,12 @@ import pytest
 import torch
 import transformers as T
 
-from cwa.experiment import experiments
-from cwa.experiment import run as run_experiments
-from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, pool
-from cwa.perturbations import get_perturbation
-from cwa.ranking import rank
+from cwa.experiments.perturbations import get_perturbation
+from cwa.experiments.sweep import experiments
+from cwa.experiments.sweep import run as run_experiments
+from cwa.models.anatomy import describe, pool
+from cwa.scoring.metrics import compute_scores, get_metric
+from cwa.selection.ranking import rank
 from tests.tolerance import FLOOR32, assert_close_scaled
 
 SMALL = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -134,7 +134,7 @@ def test_per_head_groups_follow_each_architecture_layout(arch):
 def test_batched_per_window_squares_equal_one_backward_per_window(arch):
     """grad_squared's hooked batched passes (Linear and Conv1D weights) and its fallback (fused
     experts, token-routed layers) against plain one-window-per-backward passes, every tensor."""
-    from cwa.metrics import Calibration, gradient_sums, per_window_squares
+    from cwa.scoring.metrics import Calibration, gradient_sums, per_window_squares
 
     model = build(arch)
     infos = pool(describe(model), include_1d=True)

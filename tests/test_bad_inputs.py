@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cwa.cli import main
+from cwa.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ CASES = [
     (["--set", "sparsities=[0.5,1.0]"], "`sparsities` must be distinct fractions in (0, 1)"),
     (["--set", "prune_group=per_col"], "valid values: global, per_tensor, per_row"),
     (["--set", "prune_nm=[4:2]"], "`prune_nm` entries are N:M with 0 < N < M (e.g. 2:4)"),
-    # valid alone, not for this machine or model (cwa.feasibility)
+    # valid alone, not for this machine or model (cwa.pipeline.feasibility)
     (
         ["--max-length", "256"],
         "`seq_len` is 256 but builtin:kjv-base serves windows of at most 128 tokens",

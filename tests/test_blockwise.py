@@ -14,10 +14,10 @@ from torch.func import functional_call, grad, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cwa import CwaError
-from cwa.blockwise import Segments
-from cwa.evaluation import token_nll
-from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, group_ranges, pool
+from cwa.evaluation.perplexity import token_nll
+from cwa.models.anatomy import describe, group_ranges, pool
+from cwa.scoring.blockwise import Segments
+from cwa.scoring.metrics import compute_scores, get_metric
 from tests.conftest import VOCAB, tiny_gpt2, tiny_llama
 from tests.tolerance import assert_close_scaled
 
@@ -103,8 +103,8 @@ def test_a_partial_pool_keeps_the_blocks_around_it(layers, embeddings):
 
 _PEAK = """
 import json, re, sys, torch
-from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, pool
+from cwa.scoring.metrics import compute_scores, get_metric
+from cwa.models.anatomy import describe, pool
 from tests.conftest import tiny_llama
 torch.set_num_threads(1)
 model = tiny_llama(hidden=128, layers=8, heads=4, kv_heads=4)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cwa.cli import EXPORTS, build_parser, export, main
-from cwa.runflags import translate
+from cwa.cli.main import EXPORTS, build_parser, export, main
+from cwa.cli.old_flags import translate
 
 
 def test_flags_map_onto_params_keys():
@@ -96,8 +96,8 @@ def test_show_of_an_unknown_experiment_lists_the_known_ones(tmp_path, monkeypatc
 def test_the_full_preset_is_valid_params_and_overrides_params_yaml(tmp_path):
     import yaml
 
-    from cwa.cli import preset
-    from cwa.params import params_from_dict
+    from cwa.cli.main import preset
+    from cwa.config.params import params_from_dict
 
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     full = preset(str(root / "configs" / "full.yaml"))

@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from cwa.clusters import chosen_weights, dbscan, features, kmeans, matrix, summary
-from cwa.models import ParamInfo
+from cwa.analysis.clusters import chosen_weights, dbscan, features, kmeans, matrix, summary
+from cwa.models.anatomy import ParamInfo
 
 
 def _blobs(seed=0, n=300):
@@ -53,7 +53,7 @@ def test_features_equal_direct_computation():
     s0 = {"a": torch.tensor([[1.0, -10.0], [0.0, 2.0]]), "b": torch.tensor([5.0, 1.0, 3.0])}
     s1 = {"a": torch.tensor([[10.0, -10.0], [1.0, 2.0]]), "b": torch.tensor([5.0, 1.0, 30.0])}
     weights = {"a": torch.tensor([[0.5, 2.0], [1.0, 4.0]]), "b": torch.tensor([1.0, 0.1, 3.0])}
-    from cwa.ranking import Selected
+    from cwa.selection.ranking import Selected
 
     chosen = Selected(np.array([0, 1, 0]), np.array([1, 2, 0]), np.zeros(3))
     table = features(infos, chosen, 1, weights, [s0, s1]).sort("param", "flat_index")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cwa import CwaError
-from cwa.corpus import WEB, WHEEL_NAME, build_corpus, read_paragraphs, texts
-from cwa.data import calibration_draw, windows
+from cwa.data.corpus import WEB, WHEEL_NAME, build_corpus, read_paragraphs, texts
+from cwa.data.windows import calibration_draw, windows
 from cwa.schemas.corpus import CORPUS_TABLE
 
 WHEEL = Path("data/raw") / WHEEL_NAME
@@ -76,7 +76,7 @@ def test_calibration_draws_are_seeded_distinct_and_bounded():
 
 
 def test_corpus_table_roundtrip_is_sorted(corpus, tmp_path):
-    from cwa.io import write_table
+    from cwa.core.io import write_table
 
     path = write_table(corpus.reverse(), tmp_path / "c.parquet", CORPUS_TABLE)
     back = pl.read_parquet(path)

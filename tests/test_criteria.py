@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from scipy import stats as sps
 
-from cwa import criteria
+from cwa.report import criteria
 
 
 def test_seed_stability_is_the_mean_jaccard_with_the_range_over_pairs():
@@ -20,7 +20,7 @@ def test_seed_stability_is_the_mean_jaccard_with_the_range_over_pairs():
 
 
 def test_metric_overlap_is_the_shared_fraction_of_k():
-    from cwa.stats import agreement as agree
+    from cwa.core.stats import agreement as agree
 
     # A and B of k = 10 sharing 6: |A ∪ B| = 14, so J = 6/14 and the overlap is 6/10
     both = agree(set(range(10)), set(range(4, 14)), np.arange(5.0), np.arange(5.0))

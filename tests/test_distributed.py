@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from cwa import CwaError
-from cwa.distributed import World, launch_command
+from cwa.core.distributed import World, launch_command
 from tests.distributed_worker import METRICS, all_scores
 from tests.tolerance import assert_close_scaled
 

@@ -1,4 +1,4 @@
-"""Params are single-sourced: each key's default and meaning live in cwa.params, each stage
+"""Params are single-sourced: each key's default and meaning live in cwa.config.params, each stage
 declares what it reads in one place (PARAMS), and every other copy is generated or checked."""
 
 import re
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from cwa import CwaError
-from cwa.params import (
+from cwa.config.params import (
     DOCS,
     KEYS,
     Params,
@@ -18,7 +18,7 @@ from cwa.params import (
     load_params,
     params_from_dict,
 )
-from cwa.params_doc import markdown
+from cwa.pipeline.params_doc import markdown
 from tests.test_dependencies import declared_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_each_stage_declares_exactly_its_dvc_params():
 
 def test_params_reference_is_generated():
     assert (ROOT / "docs" / "params.md").read_text() == markdown(ROOT), (
-        "run: python -m cwa.params_doc > docs/params.md"
+        "run: python -m cwa.pipeline.params_doc > docs/params.md"
     )
 
 
@@ -80,11 +80,11 @@ def test_a_stage_keeps_keys_it_cannot_check_and_strict_loading_refuses_them():
 
 def test_a_new_perturbation_with_a_strength_touches_only_its_registration(monkeypatch):
     """Its key is then a params key with a default, checked by its rule and documented."""
-    import cwa.params
-    from cwa.perturbations import PERTURBATIONS, Perturbation, Sweep, register
+    import cwa.config.params
+    from cwa.experiments.perturbations import PERTURBATIONS, Perturbation, Sweep, register
 
     monkeypatch.setattr(PERTURBATIONS, "_items", dict(PERTURBATIONS._items))
-    monkeypatch.setattr(cwa.params, "KEYS", dict(KEYS))
+    monkeypatch.setattr(cwa.config.params, "KEYS", dict(KEYS))
     sweep = Sweep(
         "shift_by",
         "tuple[float, ...]",

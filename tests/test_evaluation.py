@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cwa.evaluation import evaluate
+from cwa.evaluation.perplexity import evaluate
 
 
 def test_ppl_matches_hf_loss_and_accuracy_matches_argmax(llama, windows):
@@ -41,8 +41,8 @@ def direct_kl_and_top1(model_ref_logits: torch.Tensor, logits: torch.Tensor):
 
 
 def test_kl_and_top1_against_a_direct_full_vocabulary_computation(llama, windows, tmp_path):
-    from cwa.evaluation import reference
-    from cwa.perturbations import get_perturbation, perturbed
+    from cwa.evaluation.perplexity import reference
+    from cwa.experiments.perturbations import get_perturbation, perturbed
 
     with torch.no_grad():
         before = llama(input_ids=windows).logits
@@ -76,8 +76,8 @@ def test_kl_and_top1_against_a_direct_full_vocabulary_computation(llama, windows
 
 
 def test_the_experiment_table_reports_kl_and_top1_as_token_means_with_ci():
-    from cwa.evaluation import EvalResult
-    from cwa.experiment import distribution_damage
+    from cwa.evaluation.perplexity import EvalResult
+    from cwa.experiments.summaries import distribution_damage
 
     res = EvalResult(
         np.zeros(3),

@@ -7,24 +7,16 @@ import polars as pl
 import pytest
 import torch
 
-from cwa.evaluation import evaluate
-from cwa.experiment import (
-    compare,
-    experiments,
-    headline,
-    masked,
-    pool,
-    stream_seed,
-    summarize,
-    with_q_values,
-)
-from cwa.experiment import run as run_experiments
-from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe
-from cwa.models import pool as pool_of
-from cwa.perturbations import get_perturbation
-from cwa.ranking import rank
-from cwa.stats import bootstrap_indices, paired_test
+from cwa.core.stats import bootstrap_indices, paired_test
+from cwa.evaluation.perplexity import evaluate
+from cwa.experiments.perturbations import get_perturbation
+from cwa.experiments.summaries import compare, headline, pool, summarize, with_q_values
+from cwa.experiments.sweep import experiments, masked, stream_seed
+from cwa.experiments.sweep import run as run_experiments
+from cwa.models.anatomy import describe
+from cwa.models.anatomy import pool as pool_of
+from cwa.scoring.metrics import compute_scores, get_metric
+from cwa.selection.ranking import rank
 
 
 def test_masked_keeps_a_seeded_fraction_with_matched_per_tensor_counts():
@@ -126,8 +118,8 @@ def test_comparisons_agree_with_the_effects_table(sweep):
 def test_a_consistent_top_effect_is_significant_and_noise_is_not():
     """Hand-built per-text NLLs: the top set adds 0.3 nats/token to every text, the random
     draws add zero-mean noise; the p-value must be tiny and the separation CI above 1."""
-    from cwa.evaluation import EvalResult
-    from cwa.experiment import Experiment
+    from cwa.evaluation.perplexity import EvalResult
+    from cwa.experiments.sweep import Experiment
 
     rng = np.random.default_rng(0)
     n, tok = 40, np.full(40, 20)
@@ -153,7 +145,7 @@ def test_a_consistent_top_effect_is_significant_and_noise_is_not():
 
 
 def test_headline_cells_are_first_strengths_of_whole_selections_at_k():
-    from cwa.experiment import headline_cell, headline_rows
+    from cwa.experiments.summaries import headline_cell, headline_rows
 
     rows = pl.DataFrame(
         {

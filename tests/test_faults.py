@@ -5,10 +5,10 @@ import polars as pl
 import pytest
 import torch
 
-from cwa.evaluation import evaluate
-from cwa.faults import campaign, draw_faults, masks, summary
-from cwa.models import describe, pool
-from cwa.perturbations import fingerprint, flip_bits
+from cwa.evaluation.perplexity import evaluate
+from cwa.experiments.faults import campaign, draw_faults, masks, summary
+from cwa.experiments.perturbations import fingerprint, flip_bits
+from cwa.models.anatomy import describe, pool
 
 
 def test_draw_faults_follows_the_bit_error_rate():
@@ -80,8 +80,8 @@ def test_arms_are_paired_and_match_a_flip_by_flip_reference(tiny):
 
 def test_a_lazy_score_store_gives_the_same_campaign(tiny, tmp_path):
     """The stage reads |score| tensor by tensor from the store (no copy of every score)."""
-    from cwa.ranking import MemberScores
-    from cwa.scores import StoredScores, save_scores
+    from cwa.scoring.store import StoredScores, save_scores
+    from cwa.selection.ranking import MemberScores
 
     model, names, scores, windows, base = tiny
     infos = {i.name: i for i in pool(describe(model))}
@@ -95,7 +95,7 @@ def test_a_lazy_score_store_gives_the_same_campaign(tiny, tmp_path):
 def test_fault_arms_measure_the_kl_to_the_unperturbed_model(tiny, tmp_path):
     """With a reference, each arm's KL and unchanged top-1 equal a direct evaluation of the same
     flipped model against it; a draw that flips nothing has KL exactly 0."""
-    from cwa.evaluation import reference
+    from cwa.evaluation.perplexity import reference
 
     model, names, scores, windows, base = tiny
     ref = reference(model, windows, 4, tmp_path)

@@ -1,5 +1,6 @@
 """Values validation accepts must run: what the machine and the model's shape allow is refused
-before any weight is read (cwa.feasibility), and a property test draws param sets to show that
+before any weight is read (cwa.pipeline.feasibility), and a property test draws param sets to show
+that
 every set is either refused with one line naming its key or runs the stages' cheap logic."""
 
 import dataclasses
@@ -14,16 +15,18 @@ import torch
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-import cwa.registries  # noqa: F401  (every check and key, as check_params sees them)
-from cwa import CwaError, feasibility
-from cwa.experiment import SweepConfig, experiments, first_settings, headline_setting, specs
-from cwa.metrics import METRICS
-from cwa.models import check_positions, describe, pool
-from cwa.params import DTYPES, FamilyMember, Params, params_from_dict
-from cwa.perturbations import PERTURBATIONS, sweeps
-from cwa.ranking import CONTROLS, MODES, rank, target
-from cwa.scores import magnitude_bins
-from cwa.training import build_model
+import cwa.pipeline.load_registries  # noqa: F401  (every check and key, as check_params sees them)
+from cwa import CwaError
+from cwa.config.params import DTYPES, FamilyMember, Params, params_from_dict
+from cwa.experiments.perturbations import PERTURBATIONS, sweeps
+from cwa.experiments.sweep import SweepConfig, experiments, first_settings, headline_setting, specs
+from cwa.models.anatomy import describe, pool
+from cwa.models.loading import check_positions
+from cwa.models.training import build_model
+from cwa.pipeline import feasibility
+from cwa.scoring.metrics import METRICS
+from cwa.scoring.store import magnitude_bins
+from cwa.selection.ranking import CONTROLS, MODES, rank, target
 
 TINY = {"kjv-tiny": FamilyMember(hidden=16, layers=2, heads=2, intermediate=64)}
 # kjv-tiny's pool, by hand: per block q, k, v, o of 16 x 16 and three MLP matrices of 16 x 64
@@ -309,7 +312,7 @@ def test_every_accepted_param_set_runs_or_is_refused_in_one_line(drawn):
 def test_training_that_learns_nothing_or_diverges_is_refused_before_saving():
     import math
 
-    from cwa.training import final_loss
+    from cwa.models.training import final_loss
 
     uniform = math.log(64)
     ramp = [{"step": s, "loss": uniform - 0.1 * s, "lr": 1e-3} for s in range(1, 31)]

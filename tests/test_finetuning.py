@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 
 from cwa import CwaError
-from cwa.finetuning import (
+from cwa.experiments.finetuning import (
     ARMS,
     batch_order,
     check_frozen,
@@ -22,9 +22,9 @@ from cwa.finetuning import (
     summary,
     trainable,
 )
-from cwa.models import ParamInfo, describe, pool
-from cwa.perturbations import int_view
-from cwa.ranking import Selected, extreme_k, matched_random
+from cwa.experiments.perturbations import int_view
+from cwa.models.anatomy import ParamInfo, describe, pool
+from cwa.selection.ranking import Selected, extreme_k, matched_random
 from tests.conftest import VOCAB, tiny_llama
 
 

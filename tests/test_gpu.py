@@ -6,10 +6,11 @@ Skipped without a CUDA device (CI has none); run on a GPU machine with `pytest -
 import pytest
 import torch
 
-from cwa.evaluation import evaluate
-from cwa.memory import check, estimate
-from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, load_model, pool
+from cwa.evaluation.perplexity import evaluate
+from cwa.models.anatomy import describe, pool
+from cwa.models.loading import load_model
+from cwa.models.memory import check, estimate
+from cwa.scoring.metrics import compute_scores, get_metric
 from tests.conftest import VOCAB, save_with_tokenizer, tiny_llama
 from tests.tolerance import assert_close_scaled
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cwa.io import atomic_write, write_table
+from cwa.core.io import atomic_write, write_table
 from cwa.schemas.stability import STABILITY_TABLE
 
 
@@ -80,8 +80,8 @@ def test_artifact_docs_are_generated_from_the_schemas():
 def test_manifest_records_device_paths_and_versions(tmp_path):
     import argparse
 
-    from cwa.params import load_params
-    from cwa.stage import content_hash, manifest
+    from cwa.config.params import load_params
+    from cwa.pipeline.stage import content_hash, manifest
 
     data = tmp_path / "corpus.parquet"
     data.write_bytes(b"abc")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import stats
 
-from cwa.layer_correlation import correlation_matrix, group_matrix, pairs, window_scores
-from cwa.models import describe, pool
+from cwa.analysis.layer_correlation import correlation_matrix, group_matrix, pairs, window_scores
+from cwa.models.anatomy import describe, pool
 from tests.conftest import VOCAB, tiny_llama
 
 

@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from cwa.lmeval import LmEval
-from cwa.tasks import Task, evaluate_task
+from cwa.evaluation.lmeval import LmEval
+from cwa.evaluation.tasks import Task, evaluate_task
 
 WORDS = [
     "the",
@@ -42,7 +42,7 @@ def texts(n: int, seed: int) -> list[str]:
 def setup(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cwa.tokenizer import train_tokenizer
+    from cwa.data.tokenizer import train_tokenizer
 
     tmp = tmp_path_factory.mktemp("lmeval")
     tok = train_tokenizer(texts(200, 0), vocab_size=300)

@@ -3,8 +3,8 @@
 import pytest
 
 from cwa import CwaError
-from cwa.memory import check, estimate
-from cwa.models import describe, pool
+from cwa.models.anatomy import describe, pool
+from cwa.models.memory import check, estimate
 from tests.conftest import tiny_llama
 
 
@@ -87,7 +87,7 @@ def test_unknown_pass_kind_is_refused(model_and_pool):
 
 
 def test_training_guard_counts_adamw_moments_and_names_train_batch(model_and_pool):
-    from cwa.memory import guard_training
+    from cwa.models.memory import guard_training
 
     model, _ = model_and_pool
     total = sum(p.numel() for p in model.parameters())

@@ -5,8 +5,8 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from cwa import CwaError
-from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, pool
+from cwa.models.anatomy import describe, pool
+from cwa.scoring.metrics import compute_scores, get_metric
 from tests.tolerance import FLOOR32, assert_close_scaled
 
 
@@ -100,7 +100,7 @@ def test_unknown_metric_lists_valid_ones():
 def test_score_passes_the_configs_batch_probes_and_layer_groups():
     from types import SimpleNamespace
 
-    from cwa.metrics import ScoringConfig, score
+    from cwa.scoring.metrics import ScoringConfig, score
     from tests.conftest import tiny_llama
 
     model = tiny_llama()
@@ -119,7 +119,7 @@ def test_the_scoring_loss_gradient_is_as_accurate_as_plain_cross_entropy():
     the transposed layout it replaced measured ~1.6x larger on kjv-base)."""
     import torch.nn.functional as F
 
-    from cwa.metrics import _loss
+    from cwa.scoring.metrics import _loss
     from tests.conftest import VOCAB, tiny_llama
 
     model = tiny_llama(seed=3, hidden=64)

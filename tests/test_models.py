@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from cwa import CwaError
-from cwa.models import classify, count_parameters, describe, load_model, pool, refuse_offload
+from cwa.models.anatomy import classify, describe, pool
+from cwa.models.loading import count_parameters, load_model, refuse_offload
 from tests.conftest import save_with_tokenizer
 
 

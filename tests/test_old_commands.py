@@ -8,8 +8,8 @@ import shlex
 import pytest
 import yaml
 
-from cwa.cli import main
-from cwa.runflags import every_perturbation
+from cwa.cli.main import main
+from cwa.cli.old_flags import every_perturbation
 
 RUNNERS = ("python phase1_runner.py", "python phase1_runner_enhanced.py")
 MODULE = "python -m src.experiments.phase1_runner"

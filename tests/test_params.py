@@ -5,9 +5,9 @@ import math
 import pytest
 import yaml
 
-import cwa.registries  # noqa: F401  (each registry adds its name checks to params on import)
+import cwa.pipeline.load_registries  # noqa: F401  (each registry adds its name checks to params on import)
 from cwa import CwaError
-from cwa.params import Params, load_params, params_from_dict
+from cwa.config.params import Params, load_params, params_from_dict
 
 FAMILY = {"m": {"hidden": 8, "layers": 1, "heads": 2, "intermediate": 16}}
 
@@ -132,7 +132,7 @@ def test_missing_or_malformed_params_file(tmp_path):
 def test_params_yaml_is_read_as_dvc_writes_it():
     """DVC (YAML 1.2) writes the string 2:4 unquoted and may write 1e-07: YAML 1.1 would read
     the number 124 and the string '1e-07'."""
-    from cwa.params import read_yaml
+    from cwa.config.params import read_yaml
 
     values = read_yaml("prune_nm: [2:4, 4:8]\nfault_rates: [1e-07, 1.0e-6]\nlr: 3.0e-3\nn: 480")
     assert values == {

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cwa import CwaError
-from cwa.perturbations import (
+from cwa.experiments.perturbations import (
     PERTURBATIONS,
     check,
     field_bits,

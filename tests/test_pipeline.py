@@ -664,15 +664,15 @@ TRAINED = {f"train@{name}" for name in TINY["family"]}
 @pytest.mark.parametrize(
     ("edited", "changed"),
     [
-        ("src/cwa/plots.py", {"report"}),
+        ("src/cwa/report/plots.py", {"report"}),
         ("src/cwa/schemas/effects.py", {"perturb"}),  # the one stage that writes the table
         # check_params builds the built-in models' empty shapes from training.builtin_config
-        ("src/cwa/training.py", {"check_params", *TRAINED}),
+        ("src/cwa/models/training.py", {"check_params", *TRAINED}),
         # check_params imports every registry to check names: it reruns (in seconds) and
         # writes the same bytes, so nothing downstream reruns because of it
         # ... and prune (metric methods) and report (its pruning summary) import it too
         (
-            "src/cwa/metrics.py",
+            "src/cwa/scoring/metrics.py",
             {"check_params", "sensitivity", "agreement", "prune", "report", *MEMBERS},
         ),
     ],
@@ -692,3 +692,47 @@ def test_a_one_line_change_reruns_only_what_imports_it(repo, edited, changed):
         path.write_text(original)
     assert status == changed
     assert not stale(repo)
+
+
+def test_a_new_param_reruns_only_the_stages_that_import_its_module(repo):
+    """A key registered where its meaning lives (here a perturbation's module) reruns
+    check_params, which writes the same bytes whatever keys exist, and the stages that import
+    that module: not training, scoring or anything else that never reads it."""
+    from tests.test_dependencies import closure
+
+    restore(repo, "params.yaml", "dvc.lock")
+    sh(repo, "dvc", "checkout", "--force")
+    path = repo / "src/cwa/experiments/perturbations.py"
+    original = path.read_text()
+    try:
+        path.write_text(original + 'register_key(Key("probe_sigma", "list[float]", [1.0], "a"))\n')
+        sh(repo, "dvc", "repro", "check_params")
+        status = stale(repo)
+    finally:
+        path.write_text(original)
+        restore(repo, "dvc.lock")
+    importers = {
+        name
+        for name, stage in stages_by_script().items()
+        if "experiments/perturbations" in closure(ROOT / stage)
+    }
+    expected = {s for s in STAGE_NAMES if s.split("@")[0] in importers} - {"check_params"}
+    assert status == expected
+    assert {"perturb", "report"} <= status
+    assert not status & {*TRAINED, "baseline", "sensitivity", "rank", "tokenizer", "corpus"}
+
+
+def stages_by_script() -> dict[str, str]:
+    """dvc.yaml stage name -> its script's path."""
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {
+        name: re.search(r"python (stages/\w+\.py)", stage.get("do", stage)["cmd"]).group(1)
+        for name, stage in spec.items()
+    }
+
+
+STAGE_NAMES = {
+    *(set(stages_by_script()) - {"train", "member"}),
+    *TRAINED,
+    *MEMBERS,
+}

@@ -7,8 +7,8 @@ import sys
 SCRIPT = """
 import time
 from pathlib import Path
-from cwa.stage import setup_logging
-from cwa.progress import progress
+from cwa.pipeline.stage import setup_logging
+from cwa.core.progress import progress
 setup_logging("demo", Path(r"{logs}"))
 for i in progress(range(6), desc="experiments"):
     for j in progress(range(2), desc="batches", leave=False):

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cwa.models import describe, pool
-from cwa.pruning import (
+from cwa.experiments.pruning import (
     Sparsity,
     apply_masks,
     global_mask,
@@ -20,6 +19,7 @@ from cwa.pruning import (
     sparsegpt,
     wanda_scores,
 )
+from cwa.models.anatomy import describe, pool
 from tests.conftest import VOCAB, tiny_gpt2, tiny_llama
 
 
@@ -201,7 +201,7 @@ def test_metric_methods_prune_exactly_in_their_group():
 
 
 def test_relative_gain_ci_on_the_identity_resample_is_the_point_gain():
-    from cwa.stats import relative_gain_ci
+    from cwa.core.stats import relative_gain_ci
 
     tokens = np.array([10, 10])
     a, b = np.array([30.0, 32.0]), np.array([35.0, 36.0])
@@ -211,7 +211,7 @@ def test_relative_gain_ci_on_the_identity_resample_is_the_point_gain():
 
 
 def test_owl_allocation_against_the_reference_formula():
-    from cwa.pruning import owl
+    from cwa.experiments.pruning import owl
 
     target = owl(0.5, {0: 0.01, 1: 0.03, 2: 0.02})
     # densities (D − min)/(max − min)·2λ = [0, 0.16, 0.08], shifted to mean 0.5
@@ -222,7 +222,7 @@ def test_owl_allocation_against_the_reference_formula():
 
 
 def test_outlier_ratios_count_wanda_scores_above_m_times_the_block_mean(calibration):
-    from cwa.pruning import OWL_M, outlier_ratios
+    from cwa.experiments.pruning import OWL_M, outlier_ratios
 
     model = tiny_llama()
     infos = pool(describe(model))

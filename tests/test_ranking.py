@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from cwa import CwaError
-from cwa.models import ParamInfo, describe, pool
-from cwa.ranking import extreme_k, rank, sample_excluding, select
+from cwa.models.anatomy import ParamInfo, describe, pool
+from cwa.selection.ranking import extreme_k, rank, sample_excluding, select
 
 
 def brute_force(scores, k, largest=True):
@@ -244,7 +244,7 @@ class CountingStore(dict):
 def test_rank_reads_the_store_tensor_by_tensor_and_equals_the_in_memory_ranking(
     llama, tmp_path, mode
 ):
-    from cwa.scores import StoredScores, save_scores
+    from cwa.scoring.store import StoredScores, save_scores
 
     infos = pool(describe(llama))
     gen = torch.Generator().manual_seed(2)
@@ -260,7 +260,7 @@ def test_rank_reads_the_store_tensor_by_tensor_and_equals_the_in_memory_ranking(
 
 
 def test_magnitude_bins_split_each_tensor_into_256_quantiles_of_abs_w():
-    from cwa.scores import magnitude_bins
+    from cwa.scoring.store import magnitude_bins
 
     w = torch.linspace(-1, 1, 2560)[
         torch.randperm(2560, generator=torch.Generator().manual_seed(0))
@@ -277,7 +277,7 @@ def test_magnitude_bins_split_each_tensor_into_256_quantiles_of_abs_w():
 
 
 def test_draw_in_bins_matches_the_bin_multiset_and_widens_to_neighbours():
-    from cwa.ranking import draw_in_bins
+    from cwa.selection.ranking import draw_in_bins
 
     bins = np.repeat(np.arange(10), 10)  # weights 0..99, bin = index // 10
     taken = np.array([90, 91, 92, 93, 94, 95, 96, 97, 5, 55])  # 8 in bin 9, one in 0 and 5
@@ -289,7 +289,7 @@ def test_draw_in_bins_matches_the_bin_multiset_and_widens_to_neighbours():
 
 
 def test_magnitude_matched_control_keeps_tensor_counts_and_bins():
-    from cwa.scores import magnitude_bins
+    from cwa.scoring.store import magnitude_bins
 
     gen = torch.Generator().manual_seed(3)
     weights = [torch.randn(40, 30, generator=gen), torch.randn(20, 10, generator=gen)]

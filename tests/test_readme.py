@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from cwa import CwaError
-from cwa.readme import BEGIN, END, num, results_markdown, split, sync
+from cwa.report.readme import BEGIN, END, num, results_markdown, split, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 

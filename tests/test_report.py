@@ -6,8 +6,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cwa.params import load_params
-from cwa.report import (
+from cwa.config.params import load_params
+from cwa.report.sections import (
     ReportInputs,
     clusters_section,
     comparisons_section,
@@ -340,7 +340,7 @@ def test_sections_say_what_they_counted():
 
 
 def test_scaling_verdict_says_what_the_fits_support_and_what_they_cannot():
-    from cwa.report import scaling_verdict
+    from cwa.report.sections import scaling_verdict
 
     text = "\n".join(scaling_verdict(FITS))
     assert "top_share: slope 0.31 (R² 0.97)" in text
@@ -350,7 +350,7 @@ def test_scaling_verdict_says_what_the_fits_support_and_what_they_cannot():
 
 
 def test_architecture_section_puts_models_side_by_side():
-    from cwa.report import architecture_section
+    from cwa.report.sections import architecture_section
 
     text = "\n".join(architecture_section(inputs()))
     assert "| component | a | b |" in text and "| mlp_down | 0.75 | 0.5 |" in text
@@ -365,14 +365,14 @@ def test_architecture_section_puts_models_side_by_side():
 
 
 def test_scaling_metrics_are_the_top_share_fit():
-    from cwa.report import scaling_metrics
+    from cwa.report.sections import scaling_metrics
 
     m = scaling_metrics(FITS)
     assert m == {"scaling_exponent": 0.31, "scaling_r2": 0.97, "scaling_loo_error": 0.08}
 
 
 def test_no_downstream_tasks_is_said_not_tabled():
-    from cwa.report import tasks_section
+    from cwa.report.sections import tasks_section
 
     empty = pl.DataFrame(schema={"task": pl.String})
     assert "None were run (`tasks` and `lm_eval_tasks` are empty)." in tasks_section(
@@ -381,7 +381,7 @@ def test_no_downstream_tasks_is_said_not_tabled():
 
 
 def test_no_controls_is_said_not_tabled():
-    from cwa.report import comparisons_section
+    from cwa.report.sections import comparisons_section
 
     empty = pl.DataFrame(schema={"control": pl.String})
     text = "\n".join(comparisons_section(inputs(comparisons=empty)))
@@ -389,7 +389,7 @@ def test_no_controls_is_said_not_tabled():
 
 
 def test_seed_table_lists_each_seed_then_the_pooled_row():
-    from cwa.report import seed_table
+    from cwa.report.sections import seed_table
 
     effects = pl.DataFrame(
         {
@@ -429,7 +429,7 @@ def test_seed_table_lists_each_seed_then_the_pooled_row():
 
 
 def test_pruning_section_names_the_best_method_and_the_metrics_gain():
-    from cwa.report import pruning_section
+    from cwa.report.sections import pruning_section
 
     text = "\n".join(pruning_section(inputs()))
     assert "At 50%: sparsegpt prunes best (PPL 48.2); grad_x_weight (the ranking's metric)" in text

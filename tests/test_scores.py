@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from cwa.scores import StoredScores, bulk, pool_sample, save_scores, scores_at
+from cwa.scoring.store import StoredScores, bulk, pool_sample, save_scores, scores_at
 
 
 def test_stored_scores_read_tensor_by_tensor(tmp_path):
@@ -33,7 +33,7 @@ def test_stored_scores_read_tensor_by_tensor(tmp_path):
 
 def test_identical_scores_give_identical_bytes(tmp_path):
     """DVC compares files by hash: the same scores must write the same store, every time."""
-    from cwa.scores import save_scores, store_path
+    from cwa.scoring.store import save_scores, store_path
 
     scores = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.weight": torch.ones(4)}
     written = set()
@@ -46,8 +46,8 @@ def test_identical_scores_give_identical_bytes(tmp_path):
 def test_shares_by_component_and_depth_on_a_hand_built_score_set():
     import polars as pl
 
-    from cwa.models import ParamInfo
-    from cwa.scores import shares
+    from cwa.models.anatomy import ParamInfo
+    from cwa.scoring.store import shares
 
     infos = [
         ParamInfo("b0.q", 0, "attn_q", (2, 2), False),

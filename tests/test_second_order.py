@@ -5,8 +5,8 @@ import torch
 from torch.func import functional_call, jacrev
 
 from cwa import CwaError
-from cwa.metrics import compute_scores, get_metric, rademacher
-from cwa.models import describe, pool
+from cwa.models.anatomy import describe, pool
+from cwa.scoring.metrics import compute_scores, get_metric, rademacher
 from tests.conftest import tiny_gpt2, tiny_llama
 from tests.tolerance import assert_close_scaled
 
@@ -154,8 +154,8 @@ def test_wanda_refuses_embeddings():
 
 
 def test_signed_scores_rank_by_magnitude():
-    from cwa.models import ParamInfo
-    from cwa.ranking import rank
+    from cwa.models.anatomy import ParamInfo
+    from cwa.selection.ranking import rank
 
     info = ParamInfo("m.layers.0.mlp.down_proj.weight", 0, "mlp_down", (1, 4), False)
     table = rank(

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cwa import CwaError
-from cwa.data import Text, bos_token_id, text_windows, windows
-from cwa.sources import halves, parse_hf, read_source, read_sources, user_sources
+from cwa.data.sources import halves, parse_hf, read_source, read_sources, user_sources
+from cwa.data.windows import Text, bos_token_id, text_windows, windows
 
 PARAGRAPHS = ["First document, two words more.", "Second one\nspans two lines.", "Third."]
 
@@ -161,7 +161,7 @@ def test_finetune_data_reads_the_web_split_or_its_own_file(tmp_path):
 
 
 def test_finetune_data_must_not_be_the_calibration_or_evaluation_text(tmp_path):
-    from cwa.params import params_from_dict
+    from cwa.config.params import params_from_dict
 
     path = tmp_path / "a.txt"
     path.write_text("x")

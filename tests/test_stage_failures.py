@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from cwa.io import atomic_write
-from cwa.progress import progress
-from cwa.stage import stage_main
+from cwa.core.io import atomic_write
+from cwa.core.progress import progress
+from cwa.pipeline.stage import stage_main
 
 FAILURES = {{
     "bug": lambda: {{}}["missing key"],
@@ -100,7 +100,7 @@ def test_a_failure_before_any_loop_says_so(tmp_path):
 
 
 def test_where_a_stage_is_before_during_and_after_its_loop():
-    from cwa import progress
+    from cwa.core import progress
 
     progress._place.update(desc=None)
     assert progress.doing() == "before its first loop (loading inputs or the model)"

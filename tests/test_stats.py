@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from cwa.stats import (
+from cwa.core.stats import (
     bh_q_values,
     bootstrap_indices,
     fit_power_law,
@@ -122,7 +122,7 @@ def test_separation_ci_on_the_identity_resample_is_the_point_ratio():
 
 
 def test_perplexity_past_float_range_is_inf_not_a_crash():
-    from cwa.stats import ppl
+    from cwa.core.stats import ppl
 
     tokens = np.array([10, 10])
     assert ppl(np.array([20.0, 40.0]), tokens) == pytest.approx(math.exp(3.0))
@@ -131,7 +131,7 @@ def test_perplexity_past_float_range_is_inf_not_a_crash():
 
 
 def test_separation_is_one_rule_with_its_non_finite_cases():
-    from cwa.stats import separation
+    from cwa.core.stats import separation
 
     assert separation(0.2, [0.01, -0.03]) == pytest.approx(0.2 / 0.02)  # |draws| averaged
     assert separation(0.2, [0.0, 0.0]) == math.inf  # random weights changed nothing at all
@@ -143,7 +143,7 @@ def test_separation_is_one_rule_with_its_non_finite_cases():
 
 
 def test_leave_one_out_predicts_each_point_from_the_others_by_hand():
-    from cwa.stats import leave_one_out
+    from cwa.core.stats import leave_one_out
 
     x, y = np.array([10.0, 100.0, 1000.0]), np.array([1.0, 3.0, 4.0])
     errors = leave_one_out(x, y)
@@ -160,7 +160,7 @@ def test_leave_one_out_predicts_each_point_from_the_others_by_hand():
 
 
 def test_two_segment_fit_finds_a_planted_breakpoint_and_not_a_false_one():
-    from cwa.stats import two_segment_fit
+    from cwa.core.stats import two_segment_fit
 
     x = np.geomspace(1e5, 1e10, 11)  # a point at 10^7.5 ≈ 3.16e7
     at = x[5]

@@ -10,10 +10,18 @@ import pytest
 import scipy.stats as sps
 import torch
 
-from cwa.experts import MIN_TOKEN_FRACTION, expert_table, routed_tokens
-from cwa.models import describe, pool
-from cwa.params import StudyMember
-from cwa.study import drift, fits, group_tests, measures, member_step, scaling_points, with_tags
+from cwa.analysis.experts import MIN_TOKEN_FRACTION, expert_table, routed_tokens
+from cwa.analysis.study import (
+    drift,
+    fits,
+    group_tests,
+    measures,
+    member_step,
+    scaling_points,
+    with_tags,
+)
+from cwa.config.params import StudyMember
+from cwa.models.anatomy import describe, pool
 
 
 def member_rows(specs) -> pl.DataFrame:
@@ -233,7 +241,7 @@ def mixtral():
 
 
 def test_routed_tokens_equal_the_routers_own_choices(mixtral):
-    from cwa.hooks import forward_hooks
+    from cwa.core.hooks import forward_hooks
 
     infos = describe(mixtral)
     windows = torch.randint(0, 64, (6, 12), generator=torch.Generator().manual_seed(1))
@@ -280,9 +288,9 @@ def test_expert_table_shares_by_hand(mixtral):
 
 
 def test_a_built_in_model_saves_its_checkpoints_and_loads_them_by_revision(tmp_path):
-    from cwa.models import load_model
-    from cwa.params import FamilyMember
-    from cwa.training import build_model, train
+    from cwa.config.params import FamilyMember
+    from cwa.models.loading import load_model
+    from cwa.models.training import build_model, train
     from tests.conftest import save_with_tokenizer
 
     model = build_model(FamilyMember(16, 1, 2, 32, experts=2, active=1), 64, 16, 0)
@@ -306,7 +314,7 @@ def test_a_built_in_model_saves_its_checkpoints_and_loads_them_by_revision(tmp_p
 
 def test_permutation_floor_of_two_by_two_is_one_third():
     """Sanity of the exact test the groups rely on: 2 vs 2 has 6 splits, the extreme pair 2."""
-    from cwa.study import permutation_p
+    from cwa.analysis.study import permutation_p
 
     p = permutation_p(np.array([1.0, 1.1]), np.array([0.0, 0.1]), resamples=1000)
     assert p == pytest.approx(2 / 6)
@@ -321,7 +329,7 @@ def test_permutation_floor_of_two_by_two_is_one_third():
 
 
 def test_member_parts_sum_blocks_into_thirds_of_the_depth_and_fill_missing_parts():
-    from cwa.study import member_parts
+    from cwa.analysis.study import member_parts
 
     depth = [
         {

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from cwa.metrics import compute_scores, get_metric
-from cwa.models import describe, pool
-from cwa.superweight import detect
+from cwa.models.anatomy import describe, pool
+from cwa.scoring.metrics import compute_scores, get_metric
+from cwa.scoring.superweight import detect
 from tests.conftest import tiny_gpt2, tiny_llama
 
 ROW, COL, LAYER = 5, 17, 0  # planted at layers.0.mlp.down_proj.weight[5, 17]
@@ -55,7 +55,7 @@ LOUD = 40
 def test_detector_locates_the_super_weight_where_the_spike_happens(windows):
     """Pairing the largest input channel with the largest output channel reports LOUD; the
     contribution at the spike token finds the planted weight."""
-    from cwa.superweight import spike_sites
+    from cwa.scoring.superweight import spike_sites
 
     model = planted_behind_a_louder_channel()
     name = f"model.layers.{LAYER}.mlp.down_proj.weight"

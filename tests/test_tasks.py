@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cwa import CwaError
-from cwa.tasks import (
+from cwa.evaluation.tasks import (
     Task,
     build_choice,
     build_last_word,

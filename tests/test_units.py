@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cwa import CwaError
-from cwa.models import ParamInfo, describe, pool
-from cwa.perturbations import int_view
-from cwa.units import matched_random, ranked, unit_scores, units_of, weights_of
+from cwa.experiments.perturbations import int_view
+from cwa.models.anatomy import ParamInfo, describe, pool
+from cwa.selection.units import matched_random, ranked, unit_scores, units_of, weights_of
 from tests.test_architectures import CONFIGS, build, expected_head_features
 
 READS = ("attn_q", "attn_k", "attn_v", "attn_qkv", "mlp_up", "mlp_gate", "mlp_gate_up", "router")
@@ -139,11 +139,11 @@ def _planted(arch: str, kind: str, plant) -> None:
     """Plant a critical unit (its weights scaled up), score by grad_x_weight, rank the units:
     it comes first; zeroing it moves the windows' losses far more than zeroing random units of
     its layer (an untrained model: the loss moves both ways), and restores bit for bit."""
-    from cwa.evaluation import evaluate
-    from cwa.experiment import experiments, selection_frame
-    from cwa.experiment import run as run_experiments
-    from cwa.metrics import compute_scores, get_metric
-    from cwa.perturbations import get_perturbation
+    from cwa.evaluation.perplexity import evaluate
+    from cwa.experiments.perturbations import get_perturbation
+    from cwa.experiments.sweep import experiments, selection_frame
+    from cwa.experiments.sweep import run as run_experiments
+    from cwa.scoring.metrics import compute_scores, get_metric
 
     model = build(arch)
     infos = pool(describe(model))

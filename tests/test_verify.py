@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cwa import CwaError
-from cwa.verify import (
+from cwa.pipeline.verify import (
     DIFFERS,
     IDENTICAL,
     NOT_CACHED,
@@ -203,7 +203,7 @@ def test_user_errors(committed, tmp_path):
 
 
 def test_run_records_are_not_compared():
-    from cwa.verify import is_run_record
+    from cwa.pipeline.verify import is_run_record
 
     assert is_run_record("artifacts/perturb/manifest.json")
     assert is_run_record("artifacts/train/kjv-base.manifest.json")

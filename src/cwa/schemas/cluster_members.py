@@ -7,7 +7,7 @@ CLUSTER_MEMBERS_TABLE = Schema(
     "artifacts/clusters/members.parquet",
     "Every clustered weight (the top `cluster_top` by the first seed's scores and a seeded "
     "uniform sample of `cluster_sample` others): its raw features and its cluster under "
-    "K-means and DBSCAN (cwa.clusters).",
+    "K-means and DBSCAN (cwa.analysis.clusters).",
     (
         Column("param", STR, "parameter name"),
         Column("flat_index", INT, "flat storage index"),

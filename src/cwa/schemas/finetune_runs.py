@@ -5,7 +5,8 @@ from cwa.schemas import FLOAT, INT, STR, Column, Schema
 FINETUNE_RUNS_TABLE = Schema(
     "finetune_runs",
     "artifacts/finetune/runs.parquet",
-    "One row per fine-tuning seed and arm (cwa.finetuning): which weights could change, what "
+    "One row per fine-tuning seed and arm (cwa.experiments.finetuning): which weights could "
+    "change, what "
     "the run gained on the held-out windows of `finetune_data` and what it lost on the "
     "evaluation windows of `eval_data`.",
     (

@@ -5,8 +5,8 @@ from cwa.schemas import FLOAT, INT, STR, Column, Schema
 UNIT_SCORES_TABLE = Schema(
     "unit_scores",
     "artifacts/units/scores.parquet",
-    "Every structural unit of each kind of `units` (cwa.units), with its score: the |scores| "
-    "of its weights (`metric`, the first seed's) reduced by `unit_reduce`.",
+    "Every structural unit of each kind of `units` (cwa.selection.units), with its score: the "
+    "|scores| of its weights (`metric`, the first seed's) reduced by `unit_reduce`.",
     (
         Column("kind", STR, "`neuron`, `head`, `expert` or `channel`"),
         Column("rank", INT, "0 = highest score within the kind (ties: lower unit id first)"),

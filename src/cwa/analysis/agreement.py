@@ -1,0 +1,64 @@
+"""Do metrics agree? Overlap of top-k sets and rank correlation for every pair of metrics.
+
+Each metric's scores are reduced to what the comparison needs (its top-k sets and its scores at a
+fixed pool sample) as soon as they exist, so one metric's scores are in memory at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from cwa.core.stats import agreement
+from cwa.scoring.store import bulk
+from cwa.selection.ranking import extreme_k
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One metric's part of the comparison: |score| at the pool sample, top-k sets by k."""
+
+    bulk: np.ndarray
+    tops: dict[int, set[tuple[int, int]]]
+
+
+def top_set(scores: dict[str, torch.Tensor], names: list[str], k: int) -> set[tuple[int, int]]:
+    sel = extreme_k([scores[n].abs() for n in names], k)
+    return set(zip(sel.tensor.tolist(), sel.flat.tolist(), strict=True))
+
+
+def summarize(scores: dict[str, torch.Tensor], ks: tuple[int, ...]) -> Summary:
+    """The same pool sample for every metric: it depends on the tensor names and sizes only."""
+    names = sorted(scores)
+    sizes = {n: scores[n].numel() for n in names}
+    return Summary(bulk(scores, sizes), {k: top_set(scores, names, k) for k in ks})
+
+
+def metric_agreement(by_metric: dict[str, Summary], ks: tuple[int, ...]) -> pl.DataFrame:
+    """One row per metric pair and k: Jaccard of global top-k sets, Spearman over a 100k sample."""
+    metrics = sorted(by_metric)
+    bulks = {m: by_metric[m].bulk for m in metrics}
+    tops = {(m, k): by_metric[m].tops[k] for m in metrics for k in ks}
+    rows = [
+        {
+            "metric_a": a,
+            "metric_b": b,
+            "k": k,
+            **agreement(tops[a, k], tops[b, k], bulks[a], bulks[b]),
+        }
+        for a, b in itertools.combinations(metrics, 2)
+        for k in ks
+    ]
+    schema = {
+        "metric_a": pl.String,
+        "metric_b": pl.String,
+        "k": pl.Int64,
+        "jaccard": pl.Float64,
+        "overlap": pl.Float64,
+        "spearman_pool": pl.Float64,
+    }
+    return pl.DataFrame(rows, schema=schema)

@@ -1,0 +1,1 @@
+"""The `cwa` command line and the old runners' flags."""
