@@ -3,9 +3,8 @@
     python benchmarks/gpu.py [--layers 22 --windows 32 --seq-len 512 --batch-size 8 --probes 2]
 
 For plain forward, plain forward+backward and each sensitivity pass: seconds, tokens/s, peak CUDA
-memory, the memory estimate of src/cwa/models/memory.py for the same pass, and the ratio of the
-pass to
-plain forward+backward on the same windows. A consistency check first: scores of a small model
+memory, the memory estimate of src/cwa/models/memory.py for the same pass, and the ratio of the pass
+to plain forward+backward on the same windows. A consistency check first: scores of a small model
 on the GPU against the CPU (fp32). Prints a markdown table; --json also writes the rows.
 Meant for a CUDA GPU (on a CPU it only smoke-tests itself); docs/benchmarks.md holds the figures.
 """

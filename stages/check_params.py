@@ -3,8 +3,7 @@
 Each stage reads and checks only its own keys, and only the registries it imports can check
 names (metrics, perturbations and their strengths, ranking modes). This stage imports them all
 and checks every key, then what this machine and the model's shape allow (cwa.pipeline.feasibility:
-the
-device, each k against the ranking groups, the window length against the positions). Every
+the device, each k against the ranking groups, the window length against the positions). Every
 other stage depends on its output, so `dvc repro` runs it first whenever a param or a registry
 changed, and a bad value anywhere stops the run before any scoring starts. Passing checks
 always write the same bytes, so they rerun nothing downstream.

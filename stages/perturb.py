@@ -6,8 +6,7 @@ strength and every mask ratio. Every experiment is evaluated on the baseline's w
 with a paired bootstrap CI over texts, and the KL to the unperturbed model's next-token
 distributions and the fraction of unchanged top-1 predictions with theirs (one reference pass
 for all seeds: cwa.evaluation.perplexity.Reference). Per seed, the top set is compared with each
-control
-(permutation and Wilcoxon p-values, effect size, separation CI); pooled over seeds, the same
+control (permutation and Wilcoxon p-values, effect size, separation CI); pooled over seeds, the same
 with CIs from a bootstrap over seeds and texts; BH q-values over all of them. After each
 experiment the touched weights are checked bit for bit, the whole touched tensors by checksum
 after each seed's sweep, and one baseline batch is re-evaluated at the end. The downstream tasks

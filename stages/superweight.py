@@ -2,9 +2,8 @@
 
 One forward pass over the first `batch_size` windows of the first seed's calibration draw finds,
 in every MLP down projection, where its output spikes (token and output channel) and the weight
-contributing most to that spike (cwa.scoring.superweight.detect); each such weight is then set
-alone to
-0, and to the mean of its row (the mean-ablation control), each time restored bit for bit, and
+contributing most to that spike (cwa.scoring.superweight.detect); each such weight is then set alone
+to 0, and to the mean of its row (the mean-ablation control), each time restored bit for bit, and
 the damage measured on the evaluation windows against the baseline.
 Reads: the calibration and evaluation text (sources stage), the model, the baseline per-text table.
 Writes: the spikes table (schema `spikes`).

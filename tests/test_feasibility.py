@@ -1,7 +1,6 @@
 """Values validation accepts must run: what the machine and the model's shape allow is refused
 before any weight is read (cwa.pipeline.feasibility), and a property test draws param sets to show
-that
-every set is either refused with one line naming its key or runs the stages' cheap logic."""
+that every set is either refused with one line naming its key or runs the stages' cheap logic."""
 
 import dataclasses
 import functools

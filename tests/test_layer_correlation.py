@@ -45,6 +45,11 @@ def test_pairs_equal_numpy_correlations_and_fisher_intervals():
     assert len(table.filter(pl.col("level") == "component")) == 15
     row = table.filter((pl.col("a") == "L0") & (pl.col("b") == "L2")).row(0, named=True)
     assert row["r"] == pytest.approx(np.corrcoef(layers[:, 0], layers[:, 2])[0, 1])
+    scipy_test = stats.pearsonr(layers[:, 0], layers[:, 2])
+    assert row["r_p"] == pytest.approx(scipy_test.pvalue, rel=1e-9)
+    assert (row["r_ci_low"], row["r_ci_high"]) == pytest.approx(
+        tuple(scipy_test.confidence_interval(0.95)), rel=1e-9
+    )
     z, half = math.atanh(row["r"]), stats.norm.ppf(0.975) / math.sqrt(40 - 3)
     assert (row["r_ci_low"], row["r_ci_high"]) == pytest.approx(
         (math.tanh(z - half), math.tanh(z + half))
@@ -60,6 +65,21 @@ def test_pairs_equal_numpy_correlations_and_fisher_intervals():
     order = np.argsort(p)  # Benjamini-Hochberg step-up by hand
     by_hand = np.minimum.accumulate((p[order] * 3 / np.arange(1, 4))[::-1])[::-1]
     assert q[order] == pytest.approx(np.minimum(by_hand, 1))
+
+
+def test_sums_do_not_depend_on_the_order_of_their_terms():
+    """The same scores in another row order give the same bytes: math.fsum is correctly rounded,
+    where a float sum of terms this far apart in size depends on their order."""
+    rng = np.random.default_rng(1)
+    matrix = rng.lognormal(0.0, 3.0, size=(12, 8))  # values across many orders of magnitude
+    scores = _scores(matrix, components=("attn_q", "attn_k", "mlp_up", "mlp_down"))
+    shuffled = scores.sample(fraction=1.0, shuffle=True, seed=3)
+    assert pairs(scores).equals(pairs(shuffled))
+    assert (
+        group_matrix(scores, "layer")[1].tobytes() == group_matrix(shuffled, "layer")[1].tobytes()
+    )
+    terms = matrix[0, :4]
+    assert math.fsum(terms) == math.fsum(terms[::-1])
 
 
 def test_group_matrix_sums_a_layers_tensors_and_the_heatmap_is_symmetric():

@@ -398,7 +398,7 @@ def test_adding_study_members_runs_only_them_and_the_study(repo, tmp_path):
         f"+models.own-t1={{model: '{own}', family: own}}",
     )
     added = {"member@t3-20", "member@own-t1"}
-    assert set(ran(out)) == {"check_params", "sources", *added, "study", "report"}
+    assert set(ran(out)) == {"check_params", "sources", *added, "scaling", "report"}
     members = pl.read_parquet(repo / "artifacts" / "study" / "members.parquet")
     assert {"t3-20", "own-t1"} <= set(members["label"]) and len(members) == 7
     by = {r["label"]: r for r in members.iter_rows(named=True)}

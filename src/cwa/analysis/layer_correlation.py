@@ -8,13 +8,18 @@ the mean loss over the draw; the sum over windows of these is not that score). A
 sum over its pool tensors. Every window moves every layer's sensitivity the same way when its
 loss is high, so two correlations are reported per pair: r of the sensitivities themselves, and
 r of their shares of the window's total (the common scale divided out), each with its Fisher-z
-95% CI and p-value (scipy.stats.pearsonr), and Benjamini-Hochberg q-values over the pairs of a
-level.
+95% CI and p-value (Student's t with n - 2 degrees of freedom, as scipy.stats.pearsonr), and
+Benjamini-Hochberg q-values over the pairs of a level.
+
+Every sum here is math.fsum (correctly rounded, so independent of the order of its terms): numpy's
+and BLAS's reductions pick SIMD kernels by CPU, and a table must come out byte-identical on any
+x86-64 machine.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import polars as pl
@@ -67,8 +72,11 @@ def group_matrix(scores: pl.DataFrame, level: str) -> tuple[list[str], np.ndarra
     label = pl.format("L{}", "layer") if level == "layer" else pl.format("L{} {}", *keys)
     table = (
         scores.group_by("window", *keys)
-        .agg(pl.col("score").sum())
-        .with_columns(label.alias("group"))
+        .agg(pl.col("score"))
+        .with_columns(
+            pl.col("score").map_elements(math.fsum, return_dtype=pl.Float64),
+            label.alias("group"),
+        )
         .sort(*keys)
     )
     groups = table["group"].unique(maintain_order=True).to_list()
@@ -81,7 +89,7 @@ def pairs(scores: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for level in LEVELS:
         groups, matrix = group_matrix(scores, level)
-        shares = matrix / matrix.sum(axis=1, keepdims=True)
+        shares = matrix / np.array([[math.fsum(row)] for row in matrix])
         found = []
         for a, b in itertools.combinations(range(len(groups)), 2):
             raw, share = _pearson(matrix[:, a], matrix[:, b]), _pearson(shares[:, a], shares[:, b])
@@ -102,11 +110,18 @@ def pairs(scores: pl.DataFrame) -> pl.DataFrame:
 def _pearson(x: np.ndarray, y: np.ndarray) -> dict:
     """Pearson r with its Fisher-z 95% CI and two-sided p; NaN where either is constant or there
     are fewer than 4 windows."""
-    if len(x) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    n = len(x)
+    if n < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"": np.nan, "_ci_low": np.nan, "_ci_high": np.nan, "_p": np.nan}
-    test = stats.pearsonr(x, y)
-    ci = test.confidence_interval(0.95)
-    return {"": float(test.statistic), "_ci_low": ci.low, "_ci_high": ci.high, "_p": test.pvalue}
+    dx, dy = x - math.fsum(x) / n, y - math.fsum(y) / n
+    r = math.fsum(dx * dy) / math.sqrt(math.fsum(dx * dx) * math.fsum(dy * dy))
+    r = min(max(r, -1.0), 1.0)
+    if abs(r) == 1.0:
+        return {"": r, "_ci_low": r, "_ci_high": r, "_p": 0.0}
+    z, half = math.atanh(r), stats.norm.ppf(0.975) / math.sqrt(n - 3)
+    t = r * math.sqrt((n - 2) / (1 - r * r))
+    p = 2 * stats.t.sf(abs(t), n - 2)
+    return {"": r, "_ci_low": math.tanh(z - half), "_ci_high": math.tanh(z + half), "_p": float(p)}
 
 
 def correlation_matrix(table: pl.DataFrame, level: str, column: str = "r"):

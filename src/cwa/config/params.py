@@ -148,7 +148,7 @@ class Params:
     train_seed: int = 0
     train_checkpoints: tuple[int, ...] = (60, 120, 240)
     family: dict[str, FamilyMember] = field(default_factory=dict)
-    # the study: models compared by the member and study stages
+    # the study: models compared by the member and scaling stages
     models: dict[str, StudyMember] = field(default_factory=dict)
     # values of the keys modules register (`Key`), filled with their defaults
     registered: dict[str, object] = field(default_factory=dict)
@@ -486,7 +486,7 @@ DOCS = {
     ),
     "models": (
         "the study: `{label: {model, revision, family, kind, tuning, step, dtype}}`, one "
-        "`member@<label>` stage each and one `study` stage over all. `model`: builtin:<name>, a "
+        "`member@<label>` stage each and one `scaling` stage over all. `model`: builtin:<name>, a "
         "hub id or a local directory; `revision`: a hub branch, tag or commit (a Pythia "
         "checkpoint: step3000), for a built-in model a checkpoint `step-<n>` of "
         "train_checkpoints; tags: `family` (free text), `kind` dense | moe (default: read from "

@@ -13,8 +13,7 @@ A source spec is one of:
                                    may be a directory written by `save_to_disk`
 
 `cwa.data.windows` joins a role's documents with a blank line and cuts the token stream into
-windows.
-When calibration and evaluation name the same (non-built-in) source, it is split into two
+windows. When calibration and evaluation name the same (non-built-in) source, it is split into two
 disjoint halves (`halves`): calibration text is never evaluation text. The fine-tuning text
 (`finetune_data`) must be another source than both: fine-tuning on the text that ranks the
 weights or measures forgetting would confound what the finetune stage compares.

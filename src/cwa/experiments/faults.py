@@ -63,9 +63,8 @@ def campaign(
     """One row per (rate, trial, protected fraction, arm): flips drawn and blocked, ΔPPL, and
     with `ref` the mean KL to the unperturbed next-token distribution and unchanged top-1s.
 
-    scores: |score| per pool tensor, flat (a lazy cwa.selection.ranking.MemberScores reads them
-    from the
-    store one tensor at a time)."""
+    scores: |score| per pool tensor, flat (a lazy cwa.selection.ranking.MemberScores reads them from
+    the store one tensor at a time)."""
     params = dict(model.named_parameters())
     sizes = sizes_of(scores)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)

@@ -1,8 +1,8 @@
 """Params this machine or this model cannot serve, refused before any stage reads a weight.
 
 Validation (cwa.config.params) checks each value on its own. Some values are valid only for a
-machine or
-a model: a `device` the machine lacks, a k larger than a ranking group, a block the model does not
+machine or a model: a `device` the machine lacks, a k larger than a ranking group, a block the model
+does not
 have, a window longer than its position embeddings. These checks need only the model's config:
 an empty (meta-device) model built from it gives every tensor's name and shape in a second, even
 for a 70B model. The check_params stage and `cwa run` run them before DVC starts any stage that

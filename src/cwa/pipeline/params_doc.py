@@ -2,8 +2,7 @@
 cannot drift.
 
 Meaning from `cwa.config.params.DOCS` (a registered key's from its registration, e.g. a
-perturbation's
-strength), default as params.yaml writes it, the full preset's value from
+perturbation's strength), default as params.yaml writes it, the full preset's value from
 configs/full.yaml, and the stages that declare each key from dvc.yaml (whose lists a test keeps
 equal to each stage script's PARAMS).
 """
@@ -22,8 +21,7 @@ INTRO = """# Params
 
 Every key of `params.yaml`, flat and top-level so `dvc exp run -S key=value` flips it. Params are
 validated once (`src/cwa/config/params.py`) before any model loads: an unknown key, a wrong type or
-an
-unknown name fails with a message naming the key and the valid values. The **stages** column says
+an unknown name fails with a message naming the key and the valid values. The **stages** column says
 which stages declare the key, i.e. which stages DVC reruns when it changes; a stage reads no other
 key (each stage script's PARAMS, checked against dvc.yaml). The `check_params` stage, on which
 every other stage depends, checks every key first, so a bad value stops `dvc repro` before any

@@ -331,9 +331,8 @@ def hutchinson_diag(cal: Calibration) -> dict[str, torch.Tensor]:
 
 
 def _hutchinson_blockwise(cal: Calibration) -> dict[str, torch.Tensor]:
-    """The same z ⊙ (Hz), `layer_group` blocks at a time (cwa.scoring.blockwise): the activations
-    of one
-    group exist at a time, and the products equal the all-at-once pass to float rounding."""
+    """The same z ⊙ (Hz), `layer_group` blocks at a time (cwa.scoring.blockwise): the activations of
+    one group exist at a time, and the products equal the all-at-once pass to float rounding."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from cwa.scoring.blockwise import Segments
