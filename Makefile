@@ -18,7 +18,7 @@ STAMP  := $(VENV)/.cwa-installed
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test lint lock verify
+.PHONY: setup repro test test-fast lint lock verify
 
 setup: $(STAMP) $(WHEEL) $(WEB)
 
@@ -66,6 +66,11 @@ verify: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The unit tests, for the edit-test loop: every test but those marked slow (the end-to-end
+# pipeline runs, subprocess launches, the property test's many drawn cases).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check src stages tests benchmarks

@@ -131,6 +131,7 @@ def _peak_bytes(layer_group: int) -> int:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a subprocess or many drawn cases: `make test` only
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux peak RSS")
 def test_layer_groups_bound_the_peak_memory():
     """One block at a time holds one block's activations (and the boundary states), not the

@@ -29,6 +29,7 @@ def test_more_processes_than_windows_is_refused():
         World(0, 3).shard(torch.zeros(2, 4, dtype=torch.long))
 
 
+@pytest.mark.slow  # a subprocess or many drawn cases: `make test` only
 def test_two_processes_give_the_single_process_scores(tmp_path):
     out = tmp_path / "scores.safetensors"
     launch = launch_command(2, [str(ROOT / "tests" / "distributed_worker.py"), str(out)])

@@ -282,6 +282,7 @@ def param_changes(draw) -> dict:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+@pytest.mark.slow  # a subprocess or many drawn cases: `make test` only
 @given(param_changes())
 @example({"mode": "per_head", "target_components": ["mlp_up"]})  # heads, and no attention
 @example({"mode": "per_component", "include_1d": True, "topk": [600], "headline_k": 600})

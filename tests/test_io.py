@@ -112,6 +112,7 @@ def test_stale_temporaries_of_a_killed_writer_are_cleared(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-1", "t.parquet"]
 
 
+@pytest.mark.slow  # a subprocess or many drawn cases: `make test` only
 def test_kill_9_mid_stage_leaves_the_old_output_or_a_complete_one(tmp_path):
     """SIGKILL the corpus stage at many moments: the output is always the previous file or the
     complete new one, never a truncated file, and the next run completes."""

@@ -110,6 +110,7 @@ def test_harness_and_cwa_score_every_item_alike(setup):
     assert 0 < ours_choice.correct.sum() < 10
 
 
+@pytest.mark.slow  # a subprocess or many drawn cases: `make test` only
 def test_unknown_harness_task_is_a_clear_error(setup):
     from cwa import CwaError
 

@@ -18,6 +18,8 @@ import polars as pl
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # `dvc repro` of the tiny family: `make test` only
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "model": "builtin:t2",

@@ -1,5 +1,6 @@
 """The report: section functions over typed inputs, the headline and figures before the tables."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import polars as pl
 import pytest
 
 from cwa.config.params import load_params
+from cwa.report import plots
 from cwa.report.sections import (
     ReportInputs,
     clusters_section,
@@ -17,6 +19,7 @@ from cwa.report.sections import (
     finetune_section,
     headline_section,
     render_markdown,
+    stability_section,
     superweight_section,
     tasks_section,
     units_section,
@@ -436,6 +439,12 @@ def test_pruning_section_names_the_best_method_and_the_metrics_gain():
     assert "a gain over magnitude of -0.12 (95% CI -0.13 – -0.11)" in text
 
 
+def test_one_finetune_seed_says_why_there_is_no_interval():
+    one = inputs(params=dataclasses.replace(load_params(ROOT / "params.yaml"), finetune_seeds=(0,)))
+    assert "no interval and no p-value" in "\n".join(finetune_section(one))
+    assert "no interval and no p-value" not in "\n".join(finetune_section(inputs()))
+
+
 def test_finetune_section_states_both_contrasts():
     text = "\n".join(finetune_section(inputs()))
     assert (
@@ -466,3 +475,26 @@ def test_clusters_section_says_k_noise_and_where_the_top_set_falls():
     assert "K-means with k = 2 (the best silhouette over 2..8)" in text
     assert "DBSCAN found 1 cluster and left 0.5% as noise" in text
     assert "| 0 | 15000 | 0.9 |" in text and "| 0 | 15000 | 100 | 0.2 |" in text
+
+
+def test_one_seed_says_stability_is_not_measured_and_draws_no_empty_figure(tmp_path):
+    """`seeds: [0]` leaves the stability table empty: the report says why there is no figure
+    (an empty log-scaled plot raised "Data cannot be log-scaled" before), with two seeds it
+    shows the figure."""
+    empty = pl.DataFrame(
+        schema={"k": pl.Int64, "jaccard": pl.Float64, "spearman": pl.Float64,
+                "spearman_pool": pl.Float64}
+    )  # fmt: skip
+    single = inputs(stability=empty)
+    figures = "\n".join(figures_section(single))
+    assert "stability.png" not in figures and "stability across seeds is not measured" in figures
+    assert "two or more seeds" in "\n".join(stability_section(single))
+    assert "stability.png" in "\n".join(figures_section(inputs()))
+    plots.stability(empty, tmp_path / "stability.png")
+    assert not (tmp_path / "stability.png").exists()
+    pairs = pl.DataFrame(
+        {"k": [10, 100], "jaccard": [0.2, 0.4], "spearman": [0.5, 0.6], "spearman_pool": [0.7, 0.7]}
+    )
+    plots.stability(pairs, tmp_path / "stability.png")
+    assert (tmp_path / "stability.png").stat().st_size > 0
+    assert "| 100 | 0.4 |" in "\n".join(stability_section(inputs(stability=pairs)))

@@ -192,7 +192,10 @@ def faults(summary: pl.DataFrame, path) -> None:
 
 
 def stability(table: pl.DataFrame, path) -> None:
-    """Jaccard and Spearman of top-k sets across calibration seeds, vs k."""
+    """Jaccard and Spearman of top-k sets across calibration seeds, vs k; nothing with one seed
+    (no pair to compare: the report says so instead)."""
+    if not len(table):
+        return
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     agg = (
         table.group_by("k")

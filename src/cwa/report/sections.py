@@ -484,7 +484,7 @@ def figures_section(r: ReportInputs) -> list[str]:
         figures.append(("Built-in model training", "training.png", ""))
     lines = ["## Figures", ""]
     for title, png, caption in figures:
-        lines += [f"### {title}", "", f"![{title}]({png})", ""]
+        lines += [f"### {title}", ""] + ([f"![{title}]({png})", ""] if png else [])
         lines += [caption, ""] if caption else []
     return lines
 
@@ -510,9 +510,20 @@ def _evidence_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
         ),
         (f"Where the top-{k} weights sit", "heatmap.png", ""),
         ("Score distribution", "score_distribution.png", ""),
-        ("Stability across calibration seeds", "stability.png", ""),
+        ("Stability across calibration seeds", *_stability_figure(r.stability)),
         (f"Do the metrics agree? (k = {k})", "agreement.png", ""),
     ]
+
+
+ONE_SEED = (
+    "One seed (`seeds` has one value): there is no second ranking to compare, so stability "
+    "across seeds is not measured; run two or more seeds to see it."
+)
+
+
+def _stability_figure(stability: pl.DataFrame) -> tuple[str | None, str]:
+    """(file, caption): the figure, or no figure and why when there is no seed pair."""
+    return ("stability.png", "") if len(stability) else (None, ONE_SEED)
 
 
 def _structure_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
@@ -762,8 +773,19 @@ def finetune_section(r: ReportInputs) -> list[str]:
         "paired difference between two arms; CIs and p-values are Student's t over the "
         "fine-tuning seeds (the windows are fixed).",
         "",
+        *_one_finetune_seed(len(p.finetune_seeds)),
         *_finetune_verdict(r.finetune, p.finetune_k),
         table(r.finetune),
+        "",
+    ]
+
+
+def _one_finetune_seed(seeds: int) -> list[str]:
+    if seeds > 1:
+        return []
+    return [
+        "One fine-tuning seed (`finetune_seeds` has one value): no interval and no p-value below "
+        "(Student's t needs two or more runs per arm), only each arm's single run.",
         "",
     ]
 
@@ -925,6 +947,8 @@ def correlation_section(r: ReportInputs) -> list[str]:
 
 
 def stability_section(r: ReportInputs) -> list[str]:
+    if not len(r.stability):
+        return ["### Stability across calibration seeds", "", ONE_SEED, ""]
     return [
         "### Stability across calibration seeds",
         "",
