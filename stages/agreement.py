@@ -11,11 +11,12 @@ from cwa.data.windows import calibration_draw, calibration_windows
 from cwa.models.anatomy import describe, pool
 from cwa.models.loading import ModelConfig, load_studied
 from cwa.models.memory import guard_scoring
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import CALIB_TEXT, MODELS
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.agreement import AGREEMENT_TABLE
 from cwa.scoring.metrics import ScoringConfig, get_metric, score
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "model",
     "dtype",
@@ -36,10 +37,18 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
-    p.add_argument("--models-dir", required=True)
-    p.add_argument("--out", required=True)
+STAGE = Stage(
+    "agreement",
+    PARAMS,
+    reads={
+        "calib_text": CALIB_TEXT,
+        "models_dir": MODELS,
+    },
+    writes={
+        "out": "artifacts/agreement/agreement.parquet",
+    },
+    manifest="artifacts/agreement/manifest.json",
+)
 
 
 def run(args, params):
@@ -67,4 +76,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

@@ -12,11 +12,12 @@ from cwa.core.io import write_table
 from cwa.evaluation.perplexity import BASELINE, evaluate, text_rows
 from cwa.models.loading import count_parameters
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import BASELINE_TEXTS, EVAL_TEXT, MODELS
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.baseline import BASELINE_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "model",
     "dtype",
@@ -29,11 +30,19 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
-    p.add_argument("--models-dir", required=True, help="where built-in models live")
-    p.add_argument("--summary", required=True)
-    p.add_argument("--texts", required=True)
+STAGE = Stage(
+    "baseline",
+    PARAMS,
+    reads={
+        "eval_text": EVAL_TEXT,
+        "models_dir": MODELS,
+    },
+    writes={
+        "summary": "artifacts/baseline/summary.parquet",
+        "texts": BASELINE_TEXTS,
+    },
+    manifest="artifacts/baseline/manifest.json",
+)
 
 
 def run(args, params):
@@ -68,4 +77,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

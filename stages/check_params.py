@@ -14,14 +14,20 @@ import cwa.pipeline.load_registries  # noqa: F401  (every registry adds its chec
 from cwa.config.params import all_keys, load_params
 from cwa.core.io import atomic_write
 from cwa.pipeline.feasibility import check
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import CHECKED
+from cwa.pipeline.stage import Stage, stage_main
 
 # What this stage reads: every key (dvc.yaml lists them all; tests/test_docs.py keeps them equal).
 PARAMS = tuple(all_keys())
 
 
-def add_args(p):
-    p.add_argument("--out", required=True)
+STAGE = Stage(
+    "check_params",
+    PARAMS,
+    writes={
+        "out": CHECKED,
+    },
+)
 
 
 def run(args, params):
@@ -31,4 +37,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

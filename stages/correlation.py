@@ -15,21 +15,30 @@ from cwa.core.io import write_table
 from cwa.data.windows import calibration_draw, calibration_windows
 from cwa.models.loading import ModelConfig, load_studied
 from cwa.models.memory import guard
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import CALIB_TEXT, MODELS, POOL
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.layer_pairs import LAYER_PAIRS_TABLE
 from cwa.schemas.window_scores import WINDOW_SCORES_TABLE
 from cwa.scoring.store import pool_infos
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = ("model", "dtype", "device", "device_map", "seeds", "calib_samples", "seq_len", "bos")
 
 
-def add_args(p):
-    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
-    p.add_argument("--models-dir", required=True)
-    p.add_argument("--pool", required=True)
-    p.add_argument("--windows", required=True)
-    p.add_argument("--pairs", required=True)
+STAGE = Stage(
+    "correlation",
+    PARAMS,
+    reads={
+        "calib_text": CALIB_TEXT,
+        "models_dir": MODELS,
+        "pool": POOL,
+    },
+    writes={
+        "windows": "artifacts/correlation/windows.parquet",
+        "pairs": "artifacts/correlation/pairs.parquet",
+    },
+    manifest="artifacts/correlation/manifest.json",
+)
 
 
 def run(args, params):
@@ -48,4 +57,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

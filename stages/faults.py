@@ -21,13 +21,14 @@ from cwa.core.io import write_table
 from cwa.evaluation.perplexity import reference
 from cwa.experiments.faults import campaign, summary
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import BASELINE_TEXTS, EVAL_TEXT, MODELS, POOL, SCORES
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.fault_summary import FAULT_SUMMARY_TABLE
 from cwa.schemas.fault_trials import FAULT_TRIALS_TABLE
 from cwa.scoring.store import StoredScores, pool_infos
 from cwa.selection.ranking import MemberScores
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "model",
     "dtype",
@@ -44,14 +45,22 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
-    p.add_argument("--models-dir", required=True)
-    p.add_argument("--scores", required=True)
-    p.add_argument("--pool", required=True)
-    p.add_argument("--baseline-texts", required=True)
-    p.add_argument("--trials", required=True)
-    p.add_argument("--summary", required=True)
+STAGE = Stage(
+    "faults",
+    PARAMS,
+    reads={
+        "eval_text": EVAL_TEXT,
+        "models_dir": MODELS,
+        "scores": SCORES,
+        "pool": POOL,
+        "baseline_texts": BASELINE_TEXTS,
+    },
+    writes={
+        "trials": "artifacts/faults/trials.parquet",
+        "summary": "artifacts/faults/summary.parquet",
+    },
+    manifest="artifacts/faults/manifest.json",
+)
 
 
 def run(args, params):
@@ -85,4 +94,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

@@ -33,13 +33,14 @@ from cwa.experiments.finetuning import (
 from cwa.experiments.perturbations import Snapshot
 from cwa.models.memory import guard_training
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import BASELINE_TEXTS, EVAL_TEXT, FINETUNE_TEXT, MODELS, POOL, SCORES
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.finetune import FINETUNE_TABLE
 from cwa.schemas.finetune_runs import FINETUNE_RUNS_TABLE
 from cwa.scoring.store import StoredScores, pool_infos
 from cwa.selection.ranking import MemberScores, extreme_k, matched_random
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "model",
     "dtype",
@@ -58,15 +59,23 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--finetune-text", required=True, help="the sources stage's finetune directory")
-    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
-    p.add_argument("--models-dir", required=True)
-    p.add_argument("--scores", required=True)
-    p.add_argument("--pool", required=True)
-    p.add_argument("--baseline-texts", required=True)
-    p.add_argument("--runs", required=True)
-    p.add_argument("--summary", required=True)
+STAGE = Stage(
+    "finetune",
+    PARAMS,
+    reads={
+        "finetune_text": FINETUNE_TEXT,
+        "eval_text": EVAL_TEXT,
+        "models_dir": MODELS,
+        "scores": SCORES,
+        "pool": POOL,
+        "baseline_texts": BASELINE_TEXTS,
+    },
+    writes={
+        "runs": "artifacts/finetune/runs.parquet",
+        "summary": "artifacts/finetune/summary.parquet",
+    },
+    manifest="artifacts/finetune/manifest.json",
+)
 
 
 def run(args, params):
@@ -129,4 +138,4 @@ def measures(free, losses, new_before, eval_before, new_after, eval_after) -> di
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

@@ -27,7 +27,8 @@ from cwa.experiments.sweep import run as run_experiments
 from cwa.models.anatomy import describe, pool
 from cwa.models.loading import check_positions, count_parameters, load_model
 from cwa.models.memory import guard_scoring
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import CALIB_TEXT, EVAL_TEXT, MODELS
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.study_experts import STUDY_EXPERTS_TABLE
 from cwa.schemas.study_member import STUDY_MEMBER_TABLE
 from cwa.schemas.study_sample import STUDY_SAMPLE_TABLE
@@ -38,7 +39,7 @@ from cwa.scoring.store import concentration, magnitude_bins, pool_sample, shares
 from cwa.scoring.superweight import detect
 from cwa.selection.ranking import rank
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "models",
     "metric",
@@ -64,12 +65,21 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--label", required=True, help="the member's key in `models`")
-    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
-    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
-    p.add_argument("--models-dir", required=True, help="the built-in models")
-    p.add_argument("--out", required=True, help="directory of the member's tables")
+STAGE = Stage(
+    "member",
+    PARAMS,
+    reads={
+        "calib_text": CALIB_TEXT,
+        "eval_text": EVAL_TEXT,
+        "models_dir": MODELS,
+    },
+    writes={
+        "out": "artifacts/study/members/${key}",
+    },
+    manifest="artifacts/study/manifests/${key}.json",
+    foreach="models",
+    key_flag="label",
+)
 
 
 def run(args, params):
@@ -202,4 +212,4 @@ def sample_rows(scores, infos) -> pl.DataFrame:
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

@@ -43,14 +43,15 @@ from cwa.experiments.sweep import (
 )
 from cwa.experiments.sweep import run as run_experiments
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.stage import content_hash, stage_main
+from cwa.pipeline.paths import BASELINE_TEXTS, EVAL_TEXT, LM_EVAL_CONFIGS, MODELS, RANKING, TASK_DIR
+from cwa.pipeline.stage import Stage, content_hash, stage_main
 from cwa.schemas.comparisons import COMPARISONS_TABLE
 from cwa.schemas.effects import EFFECTS_TABLE
 from cwa.schemas.eval_texts import EVAL_TEXTS_TABLE
 from cwa.schemas.pooled import POOLED_TABLE
 from cwa.schemas.tasks import TASKS_TABLE
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "model",
     "dtype",
@@ -72,18 +73,26 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
-    p.add_argument("--models-dir", required=True)
-    p.add_argument("--ranking", required=True)
-    p.add_argument("--baseline-texts", required=True)
-    p.add_argument("--effects", required=True)
-    p.add_argument("--texts", required=True)
-    p.add_argument("--comparisons", required=True)
-    p.add_argument("--pooled", required=True)
-    p.add_argument("--tasks-dir", required=True)
-    p.add_argument("--task-results", required=True)
-    p.add_argument("--lm-eval-include", required=True)
+STAGE = Stage(
+    "perturb",
+    PARAMS,
+    reads={
+        "eval_text": EVAL_TEXT,
+        "models_dir": MODELS,
+        "ranking": RANKING,
+        "baseline_texts": BASELINE_TEXTS,
+        "tasks_dir": TASK_DIR,
+        "lm_eval_include": LM_EVAL_CONFIGS,
+    },
+    writes={
+        "effects": "artifacts/perturb/effects.parquet",
+        "texts": "artifacts/perturb/texts.parquet",
+        "comparisons": "artifacts/perturb/comparisons.parquet",
+        "pooled": "artifacts/perturb/pooled.parquet",
+        "task_results": "artifacts/perturb/tasks.parquet",
+    },
+    manifest="artifacts/perturb/manifest.json",
+)
 
 
 def run(args, params):
@@ -185,4 +194,4 @@ def downstream(args, params, model, tokenizer, exps, seed) -> pl.DataFrame:
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

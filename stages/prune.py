@@ -40,13 +40,14 @@ from cwa.experiments.pruning import (
 )
 from cwa.experiments.pruning_summary import table, task_table
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import BASELINE_TEXTS, CALIB_TEXT, EVAL_TEXT, MODELS, POOL, SCORES, TASK_DIR
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.prune_tasks import PRUNE_TASKS_TABLE
 from cwa.schemas.pruning import PRUNING_TABLE
 from cwa.scoring.metrics import ScoringConfig, get_metric, score
 from cwa.scoring.store import StoredScores, pool_infos
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "model",
     "dtype",
@@ -72,16 +73,24 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
-    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
-    p.add_argument("--models-dir", required=True)
-    p.add_argument("--scores", required=True)
-    p.add_argument("--pool", required=True)
-    p.add_argument("--baseline-texts", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--tasks-dir", required=True)
-    p.add_argument("--task-results", required=True)
+STAGE = Stage(
+    "prune",
+    PARAMS,
+    reads={
+        "calib_text": CALIB_TEXT,
+        "eval_text": EVAL_TEXT,
+        "models_dir": MODELS,
+        "scores": SCORES,
+        "pool": POOL,
+        "baseline_texts": BASELINE_TEXTS,
+        "tasks_dir": TASK_DIR,
+    },
+    writes={
+        "out": "artifacts/prune/pruning.parquet",
+        "task_results": "artifacts/prune/tasks.parquet",
+    },
+    manifest="artifacts/prune/manifest.json",
+)
 
 
 def run(args, params):
@@ -168,4 +177,4 @@ def prune_each(ev, infos, params, draw, scores_of, measure, task_at: float):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

@@ -8,12 +8,13 @@ Writes: the ranking table (schema `ranking`).
 import polars as pl
 
 from cwa.core.io import write_table
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import POOL, RANKING, SCORES
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.ranking import RANKING_TABLE
 from cwa.scoring.store import StoredScores, pool_infos, read_magnitude_bins, seeds_in
 from cwa.selection.ranking import CONTROLS, rank, target
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "metric",
     "mode",
@@ -25,10 +26,18 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--scores", required=True)
-    p.add_argument("--pool", required=True)
-    p.add_argument("--out", required=True)
+STAGE = Stage(
+    "rank",
+    PARAMS,
+    reads={
+        "scores": SCORES,
+        "pool": POOL,
+    },
+    writes={
+        "out": RANKING,
+    },
+    manifest="artifacts/rank/manifest.json",
+)
 
 
 def run(args, params):
@@ -57,4 +66,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

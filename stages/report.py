@@ -23,7 +23,8 @@ from cwa.experiments.pruning_summary import HEADLINE_SPARSITY
 from cwa.experiments.pruning_summary import metrics as pruning_metrics
 from cwa.experiments.summaries import first_strength
 from cwa.experiments.sweep import SweepConfig, first_settings, headline_setting
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import CALIB_TEXT, EVAL_TEXT, POOL, RANKING, SCORES
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.report import criteria, plots
 from cwa.report.sections import (
     SCALING_HEADLINE,
@@ -44,7 +45,7 @@ from cwa.report.sections import (
 )
 from cwa.scoring.store import StoredScores, bulk
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "model",
     "metric",
@@ -87,45 +88,52 @@ PARAMS = (
 )
 
 
-# Upstream tables, each named as its argument.
-TABLES = (
-    "baseline",
-    "pool",
-    "ranking",
-    "effects",
-    "comparisons",
-    "pooled",
-    "tasks",
-    "stability",
-    "study_members",
-    "study_fit",
-    "study_shares",
-    "study_groups",
-    "study_experts",
-    "study_drift",
-    "spikes",
-    "agreement",
-    "faults",
-    "texts",
-    "pruning",
-    "prune_tasks",
-    "finetune",
-    "finetune_runs",
-    "correlation",
-    "unit_scores",
-    "unit_effects",
-    "unit_comparisons",
-    "cluster_members",
-    "clusters",
-    "cluster_effects",
+STAGE = Stage(
+    "report",
+    PARAMS,
+    reads={
+        "baseline": "artifacts/baseline/summary.parquet",
+        "pool": POOL,
+        "scores": SCORES,
+        "ranking": RANKING,
+        "effects": "artifacts/perturb/effects.parquet",
+        "comparisons": "artifacts/perturb/comparisons.parquet",
+        "pooled": "artifacts/perturb/pooled.parquet",
+        "tasks": "artifacts/perturb/tasks.parquet",
+        "texts": "artifacts/perturb/texts.parquet",
+        "stability": "artifacts/stability/stability.parquet",
+        "study_members": "artifacts/study/members.parquet",
+        "study_fit": "artifacts/study/fit.parquet",
+        "study_shares": "artifacts/study/shares.parquet",
+        "study_groups": "artifacts/study/groups.parquet",
+        "study_experts": "artifacts/study/experts.parquet",
+        "study_drift": "artifacts/study/drift.parquet",
+        "train_logs": "artifacts/train",
+        "spikes": "artifacts/superweight/spikes.parquet",
+        "agreement": "artifacts/agreement/agreement.parquet",
+        "faults": "artifacts/faults/summary.parquet",
+        "pruning": "artifacts/prune/pruning.parquet",
+        "prune_tasks": "artifacts/prune/tasks.parquet",
+        "finetune": "artifacts/finetune/summary.parquet",
+        "finetune_runs": "artifacts/finetune/runs.parquet",
+        "correlation": "artifacts/correlation/pairs.parquet",
+        "unit_scores": "artifacts/units/scores.parquet",
+        "unit_effects": "artifacts/units/effects.parquet",
+        "unit_comparisons": "artifacts/units/comparisons.parquet",
+        "cluster_members": "artifacts/clusters/members.parquet",
+        "clusters": "artifacts/clusters/clusters.parquet",
+        "cluster_effects": "artifacts/clusters/effects.parquet",
+        "calib_text": CALIB_TEXT,
+        "eval_text": EVAL_TEXT,
+    },
+    records={
+        "out_dir": "artifacts/report",
+    },
+    metrics={
+        "metrics": "artifacts/metrics.json",
+    },
+    manifest="artifacts/report/manifest.json",
 )
-
-
-def add_args(p):
-    for name in (*TABLES, "scores", "train_logs", "out_dir", "metrics", "effects_csv"):
-        p.add_argument(f"--{name.replace('_', '-')}", required=True)
-    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
-    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
 
 
 def run(args, params):
@@ -142,8 +150,8 @@ def run(args, params):
     m |= criteria.flat_keys(checks)
     write_json(m, args.metrics)
     curve = k_sweep(t["effects"], setting)
-    write_csv(k_curve(curve), args.effects_csv)
     out = Path(args.out_dir)
+    write_csv(k_curve(curve), out / "effects_vs_k.csv")
     draw_figures(t, scores, params, first, out)
     sources = tuple(read_text(d).source for d in (args.calib_text, args.eval_text))
     weights = sum(int(s.numel()) for s in scores.values())
@@ -175,7 +183,11 @@ def success_criteria(t: dict, m: dict, sample, params, setting: dict) -> list:
 
 
 def read_tables(args) -> dict[str, pl.DataFrame | None]:
-    tables = {name: pl.read_parquet(getattr(args, name)) for name in TABLES}
+    tables = {  # every upstream table, named as its flag
+        name: pl.read_parquet(getattr(args, name))
+        for name, path in STAGE.reads.items()
+        if path.endswith(".parquet")
+    }
     logs = sorted(Path(args.train_logs).glob("*.parquet"))
     tables["training"] = pl.concat([pl.read_parquet(p) for p in logs]) if logs else None
     return tables
@@ -312,4 +324,4 @@ def report_inputs(
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

@@ -15,7 +15,7 @@ import polars as pl
 
 from cwa.analysis.study import FIT_STATISTICS, drift, fits, group_tests, measures, with_tags
 from cwa.core.io import write_csv, write_table
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.scaling_fit import SCALING_FIT_TABLE
 from cwa.schemas.study_drift import STUDY_DRIFT_TABLE
 from cwa.schemas.study_experts import STUDY_EXPERTS_TABLE
@@ -24,17 +24,32 @@ from cwa.schemas.study_measures import STUDY_MEASURES_TABLE
 from cwa.schemas.study_members import STUDY_MEMBERS_TABLE
 from cwa.schemas.study_shares import STUDY_SHARES_TABLE
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = ("models", "train_steps", "topk", "bootstrap")
 
 OUTPUTS = ("members", "measures", "fit", "shares", "groups", "experts", "drift")
 
 
-def add_args(p):
-    p.add_argument("--members-dir", required=True, help="the member stages' directories")
-    for name in OUTPUTS:
-        p.add_argument(f"--{name}", required=True)
-    p.add_argument("--csv", required=True, help="scaling points for `dvc plots`")
+STAGE = Stage(
+    "scaling",
+    PARAMS,
+    reads={
+        "members_dir": "artifacts/study/members",
+    },
+    writes={
+        "members": "artifacts/study/members.parquet",
+        "measures": "artifacts/study/measures.parquet",
+        "fit": "artifacts/study/fit.parquet",
+        "shares": "artifacts/study/shares.parquet",
+        "groups": "artifacts/study/groups.parquet",
+        "experts": "artifacts/study/experts.parquet",
+        "drift": "artifacts/study/drift.parquet",
+    },
+    records={
+        "csv": "artifacts/study/scaling.csv",
+    },
+    manifest="artifacts/study/manifest.json",
+)
 
 
 def run(args, params):
@@ -70,4 +85,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

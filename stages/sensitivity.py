@@ -17,13 +17,14 @@ from cwa.data.windows import calibration_indices, calibration_windows
 from cwa.models.anatomy import describe, pool
 from cwa.models.loading import ModelConfig, load_studied
 from cwa.models.memory import guard_scoring
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import CALIB_TEXT, MODELS, POOL, SCORES
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.pool import POOL_TABLE
 from cwa.schemas.tensor_stats import TENSOR_STATS_TABLE
 from cwa.scoring.metrics import ScoringConfig, get_metric, score
 from cwa.scoring.store import pool_table, save_magnitude_bins, save_scores, tensor_stats
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "model",
     "dtype",
@@ -44,12 +45,20 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
-    p.add_argument("--models-dir", required=True)
-    p.add_argument("--scores", required=True, help="score store directory")
-    p.add_argument("--pool", required=True)
-    p.add_argument("--stats", required=True)
+STAGE = Stage(
+    "sensitivity",
+    PARAMS,
+    reads={
+        "calib_text": CALIB_TEXT,
+        "models_dir": MODELS,
+    },
+    writes={
+        "scores": SCORES,
+        "pool": POOL,
+        "stats": "artifacts/sensitivity/tensor_stats.parquet",
+    },
+    manifest="artifacts/sensitivity/manifest.json",
+)
 
 
 def run(args, params):
@@ -88,4 +97,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

@@ -13,18 +13,28 @@ import polars as pl
 from cwa.core.io import atomic_write, write_json, write_table
 from cwa.data.sources import Source, read_source, read_sources
 from cwa.data.windows import DOCUMENTS, SOURCE
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import CALIB_TEXT, CORPUS, EVAL_TEXT, FINETUNE_TEXT
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.documents import DOCUMENTS_TABLE
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = ("calib_data", "eval_data", "finetune_data", "data_field")
 
 
-def add_args(p):
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--calibration", required=True, help="output directory")
-    p.add_argument("--evaluation", required=True, help="output directory")
-    p.add_argument("--finetune", required=True, help="output directory")
+STAGE = Stage(
+    "sources",
+    PARAMS,
+    reads={
+        "corpus": CORPUS,
+    },
+    writes={
+        "calibration": CALIB_TEXT,
+        "evaluation": EVAL_TEXT,
+        "finetune": FINETUNE_TEXT,
+    },
+    manifest="artifacts/data/manifest.json",
+    always_changed=True,
+)
 
 
 def write_text(source: Source, directory) -> None:
@@ -53,4 +63,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

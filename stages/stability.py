@@ -14,19 +14,30 @@ import polars as pl
 
 from cwa.core.io import write_csv, write_table
 from cwa.core.stats import agreement, spearman
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import RANKING, SCORES
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.stability import STABILITY_TABLE
 from cwa.scoring.store import StoredScores, bulk, scores_at
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = ()
 
 
-def add_args(p):
-    p.add_argument("--ranking", required=True)
-    p.add_argument("--scores", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--csv", required=True, help="mean Jaccard and Spearman per k (dvc plots)")
+STAGE = Stage(
+    "stability",
+    PARAMS,
+    reads={
+        "ranking": RANKING,
+        "scores": SCORES,
+    },
+    writes={
+        "out": "artifacts/stability/stability.parquet",
+    },
+    records={
+        "csv": "artifacts/stability/stability_vs_k.csv",
+    },
+    manifest="artifacts/stability/manifest.json",
+)
 
 
 def top_sets(ranking: pl.DataFrame) -> dict[tuple[int, int], set]:
@@ -82,4 +93,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

@@ -18,11 +18,12 @@ from cwa.data.windows import calibration_draw, calibration_windows
 from cwa.evaluation.perplexity import evaluate
 from cwa.experiments.perturbations import edited
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import BASELINE_TEXTS, CALIB_TEXT, EVAL_TEXT, MODELS
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.spikes import SPIKES_TABLE
 from cwa.scoring.superweight import detect
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "model",
     "dtype",
@@ -39,12 +40,20 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--calib-text", required=True, help="the sources stage's calibration directory")
-    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
-    p.add_argument("--models-dir", required=True)
-    p.add_argument("--baseline-texts", required=True)
-    p.add_argument("--out", required=True)
+STAGE = Stage(
+    "superweight",
+    PARAMS,
+    reads={
+        "calib_text": CALIB_TEXT,
+        "eval_text": EVAL_TEXT,
+        "models_dir": MODELS,
+        "baseline_texts": BASELINE_TEXTS,
+    },
+    writes={
+        "out": "artifacts/superweight/spikes.parquet",
+    },
+    manifest="artifacts/superweight/manifest.json",
+)
 
 
 def run(args, params):
@@ -107,4 +116,4 @@ def set_alone(ev, weights, spike, value: float, idx, batch_size: int, control: s
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

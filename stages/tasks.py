@@ -12,17 +12,25 @@ import polars as pl
 from cwa.core.io import atomic_write
 from cwa.data.corpus import texts
 from cwa.evaluation.tasks import build_choice, build_last_word, jsonl
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import CORPUS, TASK_DIR
+from cwa.pipeline.stage import Stage, stage_main
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = ()
 
 ITEMS, SEED = 500, 0
 
 
-def add_args(p):
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--out", required=True)
+STAGE = Stage(
+    "tasks",
+    PARAMS,
+    reads={
+        "corpus": CORPUS,
+    },
+    writes={
+        "out": TASK_DIR,
+    },
+)
 
 
 def run(args, params):
@@ -42,4 +50,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

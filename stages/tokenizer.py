@@ -7,15 +7,23 @@ import polars as pl
 
 from cwa.data.corpus import texts
 from cwa.data.tokenizer import save_tokenizer, train_tokenizer
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import CORPUS, TOKENIZER
+from cwa.pipeline.stage import Stage, stage_main
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = ("vocab_size",)
 
 
-def add_args(p):
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--out", required=True)
+STAGE = Stage(
+    "tokenizer",
+    PARAMS,
+    reads={
+        "corpus": CORPUS,
+    },
+    writes={
+        "out": TOKENIZER,
+    },
+)
 
 
 def run(args, params):
@@ -25,4 +33,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

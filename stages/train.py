@@ -23,10 +23,11 @@ from cwa.data.windows import windows
 from cwa.models.loading import count_parameters
 from cwa.models.memory import guard_training
 from cwa.models.training import build_model, final_loss, train
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import CORPUS, TOKENIZER
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.train_log import TRAIN_LOG_TABLE
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "family",
     "train_steps",
@@ -38,12 +39,21 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--name", required=True, help="family member to train")
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--out", required=True, help="model directory")
-    p.add_argument("--log", required=True, help="training curve (Parquet)")
+STAGE = Stage(
+    "train",
+    PARAMS,
+    reads={
+        "corpus": CORPUS,
+        "tokenizer": TOKENIZER,
+    },
+    writes={
+        "out": "artifacts/models/${key}",
+        "log": "artifacts/train/${key}.parquet",
+    },
+    manifest="artifacts/train/${key}.manifest.json",
+    foreach="family",
+    key_flag="name",
+)
 
 
 def run(args, params):
@@ -99,4 +109,4 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

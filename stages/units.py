@@ -28,14 +28,15 @@ from cwa.experiments.perturbations import SWEEP_KEYS
 from cwa.experiments.sweep import SweepConfig, specs
 from cwa.experiments.unit_sets import Bench, headline_sweep, measure_units
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.paths import BASELINE_TEXTS, EVAL_TEXT, MODELS, POOL, SCORES
+from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.unit_comparisons import UNIT_COMPARISONS_TABLE
 from cwa.schemas.unit_effects import UNIT_EFFECTS_TABLE
 from cwa.schemas.unit_scores import UNIT_SCORES_TABLE
 from cwa.scoring.store import StoredScores, pool_infos
 from cwa.selection.units import ranked, unit_scores, units_of
 
-# What this stage reads: its `params:` in dvc.yaml (tests/test_docs.py keeps them equal).
+# What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
     "model",
     "dtype",
@@ -57,15 +58,23 @@ PARAMS = (
 )
 
 
-def add_args(p):
-    p.add_argument("--eval-text", required=True, help="the sources stage's evaluation directory")
-    p.add_argument("--models-dir", required=True)
-    p.add_argument("--scores", required=True)
-    p.add_argument("--pool", required=True)
-    p.add_argument("--baseline-texts", required=True)
-    p.add_argument("--unit-scores", required=True)
-    p.add_argument("--effects", required=True)
-    p.add_argument("--comparisons", required=True)
+STAGE = Stage(
+    "units",
+    PARAMS,
+    reads={
+        "eval_text": EVAL_TEXT,
+        "models_dir": MODELS,
+        "scores": SCORES,
+        "pool": POOL,
+        "baseline_texts": BASELINE_TEXTS,
+    },
+    writes={
+        "unit_scores": "artifacts/units/scores.parquet",
+        "effects": "artifacts/units/effects.parquet",
+        "comparisons": "artifacts/units/comparisons.parquet",
+    },
+    manifest="artifacts/units/manifest.json",
+)
 
 
 def run(args, params):
@@ -108,4 +117,4 @@ def stacked(frames: list[pl.DataFrame], schema) -> pl.DataFrame:
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, PARAMS)
+    stage_main(__doc__, STAGE, run)

@@ -1,64 +1,46 @@
-"""A stage's code dependencies in dvc.yaml are exactly its script and the cwa modules it imports.
+"""dvc.yaml is generated from the stage declarations, and what it says holds: a stage's code
+dependencies are exactly its script and the cwa modules it imports, every path it is given is a
+dependency or an output, and the library's subpackages import only downward.
 
 DVC reruns a stage when a dependency changes: a module missing from the list is a stale cache,
-a module listed but never imported is a needless rerun (hours on a real model). The closure is
-computed from the source (`ast`, imports inside functions included), never typed by hand.
+a module listed but never imported is a needless rerun (hours on a real model).
 """
 
-import ast
 import re
 from pathlib import Path
 
 import yaml
 
+from cwa.pipeline.dvc_yaml import closure, cwa_imports, declarations, render
+from cwa.pipeline.paths import CHECKED, KJV_WHEEL, LM_EVAL_CONFIGS, LOCK, WEB_WHEEL
+
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "src" / "cwa"
 
 
-def module_files(dotted: str) -> set[str]:
-    """Files (relative to src/cwa, no suffix) that importing `dotted` runs: each package's
-    __init__ on the way, then the module itself."""
-    parts = dotted.split(".")[1:]
-    found = {"__init__"}
-    for i in range(1, len(parts) + 1):
-        path = "/".join(parts[:i])
-        if (LIB / path / "__init__.py").exists():
-            found.add(f"{path}/__init__")
-        elif (LIB / f"{path}.py").exists():
-            found.add(path)
-        else:
-            break  # a name inside the module (from cwa.x import name)
-    return found
+def test_dvc_yaml_is_generated_from_the_stage_declarations():
+    """Run `python -m cwa.pipeline.dvc_yaml` after changing a stage's STAGE or imports."""
+    assert (ROOT / "dvc.yaml").read_text() == render(), "dvc.yaml is stale: regenerate it"
 
 
-def cwa_imports(path: Path) -> set[str]:
-    """Module files of cwa that `path` imports anywhere (top level or inside functions)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names |= {f"{node.module}.{a.name}" for a in node.names}  # a module or a name in it
-    found = set()
-    for name in names:
-        if name == "cwa" or name.startswith("cwa."):
-            found |= module_files(name)
-    return found
-
-
-def closure(script: Path) -> set[str]:
-    seen, todo = set(), [script]
-    while todo:
-        for module in cwa_imports(todo.pop()) - seen:
-            seen.add(module)
-            todo.append(LIB / f"{module}.py")
-    return seen
+def test_every_path_a_stage_reads_is_written_by_a_stage_or_is_a_source():
+    """A typo in a path (or a table nobody writes) fails here, not after an hour of `dvc repro`."""
+    stages = declarations()
+    written = {p for s in stages.values() for p in [*s.writes.values(), *s.records.values()]}
+    sources = {KJV_WHEEL, WEB_WHEEL, LM_EVAL_CONFIGS}
+    unknown = {
+        f"{stage.name}: {path}"
+        for stage in stages.values()
+        for path in stage.reads.values()
+        if path not in written | sources and not any(w.startswith(f"{path}/") for w in written)
+    }
+    assert not unknown, f"read but never written: {sorted(unknown)}"
 
 
 def stages() -> dict[str, dict]:
     """name -> {cmd, deps, outs} with the dvc.yaml vars substituted (foreach bodies once)."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    values = {k: v for entry in spec["vars"] for k, v in entry.items()}
+    values = {k: v for entry in spec.get("vars", []) for k, v in entry.items()}
 
     def sub(text: str) -> str:
         return re.sub(r"\$\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), text)
@@ -86,9 +68,9 @@ def test_every_stage_depends_on_exactly_its_script_and_import_closure():
         code = {d for d in stage["deps"] if d.startswith(("stages/", "src/"))}
         if code != want:
             wrong[name] = sorted(want)
-        checked = "artifacts/params/checked.txt" in stage["deps"]
+        checked = CHECKED in stage["deps"]
         assert checked == (name != "check_params"), f"{name}: depends on check_params' output?"
-        locked = "requirements.lock" in stage["deps"]
+        locked = LOCK in stage["deps"]
         assert locked == (name != "check_params"), f"{name}: depends on the environment lock?"
     assert not wrong, "dvc.yaml code deps should be:\n" + "\n".join(
         f"  {name}: {deps}" for name, deps in wrong.items()
@@ -170,7 +152,8 @@ def test_closures_stay_small():
     assert closure(ROOT / "stages" / "corpus.py") == {
         "__init__", "core/__init__", "core/devices", "core/io", "core/progress",
         "config/__init__", "config/params", "data/__init__", "data/corpus",
-        "pipeline/__init__", "pipeline/stage", "schemas/__init__", "schemas/corpus",
+        "pipeline/__init__", "pipeline/paths", "pipeline/stage", "schemas/__init__",
+        "schemas/corpus",
     }  # fmt: skip
     assert "schemas/effects" not in closure(ROOT / "stages" / "train.py")
 
@@ -183,41 +166,3 @@ def declared_params(script: Path) -> tuple[str, ...]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return tuple(module.PARAMS)
-
-
-def _wrapped(text: str, field: str, name: str, items: list[str]) -> str:
-    """`text` with stage `name`'s `field: [...]` list set to `items`, wrapped like dvc.yaml."""
-    import textwrap
-
-    start = text.index(f"{field}: [", text.index(f"\n  {name}:\n"))
-    end = text.index("]", start)
-    indent = " " * (start - text.rindex("\n", 0, start) - 1)
-    pad = " " * (len(field) + 3)
-    lines = textwrap.wrap(", ".join(items), 93 - len(indent), break_on_hyphens=False)
-    return text[:start] + f"{field}: [" + f"\n{indent}{pad}".join(lines) + "]" + text[end + 1 :]
-
-
-def rewrite_dvc_yaml() -> None:
-    """`python tests/test_dependencies.py`: sets every stage's code deps in dvc.yaml to its
-    closure and its params to its PARAMS, keeping its data deps and the file's layout."""
-    text = (ROOT / "dvc.yaml").read_text()
-    for name, stage in yaml.safe_load(text)["stages"].items():
-        body = stage.get("do", stage)
-        script = re.search(r"python (stages/\w+\.py)", body["cmd"]).group(1)
-        items = [script] + [f'"${{lib}}/{m}.py"' for m in sorted(closure(ROOT / script))]
-        if name != "check_params":
-            items += ['"${checked}"', '"${lock}"']
-        for dep in map(str, body["deps"]):
-            if not dep.startswith(("stages/", "${lib}", "${checked}", "${lock}")):
-                items.append(f'"{dep}"' if dep.startswith("${") else dep)
-        text = _wrapped(text, "deps", name, items)
-        keys = declared_params(ROOT / script)
-        if keys:  # a foreach stage reads its own member of `family` or `models`
-            own = ("family", "models")
-            each = [f'"{k}.${{key}}"' if k in own and "do" in stage else k for k in keys]
-            text = _wrapped(text, "params", name, each)
-    (ROOT / "dvc.yaml").write_text(text)
-
-
-if __name__ == "__main__":
-    rewrite_dvc_yaml()

@@ -700,7 +700,7 @@ def test_a_new_param_reruns_only_the_stages_that_import_its_module(repo):
     """A key registered where its meaning lives (here a perturbation's module) reruns
     check_params, which writes the same bytes whatever keys exist, and the stages that import
     that module: not training, scoring or anything else that never reads it."""
-    from tests.test_dependencies import closure
+    from cwa.pipeline.dvc_yaml import closure
 
     restore(repo, "params.yaml", "dvc.lock")
     sh(repo, "dvc", "checkout", "--force")

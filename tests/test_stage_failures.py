@@ -16,7 +16,7 @@ import torch
 
 from cwa.core.io import atomic_write
 from cwa.core.progress import progress
-from cwa.pipeline.stage import stage_main
+from cwa.pipeline.stage import Stage, stage_main
 
 FAILURES = {{
     "bug": lambda: {{}}["missing key"],
@@ -25,8 +25,7 @@ FAILURES = {{
 }}
 
 
-def add_args(p):
-    p.add_argument("--out", required=True)
+STAGE = Stage("demo", (), writes={{"out": "out.txt"}})
 
 
 def run(args, params):
@@ -43,7 +42,7 @@ def run(args, params):
 
 
 if __name__ == "__main__":
-    stage_main(__doc__, add_args, run, ())
+    stage_main(__doc__, STAGE, run)
 '''
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -183,38 +184,75 @@ def failure_line(stage: str, err: BaseException, log_file: Path) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What a stage script declares, and all dvc.yaml says of it (cwa.pipeline.dvc_yaml generates
+    the file from these): the params it reads, the paths it reads and writes by the name of their
+    command-line flag (`eval_text` is `--eval-text`), and how DVC runs it.
+
+    `writes` are cached outputs; `records` are outputs DVC keeps out of its cache (plot side
+    files, the report folder) and `metrics` metrics files. With `foreach` ("family" or "models")
+    DVC runs one stage per member, `${key}` in a path is the member's name and `key_flag` the
+    flag that receives it. `always_changed`: DVC cannot see what it reads (files a param names).
+    """
+
+    name: str
+    params: tuple[str, ...]
+    reads: dict[str, str] = field(default_factory=dict)
+    writes: dict[str, str] = field(default_factory=dict)
+    records: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, str] = field(default_factory=dict)
+    manifest: str | None = None
+    foreach: str | None = None
+    key_flag: str | None = None
+    always_changed: bool = False
+
+    def paths(self) -> dict[str, str]:
+        """Every flag and its path, in command-line order."""
+        return {**self.reads, **self.writes, **self.records, **self.metrics}
+
+    def parser(self, doc: str) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(
+            description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        parser.add_argument("--params", default="params.yaml", help="params file")
+        parser.add_argument("--manifest", help="where to write this run's manifest (JSON)")
+        if self.key_flag:
+            parser.add_argument(f"--{_flag(self.key_flag)}", required=True, help=self.foreach)
+        for name, path in self.paths().items():
+            parser.add_argument(f"--{_flag(name)}", required=True, help=f"(dvc.yaml: {path})")
+        return parser
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
 def stage_main(
     doc: str,
-    add_args: Callable[[argparse.ArgumentParser], None],
+    stage: Stage,
     run: Callable[[argparse.Namespace, StageParams], dict | None],
-    reads: tuple[str, ...],
 ) -> None:
-    """Parses args, loads params, runs the stage on the keys it `reads` (its PARAMS); a CwaError
-    exits 2 with one clear line, any other exception 1 with one line (`failure_line`)."""
-    parser = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--params", default="params.yaml", help="params file")
-    parser.add_argument("--manifest", help="where to write this run's manifest (JSON)")
-    add_args(parser)
-    args = parser.parse_args()
-    stage = doc.strip().split(":", 1)[0]
+    """Parses the declared flags, loads params, runs the stage on the keys it declared; a
+    CwaError exits 2 with one clear line, any other exception 1 with one line (`failure_line`)."""
+    args = stage.parser(doc).parse_args()
+    name = stage.name
     log_dir = Path(os.environ.get("CWA_LOG_DIR", "logs"))
-    setup_logging(stage, log_dir)
-    log = logging.getLogger(f"cwa.{stage}")
+    setup_logging(name, log_dir)
+    log = logging.getLogger(f"cwa.{name}")
     log.info("started: %s", " ".join(sys.argv[1:]))
     started = time.perf_counter()
     try:
-        params = StageParams(load_params(args.params, strict=False), reads)
+        params = StageParams(load_params(args.params, strict=False), stage.params)
         extra = run(args, params) or {}
     except CwaError as err:
-        print(f"cwa {stage}: error: {err}", file=sys.stderr)
+        print(f"cwa {name}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:  # an outright bug, out of memory, a full disk: see failure_line
-        traceback_log.error("%s failed", stage, exc_info=err)
-        print(failure_line(stage, err, log_dir / f"{stage}.log"), file=sys.stderr)
+        traceback_log.error("%s failed", name, exc_info=err)
+        print(failure_line(name, err, log_dir / f"{name}.log"), file=sys.stderr)
         sys.exit(1)
     seconds = time.perf_counter() - started
     if args.manifest and int(os.environ.get("RANK", "0")) == 0:  # data parallel: main writes
-        write_json(manifest(stage, params, seconds, extra, args), args.manifest)
+        write_json(manifest(name, params, seconds, extra, args), args.manifest)
     log.info("done in %.1f s", seconds)
