@@ -29,7 +29,7 @@ from cwa.evaluation.perplexity import evaluate, reference
 from cwa.evaluation.tasks import evaluate_task, load_task
 from cwa.experiments.perturbations import Snapshot
 from cwa.experiments.pruning import (
-    ACTIVATION_METHODS,
+    LAYER_PRUNERS,
     Sparsity,
     apply_masks,
     in_group,
@@ -153,7 +153,7 @@ def prune_each(ev, infos, params, draw, scores_of, measure, task_at: float):
     with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
         ref = reference(model, windows, params.batch_size, Path(tmp))
         for method in params.prune_methods:
-            activations = method in ACTIVATION_METHODS
+            activations = method in LAYER_PRUNERS
             scores = (
                 None if activations else method_scores(method, infos, scores_of, params.seeds[0])
             )

@@ -253,3 +253,37 @@ def test_owl_targets_prune_each_block_at_its_own_fraction(calibration):
     masks = prune_by_activations(model, infos, "sparsegpt", target, calibration, 4)
     for info in infos:
         assert int(masks[info.name].sum()) == int(info.numel * target.at(info.layer))
+
+
+def test_a_registered_layer_pruner_is_a_valid_method_and_runs_block_by_block(
+    calibration, monkeypatch
+):
+    """A pruning method is one registration: params accept its name and prune_by_activations
+    calls it for every pool layer with that layer's own input statistics (no method chain)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from cwa import CwaError
+    from cwa.config.params import load_params
+    from cwa.experiments import pruning
+
+    calls = []
+
+    def lowest_input_norm(view, target, stats):  # prune the columns with the smallest ‖X_j‖
+        calls.append(view.shape)
+        mask = per_row(stats.sq.expand_as(view).clone(), target.fraction)
+        view.masked_fill_(mask, 0)
+        return mask
+
+    method = pruning.LayerPruner("input_norm", "lowest input norm", False, lowest_input_norm)
+    monkeypatch.setitem(pruning.LAYER_PRUNERS._items, method.name, method)  # registered here only
+    model = tiny_llama()
+    infos = pool(describe(model))
+    masks = prune_by_activations(model, infos, "input_norm", Sparsity(0.5), calibration, 4)
+    assert len(calls) == len(infos)
+    for info in infos:
+        assert (masks[info.name].sum(dim=1) == info.shape[1] // 2).all()
+    defaults = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert replace(defaults, prune_methods=("input_norm",)).prune_methods == ("input_norm",)
+    with pytest.raises(CwaError, match="input_norm"):  # listed among the valid names
+        replace(defaults, prune_methods=("no_such",))

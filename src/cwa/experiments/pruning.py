@@ -18,6 +18,7 @@ statistics come from the model with the blocks before it already pruned.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,22 +28,21 @@ from cwa import CwaError
 from cwa.config.params import check as params_check
 from cwa.config.params import check_choice, fail
 from cwa.core.hooks import forward_hooks
+from cwa.core.registry import Registry
 from cwa.models.anatomy import ParamInfo, block_stack, owning_modules
 from cwa.scoring.metrics import METRICS
 
 GROUPS = ("global", "per_tensor", "per_row")
-ACTIVATION_METHODS = ("wanda", "ria", "sparsegpt")
 RIA_EXPONENT = 0.5  # a: the activation term's power in RIA's score (the paper's default)
 SPARSEGPT_BLOCK = 128  # columns per block (the reference default)
 SPARSEGPT_DAMP = 0.01  # λ = 1% of the mean diagonal of H (the reference's percdamp)
-OWN_METHODS = ("ria", "sparsegpt", "random")  # beside the metrics (`wanda` is one)
 
 
 @params_check
 def _valid_pruning(p) -> None:
     """prune_methods name metrics or pruning methods; sparsities are fractions; N:M patterns
     have 0 < N < M."""
-    valid = (*METRICS.names(), *OWN_METHODS)
+    valid = sorted({*METRICS.names(), *LAYER_PRUNERS.names(), *SCORE_METHODS.names()})
     if not p.prune_methods or len(set(p.prune_methods)) != len(p.prune_methods):
         fail("prune_methods", f"must be distinct names, got {list(p.prune_methods)}")
     for name in p.prune_methods:
@@ -277,6 +277,79 @@ def input_stats(
     return {n: InputStats(sq[n], hs.get(n), len(windows)) for n in modules}
 
 
+@dataclass(frozen=True)
+class LayerPruner:
+    """A method that prunes each linear layer from its own calibration inputs, block by block
+    (Wanda, RIA, SparseGPT): `prune(view, target, stats)` prunes the (outputs, inputs) view in
+    place and returns its mask (True: pruned); `hessian`: it needs Σ x xᵀ."""
+
+    name: str
+    doc: str
+    hessian: bool
+    prune: Callable[[torch.Tensor, Sparsity, InputStats], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ScoreMethod:
+    """A method beside the metrics that scores weights without the model (`random`): the
+    lowest scores of each `prune_group` are pruned, as for a metric."""
+
+    name: str
+    doc: str
+    scores: Callable[[list[ParamInfo], int], dict[str, torch.Tensor]]
+
+
+LAYER_PRUNERS: Registry[LayerPruner] = Registry("layer-wise pruning method")
+SCORE_METHODS: Registry[ScoreMethod] = Registry("pruning score method")
+
+
+def layer_pruner(name: str, doc: str, hessian: bool = False):
+    def register(prune):
+        LAYER_PRUNERS.register(LayerPruner(name, doc, hessian, prune))
+        return prune
+
+    return register
+
+
+@layer_pruner("wanda", "|W_ij|·‖X_j‖₂ within each output row (Sun et al. 2024)")
+def _wanda(view: torch.Tensor, target: Sparsity, stats: InputStats) -> torch.Tensor:
+    score = wanda_scores(view.float(), stats.sq, stats.windows)
+    mask = n_of_m(score, *target.nm) if target.nm else per_row(score, target.fraction)
+    view.masked_fill_(mask, 0)
+    return mask
+
+
+@layer_pruner("ria", "relative importance and activations within each tensor (Zhang et al. 2024)")
+def _ria(view: torch.Tensor, target: Sparsity, stats: InputStats) -> torch.Tensor:
+    score = ria_scores(view.float(), stats.sq, stats.windows)
+    if target.nm:
+        mask = n_of_m(score, *target.nm)
+    else:
+        mask = lowest(score.flatten(), int(score.numel() * target.fraction)).reshape(score.shape)
+    view.masked_fill_(mask, 0)
+    return mask
+
+
+@layer_pruner("sparsegpt", "OBS pruning with the layer's outputs reconstructed", hessian=True)
+def _sparsegpt(view: torch.Tensor, target: Sparsity, stats: InputStats) -> torch.Tensor:
+    new, mask = sparsegpt(view, stats.hessian, target)
+    view.copy_(new.to(view.dtype))
+    return mask
+
+
+def _random_scores(infos: list[ParamInfo], seed: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, info in enumerate(infos):
+        generator = torch.Generator().manual_seed(seed * 100_003 + i)
+        out[info.name] = torch.rand(info.shape, generator=generator)
+    return out
+
+
+SCORE_METHODS.register(
+    ScoreMethod("random", "uniform random scores, seeded per tensor", _random_scores)
+)
+
+
 def prune_by_activations(
     model: nn.Module,
     infos: list[ParamInfo],
@@ -285,8 +358,8 @@ def prune_by_activations(
     windows: torch.Tensor,
     batch_size: int,
 ) -> dict[str, torch.Tensor]:
-    """Prunes the pool in place with wanda, ria or sparsegpt, block by block (outside-block
-    layers last); returns the masks (True: pruned) in storage layout."""
+    """Prunes the pool in place with a layer-wise method (LAYER_PRUNERS), block by block
+    (outside-block layers last); returns the masks (True: pruned) in storage layout."""
     from transformers.pytorch_utils import Conv1D
 
     params = dict(model.named_parameters())
@@ -298,7 +371,7 @@ def prune_by_activations(
                 "is not one: narrow the pool (include_embeddings: false, include_1d: false)"
             )
     _, blocks = block_stack(model)
-    masks = {}
+    pruner, masks = LAYER_PRUNERS.get(method), {}
     for layer in sorted({i.layer for i in infos}, key=lambda v: (v < 0, v)):
         mine = [i for i in infos if i.layer == layer]
         stats = input_stats(
@@ -306,45 +379,24 @@ def prune_by_activations(
             {i.name: owners[i.name] for i in mine},
             windows,
             batch_size,
-            hessian=method == "sparsegpt",
+            hessian=pruner.hessian,
             stop_after=blocks[layer] if layer >= 0 else None,
         )
         here = Sparsity(target.at(layer), target.nm)
         for info in mine:
-            masks[info.name] = _prune_layer(params[info.name], info, method, here, stats[info.name])
+            with torch.no_grad():
+                mask = pruner.prune(matrix(params[info.name].data, info), here, stats[info.name])
+            masks[info.name] = (mask.T if info.transposed else mask).reshape(info.shape)
     return masks
-
-
-def _prune_layer(weight, info, method, target, stats: InputStats) -> torch.Tensor:
-    view = matrix(weight.data, info)
-    with torch.no_grad():
-        if method == "sparsegpt":
-            new, mask = sparsegpt(view, stats.hessian, target)
-            view.copy_(new.to(view.dtype))
-        else:
-            score = wanda_scores if method == "wanda" else ria_scores
-            s = score(view.float(), stats.sq, stats.windows)
-            if target.nm:
-                mask = n_of_m(s, *target.nm)
-            elif method == "wanda":
-                mask = per_row(s, target.fraction)
-            else:
-                mask = lowest(s.flatten(), int(s.numel() * target.fraction)).reshape(s.shape)
-            view.masked_fill_(mask, 0)
-    return (mask.T if info.transposed else mask).reshape(info.shape)
 
 
 def method_scores(
     method: str, infos: list[ParamInfo], scores_of, seed: int
 ) -> dict[str, torch.Tensor]:
     """|score| of every pool weight for a metric method (scores_of(name): the metric's scores
-    on the calibration draw), or uniform random scores for `random` (seeded per tensor)."""
-    if method == "random":
-        out = {}
-        for i, info in enumerate(infos):
-            g = torch.Generator().manual_seed(seed * 100_003 + i)
-            out[info.name] = torch.rand(info.shape, generator=g)
-        return out
+    on the calibration draw), or a score method's scores (SCORE_METHODS: `random`)."""
+    if method in SCORE_METHODS:
+        return SCORE_METHODS.get(method).scores(infos, seed)
     return {n: s.abs() for n, s in scores_of(method).items()}
 
 
