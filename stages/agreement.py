@@ -40,6 +40,9 @@ PARAMS = (
 STAGE = Stage(
     "agreement",
     PARAMS,
+    does=(
+        "every metric of `compare_metrics` on the same draw: overlap@k and Spearman for each pair"
+    ),
     reads={
         "calib_text": CALIB_TEXT,
         "models_dir": MODELS,

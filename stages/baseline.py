@@ -33,6 +33,7 @@ PARAMS = (
 STAGE = Stage(
     "baseline",
     PARAMS,
+    does=("per-window NLL, token-weighted perplexity, next-token accuracy"),
     reads={
         "eval_text": EVAL_TEXT,
         "models_dir": MODELS,

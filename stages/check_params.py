@@ -24,6 +24,7 @@ PARAMS = tuple(all_keys())
 STAGE = Stage(
     "check_params",
     PARAMS,
+    does=("checks every param (names included) before any other stage runs"),
     writes={
         "out": CHECKED,
     },

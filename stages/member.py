@@ -68,6 +68,12 @@ PARAMS = (
 STAGE = Stage(
     "member",
     PARAMS,
+    does=(
+        "for each model of the study (`models`: built-in, hub id with revision, or directory): "
+        "sensitivity, concentration, the headline zeroing experiment against the controls, the "
+        "super-weight detector, where the top-k and the score sit by component and depth, each "
+        "expert's score share and routed tokens, the top set and a score sample for drift"
+    ),
     reads={
         "calib_text": CALIB_TEXT,
         "eval_text": EVAL_TEXT,

@@ -76,6 +76,14 @@ PARAMS = (
 STAGE = Stage(
     "perturb",
     PARAMS,
+    does=(
+        "the perturbation sweep (every kind over k; every strength and mask ratio at "
+        "`headline_k`) on every selection of every seed's ranking; ΔPPL with paired-bootstrap CI; "
+        "top vs each control with p-values, effect sizes and separation CIs, per seed and pooled "
+        "over seeds (CIs resampling seeds and windows); downstream tasks (and "
+        "lm-evaluation-harness tasks) under the first seed's headline experiments; restore "
+        "checked bit for bit"
+    ),
     reads={
         "eval_text": EVAL_TEXT,
         "models_dir": MODELS,

@@ -76,6 +76,11 @@ PARAMS = (
 STAGE = Stage(
     "prune",
     PARAMS,
+    does=(
+        "prunes the model by every method of `prune_methods` (any metric, `wanda`, `ria`, "
+        "`sparsegpt`, `random`) at every sparsity and N:M pattern; perplexity, KL and top-1 of "
+        "each pruned model with paired CIs, and its gain over magnitude and Wanda pruning"
+    ),
     reads={
         "calib_text": CALIB_TEXT,
         "eval_text": EVAL_TEXT,

@@ -29,6 +29,10 @@ PARAMS = (
 STAGE = Stage(
     "rank",
     PARAMS,
+    does=(
+        "exact top-k, bottom_k and matched random_k (stratified by tensor, several draws) for "
+        "every k and seed"
+    ),
     reads={
         "scores": SCORES,
         "pool": POOL,

@@ -91,6 +91,7 @@ PARAMS = (
 STAGE = Stage(
     "report",
     PARAMS,
+    does=("`report/report.md` and `.html` with plots, `metrics.json`, plot CSVs"),
     reads={
         "baseline": "artifacts/baseline/summary.parquet",
         "pool": POOL,

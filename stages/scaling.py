@@ -33,6 +33,12 @@ OUTPUTS = ("members", "measures", "fit", "shares", "groups", "experts", "drift")
 STAGE = Stage(
     "scaling",
     PARAMS,
+    does=(
+        "the study across models: members with tags, a tidy measures table, power-law fits "
+        "against parameter count with leave-one-out error and a two-segment (threshold) fit, "
+        "dense vs MoE (and base vs instruct) component shares with permutation tests, experts, "
+        "and checkpoint drift (Jaccard and Spearman step to step and with the last)"
+    ),
     reads={
         "members_dir": "artifacts/study/members",
     },

@@ -48,6 +48,11 @@ PARAMS = (
 STAGE = Stage(
     "sensitivity",
     PARAMS,
+    does=(
+        "one calibration draw per seed, a score for every pool weight (fp32), per-tensor "
+        "statistics (scores as safetensors, one file per seed; its header records the metric, the "
+        "seed and the indices of the calibration windows scored)"
+    ),
     reads={
         "calib_text": CALIB_TEXT,
         "models_dir": MODELS,

@@ -24,6 +24,11 @@ PARAMS = ("calib_data", "eval_data", "finetune_data", "data_field")
 STAGE = Stage(
     "sources",
     PARAMS,
+    does=(
+        "reads the calibration, evaluation and fine-tuning text `calib_data`, `eval_data` and "
+        "`finetune_data` name (always runs; unchanged text reruns nothing) (each folder: the "
+        "documents and `source.json`)"
+    ),
     reads={
         "corpus": CORPUS,
     },

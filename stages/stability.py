@@ -26,6 +26,7 @@ PARAMS = ()
 STAGE = Stage(
     "stability",
     PARAMS,
+    does=("Jaccard and Spearman of top-k sets across seeds, per k"),
     reads={
         "ranking": RANKING,
         "scores": SCORES,

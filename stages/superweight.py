@@ -43,6 +43,11 @@ PARAMS = (
 STAGE = Stage(
     "superweight",
     PARAMS,
+    does=(
+        "data-free super-weight detector: where each MLP down projection's output spikes (token, "
+        "channel) and the weight contributing most to that spike, ranked by contribution; the "
+        "damage of setting each alone to 0 and to its row's mean"
+    ),
     reads={
         "calib_text": CALIB_TEXT,
         "eval_text": EVAL_TEXT,

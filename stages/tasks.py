@@ -24,6 +24,10 @@ ITEMS, SEED = 500, 0
 STAGE = Stage(
     "tasks",
     PARAMS,
+    does=(
+        "built-in downstream task files from held-out passages: `kjv_lambada` (LAMBADA-style last "
+        "word) and `kjv_hellaswag` (HellaSwag-style 4-way choice), 500 items each"
+    ),
     reads={
         "corpus": CORPUS,
     },

@@ -17,6 +17,7 @@ PARAMS = ("vocab_size",)
 STAGE = Stage(
     "tokenizer",
     PARAMS,
+    does=("byte-level BPE, 2,048 tokens, trained on the train split"),
     reads={
         "corpus": CORPUS,
     },

@@ -42,6 +42,11 @@ PARAMS = (
 STAGE = Stage(
     "train",
     PARAMS,
+    does=(
+        "trains each built-in model (one DVC stage per family member: Llama, or a Mixtral-style "
+        "mixture of experts), saving the steps of `train_checkpoints` as checkpoints (checkpoints "
+        "in `models/<name>/checkpoints/step-<n>/`)"
+    ),
     reads={
         "corpus": CORPUS,
         "tokenizer": TOKENIZER,

@@ -61,6 +61,11 @@ PARAMS = (
 STAGE = Stage(
     "units",
     PARAMS,
+    does=(
+        "scores neurons, heads, experts or residual channels (`units`) as wholes; the top units "
+        "alone and together against random units of the same kind matched per layer, through the "
+        "perturbation sweep with its CIs and tests"
+    ),
     reads={
         "eval_text": EVAL_TEXT,
         "models_dir": MODELS,

@@ -11,16 +11,27 @@ from pathlib import Path
 
 import yaml
 
-from cwa.pipeline.dvc_yaml import closure, cwa_imports, declarations, render
+from cwa.pipeline.dvc_yaml import (
+    closure,
+    cwa_imports,
+    declarations,
+    render,
+    stage_table,
+    with_table,
+)
 from cwa.pipeline.paths import CHECKED, KJV_WHEEL, LM_EVAL_CONFIGS, LOCK, WEB_WHEEL
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "src" / "cwa"
 
 
-def test_dvc_yaml_is_generated_from_the_stage_declarations():
+def test_dvc_yaml_and_the_stage_table_are_generated_from_the_stage_declarations():
     """Run `python -m cwa.pipeline.dvc_yaml` after changing a stage's STAGE or imports."""
-    assert (ROOT / "dvc.yaml").read_text() == render(), "dvc.yaml is stale: regenerate it"
+    stages = declarations()
+    assert (ROOT / "dvc.yaml").read_text() == render(stages), "dvc.yaml is stale: regenerate it"
+    docs = (ROOT / "docs" / "pipeline.md").read_text()
+    assert docs == with_table(docs, stage_table(stages)), "docs/pipeline.md's stage table is stale"
+    assert "| `member@<label>` |" in docs and "`study/members/<label>`" in docs
 
 
 def test_every_path_a_stage_reads_is_written_by_a_stage_or_is_a_source():

@@ -25,7 +25,7 @@ FAILURES = {{
 }}
 
 
-STAGE = Stage("demo", (), writes={{"out": "out.txt"}})
+STAGE = Stage("demo", (), "fails on purpose", writes={{"out": "out.txt"}})
 
 
 def run(args, params):

@@ -217,14 +217,50 @@ def render(stages: dict[str, Stage] | None = None) -> str:
     return HEADER + "\n" + "\n".join(body) + PLOTS
 
 
+TABLE_BEGIN = (
+    "<!-- stages: generated from the declarations by `python -m cwa.pipeline.dvc_yaml` -->"
+)
+TABLE_END = "<!-- end of stages -->"
+
+
+def stage_table(stages: dict[str, Stage] | None = None) -> str:
+    """The stage table of docs/pipeline.md: name, what it does, what it writes."""
+    stages = declarations() if stages is None else stages
+    rows = ["| stage | does | writes (under `artifacts/` unless noted) |", "|---|---|---|"]
+    for stage in stages.values():
+        member = {"family": "<name>", "models": "<label>"}.get(stage.foreach or "", "")
+        name = f"{stage.name}@{member}" if member else stage.name
+        outputs = [*stage.writes.values(), *stage.records.values(), *stage.metrics.values()]
+        shown = (
+            f"`{path.removeprefix('artifacts/').replace('${key}', member)}`" for path in outputs
+        )
+        does = stage.does.replace("|", "\\|")
+        rows.append(f"| `{name}` | {does} | {', '.join(shown)} |")
+    return "\n".join(rows)
+
+
+def with_table(doc: str, table: str) -> str:
+    """`doc` with the text between the table markers replaced by `table`."""
+    before, rest = doc.split(TABLE_BEGIN)
+    _, after = rest.split(TABLE_END)
+    return f"{before}{TABLE_BEGIN}\n{table}\n{TABLE_END}{after}"
+
+
 def main(argv: list[str]) -> int:
-    """`python -m cwa.pipeline.dvc_yaml` writes dvc.yaml; with `--check`, exit 1 if it differs."""
-    text, path = render(), ROOT / "dvc.yaml"
+    """`python -m cwa.pipeline.dvc_yaml` writes dvc.yaml and the stage table of
+    docs/pipeline.md; with `--check`, exit 1 if either differs from the declarations."""
+    stages = declarations()
+    docs = ROOT / "docs" / "pipeline.md"
+    want = {
+        ROOT / "dvc.yaml": render(stages),
+        docs: with_table(docs.read_text(), stage_table(stages)),
+    }
     if "--check" in argv:
-        same = path.read_text() == text
-        print("dvc.yaml matches the declarations" if same else "dvc.yaml is stale: regenerate it")
-        return 0 if same else 1
-    path.write_text(text)
+        stale = [path.name for path, text in want.items() if path.read_text() != text]
+        print(f"stale: {', '.join(stale)}" if stale else "dvc.yaml and the stage table match")
+        return 1 if stale else 0
+    for path, text in want.items():
+        path.write_text(text)
     return 0
 
 

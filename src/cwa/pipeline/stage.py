@@ -187,8 +187,9 @@ def failure_line(stage: str, err: BaseException, log_file: Path) -> str:
 @dataclass(frozen=True)
 class Stage:
     """What a stage script declares, and all dvc.yaml says of it (cwa.pipeline.dvc_yaml generates
-    the file from these): the params it reads, the paths it reads and writes by the name of their
-    command-line flag (`eval_text` is `--eval-text`), and how DVC runs it.
+    the file and the stage table of docs/pipeline.md from these): the params it reads, what it
+    does, the paths it reads and writes by the name of their command-line flag (`eval_text` is
+    `--eval-text`), and how DVC runs it.
 
     `writes` are cached outputs; `records` are outputs DVC keeps out of its cache (plot side
     files, the report folder) and `metrics` metrics files. With `foreach` ("family" or "models")
@@ -198,6 +199,7 @@ class Stage:
 
     name: str
     params: tuple[str, ...]
+    does: str  # for users: the row of the stage table in docs/pipeline.md
     reads: dict[str, str] = field(default_factory=dict)
     writes: dict[str, str] = field(default_factory=dict)
     records: dict[str, str] = field(default_factory=dict)
