@@ -488,32 +488,52 @@ def test_metric_change_reruns_sensitivity_but_not_baseline(repo):
     assert "separation" in shown and "grad_squared" in shown
 
 
-def test_no_downstream_tasks_through_dvc_exp_run(repo):
-    """`tasks: []` (the old --no-downstream-tasks): the sweep completes, the task table is empty
-    and schema-valid, and the report says none were run."""
-    out = sh(repo, "dvc", "exp", "run", "-S", "tasks=[]", "-S", "lm_eval_tasks=[]")
-    assert "Running stage 'perturb'" in out and "Running stage 'report'" in out
-    assert pl.read_parquet(repo / "artifacts" / "perturb" / "tasks.parquet").is_empty()
-    report = (repo / "artifacts" / "report" / "report.md").read_text()
-    assert "None were run (`tasks` and `lm_eval_tasks` are empty)." in report
-    restore(repo, "params.yaml", "dvc.lock")  # the next tests start from defaults
-    sh(repo, "dvc", "checkout", "--force")
+# Every list param at its smallest valid length: none where none is valid (no tasks, no controls,
+# no N:M pattern), else one (one seed, k, perturbation, sparsity, fine-tuning seed, unit kind and
+# study member; two metrics to compare)
+SMALLEST = {
+    "seeds": "[0]",
+    "topk": "[50]",
+    "controls": "[]",
+    "perturb": "[zero]",
+    "tasks": "[]",
+    "lm_eval_tasks": "[]",
+    "compare_metrics": "[magnitude,grad_x_weight]",
+    "prune_methods": "[magnitude]",
+    "sparsities": "[0.5]",
+    "prune_nm": "[]",
+    "finetune_seeds": "[0]",
+    "units": "[neuron]",
+    "fault_rates": "[1.0e-5]",
+    "fault_protect": "[0.1]",
+    "models": "{t2: {model: 'builtin:t2'}}",
+}
 
 
-def test_no_controls_through_dvc_exp_run(repo):
-    """`controls: []`: top sets only; no comparison rows, no separation, and the report says
-    so instead of crashing."""
-    out = sh(repo, "dvc", "exp", "run", "-S", "controls=[]")
-    assert "Running stage 'rank'" in out and "Running stage 'report'" in out
+def test_every_list_param_at_its_smallest_length_runs_through_the_report(repo):
+    """One seed (no stability), no controls (no separation), no downstream tasks (the old
+    --no-downstream-tasks), one fine-tuning seed (no interval), one study member: every stage
+    runs, every table is schema-valid, and the report says what one value cannot show instead of
+    drawing an empty figure or crashing."""
+    settings = [arg for key, value in SMALLEST.items() for arg in ("-S", f"{key}={value}")]
+    out = sh(repo, "dvc", "exp", "run", *settings)
+    assert {"rank", "perturb", "stability", "finetune", "member@t2", "report"} <= set(ran(out))
     art = repo / "artifacts"
     assert set(pl.read_parquet(art / "rank" / "ranking.parquet")["selection"]) == {"top"}
     assert pl.read_parquet(art / "perturb" / "comparisons.parquet").is_empty()
     assert pl.read_parquet(art / "perturb" / "pooled.parquet").is_empty()
+    assert pl.read_parquet(art / "perturb" / "tasks.parquet").is_empty()
+    assert pl.read_parquet(art / "stability" / "stability.parquet").is_empty()
     m = json.loads((art / "metrics.json").read_text())
     assert m["separation"] is None and m["p_value"] is None  # NaN is null in JSON
     assert math.isfinite(m["delta_ppl_top"])  # the top set was still perturbed
     report = (art / "report" / "report.md").read_text()
     assert "No controls were run (`controls` is empty)" in report
+    assert "None were run (`tasks` and `lm_eval_tasks` are empty)." in report
+    assert "stability across seeds is not measured" in report
+    assert not (art / "report" / "stability.png").exists()
+    assert "One fine-tuning seed (`finetune_seeds` has one value)" in report
+    assert pl.read_parquet(art / "study" / "members.parquet")["label"].to_list() == ["t2"]
     restore(repo, "params.yaml", "dvc.lock")  # the next tests start from defaults
     sh(repo, "dvc", "checkout", "--force")
 
