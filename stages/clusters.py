@@ -30,7 +30,7 @@ from cwa.experiments.perturbations import SWEEP_KEYS
 from cwa.experiments.sweep import SweepConfig, selection_frame, stream_seed
 from cwa.experiments.unit_sets import Bench, headline_sweep, measure
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.paths import BASELINE_TEXTS, EVAL_TEXT, MODELS, POOL, SCORES
+from cwa.pipeline.paths import SCORED_MODEL
 from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.cluster_effects import CLUSTER_EFFECTS_TABLE
 from cwa.schemas.cluster_members import CLUSTER_MEMBERS_TABLE
@@ -68,13 +68,7 @@ STAGE = Stage(
         "spread, depth and component (K-means with k by silhouette, DBSCAN); each K-means "
         "cluster's top members zeroed against random weights"
     ),
-    reads={
-        "eval_text": EVAL_TEXT,
-        "models_dir": MODELS,
-        "scores": SCORES,
-        "pool": POOL,
-        "baseline_texts": BASELINE_TEXTS,
-    },
+    reads=SCORED_MODEL,
     writes={
         "members": "artifacts/clusters/members.parquet",
         "clusters": "artifacts/clusters/clusters.parquet",

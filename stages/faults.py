@@ -21,7 +21,7 @@ from cwa.core.io import write_table
 from cwa.evaluation.perplexity import reference
 from cwa.experiments.faults import campaign, summary
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.paths import BASELINE_TEXTS, EVAL_TEXT, MODELS, POOL, SCORES
+from cwa.pipeline.paths import SCORED_MODEL
 from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.fault_summary import FAULT_SUMMARY_TABLE
 from cwa.schemas.fault_trials import FAULT_TRIALS_TABLE
@@ -52,13 +52,7 @@ STAGE = Stage(
         "fault-injection campaign: random bit flips at each bit error rate, unprotected and with "
         "the top (or a random) fraction of the pool protected"
     ),
-    reads={
-        "eval_text": EVAL_TEXT,
-        "models_dir": MODELS,
-        "scores": SCORES,
-        "pool": POOL,
-        "baseline_texts": BASELINE_TEXTS,
-    },
+    reads=SCORED_MODEL,
     writes={
         "trials": "artifacts/faults/trials.parquet",
         "summary": "artifacts/faults/summary.parquet",

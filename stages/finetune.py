@@ -33,7 +33,10 @@ from cwa.experiments.finetuning import (
 from cwa.experiments.perturbations import Snapshot
 from cwa.models.memory import guard_training
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.paths import BASELINE_TEXTS, EVAL_TEXT, FINETUNE_TEXT, MODELS, POOL, SCORES
+from cwa.pipeline.paths import (
+    FINETUNE_TEXT,
+    SCORED_MODEL,
+)
 from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.finetune import FINETUNE_TABLE
 from cwa.schemas.finetune_runs import FINETUNE_RUNS_TABLE
@@ -68,14 +71,7 @@ STAGE = Stage(
         "held-out new text and forgetting on the evaluation text, with t-intervals over "
         "fine-tuning seeds and paired contrasts; frozen weights checked bit for bit"
     ),
-    reads={
-        "finetune_text": FINETUNE_TEXT,
-        "eval_text": EVAL_TEXT,
-        "models_dir": MODELS,
-        "scores": SCORES,
-        "pool": POOL,
-        "baseline_texts": BASELINE_TEXTS,
-    },
+    reads={"finetune_text": FINETUNE_TEXT, **SCORED_MODEL},
     writes={
         "runs": "artifacts/finetune/runs.parquet",
         "summary": "artifacts/finetune/summary.parquet",

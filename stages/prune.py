@@ -40,7 +40,11 @@ from cwa.experiments.pruning import (
 )
 from cwa.experiments.pruning_summary import table, task_table
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.paths import BASELINE_TEXTS, CALIB_TEXT, EVAL_TEXT, MODELS, POOL, SCORES, TASK_DIR
+from cwa.pipeline.paths import (
+    CALIB_TEXT,
+    SCORED_MODEL,
+    TASK_DIR,
+)
 from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.prune_tasks import PRUNE_TASKS_TABLE
 from cwa.schemas.pruning import PRUNING_TABLE
@@ -81,15 +85,7 @@ STAGE = Stage(
         "`sparsegpt`, `random`) at every sparsity and N:M pattern; perplexity, KL and top-1 of "
         "each pruned model with paired CIs, and its gain over magnitude and Wanda pruning"
     ),
-    reads={
-        "calib_text": CALIB_TEXT,
-        "eval_text": EVAL_TEXT,
-        "models_dir": MODELS,
-        "scores": SCORES,
-        "pool": POOL,
-        "baseline_texts": BASELINE_TEXTS,
-        "tasks_dir": TASK_DIR,
-    },
+    reads={"calib_text": CALIB_TEXT, **SCORED_MODEL, "tasks_dir": TASK_DIR},
     writes={
         "out": "artifacts/prune/pruning.parquet",
         "task_results": "artifacts/prune/tasks.parquet",

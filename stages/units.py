@@ -28,7 +28,7 @@ from cwa.experiments.perturbations import SWEEP_KEYS
 from cwa.experiments.sweep import SweepConfig, specs
 from cwa.experiments.unit_sets import Bench, headline_sweep, measure_units
 from cwa.pipeline.evaluation_setup import prepare_stage
-from cwa.pipeline.paths import BASELINE_TEXTS, EVAL_TEXT, MODELS, POOL, SCORES
+from cwa.pipeline.paths import SCORED_MODEL
 from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.unit_comparisons import UNIT_COMPARISONS_TABLE
 from cwa.schemas.unit_effects import UNIT_EFFECTS_TABLE
@@ -66,13 +66,7 @@ STAGE = Stage(
         "alone and together against random units of the same kind matched per layer, through the "
         "perturbation sweep with its CIs and tests"
     ),
-    reads={
-        "eval_text": EVAL_TEXT,
-        "models_dir": MODELS,
-        "scores": SCORES,
-        "pool": POOL,
-        "baseline_texts": BASELINE_TEXTS,
-    },
+    reads=SCORED_MODEL,
     writes={
         "unit_scores": "artifacts/units/scores.parquet",
         "effects": "artifacts/units/effects.parquet",

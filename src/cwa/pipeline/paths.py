@@ -24,3 +24,12 @@ BASELINE_TEXTS = f"{ARTIFACTS}/baseline/texts.parquet"
 SCORES = f"{ARTIFACTS}/sensitivity/scores"  # the score store, one file per seed
 POOL = f"{ARTIFACTS}/sensitivity/pool.parquet"
 RANKING = f"{ARTIFACTS}/rank/ranking.parquet"
+
+# what every stage that measures the scored model on the evaluation text reads
+SCORED_MODEL = {
+    "eval_text": EVAL_TEXT,
+    "models_dir": MODELS,
+    "scores": SCORES,
+    "pool": POOL,
+    "baseline_texts": BASELINE_TEXTS,
+}
