@@ -109,3 +109,38 @@ def test_window_scores_equal_one_backward_per_window_written_out():
     got = table.filter((pl.col("window") == 2) & (pl.col("param") == infos[1].name))["score"][0]
     assert got == pytest.approx(want, rel=1e-5)  # float32 sums in another order
     assert all(p.requires_grad for p in model.parameters())  # the flags restored
+
+
+PAIRS_HASH = """
+import hashlib, sys
+import numpy as np, polars as pl
+from cwa.analysis.layer_correlation import pairs
+from tests.test_layer_correlation import _scores
+matrix = np.random.default_rng(0).lognormal(0.0, 3.0, size=(64, 8))
+table = pairs(_scores(matrix, components=("attn_q", "attn_k", "mlp_up", "mlp_down")))
+print(hashlib.sha256(table.select(pl.col(pl.Float64)).to_numpy().tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.slow  # two subprocesses: `make test` only
+def test_pairs_are_the_same_bytes_whichever_blas_kernel_runs():
+    """OpenBLAS picks its kernels by CPU; OPENBLAS_CORETYPE forces another core's. The pairs
+    (scipy.stats.pearsonr and numpy sums before) must not depend on that choice."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def digest(core: str) -> str:
+        env = {**os.environ, "OPENBLAS_CORETYPE": core, "NPY_DISABLE_CPU_FEATURES": ""}
+        if core == "Prescott":  # and numpy's own SIMD loops at their most basic
+            env["NPY_DISABLE_CPU_FEATURES"] = "AVX2 FMA3"
+        done = subprocess.run(
+            [sys.executable, "-c", PAIRS_HASH], cwd=root, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    assert digest("Haswell") == digest("Prescott")
