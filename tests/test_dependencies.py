@@ -49,21 +49,16 @@ def test_every_path_a_stage_reads_is_written_by_a_stage_or_is_a_source():
 
 
 def stages() -> dict[str, dict]:
-    """name -> {cmd, deps, outs} with the dvc.yaml vars substituted (foreach bodies once)."""
+    """name -> {cmd, deps, outs} as dvc.yaml writes them (foreach bodies once)."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    values = {k: v for entry in spec.get("vars", []) for k, v in entry.items()}
-
-    def sub(text: str) -> str:
-        return re.sub(r"\$\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), text)
-
     out = {}
     for name, stage in spec["stages"].items():
         body = stage.get("do", stage)
         out[name] = {
-            "cmd": sub(body["cmd"]),
-            "deps": [sub(str(d)) for d in body["deps"]],
+            "cmd": body["cmd"],
+            "deps": [str(d) for d in body["deps"]],
             "outs": [
-                sub(next(iter(o)) if isinstance(o, dict) else str(o))
+                next(iter(o)) if isinstance(o, dict) else str(o)
                 for field in ("outs", "metrics", "plots")
                 for o in body.get(field, [])
             ],
@@ -167,13 +162,3 @@ def test_closures_stay_small():
         "schemas/corpus",
     }  # fmt: skip
     assert "schemas/effects" not in closure(ROOT / "stages" / "train.py")
-
-
-def declared_params(script: Path) -> tuple[str, ...]:
-    """A stage script's PARAMS (imported: some are computed, e.g. from the registered sweeps)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"stage_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return tuple(module.PARAMS)

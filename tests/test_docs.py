@@ -1,7 +1,6 @@
 """Params are single-sourced: each key's default and meaning live in cwa.config.params, each stage
 declares what it reads in one place (PARAMS), and every other copy is generated or checked."""
 
-import re
 from pathlib import Path
 
 import pytest
@@ -18,23 +17,19 @@ from cwa.config.params import (
     load_params,
     params_from_dict,
 )
+from cwa.pipeline.dvc_yaml import declarations
 from cwa.pipeline.params_doc import markdown
-from tests.test_dependencies import declared_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def declared(script: Path) -> tuple[str, ...]:
-    return declared_params(script)
-
-
 def test_each_stage_declares_exactly_its_dvc_params():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    declared = {stage.name: stage.params for stage in declarations().values()}
     for name, stage in stages.items():
         body = stage.get("do", stage)
-        script = ROOT / re.search(r"python (stages/\w+\.py)", body["cmd"]).group(1)
         in_dvc = [str(k).split(".")[0] for k in body.get("params", [])]  # family.${key}
-        assert list(declared(script)) == in_dvc, name
+        assert list(declared[name]) == in_dvc, name
 
 
 def test_params_reference_is_generated():

@@ -750,11 +750,9 @@ def test_a_new_param_reruns_only_the_stages_that_import_its_module(repo):
 
 def stages_by_script() -> dict[str, str]:
     """dvc.yaml stage name -> its script's path."""
-    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    return {
-        name: re.search(r"python (stages/\w+\.py)", stage.get("do", stage)["cmd"]).group(1)
-        for name, stage in spec.items()
-    }
+    from cwa.pipeline.dvc_yaml import declarations
+
+    return {stage.name: script for script, stage in declarations().items()}
 
 
 STAGE_NAMES = {

@@ -18,7 +18,7 @@ import textwrap
 from pathlib import Path
 
 from cwa.pipeline.paths import CHECKED, LOCK
-from cwa.pipeline.stage import Stage
+from cwa.pipeline.stage import Stage, flag
 
 LIB = Path(__file__).resolve().parents[1]  # src/cwa
 ROOT = LIB.parents[1]  # the project: dvc.yaml, stages/
@@ -162,8 +162,8 @@ def _block(field: str, paths: list[str], uncached: list[str], indent: str) -> li
 
 def command(script: str, stage: Stage) -> list[str]:
     """The command's words: the script, then each `--flag path` as one item."""
-    flags = [f"--{stage.key_flag.replace('_', '-')} ${{key}}"] if stage.key_flag else []
-    flags += [f"--{name.replace('_', '-')} {path}" for name, path in stage.paths().items()]
+    flags = [f"--{flag(stage.key_flag)} ${{key}}"] if stage.key_flag else []
+    flags += [f"--{flag(name)} {path}" for name, path in stage.paths().items()]
     if stage.manifest:
         flags.append(f"--manifest {stage.manifest}")
     return [f"python {script}", *flags]

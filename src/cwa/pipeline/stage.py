@@ -220,13 +220,14 @@ class Stage:
         parser.add_argument("--params", default="params.yaml", help="params file")
         parser.add_argument("--manifest", help="where to write this run's manifest (JSON)")
         if self.key_flag:
-            parser.add_argument(f"--{_flag(self.key_flag)}", required=True, help=self.foreach)
+            parser.add_argument(f"--{flag(self.key_flag)}", required=True, help=self.foreach)
         for name, path in self.paths().items():
-            parser.add_argument(f"--{_flag(name)}", required=True, help=f"(dvc.yaml: {path})")
+            parser.add_argument(f"--{flag(name)}", required=True, help=f"(dvc.yaml: {path})")
         return parser
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The command-line flag of a declared name: `eval_text` is `--eval-text`."""
     return name.replace("_", "-")
 
 
