@@ -217,27 +217,47 @@ def test_impossible_strengths_fail_before_a_sweep():
 
 
 def test_a_top_set_and_its_matched_control_get_the_same_random_numbers():
-    """Same seed and layout => same ε and same bit positions, only the weights differ."""
+    """Same seed and layout => same ε and same bit positions, only the weights differ; another
+    seed draws others (so the equality is not that of two untouched sets)."""
     from tests.conftest import tiny_llama
 
     model = tiny_llama()
     params = dict(model.named_parameters())
-    name = "model.layers.0.mlp.up_proj.weight"
-    flat = params[name].detach().reshape(-1)
-    a, b = torch.tensor([1, 7, 30]), torch.tensor([2, 9, 41])
-    for pert, strength in (("gauss_rel", 0.3), ("bit_flip", "mantissa")):
-        got = []
-        for sel in (a, b):
-            with perturbed(params, {name: sel}, get_perturbation(pert), strength, seed=11):
-                got.append((flat[sel].clone(), params[name].detach().reshape(-1)[sel].clone()))
+    up, q = "model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight"
+    top = {up: torch.tensor([1, 7, 30]), q: torch.tensor([3, 5])}
+    control = {up: torch.tensor([2, 9, 41]), q: torch.tensor([4, 8])}
+
+    def noise(selection, pert, strength, seed):
+        """What the perturbation did to each selected weight: the factor 1 + σε (gauss_rel) or
+        the flipped bits (bit_flip), read against copies taken before it ran."""
+        def values():
+            return torch.cat([params[n].detach().reshape(-1)[i].clone() for n, i in selection.items()])
+
+        before = values()
+        with perturbed(params, selection, get_perturbation(pert), strength, seed=seed):
+            after = values()
+        assert torch.equal(values(), before)
         if pert == "gauss_rel":
-            (x0, y0), (x1, y1) = got
+            return after.double() / before.double()
+        return int_view(before) ^ int_view(after)
+
+    for pert, strength in (("gauss_rel", 0.3), ("bit_flip", "mantissa")):
+        mine, theirs, reseeded = (
+            noise(top, pert, strength, 11),
+            noise(control, pert, strength, 11),
+            noise(top, pert, strength, 12),
+        )
+        if pert == "gauss_rel":
             # identical 1 + σε: y / x recovers it to 2 float32 roundings (2.4e-7 relative) for
-            # any x; rtol 1e-5 (allclose's default), while different ε differ by O(σ)
-            assert torch.allclose(y0 / x0, y1 / x1, rtol=1e-5, atol=0)
+            # any x; rtol 1e-5, while different ε differ by O(σ)
+            assert torch.allclose(mine, theirs, rtol=1e-5, atol=0)
+            assert (mine - 1).abs().min() > 1e-4  # every weight was moved
+            assert (mine - reseeded).abs().min() > 1e-4
         else:
-            (x0, y0), (x1, y1) = got
-            assert torch.equal(int_view(x0) ^ int_view(y0), int_view(x1) ^ int_view(y1))
+            assert torch.equal(mine, theirs)
+            assert (mine.bitwise_and(mine - 1) == 0).all() and (mine != 0).all()  # one bit each
+            assert (mine >= 1).all() and (mine < 2**23).all()  # in the float32 mantissa
+            assert not torch.equal(mine, reseeded)
 
 
 def test_restore_happens_even_when_the_body_raises():
