@@ -73,18 +73,60 @@ def test_every_parameter_is_classified_and_indexed(arch):
     assert {i.component for i in pool(infos)} == CONFIGS[arch][1]
 
 
+def window_nll(model, windows) -> torch.Tensor:
+    """Summed next-token NLL per window, plain torch in float64."""
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits[:, :-1].double()
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1), reduction="none"
+    )
+    return nll.view(len(windows), -1).sum(dim=1)
+
+
 @pytest.mark.parametrize("arch", sorted(CONFIGS))
 def test_sensitivity_rank_perturb_round_trip(arch):
+    """grad_x_weight equals |∂L/∂w · w| from one plain backward of the mean token loss; the top 5
+    are the pool's 5 largest scores; each window's NLL after zeroing them, or flipping their sign
+    bit, equals the NLL with the same weights edited by hand; the model is restored bit for bit."""
     model = build(arch)
     infos = pool(describe(model))
+    names = [i.name for i in infos]
+    params = dict(model.named_parameters())
     windows = torch.randint(1, 64, (4, 10), generator=torch.Generator().manual_seed(0))
     scores = compute_scores(model, infos, get_metric("grad_x_weight"), windows, 2)
-    assert sum(float(s.sum()) for s in scores.values()) > 0
+    logits = model(input_ids=windows).logits[:, :-1]
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)
+    )
+    grads = torch.autograd.grad(loss, [params[n] for n in names])
+    for n, g in zip(names, grads, strict=True):
+        # float32: batches of 2 summed vs one pass over 4 windows (tests/tolerance.py)
+        assert_close_scaled(scores[n], (g * params[n].detach()).abs(), name=n)
     table = rank(infos, scores, "global", (5,), ("random_k", "bottom_k"), 1, 0, "grad_x_weight")
+    flat = torch.cat([scores[n].flatten() for n in names])
+    where = [(n, i) for n in names for i in range(scores[n].numel())]
+    top = table.filter(table["selection"] == "top")
+    assert set(zip(top["param"], top["flat_index"], strict=True)) == {
+        where[i] for i in flat.topk(5).indices.tolist()
+    }
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    base = window_nll(model, windows)
     sweeps = [(get_perturbation("zero"), (None,)), (get_perturbation("bit_flip"), (31,))]
-    results = run_experiments(model, experiments(table, sweeps), windows, 4, desc=None)
-    assert len(results) == 2 * 3 and all(r.nll.shape == (4,) for r in results)
+    exps = experiments(table, sweeps)
+    results = run_experiments(model, exps, windows, 4, desc=None)
+    assert len(results) == 2 * 3
+    for exp, res in zip(exps, results, strict=True):
+        with torch.no_grad():
+            for n, idx in exp.weights.items():  # bit 31: the sign; negation flips only it
+                data = params[n].data.view(-1)
+                data[idx] = 0.0 if exp.perturbation.name == "zero" else -data[idx]
+        want = window_nll(model, windows)
+        with torch.no_grad():
+            for n in exp.weights:
+                params[n].data.copy_(before[n])
+        assert torch.allclose(torch.from_numpy(res.nll), want, rtol=1e-5, atol=0), exp.ident
+        if exp.selection == "top":
+            assert not torch.equal(want, base)  # the top 5 matter
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
 

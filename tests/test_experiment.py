@@ -218,3 +218,27 @@ def test_pooled_over_two_seeds_against_the_per_seed_numbers(sweep):
     assert np.allclose(np.concatenate([comp["q_value"], pooled["q_value"]]), q, rtol=1e-12)
     assert row["seeds_fdr05"] == int((seeds["q_value"] < 0.05).sum())
     assert row["top_ci_low"] <= row["top_delta_ppl"] <= row["top_ci_high"]
+
+
+def test_a_sweep_that_leaves_a_touched_tensor_changed_stops(sweep):
+    """The effects table has no `restored` column because a failed restore raises: a measure
+    that edits a touched tensor outside the selection is caught by the sweep's checksum."""
+    from cwa import CwaError
+    from cwa.experiments.sweep import sweep as run_sweep
+
+    exps, _, _ = sweep
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama()
+    exp = exps[0]
+    name, flat = next(iter(exp.weights.items()))
+    params = dict(model.named_parameters())
+    outside = next(i for i in range(params[name].numel()) if i not in set(flat.tolist()))
+
+    def careless(m):
+        with torch.no_grad():
+            params[name].view(-1)[outside] += 1.0
+
+    with pytest.raises(CwaError, match="differ from the start of the sweep"):
+        run_sweep(model, [exp], careless, desc=None)
+    assert run_sweep(model, [exp], lambda m: 1, desc=None) == [1]  # a clean measure passes

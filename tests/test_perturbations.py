@@ -91,6 +91,37 @@ def quantize_ref(values: list[float], absmax: float, bits: int) -> list[float]:
     return [max(-levels, min(levels, round(v / step))) * step for v in values]
 
 
+# IEEE-754 field positions (bit 0 = mantissa LSB), written from the formats' definitions
+EXPONENT = {torch.float32: (23, 30), torch.float16: (10, 14), torch.bfloat16: (7, 14)}
+
+
+def ints(t: torch.Tensor) -> torch.Tensor:
+    """The raw bits as int64 (the storage's signed view, masked to its width)."""
+    width = 32 if t.dtype == torch.float32 else 16
+    view = t.view(torch.int32 if width == 32 else torch.int16).long()
+    return view & ((1 << width) - 1)
+
+
+def random_change(name: str, strength, orig: torch.Tensor, seed: int) -> torch.Tensor:
+    """What a random perturbation does with the generator seeded `seed`: gauss_* the new values
+    (ε drawn in fp32, the arithmetic in fp32, stored in the dtype); bit flips the XOR of the
+    bits, as int64: one uniform bit of the exponent field per weight, or every bit of the width
+    with probability p."""
+    gen = torch.Generator().manual_seed(seed)
+    n, dtype = orig.numel(), orig.dtype
+    if name in ("gauss_rel", "gauss_noise"):
+        return (orig.float() * (1 + strength * torch.randn(n, generator=gen))).to(dtype)
+    if name == "gauss_abs":
+        return (orig.float() + strength * torch.randn(n, generator=gen)).to(dtype)
+    if name == "bit_flip":
+        lo, hi = EXPONENT[dtype]
+        return torch.tensor([1 << int(b) for b in torch.randint(lo, hi + 1, (n,), generator=gen)])
+    assert name == "bit_flip_p", f"a new perturbation: write what {name} does here"
+    width = 32 if dtype == torch.float32 else 16
+    hits = torch.rand((n, width), generator=gen) < strength
+    return torch.tensor([sum(1 << j for j in range(width) if row[j]) for row in hits.tolist()])
+
+
 @pytest.mark.parametrize("name", PERTURBATIONS.names())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_every_perturbation_changes_only_the_selection_and_restores_bit_for_bit(name, dtype):
@@ -121,8 +152,13 @@ def test_every_perturbation_changes_only_the_selection_and_restores_bit_for_bit(
         }
         if name in expected:
             assert torch.equal(now[flat], expected[name]), (now[flat], expected[name])
-        else:
-            assert not torch.equal(now[flat], orig)
+        else:  # random: the same draws from the seeded generator, written out
+            drawn = random_change(name, strength, orig, seed=3)
+            flipped = ints(now[flat]) ^ ints(orig)
+            if name.startswith("gauss"):
+                assert torch.equal(now[flat], drawn)
+            else:
+                assert torch.equal(flipped, drawn) and (flipped != 0).all()
     assert fingerprint(list(params.values())) == before
     assert torch.equal(
         params[target].detach().view(torch.int16 if dtype != torch.float32 else torch.int32),
@@ -230,8 +266,10 @@ def test_a_top_set_and_its_matched_control_get_the_same_random_numbers():
     def noise(selection, pert, strength, seed):
         """What the perturbation did to each selected weight: the factor 1 + σε (gauss_rel) or
         the flipped bits (bit_flip), read against copies taken before it ran."""
+
         def values():
-            return torch.cat([params[n].detach().reshape(-1)[i].clone() for n, i in selection.items()])
+            flat = [params[n].detach().reshape(-1)[i].clone() for n, i in selection.items()]
+            return torch.cat(flat)
 
         before = values()
         with perturbed(params, selection, get_perturbation(pert), strength, seed=seed):

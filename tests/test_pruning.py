@@ -164,6 +164,27 @@ def test_wanda_prunes_block_by_block_on_the_pruned_model(calibration):
     assert torch.equal(masks[q0], per_row(wanda_scores(dense[q0], stats0.sq, stats0.windows), 0.5))
 
 
+def test_input_stats_equal_the_layer_inputs_rebuilt_from_the_hidden_states(calibration):
+    """Σ x_j² and Σ x xᵀ (SparseGPT's H) of q_proj in each block against its inputs rebuilt
+    without hooks: the block's normalised input hidden states (transformers' own
+    output_hidden_states), summed over every token of every batch in float64."""
+    model = tiny_llama()
+    blocks = model.model.layers
+    names = [f"model.layers.{b}.self_attn.q_proj.weight" for b in range(len(blocks))]
+    modules = {n: blocks[b].self_attn.q_proj for b, n in enumerate(names)}
+    got = input_stats(model, modules, calibration, 3, True, None)  # batches of 3, 3, 2
+    with torch.no_grad():
+        hidden = model(input_ids=calibration, output_hidden_states=True).hidden_states
+    for b, name in enumerate(names):
+        x = blocks[b].input_layernorm(hidden[b]).double().reshape(-1, hidden[b].shape[-1])
+        assert got[name].windows == len(calibration)
+        assert torch.allclose(got[name].sq.double(), x.square().sum(0), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(got[name].hessian.double(), x.T @ x, rtol=1e-5, atol=1e-5)
+    stopped = input_stats(model, {names[0]: modules[names[0]]}, calibration, 3, False, blocks[0])
+    assert torch.allclose(stopped[names[0]].sq, got[names[0]].sq, rtol=1e-6)
+    assert stopped[names[0]].hessian is None
+
+
 def test_activation_methods_read_gpt2_conv1d_in_the_linear_convention(calibration):
     model = tiny_gpt2()
     infos = pool(describe(model))
@@ -177,7 +198,42 @@ def test_activation_methods_read_gpt2_conv1d_in_the_linear_convention(calibratio
     assert sum(int(m.sum()) for m in masks.values()) == sum(i.numel for i in infos) // 2
 
 
+def lowest_by_sort(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    """Brute force: the ⌊fraction·n⌋ lowest of the concatenated scores (a stable sort), as masks
+    shaped like each tensor."""
+    flat = torch.cat([s.flatten() for s in scores.values()])
+    chosen = torch.zeros(len(flat), dtype=torch.bool)
+    chosen[torch.argsort(flat, stable=True)[: int(len(flat) * fraction)]] = True
+    out, start = {}, 0
+    for name, s in scores.items():
+        out[name] = chosen[start : start + s.numel()].reshape(s.shape)
+        start += s.numel()
+    return out
+
+
+def group_by_sort(scores, infos, target: Sparsity, group: str) -> dict[str, torch.Tensor]:
+    """in_group's masks by brute force: every row, every tensor, or each block's pool part
+    (`global` with a per-block target; the whole pool otherwise) at its block's fraction."""
+    out = {}
+    if group == "per_row":
+        for i in infos:
+            rows = [lowest_by_sort({"r": r}, target.at(i.layer))["r"] for r in scores[i.name]]
+            out[i.name] = torch.stack(rows)
+    elif group == "per_tensor":
+        for i in infos:
+            out |= lowest_by_sort({i.name: scores[i.name]}, target.at(i.layer))
+    elif not target.by_layer:
+        out = lowest_by_sort({i.name: scores[i.name] for i in infos}, target.fraction)
+    else:
+        for layer in sorted({i.layer for i in infos}):
+            mine = {i.name: scores[i.name] for i in infos if i.layer == layer}
+            out |= lowest_by_sort(mine, target.at(layer))
+    return out
+
+
 def test_metric_methods_prune_exactly_in_their_group():
+    """The pruned weights are the lowest scores of each group, found by a brute-force sort (not
+    only as many as the target asks)."""
     model = tiny_llama()
     infos = pool(describe(model))
     gen = torch.Generator().manual_seed(10)
@@ -185,8 +241,8 @@ def test_metric_methods_prune_exactly_in_their_group():
     total = sum(i.numel for i in infos)
     for group in ("global", "per_tensor", "per_row"):
         masks = in_group(scores, infos, Sparsity(0.3), group)
-        if group == "per_tensor":
-            assert all(int(masks[i.name].sum()) == int(i.numel * 0.3) for i in infos)
+        want = group_by_sort(scores, infos, Sparsity(0.3), group)
+        assert all(torch.equal(masks[i.name], want[i.name]) for i in infos), group
         if group == "per_row":
             assert all((masks[i.name].sum(dim=1) == int(i.shape[1] * 0.3)).all() for i in infos)
         if group == "global":
@@ -246,6 +302,8 @@ def test_owl_targets_prune_each_block_at_its_own_fraction(calibration):
     scores = {i.name: torch.rand(i.shape, generator=gen) for i in infos}
     for group in ("global", "per_tensor", "per_row"):
         masks = in_group(scores, infos, target, group)
+        want = group_by_sort(scores, infos, target, group)
+        assert all(torch.equal(masks[i.name], want[i.name]) for i in infos), group
         for layer, fraction in target.by_layer:
             mine = [i for i in infos if i.layer == layer]
             pruned = sum(int(masks[i.name].sum()) for i in mine)

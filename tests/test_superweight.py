@@ -99,8 +99,11 @@ def test_plain_model_has_no_candidate(windows):
     assert all(s.in_ratio < 100 and s.out_ratio > 1 for s in spikes)
 
 
-def test_zeroing_the_planted_weight_removes_the_residual_spike(windows):
-    """The causal signature (Yu et al., R12): the residual stream's massive activation goes."""
+def test_zeroing_the_detected_weight_removes_the_residual_spike(windows):
+    """The causal signature (Yu et al., R12): zeroing the weight `detect` reports, through the
+    perturbation the stages apply (param + flat index), removes the residual stream's massive
+    activation; zeroing its neighbour does not; the model is restored after each."""
+    from cwa.experiments.perturbations import get_perturbation, perturbed
 
     def residual_max(model):
         with torch.no_grad():
@@ -108,16 +111,16 @@ def test_zeroing_the_planted_weight_removes_the_residual_spike(windows):
         return float(out.hidden_states[LAYER + 1].abs().max())
 
     model = planted_llama()
-    w = model.model.layers[LAYER].mlp.down_proj.weight
+    found = {s.layer: s for s in detect(model, windows, batch_size=2)}[LAYER]
+    params, zero = dict(model.named_parameters()), get_perturbation("zero")
     spike = residual_max(model)
-    with torch.no_grad():
-        w[ROW, COL + 1] = 0.0  # a neighbour: nothing happens
-    # not a rounding check: an ordinary weight's own share may move the maximum (here 8e-8
-    # relative); 5% is the "nothing happens" band, zeroing the super weight cuts it ~35x
-    assert residual_max(model) == pytest.approx(spike, rel=0.05)
-    with torch.no_grad():
-        w[ROW, COL] = 0.0
-    assert residual_max(model) < spike / 5
+    with perturbed(params, {found.param: torch.tensor([found.flat_index + 1])}, zero):
+        # not a rounding check: an ordinary weight's own share may move the maximum (here 8e-8
+        # relative); 5% is the "nothing happens" band, zeroing the super weight cuts it ~35x
+        assert residual_max(model) == pytest.approx(spike, rel=0.05)
+    with perturbed(params, {found.param: torch.tensor([found.flat_index])}, zero):
+        assert residual_max(model) < spike / 5
+    assert residual_max(model) == spike
 
 
 def test_super_weight_metric_ranks_the_planted_weight_first(windows):

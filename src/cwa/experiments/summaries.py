@@ -51,7 +51,6 @@ def summarize(
                 "delta_accuracy": res.accuracy - base.accuracy,
                 **distribution_damage(res, boot_idx),
                 "diverged": res.diverged,
-                "restored": True,
                 "seed": seed,
             }
         )

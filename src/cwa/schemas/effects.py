@@ -7,7 +7,9 @@ EFFECTS_TABLE = Schema(
     "effects",
     "artifacts/perturb/effects.parquet",
     "One row per perturbation experiment (every seed's ranking): damage against the baseline, "
-    "with a paired CI.",
+    "with a paired CI. Each experiment's touched weights are compared bit for bit after the "
+    "restore and the whole sweep's by checksum; a mismatch stops the stage, so no row comes "
+    "from a model left perturbed.",
     (
         Column("metric", STR, "sensitivity metric the selection came from"),
         Column("mode", STR, "ranking mode"),
@@ -34,7 +36,6 @@ EFFECTS_TABLE = Schema(
         Column("top1_ci_low", FLOAT, "2.5% bootstrap quantile of top1_same (resampling texts)"),
         Column("top1_ci_high", FLOAT, "97.5% bootstrap quantile of top1_same"),
         Column("diverged", BOOL, "the loss became inf or NaN"),
-        Column("restored", BOOL, "every touched weight was restored bit for bit (always true)"),
     ),
     ("seed", *EXPERIMENT_ORDER),
 )
