@@ -257,3 +257,49 @@ def test_pooled_cis_on_the_identity_resample_are_the_pooled_point_values():
     twice = pooled_cis(base, top, control, tokens, idx, np.array([[1, 1]]))
     assert twice.top == pytest.approx((p(top[1]) - p(base),) * 2)
     assert math.isnan(pooled_cis(base, top + np.inf, control, tokens, idx, seed_idx).top[0])
+
+
+def resample_quantiles(values: list[float], level: float) -> tuple[float, float]:
+    """The percentile interval by hand: sorted values, linear interpolation between order
+    statistics at (n − 1)·q (numpy's default rule, written out)."""
+    v = sorted(values)
+
+    def at(q):
+        pos = (len(v) - 1) * q
+        low = math.floor(pos)
+        high = min(low + 1, len(v) - 1)
+        return v[low] + (v[high] - v[low]) * (pos - low)
+
+    tail = (1 - level) / 2
+    return at(tail), at(1 - tail)
+
+
+def test_separation_and_relative_gain_cis_against_a_loop_over_resamples():
+    """Each resample's ratio (or gain) from its own token-weighted perplexities, then the
+    interval's order statistics, at two levels; one non-finite side gives no interval."""
+    from cwa.core.stats import relative_gain_ci
+
+    rng = np.random.default_rng(4)
+    n, draws = 9, 3
+    tokens = rng.integers(5, 20, n)
+    base = tokens * rng.normal(3.0, 0.2, n)
+    top = base + tokens * rng.normal(0.3, 0.2, n)
+    controls = np.stack([base + tokens * rng.normal(0.0, 0.05, n) for _ in range(draws)])
+    idx = bootstrap_indices(n, 300, 1)
+    for level in (0.95, 0.8):
+        ratios, gains = [], []
+        for row in idx:
+            t = tokens[row].sum()
+            p = lambda nll, row=row, t=t: math.exp(nll[row].sum() / t)  # noqa: E731
+            spread = np.mean([abs(p(c) - p(base)) for c in controls])
+            ratios.append((p(top) - p(base)) / spread)
+            gains.append(1 - p(top) / p(base))
+        got = separation_ci(base, top, controls, tokens, idx, level)
+        assert got == pytest.approx(resample_quantiles(ratios, level), rel=1e-9)
+        got = relative_gain_ci(top, base, tokens, idx, level)
+        assert got == pytest.approx(resample_quantiles(gains, level), rel=1e-9)
+    diverged = top.copy()
+    diverged[2] = np.inf
+    for args in ((diverged, base), (top, diverged)):
+        assert all(math.isnan(v) for v in relative_gain_ci(*args, tokens, idx))
+    assert all(math.isnan(v) for v in separation_ci(base, diverged, controls, tokens, idx))
