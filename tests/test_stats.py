@@ -303,3 +303,43 @@ def test_separation_and_relative_gain_cis_against_a_loop_over_resamples():
     for args in ((diverged, base), (top, diverged)):
         assert all(math.isnan(v) for v in relative_gain_ci(*args, tokens, idx))
     assert all(math.isnan(v) for v in separation_ci(base, diverged, controls, tokens, idx))
+
+
+def test_bootstrap_indices_draw_every_text_and_repeat_with_the_seed():
+    """Every text can be drawn (0 and n − 1 included, nothing outside), the same seed gives the
+    same resamples (paired CIs across stages depend on it) and another seed others."""
+    idx = bootstrap_indices(7, 400, 3)
+    assert idx.shape == (400, 7) and set(np.unique(idx)) == set(range(7))
+    assert np.array_equal(idx, bootstrap_indices(7, 400, 3))
+    assert not np.array_equal(idx, bootstrap_indices(7, 400, 4))
+
+
+def test_a_nan_loss_has_infinite_perplexity():
+    assert ppl(np.array([np.nan, 1.0]), np.array([5, 5])) == math.inf
+
+
+def test_the_permutation_floor_switches_to_resampling_exactly_past_2_to_the_n_patterns():
+    """At n = 10 windows, 1,024 resamples enumerate all 2^10 sign patterns and 1,023 cannot: the
+    floor and the test's own p-value agree on either side."""
+    diff = np.arange(1.0, 11.0)  # all positive: only the identity pattern is as extreme
+    for resamples, floor in ((1024, 2**-10), (1023, 1 / 1024)):
+        assert permutation_floor(windows=10, resamples=resamples) == floor
+        assert paired_test(diff, resamples, seed=0).p_permutation == pytest.approx(floor)
+
+
+def test_per_token_ci_against_a_loop_over_resamples():
+    from cwa.core.stats import per_token_ci
+
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(5, 20, 8)
+    per_text = tokens * rng.gamma(2.0, 0.1, 8)
+    idx = bootstrap_indices(8, 250, 2)
+    means = [per_text[row].sum() / tokens[row].sum() for row in idx]
+    assert per_token_ci(per_text, tokens, idx) == pytest.approx(
+        resample_quantiles(means, 0.95), rel=1e-12
+    )
+    assert per_token_ci(per_text, tokens, idx, 0.8) == pytest.approx(
+        resample_quantiles(means, 0.8), rel=1e-12
+    )
+    per_text[3] = np.inf
+    assert all(math.isnan(v) for v in per_token_ci(per_text, tokens, idx))
