@@ -1,5 +1,6 @@
 """Statistics against scipy and closed forms."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -343,3 +344,54 @@ def test_per_token_ci_against_a_loop_over_resamples():
     )
     per_text[3] = np.inf
     assert all(math.isnan(v) for v in per_token_ci(per_text, tokens, idx))
+
+
+def test_pooled_cis_edge_cases():
+    """A non-finite run gives no interval; a control that never moves perplexity has a zero
+    control interval."""
+    tokens = np.array([10, 12, 9])
+    base = np.array([30.0, 31.0, 29.0])
+    top = np.stack([base + 2.0, base + 3.0])
+    still = np.stack([np.stack([base, base]), np.stack([base, base])])  # (seeds, draws, texts)
+    idx, seed_idx = bootstrap_indices(3, 50, 0), bootstrap_indices(2, 50, 1)
+    got = pooled_cis(base, top, still, tokens, idx, seed_idx)
+    assert got.control == (0.0, 0.0) and got.top[0] > 0
+    bad_top, bad_control = top.copy(), still.copy()
+    bad_top[0, 1] = np.inf
+    bad_control[1, 0, 2] = np.nan
+    for cis in (
+        pooled_cis(base, bad_top, still, tokens, idx, seed_idx),
+        pooled_cis(base, top, bad_control, tokens, idx, seed_idx),
+    ):
+        assert all(math.isnan(v) for pair in (cis.top, cis.control, cis.separation) for v in pair)
+
+
+def test_paired_test_edge_cases():
+    """Two windows are enough; one is not. A constant difference has no spread: Cohen's d_z is ±inf
+    with its sign, 0 when it is zero, and all-zero differences give Wilcoxon no evidence."""
+    assert all(math.isnan(v) for v in dataclasses.astuple(paired_test(np.array([1.0]), 100, 0)))
+    two = paired_test(np.array([1.0, 2.0]), 100, 0)
+    assert two.p_permutation == pytest.approx(0.25)  # 4 sign patterns, only + + as large
+    assert paired_test(np.full(5, 0.3), 100, 0).effect_size == math.inf
+    assert paired_test(np.full(5, -0.3), 100, 0).effect_size == -math.inf
+    zero = paired_test(np.zeros(5), 100, 0)
+    assert zero.effect_size == 0.0 and zero.p_wilcoxon == 1.0
+
+
+def test_spearman_and_power_law_edge_cases():
+    """Spearman is NaN when either side is constant; points a power law cannot take (≤ 0 or
+    not finite, on either axis) are dropped; two points fit exactly with no CI."""
+    from cwa.core.stats import loglog
+
+    varying = np.array([1.0, 2.0, 3.0])
+    assert math.isnan(spearman(np.ones(3), varying))
+    assert math.isnan(spearman(varying, np.ones(3)))
+    assert math.isnan(spearman(varying[:1], varying[:1]))
+    x = np.array([1.0, 10.0, -1.0, 100.0, np.inf, 1000.0, 0.0])
+    y = np.array([2.0, 20.0, 5.0, np.nan, 7.0, 0.0, 3.0])
+    lx, ly, keep = loglog(x, y)
+    assert keep.tolist() == [0, 1] and lx.tolist() == [0.0, 1.0]
+    assert ly.tolist() == pytest.approx([math.log10(2), math.log10(20)])
+    fit = fit_power_law(x, y)
+    assert fit.slope == pytest.approx(1.0) and fit.intercept == pytest.approx(math.log10(2))
+    assert all(math.isnan(v) for v in fit.slope_ci)
