@@ -47,6 +47,17 @@ def tiny_gpt2(seed: int = 0, positions: int = 64, layers: int = 2):
     return GPT2LMHeadModel(config).eval()
 
 
+def window_nll(model, windows) -> torch.Tensor:
+    """Summed next-token NLL per window, plain torch in float64: the reference that evaluation
+    results are checked against (no cwa code)."""
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits[:, :-1].double()
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1), reduction="none"
+    )
+    return nll.view(len(windows), -1).sum(dim=1)
+
+
 def save_with_tokenizer(model, directory) -> None:
     """A local model directory as save_pretrained writes it, with a one-word tokenizer."""
     from tokenizers import Tokenizer, models

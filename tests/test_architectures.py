@@ -11,6 +11,7 @@ from cwa.experiments.sweep import run as run_experiments
 from cwa.models.anatomy import describe, pool
 from cwa.scoring.metrics import compute_scores, get_metric
 from cwa.selection.ranking import rank
+from tests.conftest import window_nll
 from tests.tolerance import FLOOR32, assert_close_scaled
 
 SMALL = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -71,16 +72,6 @@ def test_every_parameter_is_classified_and_indexed(arch):
     assert {i.layer for i in blocks} == {0, 1}
     assert all(i.layer == -1 for i in infos if i.component in ("embed", "lm_head", "pos_embed"))
     assert {i.component for i in pool(infos)} == CONFIGS[arch][1]
-
-
-def window_nll(model, windows) -> torch.Tensor:
-    """Summed next-token NLL per window, plain torch in float64."""
-    with torch.no_grad():
-        logits = model(input_ids=windows).logits[:, :-1].double()
-    nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1), reduction="none"
-    )
-    return nll.view(len(windows), -1).sum(dim=1)
 
 
 @pytest.mark.parametrize("arch", sorted(CONFIGS))

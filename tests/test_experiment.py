@@ -225,10 +225,9 @@ def test_a_sweep_that_leaves_a_touched_tensor_changed_stops(sweep):
     that edits a touched tensor outside the selection is caught by the sweep's checksum."""
     from cwa import CwaError
     from cwa.experiments.sweep import sweep as run_sweep
-
-    exps, _, _ = sweep
     from tests.conftest import tiny_llama
 
+    exps, _, _ = sweep
     model = tiny_llama()
     exp = exps[0]
     name, flat = next(iter(exp.weights.items()))

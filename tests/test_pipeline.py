@@ -323,6 +323,7 @@ def test_the_headline_recomputed_with_plain_torch_matches(repo):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cwa.data.windows import evaluation_windows
+    from tests.conftest import window_nll
 
     art = repo / "artifacts"
     folder = art / "models" / "t2"
@@ -334,13 +335,7 @@ def test_the_headline_recomputed_with_plain_torch_matches(repo):
     assert windows.shape == (TINY["eval_samples"], TINY["seq_len"])
 
     def ppl():
-        with torch.no_grad():
-            logits = model(input_ids=windows).logits[:, :-1].double()
-        targets = windows[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-        )
-        return math.exp(nll.item() / targets.numel())
+        return math.exp(window_nll(model, windows).sum().item() / windows[:, 1:].numel())
 
     m = json.loads((art / "metrics.json").read_text())
     base = ppl()
