@@ -1,14 +1,23 @@
 """Every supported architecture, as a tiny random model from its config (no hub): each parameter
 classified, layers indexed, and a sensitivity -> rank -> perturb round trip restored exactly."""
 
+import contextlib
+
 import pytest
 import torch
 import transformers as T
 
 from cwa.experiments.perturbations import get_perturbation
+from cwa.experiments.pruning import (
+    LAYER_PRUNERS,
+    InputStats,
+    Sparsity,
+    matrix,
+    prune_by_activations,
+)
 from cwa.experiments.sweep import experiments
 from cwa.experiments.sweep import run as run_experiments
-from cwa.models.anatomy import describe, pool
+from cwa.models.anatomy import block_stack, describe, owning_modules, pool
 from cwa.scoring.metrics import compute_scores, get_metric
 from cwa.selection.ranking import rank
 from tests.conftest import window_nll
@@ -204,3 +213,105 @@ def test_blockwise_hutchinson_equals_the_all_at_once_pass(arch):
         model_floor = 0.1 * FLOOR32 * max(float(ref.abs().max()) for ref in whole.values())
         for name, ref in whole.items():
             assert_close_scaled(grouped[name], ref, name=name, atol_min=model_floor)
+
+
+class _Stop(Exception):
+    pass
+
+
+def sums_up_to(model, modules, windows, batch_size, block):
+    """Σ x² and Σ x xᵀ of each module's inputs, each forward stopped after `block` (None: the
+    whole model)."""
+    sq, hs = {}, {}
+
+    def hook(name, inputs):
+        x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+        sq[name] = sq.get(name, 0) + x.square().sum(dim=0)
+        hs[name] = hs.get(name, 0) + x.T @ x
+
+    def stop(module, inputs, output):
+        raise _Stop
+
+    handles = [
+        m.register_forward_hook(lambda _, inputs, out, n=n: hook(n, inputs))
+        for n, m in modules.items()
+    ]
+    if block is not None:
+        handles.append(block.register_forward_hook(stop))
+    with torch.no_grad():
+        for batch in windows.split(batch_size):
+            with contextlib.suppress(_Stop):
+                model(input_ids=batch, use_cache=False)
+    for h in handles:
+        h.remove()
+    return sq, hs
+
+
+def prune_block_by_block(model, infos, method, target, windows, batch_size):
+    """The reference traversal (cwa's before the one-pass one): for each block, a forward of the
+    whole model from its input, stopped after that block, with the blocks before it already
+    pruned, measures that block's layers (about L²/2 block passes); layers outside the blocks
+    last, from a full forward."""
+    pruner, params = LAYER_PRUNERS.get(method), dict(model.named_parameters())
+    owners = owning_modules(model, [i.name for i in infos])
+    _, blocks = block_stack(model)
+    masks = {}
+    for layer in sorted({i.layer for i in infos}, key=lambda v: (v < 0, v)):
+        mine = [i for i in infos if i.layer == layer]
+        block = blocks[layer] if layer >= 0 else None
+        modules = {i.name: owners[i.name] for i in mine}
+        sq, hs = sums_up_to(model, modules, windows, batch_size, block)
+        here = Sparsity(target.at(layer), target.nm)
+        for info in mine:
+            stats = InputStats(
+                sq[info.name], hs[info.name] if pruner.hessian else None, len(windows)
+            )
+            with torch.no_grad():
+                mask = pruner.prune(matrix(params[info.name].data, info), here, stats)
+            masks[info.name] = (mask.T if info.transposed else mask).reshape(info.shape)
+    return masks
+
+
+def linear_pool(model):
+    """The pool's linear layers, lm_head included where it is not tied to the embedding."""
+    from transformers.pytorch_utils import Conv1D
+
+    infos = pool(describe(model), include_embeddings=True)
+    owners = owning_modules(model, [i.name for i in infos])
+    return [i for i in infos if isinstance(owners[i.name], torch.nn.Linear | Conv1D)]
+
+
+SLIDING = T.Qwen2Config(**GQA, use_sliding_window=True, sliding_window=3, max_window_layers=1)
+
+
+@pytest.mark.parametrize("arch", [*sorted(CONFIGS), "qwen2_sliding"])
+def test_one_pass_pruning_equals_pruning_each_block_from_the_model_input(arch):
+    """Wanda, RIA and SparseGPT (unstructured, OWL-like per-block fractions, 2:4) prune exactly
+    the same weights to exactly the same values in one pass over the blocks as with a forward
+    from the model's input per block; qwen2_sliding's second block attends through a sliding
+    window, so the blocks' masks differ and each must get its own."""
+    windows = torch.randint(1, 64, (6, 12), generator=torch.Generator().manual_seed(1))
+    targets = (
+        Sparsity(0.5),
+        Sparsity(0.5, by_layer=((0, 0.25), (1, 0.625))),
+        Sparsity.pattern("2:4"),
+    )
+    for method in ("wanda", "ria", "sparsegpt"):
+        for target in targets:
+            model = build_sliding() if arch == "qwen2_sliding" else build(arch)
+            infos = linear_pool(model)
+            reference = build_sliding() if arch == "qwen2_sliding" else build(arch)
+            want = prune_block_by_block(reference, infos, method, target, windows, 4)
+            got = prune_by_activations(model, infos, method, target, windows, 4)
+            assert got.keys() == want.keys()
+            for name in want:
+                assert torch.equal(got[name], want[name]), (method, target, name)
+            ref_params = dict(reference.named_parameters())
+            for name, p in model.named_parameters():
+                assert torch.equal(p, ref_params[name]), (method, target, name)
+
+
+def build_sliding():
+    torch.manual_seed(0)
+    SLIDING.eos_token_id = SLIDING.bos_token_id = 0
+    return T.AutoModelForCausalLM.from_config(SLIDING).eval()

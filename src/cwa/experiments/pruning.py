@@ -12,7 +12,8 @@ comparison group, counting exactly: ⌊s·n⌋ of every group of n (N of every M
   weights updated to reconstruct the layer's outputs (`sparsegpt`).
 
 The activation methods run block by block, as their reference code does: each block's input
-statistics come from the model with the blocks before it already pruned.
+statistics come from the model with the blocks before it already pruned, in one pass over the
+blocks (BlockInputs).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cwa.config.params import check_choice, fail
 from cwa.core.hooks import forward_hooks
 from cwa.core.registry import Registry
 from cwa.models.anatomy import ParamInfo, block_stack, owning_modules
+from cwa.scoring.blockwise import standing_in
 from cwa.scoring.metrics import METRICS
 
 GROUPS = ("global", "per_tensor", "per_row")
@@ -237,8 +239,24 @@ class InputStats:
     windows: int
 
 
-class _Stop(Exception):
-    """Ends a calibration forward pass once the block being pruned has run."""
+class _InputSums:
+    """A forward hook that sums each module's inputs over every pass: Σ x_j², and Σ x xᵀ
+    when `hessian` (fp32)."""
+
+    def __init__(self, hessian: bool):
+        self.hessian = hessian
+        self.sq: dict[str, torch.Tensor] = {}
+        self.hs: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name, module, inputs, output) -> None:
+        x = inputs[0].detach().float()
+        x = x.reshape(-1, x.shape[-1])
+        self.sq[name] = self.sq.get(name, 0) + x.square().sum(dim=0)
+        if self.hessian:
+            self.hs[name] = self.hs.get(name, 0) + x.T @ x
+
+    def stats(self, names, windows: int) -> dict[str, InputStats]:
+        return {n: InputStats(self.sq[n], self.hs.get(n), windows) for n in names}
 
 
 def input_stats(
@@ -247,34 +265,68 @@ def input_stats(
     windows: torch.Tensor,
     batch_size: int,
     hessian: bool,
-    stop_after: nn.Module | None,
 ) -> dict[str, InputStats]:
-    """Input statistics of each module over the calibration windows (fp32), stopping each
-    forward pass after `stop_after` (the block whose layers are measured)."""
-    sq: dict[str, torch.Tensor] = {}
-    hs: dict[str, torch.Tensor] = {}
-
-    def hook(name, module, inputs, output):
-        x = inputs[0].detach().float()
-        x = x.reshape(-1, x.shape[-1])
-        sq[name] = sq.get(name, 0) + x.square().sum(dim=0)
-        if hessian:
-            hs[name] = hs.get(name, 0) + x.T @ x
-
-    def stop(module, inputs, output):
-        raise _Stop
-
+    """Input statistics of each module over the calibration windows (fp32), one forward pass
+    of the whole model per batch."""
+    sums = _InputSums(hessian)
     device = next(model.parameters()).device
-    handle = stop_after.register_forward_hook(stop) if stop_after is not None else None
-    try:
-        with forward_hooks(modules, hook), torch.inference_mode():
+    with forward_hooks(modules, sums), torch.inference_mode():
+        for batch in windows.split(batch_size):
+            model(input_ids=batch.to(device), use_cache=False)
+    return sums.stats(modules, len(windows))
+
+
+class _Captured(Exception):
+    """Ends the capture pass once the last block's inputs are recorded."""
+
+
+@dataclass
+class BlockInputs:
+    """The calibration windows as they enter the blocks: per batch, the hidden states entering
+    the next block to run, and per block and batch the other inputs the model's own forward
+    gives it (attention masks, position embeddings, ...: they can differ by block, e.g. sliding
+    and full attention layers). Held on the model's devices: one block's input activations over
+    the calibration draw."""
+
+    hidden: list[torch.Tensor]
+    calls: list[list[tuple[tuple, dict]]]  # [block][batch]: (positional, keyword) beside hidden
+    returns_tuple: bool
+
+    @classmethod
+    def capture(cls, model: nn.Module, blocks: nn.ModuleList, windows, batch_size) -> BlockInputs:
+        """One pass of the model's own forward with every block stood in for by one that
+        records its inputs and computes nothing (the pass stops after the last); block 0 runs
+        once, on the first batch, to learn whether blocks return tuples."""
+        first, last = blocks[0], len(blocks) - 1
+        hidden: list[torch.Tensor] = []
+        calls: list[list] = [[] for _ in blocks]
+        returns: list[bool] = []
+
+        def record(index, h, args, kwargs):
+            calls[index].append((args, kwargs))
+            if index == 0:
+                hidden.append(h)
+            if not returns:
+                returns.append(isinstance(first(h, *args, **kwargs), tuple))
+            if index == last:
+                raise _Captured
+            return (h,) if returns[0] else h
+
+        device = next(model.parameters()).device
+        with standing_in(blocks, record), torch.inference_mode():
             for batch in windows.split(batch_size):
-                with contextlib.suppress(_Stop):
+                with contextlib.suppress(_Captured):
                     model(input_ids=batch.to(device), use_cache=False)
-    finally:
-        if handle is not None:
-            handle.remove()
-    return {n: InputStats(sq[n], hs.get(n), len(windows)) for n in modules}
+        return cls(hidden, calls, returns[0])
+
+    def run(self, blocks: nn.ModuleList, index: int, advance: bool) -> None:
+        """Runs block `index` on every batch of its inputs; with `advance`, its outputs become
+        the inputs of the next block."""
+        with torch.inference_mode():
+            for b, (args, kwargs) in enumerate(self.calls[index]):
+                out = blocks[index](self.hidden[b], *args, **kwargs)
+                if advance:
+                    self.hidden[b] = out[0] if self.returns_tuple else out
 
 
 @dataclass(frozen=True)
@@ -358,8 +410,14 @@ def prune_by_activations(
     windows: torch.Tensor,
     batch_size: int,
 ) -> dict[str, torch.Tensor]:
-    """Prunes the pool in place with a layer-wise method (LAYER_PRUNERS), block by block
-    (outside-block layers last); returns the masks (True: pruned) in storage layout."""
+    """Prunes the pool in place with a layer-wise method (LAYER_PRUNERS); returns the masks
+    (True: pruned) in storage layout.
+
+    One pass over the blocks, as the reference code runs: the calibration windows' inputs to the
+    blocks are captured once; each block runs on them with its pool layers' input statistics
+    recorded, those layers are pruned, and the pruned block runs again to give the next block
+    its inputs (two block passes per block, about two forwards in all). Layers outside the
+    blocks come last, from one forward of the pruned model."""
     from transformers.pytorch_utils import Conv1D
 
     params = dict(model.named_parameters())
@@ -370,23 +428,31 @@ def prune_by_activations(
                 f"params: `prune_methods` {method} prunes linear-layer weights only; {info.name} "
                 "is not one: narrow the pool (include_embeddings: false, include_1d: false)"
             )
-    _, blocks = block_stack(model)
     pruner, masks = LAYER_PRUNERS.get(method), {}
-    for layer in sorted({i.layer for i in infos}, key=lambda v: (v < 0, v)):
-        mine = [i for i in infos if i.layer == layer]
-        stats = input_stats(
-            model,
-            {i.name: owners[i.name] for i in mine},
-            windows,
-            batch_size,
-            hessian=pruner.hessian,
-            stop_after=blocks[layer] if layer >= 0 else None,
-        )
+
+    def prune(layer: int, stats: dict[str, InputStats]) -> None:
         here = Sparsity(target.at(layer), target.nm)
-        for info in mine:
+        for info in (i for i in infos if i.layer == layer):
             with torch.no_grad():
                 mask = pruner.prune(matrix(params[info.name].data, info), here, stats[info.name])
             masks[info.name] = (mask.T if info.transposed else mask).reshape(info.shape)
+
+    inside = {i.layer for i in infos if i.layer >= 0}
+    if inside:
+        _, blocks = block_stack(model)
+        inputs = BlockInputs.capture(model, blocks, windows, batch_size)
+        for layer in range(max(inside) + 1):
+            if layer in inside:
+                mine = {i.name: owners[i.name] for i in infos if i.layer == layer}
+                sums = _InputSums(pruner.hessian)
+                with forward_hooks(mine, sums):
+                    inputs.run(blocks, layer, advance=False)
+                prune(layer, sums.stats(mine, len(windows)))
+            if layer < max(inside):
+                inputs.run(blocks, layer, advance=True)
+    outside = {i.name: owners[i.name] for i in infos if i.layer < 0}
+    if outside:
+        prune(-1, input_stats(model, outside, windows, batch_size, pruner.hessian))
     return masks
 
 
@@ -420,9 +486,7 @@ def outlier_ratios(model: nn.Module, infos: list[ParamInfo], windows, batch_size
     params = dict(model.named_parameters())
     owners = owning_modules(model, [i.name for i in infos])
     blocks = [i for i in infos if i.layer >= 0]
-    stats = input_stats(
-        model, {i.name: owners[i.name] for i in blocks}, windows, batch_size, False, None
-    )
+    stats = input_stats(model, {i.name: owners[i.name] for i in blocks}, windows, batch_size, False)
     ratios = {}
     for layer in sorted({i.layer for i in blocks}):
         mine = [i for i in blocks if i.layer == layer]
