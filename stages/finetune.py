@@ -4,8 +4,10 @@ them trained, against the same with a random set, and the whole pool free
 
 The critical set: the top `finetune_k` pool weights by `metric` on the first seed's calibration
 draw (the score store). Each seed of `finetune_seeds` orders the training windows and draws the
-random set (the top set's count in every tensor, none of it in the top set); every arm of a seed
-trains on the same windows in the same order. After each run the frozen weights are checked
+random set (the top set's count in every tensor, none of it in the top set); every arm of
+`finetune_arms` trains on the seed's windows in the same order. Before the first run, each arm's
+memory is estimated (the sparse arms hold AdamW state for their k weights only) and an arm that
+cannot fit is refused, naming those that would. After each run the frozen weights are checked
 bit for bit, the model is evaluated on the held-out windows of `finetune_data` (gain) and on the
 baseline's evaluation windows (forgetting), and the pool is restored (checksum at the end, one
 baseline batch re-evaluated).
@@ -29,9 +31,10 @@ from cwa.experiments.finetuning import (
     split_windows,
     summary,
     trainable,
+    training_plan,
 )
 from cwa.experiments.perturbations import Snapshot
-from cwa.models.memory import guard_training
+from cwa.models.memory import guard_finetuning
 from cwa.pipeline.evaluation_setup import prepare_stage
 from cwa.pipeline.paths import (
     FINETUNE_TEXT,
@@ -59,6 +62,7 @@ PARAMS = (
     "finetune_batch",
     "finetune_lr",
     "finetune_seeds",
+    "finetune_arms",
 )
 
 
@@ -82,10 +86,16 @@ STAGE = Stage(
 
 def run(args, params):
     ev = prepare_stage(params, args.models_dir, args.eval_text, args.baseline_texts)
-    memory = guard_training(ev.model, params.finetune_batch, params.seq_len)
     infos = pool_infos(pl.read_parquet(args.pool))
     scores = MemberScores(StoredScores(args.scores, params.seeds[0]), [(i, None) for i in infos])
     top = extreme_k(scores, params.finetune_k)
+    arms = [arm for arm in ARMS if arm in params.finetune_arms]
+    # the first run's random set: every seed's has the top set's count in every tensor
+    first = matched_random(
+        top, scores.sizes, np.random.default_rng(params.finetune_seeds[0]), scores
+    )
+    plans = {arm: training_plan(trainable(arm, infos, top, first)) for arm in arms}
+    memory = guard_finetuning(ev.model, plans, params.finetune_batch, params.seq_len)
     text = read_text(args.finetune_text)
     found = text_windows(
         ev.tokenizer, text, params.seq_len, params.bos, "eval_samples", params.eval_samples
@@ -98,7 +108,7 @@ def run(args, params):
     dense = Snapshot(ev.model, [i.name for i in infos])
     for seed in params.finetune_seeds:
         random = matched_random(top, scores.sizes, np.random.default_rng(seed), scores)
-        for arm in progress(ARMS, desc=f"finetune seed {seed}"):
+        for arm in progress(arms, desc=f"finetune seed {seed}"):
             free = trainable(arm, infos, top, random)
             steps, batch, lr = params.finetune_steps, params.finetune_batch, params.finetune_lr
             losses = finetune(ev.model, free, train, steps, batch, lr, seed)

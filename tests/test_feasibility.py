@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import cwa.pipeline.load_registries  # noqa: F401  (every check and key, as check_params sees them)
 from cwa import CwaError
 from cwa.config.params import DTYPES, FamilyMember, Params, params_from_dict
+from cwa.experiments.finetuning import ARMS
 from cwa.experiments.perturbations import PERTURBATIONS, sweeps
 from cwa.experiments.sweep import SweepConfig, experiments, first_settings, headline_setting, specs
 from cwa.models.anatomy import describe, pool
@@ -225,6 +226,7 @@ KEYS = {
     "fault_trials": count(1, 4),
     "task_items": count(1, 64),
     "tasks": some(st.sampled_from(["kjv_lambada", "kjv_hellaswag"]), min_size=0),
+    "finetune_arms": some(st.sampled_from(ARMS), st.sampled_from([*ARMS, "sparse"])),
     "bos": st.booleans(),
     "vocab_size": count(16, 80),
     "train_steps": count(1, 100),

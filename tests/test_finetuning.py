@@ -108,11 +108,13 @@ def test_check_frozen_refuses_a_moved_frozen_weight():
         check_frozen(model, free, saved)
 
 
-def test_masked_adamw_equals_plain_adamw_with_frozen_weights_written_back():
-    """The reference trains every pool tensor with plain AdamW and writes the frozen weights
-    back after each step: the model is the same at every step, so each free weight must follow
-    the same trajectory (AdamW is elementwise)."""
-    model, _, free, windows = _setup("freeze_top")
+@pytest.mark.parametrize("arm", ["freeze_top", "only_top", "only_random"])
+def test_masked_adamw_equals_plain_adamw_with_frozen_weights_written_back(arm):
+    """The reference trains every pool tensor whole with plain AdamW and writes the frozen
+    weights back after each step: the model is the same at every step, so each free weight must
+    follow the same trajectory bit for bit (AdamW is elementwise), whether its tensor trains
+    whole with masked gradients (freeze arms) or only its free entries train (only arms)."""
+    model, _, free, windows = _setup(arm)
     reference = tiny_llama(seed=0)
     finetune(model, free, windows, steps=3, batch=4, lr=1e-2, seed=1)
 
@@ -133,7 +135,31 @@ def test_masked_adamw_equals_plain_adamw_with_frozen_weights_written_back():
                 weights[n][~mask] = original[n][~mask]
     got = dict(model.named_parameters())
     for n in free:
-        torch.testing.assert_close(got[n], weights[n], rtol=1e-6, atol=1e-7)
+        assert torch.equal(int_view(got[n].detach()), int_view(weights[n].detach())), n
+
+
+@pytest.mark.parametrize("arm", ["full", "freeze_top", "only_top", "only_random"])
+def test_the_optimizer_holds_state_for_the_trainable_weights_only(arm, monkeypatch):
+    """AdamW's moments (exp_avg, exp_avg_sq) cover every pool weight in the full and freeze
+    arms, and only the k free weights in the only arms."""
+    made = []
+
+    class Recorded(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recorded)
+    model, infos, free, windows = _setup(arm)
+    finetune(model, free, windows, steps=2, batch=3, lr=1e-2, seed=0)
+    (opt,) = made
+    sizes = {
+        key: sum(s[key].numel() for s in opt.state.values()) for key in ("exp_avg", "exp_avg_sq")
+    }
+    pool_size, k = sum(i.numel for i in infos), sum(int(m.sum()) for m in free.values())
+    expected = k if arm.startswith("only") else pool_size
+    assert sizes == {"exp_avg": expected, "exp_avg_sq": expected}
+    assert (k == 40) if arm.startswith("only") else (k >= pool_size - 40)
 
 
 def test_seed_interval_is_students_t_written_out():

@@ -97,3 +97,45 @@ def test_training_guard_counts_adamw_moments_and_names_train_batch(model_and_poo
     tight = int((need.beyond_weights - need.per_batch / 2) / 0.9)
     with pytest.raises(CwaError, match=r"Try: train_batch: \d+ .*; a smaller family member\.$"):
         check(est, "training", free={"cpu": tight}, training=True)
+
+
+def test_finetuning_arms_count_gradients_and_moments_whole_or_by_their_free_weights(
+    model_and_pool,
+):
+    """A tensor trained whole: its gradient and two AdamW moments per weight; one trained by
+    its free entries: value, gradient, two moments and an int64 index per free weight, plus the
+    largest such tensor's whole gradient; both on top of a backward pass's activations."""
+    from cwa.models.memory import finetuning_estimate
+
+    model, infos = model_and_pool
+    a, b = infos[0], infos[1]
+    backward = estimate(model, [], "backward", 4, 16).devices["cpu"]
+    whole = finetuning_estimate(model, {a.name: (True, a.numel)}, 4, 16).devices["cpu"]
+    assert whole.activations == backward.activations > 0
+    assert whole.gradients == 4 * a.numel and whole.accumulators == 8 * a.numel
+    sparse = {a.name: (False, 7), b.name: (False, 3)}
+    need = finetuning_estimate(model, sparse, 4, 16).devices["cpu"]
+    assert need.accumulators == (7 + 3) * (4 * 4 + 8)
+    assert need.gradients == 4 * max(a.numel, b.numel)
+
+
+def test_finetuning_guard_refuses_an_arm_that_cannot_fit_naming_those_that_do(model_and_pool):
+    from cwa.models.memory import finetuning_estimate, guard_finetuning
+
+    model, infos = model_and_pool
+    plans = {
+        "full": {i.name: (True, i.numel) for i in infos},
+        "only_top": {infos[0].name: (False, 10)},
+    }
+    needs = {arm: finetuning_estimate(model, p, 2, 8).devices["cpu"] for arm, p in plans.items()}
+    assert needs["only_top"].beyond_weights < needs["full"].beyond_weights
+    between = int((needs["only_top"].beyond_weights + needs["full"].beyond_weights) / 2 / 0.9)
+    with pytest.raises(
+        CwaError,
+        match=r"^memory: fine-tuning arm full needs .* Try: "
+        r"finetune_arms: \[only_top\] \(the arms that fit\); dtype: bfloat16",
+    ):
+        guard_finetuning(model, plans, 2, 8, free={"cpu": between})
+    roomy = int(needs["full"].beyond_weights / 0.9) + 1
+    fits = guard_finetuning(model, plans, 2, 8, free={"cpu": roomy})
+    assert set(fits) == {"full", "only_top"} and fits["full"]["pass"] == "backward"

@@ -99,6 +99,9 @@ def test_repository_params_file_is_valid():
         ({"finetune_lr": 0}, "`finetune_lr` must be a learning rate in \\(0, 1\\), got 0.0"),
         ({"finetune_seeds": [0, 0]}, "`finetune_seeds` must be a non-empty list of distinct"),
         ({"finetune_seeds": []}, "`finetune_seeds` must be a non-empty list"),
+        ({"finetune_arms": ["full", "full"]}, "`finetune_arms` must be distinct arms, valid: full"),
+        ({"finetune_arms": []}, "`finetune_arms` must be distinct arms"),
+        ({"finetune_arms": ["sparse"]}, "`finetune_arms` is 'sparse'; valid values: full, "),
         ({"finetune_steps": 0}, "`finetune_steps` must be >= 1, got 0"),
         ({"finetune_k": 0}, "`finetune_k` must be >= 1, got 0"),
         (

@@ -454,6 +454,14 @@ def test_finetune_section_states_both_contrasts():
     assert "training only the top 1,000 gained 3.99 PPL on the new text against 1.3" in text
     assert "(difference 2.69, 95% CI 2.3 – 3.08, p 0.00114), and forgot 0.0846" in text
     assert finetune_section(inputs(finetune=FINETUNE.head(0))) == []
+    assert "Not run" not in text
+
+
+def test_finetune_section_names_the_arms_left_out_and_keeps_the_contrast_that_ran():
+    sparse = FINETUNE.filter(pl.col("arm").is_in(["only_top", "only_random"]))
+    text = "\n".join(finetune_section(inputs(finetune=sparse)))
+    assert "Not run (left out of `finetune_arms`): full, freeze_top, freeze_random." in text
+    assert "Protection:" not in text and "Sparse fine-tuning: training only the top" in text
 
 
 def test_units_section_tables_each_kind_alone_and_together():

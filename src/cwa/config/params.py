@@ -124,6 +124,13 @@ class Params:
     finetune_batch: int = 8
     finetune_lr: float = 1e-3
     finetune_seeds: tuple[int, ...] = (0, 1, 2)
+    finetune_arms: tuple[str, ...] = (
+        "full",
+        "freeze_top",
+        "freeze_random",
+        "only_top",
+        "only_random",
+    )
     # structural units (units stage)
     units: tuple[str, ...] = ("neuron", "head")
     unit_reduce: str = "sum"
@@ -419,6 +426,12 @@ DOCS = {
     "finetune_seeds": (
         "one fine-tuning run per seed and arm: the seed orders the training windows and draws "
         "the random set; the CIs are over these seeds"
+    ),
+    "finetune_arms": (
+        "the fine-tuning arms to run: `full` (every pool weight), `freeze_top`, `freeze_random` "
+        "(all but the top or a random set), `only_top`, `only_random` (only that set: AdamW "
+        "holds state for those weights alone, so they fit where the others cannot). A contrast "
+        "needs both its arms. The memory guard names the arms that fit"
     ),
     "units": (
         "kinds of structural unit the units stage ranks and perturbs whole: `neuron` (an MLP "

@@ -24,7 +24,7 @@ from scipy import stats
 
 from cwa import CwaError
 from cwa.config.params import check as params_check
-from cwa.config.params import fail
+from cwa.config.params import check_choice, fail
 from cwa.core.hooks import grads_for
 from cwa.core.progress import progress
 from cwa.experiments.perturbations import int_view
@@ -41,6 +41,11 @@ MEASURES = ("gain", "forgetting")
 def _valid_finetune(p) -> None:
     if not 0 < p.finetune_lr < 1:  # also refuses NaN
         fail("finetune_lr", f"must be a learning rate in (0, 1), got {p.finetune_lr}")
+    arms = list(p.finetune_arms)
+    if not arms or len(set(arms)) != len(arms):
+        fail("finetune_arms", f"must be distinct arms, valid: {', '.join(ARMS)}; got {arms}")
+    for arm in arms:
+        check_choice("finetune_arms", arm, ARMS)
     seeds = list(p.finetune_seeds)
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         fail("finetune_seeds", f"must be a non-empty list of distinct integers >= 0, got {seeds}")
@@ -86,17 +91,32 @@ def batch_order(n: int, steps: int, batch: int, seed: int) -> torch.Tensor:
 
 def finetune(model, free: dict[str, torch.Tensor], windows, steps, batch, lr, seed, desc=None):
     """Trains the weights `free` marks on `windows` with AdamW; every other parameter stays
-    frozen. Returns each step's loss."""
+    frozen. Returns each step's loss.
+
+    A tensor with at least half its weights free trains whole, the gradients of its frozen
+    weights zeroed; one with fewer trains only its free weights, gathered into a vector of their
+    own (FreeEntries), so AdamW holds state for them alone: O(k) for the sparse arms, not
+    O(pool). AdamW is elementwise, so both ways give the same weights bit for bit."""
     weights = dict(model.named_parameters())
-    trained = {name: weights[name] for name, mask in free.items() if mask.any()}
-    opt = torch.optim.AdamW(trained.values(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    plan = training_plan(free)
+    trained = {name: weights[name] for name in plan}
+    gathered = {
+        name: FreeEntries(trained[name], free[name])
+        for name, (whole, _) in plan.items()
+        if not whole
+    }
+    whole = [w for name, w in trained.items() if name not in gathered]
+    state = whole + [entries.values for entries in gathered.values()]
+    opt = torch.optim.AdamW(state, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     device = next(model.parameters()).device
     losses, hooks = [], []
     model.train()  # no dropout in the built-in configs; train mode as in training
     try:
         with grads_for(model, trained):
             for name, w in trained.items():
-                if not free[name].all():
+                if name in gathered:
+                    hooks.append(w.register_post_accumulate_grad_hook(gathered[name].gather))
+                elif not free[name].all():
                     hooks.append(w.register_hook(_masking(free[name].to(w.device))))
             order = batch_order(len(windows), steps, batch, seed)
             for step in progress(order, desc=desc, leave=False):
@@ -105,12 +125,44 @@ def finetune(model, free: dict[str, torch.Tensor], windows, steps, batch, lr, se
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+                for entries in gathered.values():
+                    entries.write_back()
                 losses.append(loss.item())
     finally:
         model.eval()
         for h in hooks:
             h.remove()
     return losses
+
+
+def training_plan(free: dict[str, torch.Tensor]) -> dict[str, tuple[bool, int]]:
+    """{tensor with a free weight: (trained whole, free weights)}: a tensor trains whole when at
+    least half its weights are free (its frozen weights' gradients zeroed), otherwise by its
+    free entries alone (FreeEntries: AdamW state for those only)."""
+    counts = {name: int(mask.sum()) for name, mask in free.items()}
+    return {
+        name: (2 * count >= free[name].numel(), count) for name, count in counts.items() if count
+    }
+
+
+class FreeEntries:
+    """The free weights of one tensor as a trainable vector of their own: once backward has
+    accumulated the tensor's gradient, the free entries' part is gathered into the vector's
+    and the tensor's dropped (one tensor's gradient at a time); after each step the vector is
+    written back into the tensor."""
+
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor):
+        self.weight = weight
+        self.index = torch.nonzero(mask.reshape(-1)).flatten().to(weight.device)
+        self.values = torch.nn.Parameter(weight.detach().reshape(-1)[self.index].clone())
+
+    def gather(self, weight: torch.Tensor) -> None:
+        self.values.grad = weight.grad.reshape(-1)[self.index]
+        weight.grad = None
+
+    def write_back(self) -> None:
+        with torch.no_grad():
+            self.weight.view(-1)[self.index] = self.values
 
 
 def _masking(mask: torch.Tensor):

@@ -241,22 +241,35 @@ def free_memory(device: str) -> int:
     return psutil.virtual_memory().available
 
 
-def check(
-    est: Estimate, what: str, free: dict[str, int] | None = None, training: bool = False
-) -> dict:
-    """Raises a CwaError naming the device, the numbers and the remedies when a need exceeds
-    HEADROOM of the free memory; returns the estimate for the manifest otherwise."""
-    free = free if free is not None else {dev: free_memory(dev) for dev in est.devices}
+def _short(est: Estimate, free: dict[str, int]) -> tuple[str, Need] | None:
+    """The first device whose need exceeds HEADROOM of its free memory, with that need."""
     for dev, need in est.devices.items():
+        if need.beyond_weights > HEADROOM * free[dev]:
+            return dev, need
+    return None
+
+
+def check(
+    est: Estimate,
+    what: str,
+    free: dict[str, int] | None = None,
+    training: bool = False,
+    remedies: str | None = None,
+) -> dict:
+    """Raises a CwaError naming the device, the numbers and the remedies (`remedies`, or those
+    of the pass) when a need exceeds HEADROOM of the free memory; returns the estimate for the
+    manifest otherwise."""
+    free = free if free is not None else {dev: free_memory(dev) for dev in est.devices}
+    short = _short(est, free)
+    if short is not None:
+        dev, need = short
         budget = HEADROOM * free[dev]
-        if need.beyond_weights <= budget:
-            continue
         raise CwaError(
             f"memory: {what} needs an estimated {_size(need.beyond_weights)} on {dev} beyond "
             f"the {_size(need.weights)} of weights (gradients {_size(need.gradients)}, fp32 "
             f"accumulators {_size(need.accumulators)}, activations {_size(need.activations)} "
             f"for batch {est.batch} x {est.seq_len} tokens) and {_size(free[dev])} is free. "
-            f"{_remedies(est, need, budget, training)}"
+            f"{remedies or _remedies(est, need, budget, training)}"
         )
     return est.as_dict(free)
 
@@ -312,6 +325,58 @@ def guard_training(model: nn.Module, batch_size: int, seq_len: int) -> dict:
     for p in model.parameters():
         est.devices[str(p.device)].accumulators += ADAMW_MOMENTS * p.numel()
     return check(est, "training", training=True)
+
+
+def finetuning_estimate(
+    model: nn.Module, plan: dict[str, tuple[bool, int]], batch_size: int, seq_len: int
+) -> Estimate:
+    """One fine-tuning arm: a backward pass's activations, and per trained tensor
+    (cwa.experiments.finetuning.training_plan: name -> (trained whole, free weights)) its
+    gradient and AdamW's two moments per weight when trained whole (the parameter's dtype);
+    per free weight, when trained by its free entries, the value, its gradient, two moments and
+    an int64 index, plus the largest such tensor's whole gradient while backward gathers it."""
+    est = estimate(model, [], "backward", batch_size, seq_len)
+    params = dict(model.named_parameters())
+    gathering: dict[str, int] = defaultdict(int)
+    for name, (whole, count) in plan.items():
+        p = params[name]
+        dev, size = str(p.device), p.element_size()
+        need = est.devices.setdefault(dev, Need())
+        if whole:
+            need.gradients += p.numel() * size
+            need.accumulators += 2 * p.numel() * size
+        else:
+            need.accumulators += count * (4 * size + 8)
+            gathering[dev] = max(gathering[dev], p.numel() * size)
+    for dev, size in gathering.items():
+        est.devices[dev].gradients += size
+    return est
+
+
+def guard_finetuning(
+    model: nn.Module,
+    plans: dict[str, dict[str, tuple[bool, int]]],
+    batch_size: int,
+    seq_len: int,
+    free: dict[str, int] | None = None,
+) -> dict:
+    """The guard of every fine-tuning arm ({arm: its training plan}) before the first runs: an
+    arm that cannot fit is refused, naming the arms that would (`finetune_arms`)."""
+    ests = {
+        arm: finetuning_estimate(model, plan, batch_size, seq_len) for arm, plan in plans.items()
+    }
+    devices = {dev for est in ests.values() for dev in est.devices}
+    free = free if free is not None else {dev: free_memory(dev) for dev in devices}
+    fit = [arm for arm, est in ests.items() if _short(est, free) is None]
+    tips = [f"finetune_arms: [{', '.join(fit)}] (the arms that fit)"] if fit else []
+    if next(iter(ests.values())).elem > 2:
+        tips.append("dtype: bfloat16 (half the weights, gradients, moments and activations)")
+    tips += ["finetune_batch or seq_len lower", "more devices (device_map: auto)"]
+    remedies = "Try: " + "; ".join(tips) + "."
+    return {
+        arm: check(est, f"fine-tuning arm {arm}", free, remedies=remedies)
+        for arm, est in ests.items()
+    }
 
 
 def guard(

@@ -9,6 +9,7 @@ import markdown as md
 import polars as pl
 
 from cwa.core.stats import spearman
+from cwa.experiments.finetuning import ARMS
 from cwa.experiments.pruning_summary import HEADLINE_SPARSITY, at
 from cwa.experiments.summaries import first_strength, headline, headline_cell, headline_rows
 
@@ -773,11 +774,20 @@ def finetune_section(r: ReportInputs) -> list[str]:
         "paired difference between two arms; CIs and p-values are Student's t over the "
         "fine-tuning seeds (the windows are fixed).",
         "",
+        *_arms_left_out(r.finetune),
         *_one_finetune_seed(len(p.finetune_seeds)),
         *_finetune_verdict(r.finetune, p.finetune_k),
         table(r.finetune),
         "",
     ]
+
+
+def _arms_left_out(rows: pl.DataFrame) -> list[str]:
+    ran = set(rows["arm"])
+    left = [arm for arm in ARMS if arm not in ran]
+    if not left:
+        return []
+    return [f"Not run (left out of `finetune_arms`): {', '.join(left)}.", ""]
 
 
 def _one_finetune_seed(seeds: int) -> list[str]:
