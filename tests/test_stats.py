@@ -14,6 +14,7 @@ from cwa.core.stats import (
     jaccard,
     paired_delta_ci,
     paired_test,
+    percentile_interval,
     permutation_floor,
     pooled_cis,
     ppl,
@@ -120,6 +121,52 @@ def test_separation_ci_on_the_identity_resample_is_the_point_ratio():
     assert lo == pytest.approx(want) and hi == pytest.approx(want)
     wide = separation_ci(base, top, controls, tokens, bootstrap_indices(3, 500, 0))
     assert wide[0] <= want <= wide[1]
+
+
+def test_percentile_interval_is_numpys_linear_rule_with_infinities_as_extremes():
+    """On finite values exactly np.quantile (the hand-written rule below agrees too); infinite
+    resamples give the infinity they stand next to, not numpy's NaN from inf − inf."""
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 40, 1000):
+        values = rng.normal(size=n)
+        tail = (1 - 0.95) / 2  # as every CI has computed it: 0.025000000000000022
+        want = tuple(float(v) for v in np.quantile(values, [tail, 1 - tail]))
+        assert percentile_interval(values) == want
+        assert percentile_interval(values) == pytest.approx(resample_quantiles(list(values), 0.95))
+    assert percentile_interval(np.full(50, np.inf)) == (math.inf, math.inf)
+    with np.errstate(invalid="ignore"):  # what numpy alone gives
+        assert np.isnan(np.quantile(np.full(50, np.inf), [0.025, 0.975])).all()
+    some = np.concatenate([np.arange(10.0), np.full(3, np.inf)])  # 13 resamples, 3 infinite
+    lo, hi = percentile_interval(some)
+    assert lo == pytest.approx(resample_quantiles(list(range(10)) + [99.0] * 3, 0.95)[0])
+    assert hi == math.inf  # 0.975 · 12 = 11.7: between two infinities
+    assert percentile_interval(np.array([0.0] * 20 + [np.inf])) == (0.0, math.inf)
+    assert percentile_interval(np.array([-np.inf] * 20 + [1.0])) == (-math.inf, -math.inf)
+    both = percentile_interval(np.array([-np.inf, np.inf]), level=0.5)  # quartiles of two
+    assert math.isnan(both[0]) and math.isnan(both[1])
+    assert all(math.isnan(v) for v in percentile_interval(np.array([1.0, np.nan, 2.0])))
+
+
+def test_separation_ci_follows_separations_rule_when_the_controls_never_move():
+    """Controls that leave every text exactly unchanged: separation is +inf (top moved up),
+    −inf (down) or NaN (neither moved); its CI says the same (it said (NaN, NaN), and +inf
+    for a top set that lowered perplexity)."""
+    from cwa.core.stats import separation
+
+    tokens = np.array([10, 10, 10])
+    base = np.array([30.0, 31.0, 29.0])
+    controls = np.stack([base, base])
+    idx = bootstrap_indices(3, 200, 0)
+    for shift, want in ((1.0, math.inf), (-1.0, -math.inf)):
+        top = base + shift
+        point = separation(math.exp(top.sum() / 30) - math.exp(base.sum() / 30), [0.0, 0.0])
+        assert point == want
+        assert separation_ci(base, top, controls, tokens, idx) == (want, want)
+        seed_idx = np.zeros((200, 1), dtype=int)
+        pooled = pooled_cis(base, top[None], controls[None], tokens, idx, seed_idx)
+        assert pooled.separation == (want, want)
+    assert math.isnan(separation(0.0, [0.0, 0.0]))
+    assert all(math.isnan(v) for v in separation_ci(base, base, controls, tokens, idx))
 
 
 def test_perplexity_past_float_range_is_inf_not_a_crash():

@@ -24,6 +24,34 @@ def ppl(nll: np.ndarray, tokens: np.ndarray) -> float:
         return math.inf
 
 
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The (1 − level)/2 and (1 + level)/2 quantiles of the resampled statistic (numpy's linear
+    rule). Infinite resamples order as the extremes they are: a quantile between two equal
+    values is that value, and one next to an infinity is that infinity (numpy's interpolation
+    gives NaN there: inf − inf); NaN when a resample is undefined or the neighbours are −inf
+    and +inf."""
+    tail = (1 - level) / 2
+    probs = [tail, 1 - tail]
+    with np.errstate(invalid="ignore"):
+        linear = np.quantile(values, probs)
+    out = []
+    for q, a, b in zip(
+        linear,
+        np.quantile(values, probs, method="lower"),
+        np.quantile(values, probs, method="higher"),
+        strict=True,
+    ):
+        if a == b:
+            out.append(float(a))
+        elif math.isinf(a) and math.isinf(b):
+            out.append(math.nan)
+        elif math.isinf(a) or math.isinf(b):
+            out.append(float(a if math.isinf(a) else b))
+        else:
+            out.append(float(q))
+    return out[0], out[1]
+
+
 def paired_delta_ci(
     base_nll: np.ndarray, nll: np.ndarray, tokens: np.ndarray, idx: np.ndarray, level: float = 0.95
 ) -> tuple[float, float]:
@@ -33,9 +61,7 @@ def paired_delta_ci(
     tok = tokens[idx].sum(axis=1)
     with np.errstate(over="ignore"):
         delta = np.exp(nll[idx].sum(axis=1) / tok) - np.exp(base_nll[idx].sum(axis=1) / tok)
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(delta, [tail, 1 - tail])
-    return float(lo), float(hi)
+    return percentile_interval(delta, level)
 
 
 def per_token_ci(
@@ -46,9 +72,7 @@ def per_token_ci(
     if not np.isfinite(per_text).all():
         return math.nan, math.nan
     means = per_text[idx].sum(axis=1) / tokens[idx].sum(axis=1)
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(means, [tail, 1 - tail])
-    return float(lo), float(hi)
+    return percentile_interval(means, level)
 
 
 def _ppl_rows(nll: np.ndarray, tok: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -82,6 +106,14 @@ def separation(top_delta: float, control_deltas) -> float:
     return math.copysign(math.inf, top_delta) if top_delta else math.nan
 
 
+def _ratios(top: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """separation's rule on every resample: top / size; ±inf where size is 0 and top moved,
+    NaN where neither moved."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        moved = np.where(top != 0, np.copysign(np.inf, top), np.nan)
+        return np.where(size > 0, top / size, moved)
+
+
 def separation_ci(
     base_nll: np.ndarray,
     top_nll: np.ndarray,
@@ -98,11 +130,7 @@ def separation_ci(
     base = _ppl_rows(base_nll, tok, idx)
     top = _ppl_rows(top_nll, tok, idx) - base
     control = np.mean([np.abs(_ppl_rows(c, tok, idx) - base) for c in control_nll], axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(control > 0, top / control, np.inf)
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(ratio, [tail, 1 - tail])
-    return float(lo), float(hi)
+    return percentile_interval(_ratios(top, control), level)
 
 
 def relative_gain_ci(
@@ -119,9 +147,7 @@ def relative_gain_ci(
     tok = tokens[idx].sum(axis=1)
     with np.errstate(over="ignore", invalid="ignore"):
         gain = 1 - _ppl_rows(nll, tok, idx) / _ppl_rows(reference_nll, tok, idx)
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(gain, [tail, 1 - tail])
-    return float(lo), float(hi)
+    return percentile_interval(gain, level)
 
 
 @dataclass(frozen=True)
@@ -162,15 +188,11 @@ def pooled_cis(
     top_b = pick(top)
     control_b = pick(draws.mean(axis=1))
     size_b = pick(np.abs(draws).mean(axis=1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(size_b > 0, top_b / size_b, np.inf)
-    tail = (1 - level) / 2
-
-    def ci(values: np.ndarray) -> tuple[float, float]:
-        lo, hi = np.quantile(values, [tail, 1 - tail])
-        return float(lo), float(hi)
-
-    return PooledCIs(ci(top_b), ci(control_b), ci(ratio))
+    return PooledCIs(
+        percentile_interval(top_b, level),
+        percentile_interval(control_b, level),
+        percentile_interval(_ratios(top_b, size_b), level),
+    )
 
 
 @dataclass(frozen=True)
