@@ -97,8 +97,9 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--methods", default="wanda,sparsegpt")
+    ap.add_argument("--threads", type=int, default=2, help="1 when other work shares the cores")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     windows = torch.randint(0, args.vocab, (args.windows, args.seq_len))
     print(
         "| layers | parameters | forward (s) | method | one pass (s) | ÷ forward | "
