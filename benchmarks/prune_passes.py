@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the reference
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, benchmarks/
 
 
 def build(hidden: int, layers: int, vocab: int, seq_len: int):
@@ -39,19 +38,11 @@ def build(hidden: int, layers: int, vocab: int, seq_len: int):
     return LlamaForCausalLM(config).eval()
 
 
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def depth(args, layers: int, windows) -> list[str]:
     """The table's rows of one depth: forward, then each method by each traversal."""
     import torch
 
+    from benchmarks.speed import best_of
     from cwa.experiments.pruning import Sparsity, prune_by_activations
     from cwa.models.anatomy import describe, pool
     from tests.test_architectures import prune_block_by_block
@@ -72,10 +63,10 @@ def depth(args, layers: int, windows) -> list[str]:
                 p.copy_(dense[n])
         return traversal(model, infos, method, Sparsity(0.5), windows, args.batch_size)
 
-    base, rows = best(forward, args.repeats), []
+    base, rows = best_of(forward, args.repeats), []
     for method in args.methods.split(","):
-        one = best(lambda m=method: prune(prune_by_activations, m), args.repeats)
-        old = best(lambda m=method: prune(prune_block_by_block, m), args.repeats)
+        one = best_of(lambda m=method: prune(prune_by_activations, m), args.repeats)
+        old = best_of(lambda m=method: prune(prune_block_by_block, m), args.repeats)
         got, want = prune(prune_by_activations, method), prune(prune_block_by_block, method)
         same = all(torch.equal(got[n], want[n]) for n in want)
         rows.append(
