@@ -220,8 +220,8 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
     plots.faults(t["faults"], out / "faults.png")
     study_figures(t, k, out)
     plots.pruning(t["pruning"], out / "pruning.png")
-    ran = set(t["finetune_runs"]["arm"]) if "arm" in t["finetune_runs"].columns else set()
-    arms = tuple(arm for arm in ARMS if arm in ran)  # those of `finetune_arms`
+    ran = set(t["finetune_runs"]["arm"])  # the arms of `finetune_arms`
+    arms = tuple(arm for arm in ARMS if arm in ran)
     plots.finetune(t["finetune_runs"], t["finetune"], arms, out / "finetune.png")
     plots.layer_correlation(t["correlation"], out / "correlation.png")
     plots.units(unit_table(t), out / "units.png")
