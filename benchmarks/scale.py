@@ -1,7 +1,7 @@
 """How each stage's library call scales with model size: time, peak memory, ratio to a plain pass.
 
     python benchmarks/scale.py [--sizes 0,1,2,3 --windows 8 --seq-len 64 --batch-size 4 --quick
-                                --out FILE]
+                                --stages prune,rank --out FILE]
 
 On randomly initialised Llamas (SDPA, fp32, CPU, 2 threads) of (hidden, blocks) = (128, 2),
 (256, 4), (512, 8), (1024, 12) (heads hidden/64, at least 2; MLP width 8/3 hidden to a multiple
@@ -361,6 +361,12 @@ def cell(value: float, spec: str) -> str:
     return "n/a" if not math.isfinite(value) else format(value, spec)
 
 
+def measured(results: dict) -> list[tuple[str, Stage]]:
+    """The stages this run measured, in STAGES' order."""
+    names = {name for _, name in results}
+    return [(name, stage) for name, stage in STAGES.items() if name in names]
+
+
 def ratio(results: dict, size: int, name: str) -> float:
     """The stage's time over its denominator's at the same size (NaN if either failed)."""
     mine, theirs = results[size, name], results[size, STAGES[name].denominator]
@@ -376,7 +382,7 @@ def per_size_table(results: dict, sizes: list[int]) -> list[str]:
     ]
     for s in sizes:
         hidden, blocks = SIZES[s]
-        for name, stage in STAGES.items():
+        for name, stage in measured(results):
             r = results[s, name]
             params = f"{r['params'] / 1e6:.2f}M" if "params" in r else "n/a"
             if "error" in r:
@@ -398,7 +404,7 @@ def fit_table(results: dict, sizes: list[int]) -> list[str]:
         "ratio, smallest | ratio, largest | ratio per block |",
         "|---|---|---|---|---:|---:|---:|",
     ]
-    for name, stage in STAGES.items():
+    for name, stage in measured(results):
         done = [s for s in sizes if "seconds" in results[s, name]]
         params = [results[s, name]["params"] for s in done]
         ratios = [ratio(results, s, name) for s in sizes]
@@ -431,7 +437,7 @@ def projection_table(results: dict, largest: int) -> list[str]:
         + " |",
         "|---|---:|---|" + "---:|" * len(UTILISATIONS),
     ]
-    for name, stage in STAGES.items():
+    for name, stage in measured(results):
         r = ratio(results, largest, name)
         share = 1.0 if stage.denominator == BACKWARD else 1.0 / 3.0
         times = " | ".join(cell(r * share * backward[u], ".1f") for u in UTILISATIONS)
@@ -449,15 +455,22 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="one call per stage, not the best of 2")
     ap.add_argument("--out", help="also write the tables to this markdown file")
+    ap.add_argument(
+        "--stages",
+        help="comma-separated words; measure the stages whose name holds one (and the two "
+        "denominators); default every stage",
+    )
     args = ap.parse_args()
     if ONE_ENV in os.environ:
         size, name = os.environ[ONE_ENV].split(":", 1)
         print(json.dumps(one(args, int(size), name)))
         return
     sizes = sorted({int(s) for s in args.sizes.split(",")})  # smallest first
+    words = args.stages.split(",") if args.stages else [""]
+    chosen = [n for n in STAGES if n in (FORWARD, BACKWARD) or any(w in n for w in words)]
     results = {}
     for s in sizes:
-        for name in STAGES:
+        for name in chosen:
             start = time.perf_counter()
             results[s, name] = r = child(s, name)
             got = f"{r['seconds']:.3f} s" if "seconds" in r else r["error"]

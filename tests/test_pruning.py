@@ -12,6 +12,8 @@ from cwa.experiments.pruning import (
     global_mask,
     in_group,
     input_stats,
+    lowest,
+    lowest_per_row,
     n_of_m,
     per_row,
     prune_by_activations,
@@ -28,6 +30,26 @@ def test_per_row_prunes_exactly_the_lowest_of_every_row():
     mask = per_row(scores, 0.5)
     assert mask.tolist() == [[False, True, False, True], [False, True, False, True]]
     assert per_row(scores, 0.7).sum(dim=1).tolist() == [2, 2]  # ⌊0.7·4⌋ = 2 per row
+
+
+def sorted_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Reference: the first `count` entries of every row's stable sort."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    return mask.scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :count], True)
+
+
+def test_selection_takes_the_same_weights_as_a_stable_sort_ties_and_nan_included():
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.randint(0, 4, (64, 40), generator=gen).float()  # heavy ties, as after pruning
+    rows[::7, ::3] = float("nan")
+    rows[5] = 0.0  # a row of one value
+    cases = [rows, torch.rand(16, 33, generator=gen), -rows]
+    for scores in cases:
+        for count in (0, 1, 7, 20, 39, 40):
+            assert torch.equal(lowest_per_row(scores, count), sorted_lowest(scores, count))
+        assert torch.equal(lowest(scores[1], 13), sorted_lowest(scores[1:2], 13)[0])
+    want = sorted_lowest(rows.reshape(-1, 4), 2).reshape(rows.shape)
+    assert torch.equal(n_of_m(rows, 2, 4), want)
 
 
 def test_n_of_m_prunes_n_in_every_group_of_m_columns():

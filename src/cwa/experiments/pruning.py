@@ -93,19 +93,39 @@ def matrix(weight: torch.Tensor, info: ParamInfo) -> torch.Tensor:
     return weight.reshape(-1, weight.shape[-1])
 
 
+def lowest_per_row(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask of the `count` lowest scores of every row of a 2-D tensor (ties: lower index first).
+
+    A selection, not a sort: each row's `count`-th value is found in linear time, everything
+    below it is taken, and equal values fill the rest in index order, as a stable sort would
+    (NaN counts as the largest value, as it does in torch's sort).
+    """
+    if count <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if count >= scores.shape[1]:
+        return torch.ones_like(scores, dtype=torch.bool)
+    kth = scores.kthvalue(count, dim=1, keepdim=True).values
+    mask, ties = scores < kth, scores == kth
+    past_numbers = kth.isnan().squeeze(1).nonzero().squeeze(1)
+    if past_numbers.numel():  # the cut lies among the NaNs: every number, then NaNs by index
+        nan = scores[past_numbers].isnan()
+        mask[past_numbers], ties[past_numbers] = ~nan, nan
+    need = count - mask.sum(dim=1, keepdim=True)
+    crowded = (ties.sum(dim=1, keepdim=True) > need).squeeze(1).nonzero().squeeze(1)
+    if crowded.numel():  # more ties than places: the first ones by index
+        tied = ties[crowded]
+        ties[crowded] = tied & (tied.cumsum(dim=1, dtype=torch.int32) <= need[crowded])
+    return mask | ties
+
+
 def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Mask of the `count` lowest scores of a 1-D tensor (ties: lower index first)."""
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    mask[torch.argsort(scores, stable=True)[:count]] = True
-    return mask
+    return lowest_per_row(scores[None], count)[0]
 
 
 def per_row(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     """Mask of the ⌊fraction·columns⌋ lowest scores of every row (Wanda's group)."""
-    count = int(scores.shape[1] * fraction)
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    mask.scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :count], True)
-    return mask
+    return lowest_per_row(scores, int(scores.shape[1] * fraction))
 
 
 def n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -113,7 +133,7 @@ def n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     rows, cols = scores.shape
     if cols % m:
         raise CwaError(f"params: `prune_nm` {n}:{m} needs inputs divisible by {m}, got {cols}")
-    groups = scores.reshape(rows, cols // m, m)
+    groups = scores.reshape(rows, cols // m, m)  # a sort of m values is linear: no selection
     mask = torch.zeros_like(groups, dtype=torch.bool)
     mask.scatter_(2, torch.sort(groups, dim=2, stable=True).indices[..., :n], True)
     return mask.reshape(rows, cols)
