@@ -1,8 +1,10 @@
 """The `cwa` CLI: old-script flags map onto params and bad values fail before DVC starts."""
 
+import polars as pl
 import pytest
 
-from cwa.cli.main import EXPORTS, build_parser, export, main
+from cwa.cli.export import EXPORTS, RANKING, export, top_weights
+from cwa.cli.main import build_parser, main
 from cwa.cli.old_flags import translate
 
 
@@ -61,25 +63,83 @@ def test_help_has_examples(capsys):
     assert "cwa run --metric grad_squared" in capsys.readouterr().out
 
 
-def test_out_dir_export_is_whole_or_nothing(tmp_path):
-    art = tmp_path / "artifacts"
+def ranking_table(metric: str) -> pl.DataFrame:
+    """A ranking table as the rank stage writes it: two seeds, k 1 and 2, a control beside."""
+    rows = []
+    for seed in (0, 1):
+        for k in (1, 2):
+            for selection in ("top", "random_k"):
+                for r in range(k):
+                    rows.append(
+                        {
+                            "metric": metric,
+                            "seed": seed,
+                            "group": "global",
+                            "selection": selection,
+                            "k": k,
+                            "rank": r,
+                            "param": f"h.{seed}.w",
+                            "layer": seed,
+                            "component": "mlp_up",
+                            "row": r,
+                            "col": 10 * seed + k,
+                            "score": 1.0 / (r + 1) if selection == "top" else -1.0,
+                        }
+                    )
+    return pl.DataFrame(rows)
+
+
+def exported_artifacts(art, metric: str = "magnitude") -> None:
     for item in EXPORTS:
         path = art / item
-        if "." in path.name:
+        if item == RANKING:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ranking_table(metric).write_parquet(path)
+        elif "." in path.name:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(item)
         else:
             (path / "plots").mkdir(parents=True)
             (path / "plots" / "a.png").write_text("png")
+
+
+def test_out_dir_export_is_whole_or_nothing(tmp_path):
+    art = tmp_path / "artifacts"
+    exported_artifacts(art)
     export(art, tmp_path / "out")
     for item in EXPORTS:
         assert (tmp_path / "out" / item).exists(), item
     assert (tmp_path / "out" / "report" / "plots" / "a.png").read_text() == "png"
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == [
+        "top_1_weights_magnitude.csv",
+        "top_2_weights_magnitude.csv",
+    ]
     (art / "perturb" / "tasks.parquet").unlink()
     with pytest.raises(FileNotFoundError):
         export(art, tmp_path / "partial")
     assert not (tmp_path / "partial").exists()  # nothing half-copied
     assert not list(tmp_path.glob(".partial*"))
+
+
+def test_top_weight_csvs_hold_each_seeds_top_k_in_rank_order(tmp_path):
+    tables = top_weights(ranking_table("grad_x_weight"))
+    assert list(tables) == ["top_1_weights_grad_x_weight.csv", "top_2_weights_grad_x_weight.csv"]
+    two = tables["top_2_weights_grad_x_weight.csv"]
+    assert two.columns == [
+        "rank", "group", "layer", "component", "parameter", "row", "column", "score", "seed"
+    ]  # fmt: skip
+    assert two.rows() == [
+        (1, "global", 0, "mlp_up", "h.0.w", 0, 2, 1.0, 0),
+        (2, "global", 0, "mlp_up", "h.0.w", 1, 2, 0.5, 0),
+        (1, "global", 1, "mlp_up", "h.1.w", 0, 12, 1.0, 1),
+        (2, "global", 1, "mlp_up", "h.1.w", 1, 12, 0.5, 1),
+    ]
+    art = tmp_path / "artifacts"
+    exported_artifacts(art, "grad_x_weight")
+    assert main(["export", str(tmp_path / "out"), "--artifacts", str(art)]) == 0
+    csv = pl.read_csv(tmp_path / "out" / "top_2_weights_grad_x_weight.csv")
+    assert csv.rows() == two.rows()
+    assert main(["export", str(tmp_path / "x"), "--artifacts", str(tmp_path / "none")]) == 2
 
 
 def test_out_dir_flag_parses():

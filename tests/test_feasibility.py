@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import cwa.pipeline.load_registries  # noqa: F401  (every check and key, as check_params sees them)
 from cwa import CwaError
-from cwa.config.params import DTYPES, FamilyMember, Params, params_from_dict
+from cwa.config.params import DTYPES, FamilyMember, Params, StudyMember, params_from_dict
 from cwa.experiments.finetuning import ARMS
 from cwa.experiments.perturbations import PERTURBATIONS, sweeps
 from cwa.experiments.sweep import SweepConfig, experiments, first_settings, headline_setting, specs
@@ -36,7 +36,14 @@ POOL = 2 * BLOCK
 
 
 def tiny(**changes) -> Params:
-    base = Params(model="builtin:kjv-tiny", family=TINY, device="cpu", topk=(10,), headline_k=10)
+    base = Params(
+        model="builtin:kjv-tiny",
+        family=TINY,
+        models={"tiny": StudyMember("builtin:kjv-tiny")},
+        device="cpu",
+        topk=(10,),
+        headline_k=10,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -89,6 +96,28 @@ def test_the_fine_tuning_sets_fit_the_pool_twice_over():
     )
 
 
+def test_the_clustered_top_set_fits_the_pool():
+    feasibility.check(tiny(cluster_top=POOL))
+    refused(
+        tiny(cluster_top=POOL + 1),
+        f"`cluster_top` is {POOL + 1} but the pool holds {POOL} weights; valid: cluster_top <= "
+        f"{POOL}",
+    )
+
+
+def test_a_study_without_models_is_refused():
+    refused(tiny(models={}), "`models` is empty, but the study (member@<label> stages, the scal")
+
+
+def test_an_lm_eval_task_the_harness_does_not_know_is_refused_before_any_stage():
+    pytest.importorskip("lm_eval")
+    feasibility.check(tiny(lm_eval_tasks=("lm_kjv_lambada",)))  # shipped under configs/lm_eval
+    refused(
+        tiny(lm_eval_tasks=("lm_kjv_lambada", "no_such_task")),
+        "`lm_eval_tasks` ['no_such_task'] are not lm-eval tasks: neither under configs/lm_eval",
+    )
+
+
 def test_every_unit_kind_exists_in_the_pool():
     feasibility.check(tiny(units=("neuron", "head", "channel"), unit_topk=(2,)))
     refused(tiny(units=("expert",)), "`units` expert: the pool holds none")
@@ -121,8 +150,10 @@ def test_windows_longer_than_the_positions():
 
 
 def test_strengths_the_dtype_cannot_hold():
+    for dtype in ("bfloat16", "float16"):  # the default positions are named for every dtype
+        feasibility.check(tiny(dtype=dtype))
     refused(
-        tiny(dtype="bfloat16"),
+        tiny(dtype="bfloat16", registered={"flip_bit": (30,)}),
         "`flip_bit` 30 cannot apply with `dtype` bfloat16: bit 30 is outside",
     )
     feasibility.check(tiny(dtype="bfloat16", registered={"flip_bit": (14, 7)}))
@@ -190,7 +221,8 @@ _STRENGTHS = {  # each sweep's values within its rule
     "scale_alpha": st.floats(-10, 10),
     "noise_sigma": st.floats(0.01, 10),
     "abs_sigma": st.floats(0.01, 10),
-    "flip_bit": st.integers(0, 15) | st.sampled_from(["sign", "exponent", "mantissa"]),
+    "flip_bit": st.integers(0, 15)
+    | st.sampled_from(["sign", "exponent", "mantissa", "exponent_top", "mantissa_top"]),
     "flip_prob": st.floats(0.001, 1),
     "quant_bits": st.integers(2, 16),
 }
@@ -228,7 +260,8 @@ KEYS = {
     "tasks": some(st.sampled_from(["kjv_lambada", "kjv_hellaswag"]), min_size=0),
     "finetune_arms": some(st.sampled_from(ARMS), st.sampled_from([*ARMS, "sparse"])),
     "bos": st.booleans(),
-    "vocab_size": count(16, 80),
+    "vocab_size": count(257, 320),
+    "cluster_top": count(1, POOL + 100),
     "train_steps": count(1, 100),
     "train_batch": count(1, 16),
     "train_lr": Either(st.floats(1e-4, 0.5), st.floats(-1, 2)),
@@ -338,11 +371,14 @@ def test_every_accepted_param_set_runs_or_is_refused_in_one_line(drawn):
 
 
 def tiny_raw(drawn: dict) -> dict:
-    """The property tests' base: kjv-tiny with a 64-token vocabulary, k = 10."""
+    """The property tests' base: kjv-tiny with the smallest vocabulary, a study of it, k = 10,
+    and a clustered top set every drawn family's pool holds."""
     raw = {
         "model": "builtin:kjv-tiny",
-        "vocab_size": 64,
+        "vocab_size": 257,
         "family": {"kjv-tiny": dataclasses.asdict(TINY["kjv-tiny"])},
+        "models": {"tiny": {"model": "builtin:kjv-tiny"}},
+        "cluster_top": 100,
     }
     return raw | {"topk": [10], "headline_k": 10} | drawn
 
@@ -351,14 +387,13 @@ def tiny_raw(drawn: dict) -> dict:
 def valid_changes(draw) -> dict:
     """Up to six keys drawn within their own rules, and the rules between keys kept by
     construction: every k within the smallest ranking group (often at the bound), the headline
-    k among them, the fine-tuning sets inside the smallest pool, a bit the dtype has, attention
-    beside per_head ranking, layers the family has (targeted ones inside the pool's),
-    checkpoints before the last step, a calibration window per process, windows no longer than
-    the trained positions."""
+    k among them, the fine-tuning sets and the clustered top set inside the smallest pool, a
+    bit the dtype has, attention beside per_head ranking, layers the family has (targeted ones
+    inside the pool's), checkpoints before the last step, a calibration window per process,
+    windows no longer than the trained positions."""
     keys = draw(st.sets(st.sampled_from(sorted(VALID)), min_size=1, max_size=6))
     changes = {key: draw(VALID[key]) for key in sorted(keys)}
     changes["finetune_k"] = draw(st.integers(1, 100))
-    changes.setdefault("flip_bit", draw(VALID["flip_bit"]))  # the default, bit 30, is fp32 only
     if changes.get("mode") == "per_head" and changes.get("target_components"):
         changes["target_components"] = sorted({*changes["target_components"], "attn_q"})
     layers = changes.get("family", {}).get("kjv-tiny", {}).get("layers", 2)
@@ -374,11 +409,19 @@ def valid_changes(draw) -> dict:
         changes["train_checkpoints"] = below
     positions = changes.get("train_seq_len", Params.train_seq_len)
     changes["seq_len"] = min(changes.get("seq_len", Params.seq_len), positions)
-    limit = largest_k(params_from_dict(tiny_raw(changes | {"topk": [1], "headline_k": 1})))
+    shape = params_from_dict(tiny_raw(changes | {"topk": [1], "headline_k": 1}))
+    limit = largest_k(shape)
+    if "cluster_top" in changes:  # within the pool
+        changes["cluster_top"] = min(changes["cluster_top"], pool_size(shape))
     ks = draw(st.lists(st.integers(1, limit), min_size=1, max_size=3, unique=True))
     changes["topk"] = sorted({*ks, limit}) if draw(st.booleans()) else ks  # often the bound
     changes["headline_k"] = draw(st.sampled_from(changes["topk"]))
     return changes
+
+
+def pool_size(p: Params) -> int:
+    model = tiny_model(p.family["kjv-tiny"], p.vocab_size)
+    return sum(i.numel for i in pool(describe(model), **p.pool_options))
 
 
 def largest_k(p: Params) -> int:

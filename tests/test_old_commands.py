@@ -5,6 +5,7 @@ the `dvc exp run` commands it would start are checked."""
 import itertools
 import shlex
 
+import polars as pl
 import pytest
 import yaml
 
@@ -154,14 +155,25 @@ def settings(line: str) -> tuple[dict, list[str]]:
     return values, targets
 
 
+DTYPES = {None: None, "bf16": "bfloat16", "fp16": "float16"}  # as given, as cwa names it
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("command", "expected"), COMMANDS, ids=range(len(COMMANDS)))
-def test_old_command_runs_through_cwa(project, word_model, command, expected, capsys, monkeypatch):
+def test_old_command_runs_through_cwa(
+    project, word_model, command, expected, dtype, capsys, monkeypatch
+):
+    """Each command as written, and with --dtype bf16 / fp16 added (the default bit positions
+    exist in every dtype)."""
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # --device cuda: a GPU machine
     monkeypatch.setattr("torch.cuda.device_count", lambda: 8)
     data = project / "src" / "data"
     data.mkdir(parents=True)
     (data / "dev_small.txt").write_text("w " * 20_000)  # enough windows for both halves
-    assert main(as_cwa(command, word_model)) == 0, capsys.readouterr().err
+    argv = as_cwa(command, word_model) + (["--dtype", dtype] if dtype else [])
+    assert main(argv) == 0, capsys.readouterr().err
+    if dtype:
+        expected = expected | {"dtype": DTYPES[dtype]}
     out = capsys.readouterr().out.strip().splitlines()
     metrics = listed(shlex.split(command), "--metric")
     assert len(out) == max(1, len(metrics))  # one experiment per metric
@@ -219,3 +231,70 @@ def test_a_strength_flag_without_a_perturbation_that_takes_it_names_the_param(pr
     assert main(["run", "--perturb", "zero", "sign_flip", "--perturb-scale", "2.0"]) == 2
     err = capsys.readouterr().err
     assert "it sets scale_alpha, noise_sigma, abs_sigma of scale, gauss_rel, gauss_abs" in err
+
+
+def test_the_old_probabilistic_bit_flip_runs_as_bit_flip_p(project, capsys):
+    argv = ["run", "--dry-run", "--perturb", "zero", "bit_flip", "--perturb-prob", "0.05"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    values, _ = settings(captured.out.strip())
+    assert values["perturb"] == ["zero", "bit_flip_p"] and values["flip_prob"] == [0.05]
+    assert "the old runner's probabilistic bit flip is bit_flip_p" in captured.err
+    # with bit_flip_p listed, bit_flip stays the fixed-position flip beside it
+    argv = ["run", "--dry-run", "--perturb", "bit_flip", "bit_flip_p", "--perturb-prob", "0.1"]
+    assert main(argv) == 0
+    values, _ = settings(capsys.readouterr().out.strip())
+    assert values["perturb"] == ["bit_flip", "bit_flip_p"] and values["flip_prob"] == [0.1]
+
+
+def test_out_dir_holds_each_metric_run_whole_and_nothing_of_another_run(
+    project, word_model, monkeypatch
+):
+    """Two metrics: each run's results in <out-dir>/<metric>/, copied before the next run
+    replaces them; --no-perturbation: the ranking alone, never an earlier run's report."""
+    from cwa.cli.export import EXPORTS, RANKING
+    from tests.test_cli import ranking_table
+
+    art = project / "artifacts"
+
+    def dvc_run(cmd, check):  # what `dvc exp run` leaves in artifacts/: this run's outputs
+        metric = next(a for a in cmd if a.startswith("metric=")).removeprefix("metric=")
+        targets = [a for a in cmd[5:] if a in ("rank",)]
+        for item, stage in EXPORTS.items():
+            if targets and stage not in targets:
+                continue
+            path = art / item / "figure.png" if "." not in item else art / item
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if item == RANKING:
+                ranking_table(metric).write_parquet(path)
+            else:
+                path.write_text(metric)
+        return type("Done", (), {"returncode": 0})
+
+    def written_by(directory) -> set[str]:
+        """The metric each exported file was written for."""
+        out = set()
+        for item in EXPORTS:
+            path = directory / item
+            path = path / "figure.png" if "." not in item else path
+            out.add(pl.read_parquet(path)["metric"][0] if item == RANKING else path.read_text())
+        return out
+
+    monkeypatch.setattr("cwa.cli.main.subprocess.run", dvc_run)
+    monkeypatch.setattr("cwa.cli.main.side_by_side", lambda names: "")  # reads dvc exp show
+    model = str(word_model)
+    argv = ["run", "--model", model, "--metric", "magnitude", "grad_x_weight", "--out-dir", "res"]
+    assert main(argv) == 0
+    for metric in ("magnitude", "grad_x_weight"):
+        assert written_by(project / "res" / metric) == {metric}
+        assert (project / "res" / metric / f"top_100_weights_{metric}.csv").exists() is False
+        assert (project / "res" / metric / f"top_2_weights_{metric}.csv").exists()
+    (art / "metrics.json").write_text("an earlier run's")
+    argv = ["run", "--model", model, "--metric", "grad_squared", "--no-perturbation"]
+    assert main([*argv, "--out-dir", "ranking-only"]) == 0
+    out = project / "ranking-only"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == [
+        "rank/ranking.parquet",
+        "top_1_weights_grad_squared.csv",
+        "top_2_weights_grad_squared.csv",
+    ]

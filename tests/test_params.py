@@ -104,6 +104,8 @@ def test_repository_params_file_is_valid():
         ({"finetune_arms": ["sparse"]}, "`finetune_arms` is 'sparse'; valid values: full, "),
         ({"finetune_steps": 0}, "`finetune_steps` must be >= 1, got 0"),
         ({"finetune_k": 0}, "`finetune_k` must be >= 1, got 0"),
+        ({"vocab_size": 10}, r"`vocab_size` must be >= 257 \(the built-in byte-level tokenizer"),
+        ({"vocab_size": 256}, "`vocab_size` must be >= 257"),
         (
             {"finetune_data": "builtin:kjv"},
             "`finetune_data` is 'builtin:kjv'; valid built-in sources for it: builtin:web",

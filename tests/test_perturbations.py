@@ -15,6 +15,7 @@ from cwa.experiments.perturbations import (
     flip_bits,
     get_perturbation,
     int_view,
+    named_bit,
     perturbed,
 )
 
@@ -244,6 +245,44 @@ def test_quantize_puts_weights_on_the_tensor_grid():
     # the float64 reference rounded to float32: <= 2 ulp(1.4) apart
     ref = torch.tensor(quantize_ref(tensor[:4].tolist(), 1.4, 4))
     assert torch.allclose(q, ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "ref", "mantissa_bits", "exponent_bits"),
+    [
+        (torch.float32, ref_fp32, 23, 8),
+        (torch.float16, ref_fp16, 10, 5),
+        (torch.bfloat16, ref_bf16, 7, 8),
+    ],
+)
+def test_named_bits_are_the_positions_their_names_say_in_every_dtype(
+    dtype, ref, mantissa_bits, exponent_bits
+):
+    """From the IEEE-754 widths: exponent bits m..m+e-1 above m mantissa bits."""
+    want = {
+        "exponent_top": mantissa_bits + exponent_bits - 1,
+        "exponent_middle": mantissa_bits + (exponent_bits - 1) // 2,
+        "mantissa_top": mantissa_bits - 1,
+    }
+    values = [v for v in VALUES if float(torch.tensor(v, dtype=dtype)) == v]
+    t = torch.tensor(values, dtype=dtype)
+    for name, bit in want.items():
+        assert named_bit(name, dtype) == bit
+        out = get_perturbation("bit_flip").apply(t, t, name, torch.Generator().manual_seed(0))
+        for x, got in zip(values, out.float().tolist(), strict=True):
+            assert same(got, ref(x, bit)), (dtype, name, x)
+        check(get_perturbation("bit_flip"), name, dtype)  # every name applies in every dtype
+    assert named_bit(3, dtype) == 3 and named_bit("exponent", dtype) == "exponent"
+
+
+def test_the_sweep_records_a_named_bit_as_its_number_in_the_run_dtype():
+    from cwa.config.params import Params
+    from cwa.experiments.sweep import SweepConfig
+
+    assert SweepConfig.of(Params(model="gpt2")).strengths["flip_bit"] == (30, 26)  # fp32
+    bits = {"flip_bit": ("exponent_top", 14, "sign", 3)}
+    bf16 = Params(model="gpt2", dtype="bfloat16", registered=bits)
+    assert SweepConfig.of(bf16).strengths["flip_bit"] == (14, "sign", 3)  # 14 twice: runs once
 
 
 def test_impossible_strengths_fail_before_a_sweep():

@@ -14,7 +14,10 @@ Examples:
   cwa run --preset configs/full.yaml --name full
       the full sweep (more windows, strengths, mask ratios and fault draws) as one experiment
   cwa run --metric grad_x_weight --perturb zero,sign_flip --out-dir results/gxw
-      ... and copy the report, metrics and result tables to results/gxw afterwards
+      ... and copy the report, metrics and result tables to results/gxw afterwards (several
+      metrics: results/gxw/<metric>/ each), with top_<k>_weights_<metric>.csv from the ranking
+  cwa export results/last
+      the same copy of the workspace's last run
   cwa show
       the headline numbers and top-vs-control table of the workspace's last run
   cwa show --exp pally-sacs
@@ -38,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from cwa import CwaError
+from cwa.cli.export import export
 from cwa.cli.old_flags import Plan, add_flags, translate
 from cwa.config.params import params_from_dict, read_yaml
 
@@ -84,14 +88,16 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print("\n".join(shlex.join(cmd) for cmd in commands))
         return 0
-    for cmd in commands:
+    for cmd, changes in zip(commands, plan.runs, strict=True):
         print("+", shlex.join(cmd), file=sys.stderr)
         code = subprocess.run(cmd, check=False).returncode
         if code != 0:
             return code
-    if args.out_dir:
-        export(Path(args.artifacts), Path(args.out_dir))
-        print(f"results copied to {args.out_dir}", file=sys.stderr)
+        if args.out_dir:  # each run's results before the next run replaces them
+            out = Path(args.out_dir)
+            out = out / changes["metric"] if len(plan.runs) > 1 else out
+            export(Path(args.artifacts), out, plan.targets)
+            print(f"results copied to {out}", file=sys.stderr)
     if len(commands) > 1:
         print(side_by_side([_name(args, plan, c) for c in plan.runs]))
     return 0
@@ -146,35 +152,6 @@ def _tokenizer(model: str, models_dir: Path):
         return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
     except (OSError, ValueError):
         return None
-
-
-# What `--out-dir` receives: the files a reader of the old scripts' output directory expects.
-EXPORTS = (
-    "metrics.json",
-    "report",
-    "perturb/effects.parquet",
-    "perturb/comparisons.parquet",
-    "perturb/pooled.parquet",
-    "perturb/tasks.parquet",
-    "prune/pruning.parquet",
-    "rank/ranking.parquet",
-    "faults/summary.parquet",
-)
-
-
-def export(artifacts: Path, out_dir: Path) -> None:
-    """Copies the run's results into out_dir, whole or not at all (temp dir, then rename)."""
-    import shutil
-
-    from cwa.core.io import atomic_write
-
-    def write(tmp: Path):
-        for item in EXPORTS:
-            src, dest = artifacts / item, tmp / item
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest)
-
-    atomic_write(out_dir, write)
 
 
 def cmd_show(args) -> int:
@@ -270,6 +247,15 @@ def cmd_readme(args) -> int:
     return 1
 
 
+def cmd_export(args) -> int:
+    artifacts = Path(args.artifacts)
+    if not (artifacts / "rank" / "ranking.parquet").exists():
+        raise CwaError(f"{artifacts}/rank/ranking.parquet not found: run the pipeline first")
+    export(artifacts, Path(args.out_dir))
+    print(f"results copied to {args.out_dir}", file=sys.stderr)
+    return 0
+
+
 def cmd_verify(args) -> int:
     from cwa.pipeline.verify import format_report, verify
 
@@ -309,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="named DVC experiment(s) instead of the workspace; several: side by side",
     )
     show.set_defaults(func=cmd_show)
+    out = sub.add_parser(
+        "export",
+        help="copy the report, metrics, tables and top_<k>_weights_<metric>.csv to a directory",
+    )
+    out.add_argument("out_dir", help="the directory to write (replaced whole)")
+    out.add_argument("--artifacts", default="artifacts")
+    out.set_defaults(func=cmd_export)
     readme = sub.add_parser("readme", help="check README.md's results section (--write: update)")
     readme.add_argument("--write", action="store_true", help="rewrite it from the artifacts")
     readme.add_argument("--readme", default="README.md")

@@ -84,8 +84,10 @@ ALWAYS = {
     "--verbose": "every stage always logs its progress to logs/<stage>.log",
     "--fast-perturbation": "the evaluation set is `eval_samples` windows; --eval-limit sets it",
     "--weight-analysis": (
-        "the agreement stage (overlap and Spearman between metrics) and per-tensor score "
-        "statistics always run; clusters of critical weights are not built yet"
+        "the agreement stage (overlap and Spearman between metrics), per-tensor score "
+        "statistics, the clusters stage (K-means and DBSCAN of the top weights by score, "
+        "magnitude, seed spread, depth and component) and the correlation stage (how the "
+        "layers' sensitivities move together across windows) always run"
     ),
     "--architecture-analysis": (
         "the report's layer x component heatmap always shows where the top-k weights sit; "
@@ -220,6 +222,14 @@ def _strengths(args, changes: dict, notes: list[str]) -> None:
         if value is None:
             continue
         listed = changes.get("perturb") or []
+        if flag == "--perturb-prob" and "bit_flip" in listed and "bit_flip_p" not in listed:
+            listed = [p if p != "bit_flip" else "bit_flip_p" for p in listed]
+            changes["perturb"] = listed
+            notes.append(
+                f"--perturb bit_flip --perturb-prob {value:g}: the old runner's probabilistic bit "
+                f"flip is bit_flip_p (each bit of each weight flips with probability {value:g}); "
+                f"perturb = {listed}"
+            )
         known = [get_perturbation(p) for p in listed if p in PERTURBATIONS]
         hits = [p.sweep.key for p in known if p.sweep and p.sweep.kind == kind]
         for key in hits:

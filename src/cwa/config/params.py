@@ -21,6 +21,7 @@ from cwa import CwaError
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_MAPS = ("none", "auto", "balanced", "balanced_low_0", "sequential")
+BYTE_LEVEL_TOKENS = 257  # the built-in tokenizer's alphabet: 256 bytes and the end-of-text token
 
 
 @dataclass(frozen=True)
@@ -460,7 +461,10 @@ DOCS = {
         "clusters stage: pool weights drawn uniformly (seeded, the top ones excluded) and "
         "clustered beside the top ones"
     ),
-    "cluster_top": "clusters stage: the top this-many weights by `metric` (first seed) clustered",
+    "cluster_top": (
+        "clusters stage: the top this-many weights by `metric` (first seed) clustered (at most "
+        "the pool's size)"
+    ),
     "cluster_max_k": (
         "clusters stage: K-means runs for k = 2..cluster_max_k and keeps the best silhouette"
     ),
@@ -478,7 +482,7 @@ DOCS = {
         "the k of the headline numbers in `metrics.json`, of the strength and mask sweeps and of "
         "the study members' experiments; must be in `topk`"
     ),
-    "vocab_size": "built-in tokenizer's vocabulary",
+    "vocab_size": "built-in tokenizer's vocabulary (>= 257: its 256 bytes and end-of-text)",
     "train_steps": (
         "optimizer steps per built-in model (a step budget, so training is deterministic)"
     ),
@@ -498,7 +502,8 @@ DOCS = {
         "per token; each member is one `train@<name>` stage"
     ),
     "models": (
-        "the study: `{label: {model, revision, family, kind, tuning, step, dtype}}`, one "
+        "the study (at least one model): `{label: {model, revision, family, kind, tuning, step, "
+        "dtype}}`, one "
         "`member@<label>` stage each and one `scaling` stage over all. `model`: builtin:<name>, a "
         "hub id or a local directory; `revision`: a hub branch, tag or commit (a Pythia "
         "checkpoint: step3000), for a built-in model a checkpoint `step-<n>` of "
@@ -557,6 +562,12 @@ def _validate(p: Params):
         fail("topk", f"must be a non-empty list of distinct positive integers, got {list(p.topk)}")
     if p.headline_k not in p.topk:
         fail("headline_k", f"({p.headline_k}) must be one of topk {list(p.topk)}")
+    if p.vocab_size < BYTE_LEVEL_TOKENS:
+        fail(
+            "vocab_size",
+            f"must be >= {BYTE_LEVEL_TOKENS} (the built-in byte-level tokenizer's 256 bytes and "
+            f"its end-of-text token), got {p.vocab_size}",
+        )
     if p.spike_ratio <= 1:
         fail("spike_ratio", f"must be > 1 (a spike is many times the median), got {p.spike_ratio}")
     _validate_ranges(p)
@@ -591,7 +602,6 @@ def _validate_counts(p: Params):
         "task_items",
         "fault_trials",
         "num_processes",
-        "vocab_size",
         "train_steps",
         "train_batch",
         "train_seq_len",

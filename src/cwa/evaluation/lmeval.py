@@ -16,30 +16,38 @@ from cwa import CwaError
 from cwa.evaluation.tasks import Task, TaskResult
 
 
+def task_manager(names, include: str):
+    """lm-eval's task index holding every name: the tasks under `include` alone when they
+    suffice (indexing lm-eval's own thousands of tasks takes seconds), else with lm-eval's."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:
+        raise CwaError(
+            "params: `lm_eval_tasks` needs lm-evaluation-harness: pip install 'lm_eval==0.4.13'"
+        ) from err
+    manager = TaskManager(include_path=include, include_defaults=False)
+    if not set(names) <= set(manager.all_tasks):  # not local: look among lm-eval's own
+        manager = TaskManager(include_path=include)
+    unknown = sorted(set(names) - set(manager.all_tasks))
+    if unknown:
+        raise CwaError(
+            f"params: `lm_eval_tasks` {unknown} are not lm-eval tasks: neither under "
+            f"{include} nor built into lm-eval"
+        )
+    return manager
+
+
 class LmEval:
     """One harness session: the model wrapper and the task objects are built once, then `run`
     evaluates whatever the model's weights are at that moment."""
 
     def __init__(self, model, tokenizer, names, include: str, max_len: int, batch_size: int, limit):
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            from lm_eval.models.huggingface import HFLM
-            from lm_eval.tasks import TaskManager
-        except ImportError as err:
-            raise CwaError(
-                "lm_eval_tasks needs lm-evaluation-harness: pip install 'lm_eval==0.4.13'"
-            ) from err
         names = list(names)
-        manager = TaskManager(include_path=include, include_defaults=False)
-        if not set(names) <= set(manager.all_tasks):  # not local: look among lm-eval's own
-            manager = TaskManager(include_path=include)
-        unknown = sorted(set(names) - set(manager.all_tasks))
-        if unknown:
-            raise CwaError(
-                f"params: `lm_eval_tasks` {unknown} are not lm-eval tasks: neither under "
-                f"{include} nor built into lm-eval"
-            )
+        manager = task_manager(names, include)  # first: it sets the offline flags
+        from lm_eval.models.huggingface import HFLM
+
         self.tasks = manager.load(names)
         self.names, self.limit = names, limit
         device = str(next(model.parameters()).device)

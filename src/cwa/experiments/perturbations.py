@@ -32,6 +32,14 @@ FIELDS = {
     torch.bfloat16: {"sign": (15, 15), "exponent": (7, 14), "mantissa": (0, 6)},
 }
 FIELD_NAMES = ("sign", "exponent", "mantissa")
+# Fixed positions named by what they are, so one name holds in every dtype (bit 30 is fp32's
+# highest exponent bit and does not exist in bf16): the exponent's highest bit, its middle one
+# (lowest + ⌊(highest − lowest)/2⌋) and the mantissa's highest bit.
+NAMED_BITS = {
+    "exponent_top": lambda lo, hi: hi,
+    "exponent_middle": lambda lo, hi: lo + (hi - lo) // 2,
+    "mantissa_top": lambda lo, hi: lo - 1,  # just below the exponent
+}
 
 Strength = float | int | str | None
 
@@ -51,6 +59,7 @@ class Sweep:
     valid: Callable[[Strength], bool]
     valid_doc: str
     kind: str = ""
+    resolve: Callable[[Strength, torch.dtype], Strength] = lambda strength, dtype: strength
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,17 @@ def field_bits(dtype: torch.dtype, field: str, n: int, gen: torch.Generator) -> 
     return torch.randint(lo, hi + 1, (n,), generator=gen)
 
 
+def named_bit(strength: Strength, dtype: torch.dtype) -> Strength:
+    """The position a NAMED_BITS name stands for in `dtype`; any other strength as it is."""
+    if strength not in NAMED_BITS:
+        return strength
+    if dtype not in FIELDS:
+        raise CwaError(f"bit-level access needs fp32, fp16 or bf16 weights, got {dtype}")
+    return NAMED_BITS[strength](*FIELDS[dtype]["exponent"])
+
+
 def _bit_flip(values, tensor, strength, gen):
+    strength = named_bit(strength, values.dtype)
     if isinstance(strength, str):
         return flip_bits(values, field_bits(values.dtype, strength, values.numel(), gen))
     return flip_bits(values, int(strength))
@@ -235,16 +254,21 @@ register(
         Sweep(
             "flip_bit",
             "tuple[int | str, ...]",
-            (30, 26),
+            ("exponent_top", "exponent_middle"),
             "`bit_flip` strengths: a bit position in the storage dtype (bit 0 = mantissa LSB; "
             "fp32: sign 31, exponent 30–23; fp16: sign 15, exponent 14–10; bf16: sign 15, "
-            "exponent 14–7), or a field `sign`, `exponent`, `mantissa` (one uniformly random bit "
-            "of that field per weight). Bit 30 of an fp32 weight with |w| < 1 multiplies it by "
-            "2¹²⁸; a position the dtype lacks fails before the sweep",
+            "exponent 14–7); a position named for every dtype, `exponent_top` (the exponent's "
+            "highest bit: fp32 30, fp16 and bf16 14), `exponent_middle` (the exponent's lowest "
+            "bit + ⌊(highest − lowest)/2⌋: fp32 26, fp16 12, bf16 10) or `mantissa_top` "
+            "(fp32 22, fp16 9, bf16 6), resolved before the sweep and recorded as the number; "
+            "or a field `sign`, `exponent`, `mantissa` (one "
+            "uniformly random bit of that field per weight). Bit 30 of an fp32 weight with "
+            "|w| < 1 multiplies it by 2¹²⁸; a number the dtype lacks fails before the sweep",
             _bit_label,
-            lambda b: b in FIELD_NAMES if isinstance(b, str) else 0 <= b < 32,
-            f"bit positions 0..31 (fp32: 31 sign, 30-23 exponent; fp16/bf16: 15 sign) or "
-            f"fields {', '.join(FIELD_NAMES)}",
+            lambda b: b in (*FIELD_NAMES, *NAMED_BITS) if isinstance(b, str) else 0 <= b < 32,
+            f"bit positions 0..31 (fp32: 31 sign, 30-23 exponent; fp16/bf16: 15 sign), "
+            f"{', '.join(NAMED_BITS)} or fields {', '.join(FIELD_NAMES)}",
+            resolve=named_bit,
         ),
     )
 )

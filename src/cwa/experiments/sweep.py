@@ -24,13 +24,13 @@ from cwa.core.stats import (
 from cwa.evaluation.perplexity import Reference, evaluate
 from cwa.evaluation.tasks import Task, TaskResult
 from cwa.experiments.perturbations import (
-    SWEEP_KEYS,
     Perturbation,
     Strength,
     check,
     fingerprint,
     get_perturbation,
     perturbed,
+    sweeps,
 )
 
 # (perturbation, strengths to sweep); (None,) for a perturbation without a strength.
@@ -77,7 +77,14 @@ class SweepConfig:
 
     @classmethod
     def of(cls, params) -> SweepConfig:
-        return cls(tuple(params.perturb), {k: tuple(getattr(params, k)) for k in SWEEP_KEYS})
+        """The sweep of params, each strength resolved for `dtype` (a named bit to its number;
+        a value that resolves to one already listed runs once)."""
+        dtype = getattr(torch, params.dtype)
+        strengths = {
+            s.key: tuple(dict.fromkeys(s.resolve(v, dtype) for v in getattr(params, s.key)))
+            for s in sweeps()
+        }
+        return cls(tuple(params.perturb), strengths)
 
 
 def specs(config: SweepConfig) -> list[Spec]:

@@ -1,12 +1,14 @@
 """Params this machine or this model cannot serve, refused before any stage reads a weight.
 
 Validation (cwa.config.params) checks each value on its own. Some values are valid only for a
-machine or a model: a `device` the machine lacks, a k larger than a ranking group, a block the model
-does not
-have, a window longer than its position embeddings. These checks need only the model's config:
-an empty (meta-device) model built from it gives every tensor's name and shape in a second, even
-for a 70B model. The check_params stage and `cwa run` run them before DVC starts any stage that
-loads weights, so such a value never costs a sensitivity pass.
+machine or a model: a `device` the machine lacks, a k larger than a ranking group or a clustered
+top set larger than the pool, a block the model does not have, a window longer than its position
+embeddings. These checks need only the model's config: an empty (meta-device) model built from
+it gives every tensor's name and shape in a second, even for a 70B model. Two more look beyond
+one value: a study must name a model, and an `lm_eval_tasks` name must be a task lm-eval knows
+(its task index, read here rather than in the perturb stage's set-up). The check_params stage and
+`cwa run` run them all before DVC starts any stage that loads weights, so such a value never
+costs a sensitivity pass.
 
 The one refusal that must wait for the scores is a random_k control the top set leaves too few
 weights for in one tensor (ranking.sample_excluding): it depends on where the top set lands. It
@@ -21,6 +23,7 @@ from torch import nn
 from cwa.config.params import Params, fail
 from cwa.models.anatomy import ParamInfo, describe, pool
 from cwa.models.loading import BUILTIN, check_positions
+from cwa.pipeline.paths import LM_EVAL_CONFIGS
 from cwa.selection.ranking import CONTROLS, MODES, MemberScores, target
 
 
@@ -88,6 +91,35 @@ def check_finetune(infos: list[ParamInfo], p: Params) -> None:
         )
 
 
+def check_clusters(infos: list[ParamInfo], p: Params) -> None:
+    """The clustered top set fits the pool (the clusters stage takes the top `cluster_top`)."""
+    size = sum(i.numel for i in pool(infos, **p.pool_options))
+    if p.cluster_top > size:
+        fail(
+            "cluster_top",
+            f"is {p.cluster_top} but the pool holds {size} weights; valid: cluster_top <= {size}",
+        )
+
+
+def check_study(p: Params) -> None:
+    """The study has a member: the member@ stages and the scaling stage read `models`."""
+    if not p.models:
+        fail(
+            "models",
+            "is empty, but the study (member@<label> stages, the scaling stage) needs a model; "
+            "add one with `dvc exp run -S \"+models.<label>={model: 'org/name'}\"`",
+        )
+
+
+def check_lm_eval_tasks(p: Params, include: str = LM_EVAL_CONFIGS) -> None:
+    """Every `lm_eval_tasks` name is a task lm-eval knows, under `include` or its own (the
+    perturb stage would find out only after the sweep's set-up)."""
+    if p.lm_eval_tasks:
+        from cwa.evaluation.lmeval import task_manager
+
+        task_manager(p.lm_eval_tasks, include)
+
+
 def check_units(infos: list[ParamInfo], p: Params) -> None:
     """Each kind of `units` exists in the pool (unit_topk is capped per kind by the stage)."""
     from cwa.selection.units import units_of
@@ -112,6 +144,8 @@ def check(params: Params) -> None:
     """Every check above for params (already validated on their own)."""
     check_machine(params.device, params.device_map, params.num_processes)
     check_strengths(params)
+    check_study(params)
+    check_lm_eval_tasks(params)
     model = empty_model(params)
     if model is None:
         return
@@ -119,4 +153,5 @@ def check(params: Params) -> None:
     infos = describe(model)
     check_ranking(infos, params)
     check_finetune(infos, params)
+    check_clusters(infos, params)
     check_units(infos, params)
