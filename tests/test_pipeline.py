@@ -665,6 +665,8 @@ def test_same_params_give_byte_identical_tables(repo):
         ("flip_bit=[40]", "`flip_bit` must be a non-empty list of distinct bit positions"),
         ("seq_len=4096", "`seq_len` is 4096 but builtin:"),  # valid alone, not for the model
         ("topk=[50,99999999]", "`topk` 99999999 does not fit: mode global ranks 1 group(s)"),
+        ("vocab_size=10", "`vocab_size` must be >= 257 (the built-in byte-level tokenizer"),
+        ("cluster_top=99999999", "`cluster_top` is 99999999 but the pool holds"),
         ("unknown_key=1", "Could not override 'unknown_key'"),  # DVC's own refusal
     ],
 )
