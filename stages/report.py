@@ -22,7 +22,7 @@ from cwa.experiments.perturbations import SWEEP_KEYS, get_perturbation
 from cwa.experiments.pruning_summary import HEADLINE_SPARSITY
 from cwa.experiments.pruning_summary import metrics as pruning_metrics
 from cwa.experiments.summaries import first_strength
-from cwa.experiments.sweep import SweepConfig, first_settings, headline_setting
+from cwa.experiments.sweep import SweepConfig, first_settings, headline_setting, specs
 from cwa.pipeline.paths import CALIB_TEXT, EVAL_TEXT, POOL, RANKING, SCORES
 from cwa.pipeline.stage import Stage, stage_main
 from cwa.report import criteria, plots
@@ -94,6 +94,7 @@ STAGE = Stage(
     does=("`report/report.md` and `.html` with plots, `metrics.json`, plot CSVs"),
     reads={
         "baseline": "artifacts/baseline/summary.parquet",
+        "baseline_texts": "artifacts/baseline/texts.parquet",
         "pool": POOL,
         "scores": SCORES,
         "ranking": RANKING,
@@ -147,7 +148,7 @@ def run(args, params):
     m |= task_metrics(t["tasks"], k, setting) | scaling_metrics(t["study_fit"])
     m |= pruning_metrics(t["pruning"]) | finetune_metrics(t["finetune"])
     scores = StoredScores(args.scores, params.seeds[0])  # read tensor by tensor
-    checks = success_criteria(t, m, bulk(scores, scores.sizes()), params, setting)
+    checks = success_criteria(t, bulk(scores, scores.sizes()), params, first, setting)
     m |= criteria.flat_keys(checks)
     write_json(m, args.metrics)
     curve = k_sweep(t["effects"], setting)
@@ -169,17 +170,30 @@ def run(args, params):
     return m
 
 
-def success_criteria(t: dict, m: dict, sample, params, setting: dict) -> list:
+def success_criteria(t: dict, sample, params, first: dict, setting: dict) -> list:
     """The old guide's criteria against this run (cwa.report.criteria)."""
     k = params.headline_k
     return [
-        criteria.seed_stability(t["stability"], k),
+        criteria.separation(t["pooled"], k),
+        *criteria.hierarchy(t["pooled"], k, first),
+        *criteria.stability_by_k(t["stability"]),
+        criteria.metric_correlation(t["agreement"]),
+        criteria.baseline_spread(t["baseline_texts"]),
         criteria.metric_overlap(t["agreement"], k),
         criteria.concentration(sample),
-        criteria.separation(m),
-        criteria.dose_response(t["texts"], setting),
+        criteria.k_trend(t["texts"], setting),
+        *criteria.dose_response(t["texts"], t["pooled"], k, strength_sweeps(params)),
         *criteria.scaling(t["study_fit"], SCALING_HEADLINE),
         criteria.pruning(t["pruning"], params.metric, HEADLINE_SPARSITY),
+    ]
+
+
+def strength_sweeps(params) -> list[tuple[str, str, list]]:
+    """(perturbation, sweep key, [(strength, setting label)]) of every swept perturbation run."""
+    return [
+        (p.name, p.sweep.key, [(s, p.label(s)) for s in strengths])
+        for p, strengths in specs(SweepConfig.of(params))
+        if p.sweep
     ]
 
 

@@ -8,7 +8,7 @@ says so. The table has one row per criterion: the measured value, an interval wh
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -17,6 +17,21 @@ from scipy import stats as sps
 from cwa.experiments.pruning_summary import at
 
 NOT_MEASURED, MET, NOT_MET = "not measured", "met", "not met"
+
+# The old documents' criteria and expectations the table does not check, with the reason.
+UNCHECKED = (
+    (
+        "the effect holds on ≥ 4 architectures",
+        "the study's members record their separation, not its p-value: member stages run no "
+        "paired test",
+    ),
+    (
+        "top-k perturbation raises perplexity 10x-1000x, random-k 2x-10x, bottom-k < 2x; "
+        "attention > MLP > LayerNorm; Jaccard > 0.7 on Mistral-7B",
+        "expected results the testing guide gives for 7-8B Llama and Mistral models, not "
+        "criteria; the tables hold the numbers to compare",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -35,14 +50,23 @@ class Check:
         return NOT_MEASURED if self.met is None else MET if self.met else NOT_MET
 
 
-def seed_stability(stability: pl.DataFrame, k: int) -> Check:
-    rule = f"top-{k} sets of different calibration seeds overlap: mean Jaccard > 0.4"
-    pairs = stability.filter(pl.col("k") == k)["jaccard"]
-    if not len(pairs):
-        return Check("seed_jaccard", rule, note="one seed: no pair to compare")
-    mean = float(pairs.mean())
-    lo, hi = float(pairs.min()), float(pairs.max())
-    return Check("seed_jaccard", rule, mean, lo, hi, "range over seed pairs", mean > 0.4)
+# The old testing guide's rank stability by k: mean Jaccard of the top-k sets across seeds.
+STABILITY_BY_K = {100: 0.8, 500: 0.6, 1000: 0.4}
+
+
+def stability_by_k(stability: pl.DataFrame) -> list[Check]:
+    """One row per k the guide names: the mean Jaccard over seed pairs, with their range."""
+    checks = []
+    for k, threshold in STABILITY_BY_K.items():
+        key, rule = f"seed_jaccard_{k}", f"Jaccard overlap across seeds, top-{k}: > {threshold}"
+        pairs = stability.filter(pl.col("k") == k)["jaccard"]
+        if not len(pairs):
+            why = f"{k} is not in `topk`" if stability.height else "one seed: no pair to compare"
+            checks.append(Check(key, rule, note=why))
+            continue
+        mean, lo, hi = float(pairs.mean()), float(pairs.min()), float(pairs.max())
+        checks.append(Check(key, rule, mean, lo, hi, "range over seed pairs", mean > threshold))
+    return checks
 
 
 def metric_overlap(agreement: pl.DataFrame, k: int) -> Check:
@@ -67,38 +91,180 @@ def concentration(sample: np.ndarray) -> Check:
     return Check("concentration", rule, ratio, met=ratio > 10, note=note)
 
 
-def separation(m: dict) -> Check:
-    rule = "separation (top / mean |random| ΔPPL) >= 5 with q < 0.01 (BH over the run)"
-    sep, q = m.get("separation", math.nan), m.get("q_value", math.nan)
-    if math.isnan(q):
-        return Check("separation", rule, sep, note="no random_k comparison")
-    lo, hi = m["separation_ci_low"], m["separation_ci_high"]
-    met = sep >= 5 and q < 0.01
-    return Check("separation", rule, sep, lo, hi, "95% CI", met, f"q = {q:.3g}")
+SUBSETS = 4  # disjoint evaluation subsets for the baseline's spread
 
 
-def dose_response(texts: pl.DataFrame, setting: dict[str, str]) -> Check:
-    """Page's trend test over k: windows are blocks, the top set's NLL at each k (mean over
-    seeds) the ordered treatments (H1: damage grows with k), for the headline perturbation on
-    whole selections."""
-    ((name, label),) = setting.items()
-    rule = f"damage grows with k (Page's trend test over windows, {name} of the top set, p < 0.05)"
-    rows = texts.filter(
+def baseline_spread(texts: pl.DataFrame) -> Check:
+    """The unperturbed perplexity of SUBSETS disjoint runs of consecutive evaluation windows
+    (passages of the text, in order): (max − min) / the perplexity of all windows."""
+    rule = f"baseline perplexity varies < 5% across evaluation subsets ({SUBSETS} disjoint)"
+    if texts.height < SUBSETS:
+        return Check("baseline_spread", rule, note=f"needs {SUBSETS} or more windows")
+    rows = texts.sort("text")
+    nll, tokens = rows["nll"].to_numpy(), rows["tokens"].to_numpy()
+    parts = np.array_split(np.arange(len(rows)), SUBSETS)
+    ppls = [math.exp(nll[i].sum() / tokens[i].sum()) for i in parts]
+    whole = math.exp(nll.sum() / tokens.sum())
+    spread = (max(ppls) - min(ppls)) / whole
+    note = f"PPL per subset {', '.join(f'{p:.4g}' for p in ppls)}; all windows {whole:.4g}"
+    return Check("baseline_spread", rule, spread, met=spread < 0.05, note=note)
+
+
+def _comparison(pooled: pl.DataFrame, perturbation: str, setting: str, k: int, control: str):
+    """The pooled row of the top set against `control` (whole selections), or None."""
+    rows = pooled.filter(
+        (pl.col("perturbation") == perturbation)
+        & (pl.col("setting") == setting)
+        & (pl.col("k") == k)
+        & (pl.col("control") == control)
+        & (pl.col("mask_ratio") == 1.0)
+    )
+    return rows.row(0, named=True) if rows.height else None
+
+
+def separation(pooled: pl.DataFrame, k: int) -> Check:
+    """The guide's separation rule, on sign flips as it is written (the headline perturbation's
+    separation is in metrics.json either way)."""
+    rule = "ΔPPL(super) ≥ 5× ΔPPL(random) for sign flip perturbations, p < 0.01"
+    r = _comparison(pooled, "sign_flip", "", k, "random_k")
+    if r is None:
+        why = "needs sign_flip in `perturb` and random_k in `controls`"
+        return Check("separation", rule, note=why)
+    sep, p = r["separation"], r["p_value"]
+    met = bool(sep >= 5 and p < 0.01) if not math.isnan(sep) else None
+    note = f"sign_flip, k = {k}: p = {p:.3g}, q = {r['q_value']:.3g} (BH over the run)"
+    lo, hi = r["separation_ci_low"], r["separation_ci_high"]
+    return Check("separation", rule, sep, lo, hi, "95% CI", met, note)
+
+
+def hierarchy(pooled: pl.DataFrame, k: int, first: dict[str, str]) -> list[Check]:
+    """Per perturbation at its first strength: top ≥ 3× random_k ≥ 3× bottom_k in ΔPPL, the top
+    set's ΔPPL ≥ 0.1 and top > random_k at p < 0.01. Value: the separation, top / |random|."""
+    checks = []
+    for name, setting in first.items():
+        label = f"{name} ({setting})" if setting else name
+        rule = (
+            f"{label}: ΔPPL(super) ≥ 3× ΔPPL(random) ≥ 3× ΔPPL(bottom), impact ≥ 0.1 PPL, p < 0.01"
+        )
+        random = _comparison(pooled, name, setting, k, "random_k")
+        bottom = _comparison(pooled, name, setting, k, "bottom_k")
+        if random is None or bottom is None:
+            why = "needs random_k and bottom_k in `controls`"
+            checks.append(Check(f"hierarchy_{name}", rule, note=why))
+            continue
+        top, mid, p = random["top_delta_ppl"], random["control_delta_ppl"], random["p_value"]
+        low = bottom["control_delta_ppl"]
+        if not all(math.isfinite(v) for v in (top, mid, low, p)):
+            why = "a ΔPPL or the p-value is not finite (an experiment diverged)"
+            checks.append(Check(f"hierarchy_{name}", rule, note=why))
+            continue
+        met = top >= 3 * mid and mid >= 3 * low and top >= 0.1 and p < 0.01
+        note = f"k = {k}: ΔPPL top {top:.4g}, random {mid:.4g}, bottom {low:.4g}; p = {p:.3g}"
+        ratio = random["separation"]  # the run's one rule for top / |random|
+        checks.append(Check(f"hierarchy_{name}", rule, ratio, met=met, note=note))
+    return checks
+
+
+def metric_correlation(agreement: pl.DataFrame) -> Check:
+    """Spearman ρ of grad_x_weight and magnitude over the fixed pool sample (agreement stage)."""
+    rule = "grad_x_weight and magnitude correlate (r > 0.5)"
+    pair = {"grad_x_weight", "magnitude"}
+    rows = agreement.filter(pl.col("metric_a").is_in(pair) & pl.col("metric_b").is_in(pair))
+    if not rows.height:
+        return Check("metric_correlation", rule, note="needs both in `compare_metrics`")
+    rho = float(rows["spearman_pool"][0])
+    note = "Spearman ρ of |score| over the 100,000-weight pool sample, first seed"
+    return Check("metric_correlation", rule, rho, met=rho > 0.5, note=note)
+
+
+def _top_nll(texts: pl.DataFrame, name: str) -> pl.DataFrame:
+    """The top sets' per-window NLL of one perturbation on whole selections."""
+    return texts.filter(
         (pl.col("perturbation") == name)
-        & (pl.col("setting") == label)
         & (pl.col("selection") == "top")
         & (pl.col("mask_ratio") == 1.0)
     )
+
+
+def _trend(rows: pl.DataFrame, on: str, order: list) -> float:
+    """Page's trend test (H1: NLL grows along `order`): windows are blocks, the treatments the
+    values of `on` in that order; every seed's top set on the same windows, so the NLL per window
+    is the mean over seeds. NaN when an experiment diverged."""
+    table = rows.pivot(on=on, index="text", values="nll", aggregate_function="mean").sort("text")
+    data = table.select([str(v) for v in order]).to_numpy()
+    if not np.isfinite(data).all():
+        return math.nan
+    return float(sps.page_trend_test(data).pvalue)
+
+
+def k_trend(texts: pl.DataFrame, setting: dict[str, str]) -> Check:
+    """Page's trend test over k for the headline perturbation (H1: damage grows with k)."""
+    ((name, label),) = setting.items()
+    rule = f"damage grows with k (Page's trend test over windows, {name} of the top set, p < 0.05)"
+    rows = _top_nll(texts, name).filter(pl.col("setting") == label)
     ks = sorted(rows["k"].unique())
     if len(ks) < 3:
-        return Check("dose_response", rule, note=f"needs 3 or more k in `topk`, got {ks}")
-    # Every seed's top set on the same windows: the NLL per window is averaged over seeds.
-    table = rows.pivot(on="k", index="text", values="nll", aggregate_function="mean").sort("text")
-    data = table.select([str(k) for k in ks]).to_numpy()
-    if not np.isfinite(data).all():
-        return Check("dose_response", rule, note="an experiment diverged")
-    p = float(sps.page_trend_test(data).pvalue)
-    return Check("dose_response", rule, p, met=p < 0.05, note=f"p-value; k = {ks}")
+        return Check("k_trend", rule, note=f"needs 3 or more k in `topk`, got {ks}")
+    p = _trend(rows, "k", ks)
+    if math.isnan(p):
+        return Check("k_trend", rule, note="an experiment diverged")
+    return Check("k_trend", rule, p, met=p < 0.05, note=f"p-value; k = {ks}")
+
+
+# How severe a strength is, per sweep key: the size of the change it makes relative to w (scale
+# moves w by |α − 1|·|w|, relative noise by σ|w|), the noise σ, the flip probability, a coarser
+# grid (fewer bits). Bit positions have no such order (a sign flip, an exponent bit and a
+# mantissa bit change w in different ways), nor have drawn fields.
+SEVERITY = {
+    "scale_alpha": lambda a: abs(a - 1),
+    "noise_sigma": lambda s: s,
+    "abs_sigma": lambda s: s,
+    "flip_prob": lambda p: p,
+    "quant_bits": lambda n: -n,
+}
+
+
+def dose_response(
+    texts: pl.DataFrame, pooled: pl.DataFrame, k: int, sweeps: list[tuple[str, str, list]]
+) -> list[Check]:
+    """Per swept perturbation at `k`: Page's trend test over its strengths in order of severity
+    (H1: the top set's damage grows with severity), and the hierarchy kept at every strength
+    (ΔPPL top ≥ 3× random_k ≥ 3× bottom_k). `sweeps`: (perturbation, sweep key, [(strength,
+    setting label)])."""
+    checks = []
+    for name, key, strengths in sweeps:
+        rule = (
+            f"{name}: a monotonic relationship between perturbation strength and impact "
+            "(Page's trend test, p < 0.05), maintaining the hierarchy at each strength"
+        )
+        check = Check(f"dose_response_{name}", rule)
+        if key not in SEVERITY:
+            checks.append(replace(check, note=f"{key} values have no order of severity"))
+            continue
+        if len(strengths) < 3:
+            note = f"needs 3 or more strengths in `{key}`, got {len(strengths)}"
+            checks.append(replace(check, note=note))
+            continue
+        ordered = [label for _, label in sorted(strengths, key=lambda s: SEVERITY[key](s[0]))]
+        p = _trend(_top_nll(texts, name).filter(pl.col("k") == k), "setting", ordered)
+        broken = []
+        for label in ordered:
+            random = _comparison(pooled, name, label, k, "random_k")
+            bottom = _comparison(pooled, name, label, k, "bottom_k")
+            if random is None or bottom is None:
+                broken = None
+                break
+            top, mid = random["top_delta_ppl"], random["control_delta_ppl"]
+            if not (top >= 3 * mid and mid >= 3 * bottom["control_delta_ppl"]):
+                broken.append(label)
+        if math.isnan(p) or broken is None:
+            why = "an experiment diverged" if math.isnan(p) else "needs random_k and bottom_k"
+            checks.append(replace(check, note=why))
+            continue
+        kept = f"hierarchy broken at {', '.join(broken)}" if broken else "hierarchy kept"
+        note = f"p-value; k = {k}; in order {', '.join(ordered)}; {kept}"
+        checks.append(replace(check, value=p, met=p < 0.05 and not broken, note=note))
+    return checks
 
 
 def scaling(fits: pl.DataFrame, statistic: str) -> list[Check]:
