@@ -10,6 +10,7 @@ Writes: a directory of tables (schemas `study_member`, `study_shares`, `study_ex
 `study_top`, `study_sample`), one file each.
 """
 
+import math
 from pathlib import Path
 
 import polars as pl
@@ -21,7 +22,7 @@ from cwa.core.stats import bootstrap_indices
 from cwa.data.windows import calibration_draw, calibration_windows, evaluation_windows
 from cwa.evaluation.perplexity import evaluate
 from cwa.experiments.perturbations import get_perturbation
-from cwa.experiments.summaries import ZERO, headline, summarize
+from cwa.experiments.summaries import ZERO, compare, headline, summarize
 from cwa.experiments.sweep import experiments
 from cwa.experiments.sweep import run as run_experiments
 from cwa.models.anatomy import describe, pool
@@ -55,6 +56,7 @@ PARAMS = (
     "topk",
     "controls",
     "random_draws",
+    "bootstrap",
     "include_embeddings",
     "include_1d",
     "layers",
@@ -120,7 +122,7 @@ def measure(args, params, model, tokenizer):
     )
     calib = calibration_draw(windows.all, params.calib_samples, seed)
     scores = score(s, model, infos, metric, calib, seed, f"{args.label} {metric.name}")
-    effects, base = headline_experiment(args, params, model, tokenizer, infos, scores)
+    effects, p_value, base = headline_experiment(args, params, model, tokenizer, infos, scores)
     h = headline(effects, None, k, ZERO)
     spikes = detect(model, calib[: params.batch_size], params.batch_size)
     row = describe_member(args.label, params, model, every, infos, scores) | {
@@ -131,6 +133,7 @@ def measure(args, params, model, tokenizer):
         "delta_ppl_magnitude": h["delta_ppl_magnitude"],
         "delta_ppl_bottom": h["delta_ppl_bottom"],
         "separation": h["separation"],
+        "p_value": p_value,
         "superweight_candidates": sum(sp.is_candidate(params.spike_ratio) for sp in spikes),
         "superweight_ratio": max((min(sp.in_ratio, sp.out_ratio) for sp in spikes), default=None),
     }
@@ -171,6 +174,7 @@ def describe_member(label, params, model, every, infos, scores) -> dict:
         "label": label,
         "model": member.model,
         "revision": member.revision,
+        "architecture": model.config.model_type,
         "experts": experts_in(model.config) if is_moe(infos) else 0,
         "params": total,
         "active_params": active_parameters(every, model.config, total),
@@ -182,7 +186,8 @@ def describe_member(label, params, model, every, infos, scores) -> dict:
 
 
 def headline_experiment(args, params, model, tokenizer, infos, scores):
-    """(effects, baseline) of zeroing the top-k against the controls on the evaluation windows."""
+    """(effects, p of the top set beating random_k, baseline) of zeroing the top-k against the
+    controls on the evaluation windows."""
     seed, k = params.seeds[0], params.headline_k
     weights = dict(model.named_parameters())
     bins = (
@@ -199,7 +204,10 @@ def headline_experiment(args, params, model, tokenizer, infos, scores):
     exps = experiments(ranking, [(get_perturbation("zero"), (None,))], seed=seed)
     results = run_experiments(model, exps, windows, params.batch_size, desc=f"{args.label} zero")
     effects, _ = summarize(exps, results, base, bootstrap_indices(len(windows), 1, seed), seed)
-    return effects, base
+    idx = bootstrap_indices(len(windows), params.bootstrap, seed)
+    tests = compare(exps, results, base, idx, params.bootstrap, seed)
+    random = tests.filter(pl.col("control") == "random_k")["p_value"] if tests.height else []
+    return effects, float(random[0]) if len(random) else math.nan, base
 
 
 def sample_rows(scores, infos) -> pl.DataFrame:

@@ -179,6 +179,7 @@ def success_criteria(t: dict, sample, params, first: dict, setting: dict) -> lis
         *criteria.stability_by_k(t["stability"]),
         criteria.metric_correlation(t["agreement"]),
         criteria.baseline_spread(t["baseline_texts"]),
+        criteria.architectures(t["study_members"]),
         criteria.metric_overlap(t["agreement"], k),
         criteria.concentration(sample),
         criteria.k_trend(t["texts"], setting),

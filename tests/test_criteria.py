@@ -283,3 +283,30 @@ def test_baseline_spread_compares_the_perplexity_of_disjoint_runs_of_windows():
     even = texts.with_columns(pl.lit(20.0).alias("nll"))
     assert criteria.baseline_spread(even).value == 0.0 and criteria.baseline_spread(even).met
     assert criteria.baseline_spread(texts.head(3)).status == "not measured"
+
+
+def test_architectures_counts_distinct_model_types_whose_final_members_separate():
+    members = pl.DataFrame(
+        {
+            "label": ["a", "a-early", "b", "c", "d", "e", "f"],
+            "architecture": ["llama", "llama", "mixtral", "gpt2", "gpt_neox", "gpt_neox", "phi"],
+            "final": ["yes", "no", "yes", "yes", "yes", "yes", "yes"],
+            "separation": [12.0, 50.0, 6.0, 4.0, 7.0, 3.0, 9.0],
+            "p_value": [0.001, 0.001, 0.002, 0.001, 0.02, 0.001, 0.009],
+        }
+    )
+    check = criteria.architectures(members)
+    # llama, mixtral and phi hold; gpt2 is 4x; gpt_neox's two members each miss one condition
+    assert check.value == 3 and check.status == "not met"
+    assert check.note.startswith("holds on llama, mixtral, phi (BH q over the members); ")
+    want_q = sps.false_discovery_control([0.001, 0.02, 0.001, 0.001, 0.002, 0.009], method="bh")
+    assert "d (gpt_neox) 7×, p 0.02, q " + f"{want_q[1]:.3g}" in check.note
+    assert "a-early" not in check.note  # a checkpoint is not its model's final member
+    more = members.with_columns(
+        pl.when(pl.col("label") == "c")
+        .then(5.0)
+        .otherwise(pl.col("separation"))
+        .alias("separation")
+    )
+    assert criteria.architectures(more).value == 4 and criteria.architectures(more).met
+    assert criteria.architectures(members.clear()).status == "not measured"

@@ -8,6 +8,7 @@ MEMBER_COLUMNS = (
     Column(
         "revision", STR, "hub revision or built-in checkpoint (`step-<n>`); empty: the final model"
     ),
+    Column("architecture", STR, "the model's `model_type` in transformers (llama, mixtral, gpt2)"),
     Column("experts", INT, "experts per block (0: dense)"),
     Column("params", INT, "parameter count"),
     Column(
@@ -31,6 +32,12 @@ MEMBER_COLUMNS = (
     ),
     Column("delta_ppl_bottom", FLOAT, "ΔPPL of zeroing the bottom_k (NaN if not a control)"),
     Column("separation", FLOAT, "delta_ppl_top / mean |ΔPPL| of the random_k draws"),
+    Column(
+        "p_value",
+        FLOAT,
+        "one-sided permutation p of the top set against the random_k draws (per-window ΔNLL "
+        "per token, as the perturb stage's comparisons; NaN if random_k is not a control)",
+    ),
     Column(
         "superweight_candidates",
         INT,
