@@ -37,6 +37,7 @@ from cwa.report.sections import (
     pruning_table,
     render_html,
     render_markdown,
+    run_summary,
     scaling_metrics,
     seed_table,
     summary,
@@ -147,6 +148,8 @@ def run(args, params):
     )
     m |= task_metrics(t["tasks"], k, setting) | scaling_metrics(t["study_fit"])
     m |= pruning_metrics(t["pruning"]) | finetune_metrics(t["finetune"])
+    run_keys, largest_by = run_summary(t["baseline"], t["effects"])
+    m |= run_keys
     scores = StoredScores(args.scores, params.seeds[0])  # read tensor by tensor
     checks = success_criteria(t, bulk(scores, scores.sizes()), params, first, setting)
     m |= criteria.flat_keys(checks)
@@ -162,6 +165,7 @@ def run(args, params):
     facts = summary(
         params, t["baseline"], r.pool_weights, t["pooled"], t["effects"], t["study_members"], first
     )
+    facts["run"] = run_keys | {"largest_delta_ppl_by": largest_by}
     write_json(facts, out / "summary.json")
     text = render_markdown(r)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))

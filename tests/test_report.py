@@ -19,6 +19,7 @@ from cwa.report.sections import (
     finetune_section,
     headline_section,
     render_markdown,
+    run_summary,
     stability_section,
     superweight_section,
     tasks_section,
@@ -506,3 +507,38 @@ def test_one_seed_says_stability_is_not_measured_and_draws_no_empty_figure(tmp_p
     plots.stability(pairs, tmp_path / "stability.png")
     assert (tmp_path / "stability.png").stat().st_size > 0
     assert "| 100 | 0.4 |" in "\n".join(stability_section(inputs(stability=pairs)))
+
+
+def test_run_summary_counts_experiments_and_names_the_largest_finite_damage():
+    def row(perturbation, setting, selection, k, delta, seed=0, ratio=1.0):
+        return {
+            "perturbation": perturbation,
+            "setting": setting,
+            "selection": selection,
+            "k": k,
+            "mask_ratio": ratio,
+            "seed": seed,
+            "draw": 0,
+            "delta_ppl": delta,
+        }
+
+    effects = pl.DataFrame(
+        [
+            row("zero", "", "top", 10, 0.5),
+            row("bit_flip", "bit 30", "top", 10, math.inf),  # diverged: counted apart
+            row("scale", "α=10", "top", 100, 29.9, seed=1),
+            row("scale", "α=10", "top", 100, 29.9, seed=0, ratio=0.5),  # a tie: seed 0 first
+            row("sign_flip", "", "random_k", 100, 3.0),
+        ]
+    )
+    baseline = pl.DataFrame({"params": [1_574_016]})
+    keys, cause = run_summary(baseline, effects)
+    assert keys == {
+        "model_params": 1_574_016,
+        "experiments": 5,
+        "experiments_diverged": 1,
+        "largest_delta_ppl": 29.9,
+    }
+    assert cause == "scale α=10 on top, k = 100, 0.5 of the set, seed 0"
+    keys, cause = run_summary(baseline, effects.filter(pl.col("delta_ppl").is_infinite()))
+    assert math.isnan(keys["largest_delta_ppl"]) and cause == ""

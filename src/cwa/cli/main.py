@@ -169,6 +169,11 @@ def cmd_show(args) -> int:
         )
     for key in sorted(metrics):
         print(f"{key:>24}: {fmt(metrics[key])}")
+    summary = Path(args.artifacts) / "report" / "summary.json"
+    if not name and summary.exists():  # the run summary: what caused the largest ΔPPL
+        by = json.loads(summary.read_text()).get("run", {}).get("largest_delta_ppl_by")
+        if by:
+            print(f"{'largest_delta_ppl_by':>24}: {by}")
     if pooled is not None:
         from cwa.report.sections import comparisons_table, table
 

@@ -61,6 +61,30 @@ def metrics(
     }
 
 
+def run_summary(baseline: pl.DataFrame, effects: pl.DataFrame) -> tuple[dict, str]:
+    """The old runner's run summary: (metrics.json keys, what caused the largest ΔPPL). The
+    largest finite ΔPPL of every experiment of every seed; a diverged one is counted apart."""
+    finite = effects.filter(pl.col("delta_ppl").is_finite())
+    keys = {
+        "model_params": int(baseline["params"][0]),
+        "experiments": effects.height,
+        "experiments_diverged": effects.height - finite.height,
+        "largest_delta_ppl": float(finite["delta_ppl"].max()) if finite.height else math.nan,
+    }
+    if not finite.height:
+        return keys, ""
+    order = ["perturbation", "setting", "selection", "k", "mask_ratio", "seed", "draw"]
+    r = finite.sort(["delta_ppl", *order], descending=[True] + [False] * len(order)).row(
+        0, named=True
+    )
+    part = "" if r["mask_ratio"] == 1.0 else f", {r['mask_ratio']:g} of the set"
+    cause = (
+        f"{r['perturbation']}{' ' + r['setting'] if r['setting'] else ''} on {r['selection']}, "
+        f"k = {r['k']}{part}, seed {r['seed']}"
+    )
+    return keys, cause
+
+
 SCALING_HEADLINE = "top_share"  # the statistic whose exponent metrics.json reports
 
 
