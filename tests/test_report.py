@@ -542,3 +542,29 @@ def test_run_summary_counts_experiments_and_names_the_largest_finite_damage():
     assert cause == "scale α=10 on top, k = 100, 0.5 of the set, seed 0"
     keys, cause = run_summary(baseline, effects.filter(pl.col("delta_ppl").is_infinite()))
     assert math.isnan(keys["largest_delta_ppl"]) and cause == ""
+
+
+def test_the_effects_figure_draws_every_selection_that_ran():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cwa.report import plots
+
+    selections = ["top", "random_k", "magnitude_matched_k", "bottom_k", "some_new_control"]
+    rows = pl.DataFrame(
+        {
+            "selection": [s for s in selections for _ in (10, 100)],
+            "k": [k for _ in selections for k in (10, 100)],
+            "delta_ppl": [0.1, 0.2] * len(selections),
+            "ci_low": [0.05, 0.1] * len(selections),
+            "ci_high": [0.15, 0.3] * len(selections),
+            "diverged": [False, False] * len(selections),
+        }
+    )
+    fig, ax = plt.subplots()
+    plots._selection_lines(ax, rows, "k")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    assert labels == ["top", "random_k", "magnitude_matched_k", "bottom_k", "some_new_control"]

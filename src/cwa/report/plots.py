@@ -16,7 +16,13 @@ import torch
 
 from cwa.core.io import atomic_write
 
-COLORS = {"top": "#c0392b", "random_k": "#7f8c8d", "bottom_k": "#2980b9"}
+COLORS = {
+    "top": "#c0392b",
+    "random_k": "#7f8c8d",
+    "magnitude_matched_k": "#e67e22",
+    "bottom_k": "#2980b9",
+}
+OTHER_COLORS = ("#8e44ad", "#16a085", "#2c3e50")  # a control registered later still gets a line
 
 
 def _save(fig, path: str | Path) -> None:
@@ -99,9 +105,11 @@ def _per_perturbation(effects: pl.DataFrame, x: str, xlabel: str, path, log_x=Fa
 
 
 def _selection_lines(ax, rows: pl.DataFrame, x: str, positions: dict | None = None) -> None:
-    """One line per selection (random draws averaged) of ΔPPL against column `x`, with CIs;
-    diverged points are marked instead of drawn."""
-    for sel, color in COLORS.items():
+    """One line per selection that ran (random draws averaged) of ΔPPL against column `x`, with
+    CIs; diverged points are marked instead of drawn."""
+    ran = set(rows["selection"])
+    others = dict(zip(sorted(ran - set(COLORS)), OTHER_COLORS * len(ran), strict=False))
+    for sel, color in {**COLORS, **others}.items():
         sub = rows.filter(pl.col("selection") == sel)
         if sub.is_empty():
             continue
