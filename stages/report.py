@@ -26,6 +26,7 @@ from cwa.experiments.sweep import SweepConfig, first_settings, headline_setting,
 from cwa.pipeline.paths import CALIB_TEXT, EVAL_TEXT, POOL, RANKING, SCORES
 from cwa.pipeline.stage import Stage, stage_main
 from cwa.report import criteria, plots
+from cwa.report.layer_stats import by_layer, summed_grid, tensor_moments
 from cwa.report.sections import (
     SCALING_HEADLINE,
     ReportInputs,
@@ -157,10 +158,14 @@ def run(args, params):
     curve = k_sweep(t["effects"], setting)
     out = Path(args.out_dir)
     write_csv(k_curve(curve), out / "effects_vs_k.csv")
+    moments = tensor_moments(scores, t["pool"])  # per-layer statistics, first seed
+    layers = by_layer(moments)
     draw_figures(t, scores, params, first, out)
+    plots.sensitivity_heatmap(summed_grid(moments), params.metric, out / "sensitivity_heatmap.png")
+    plots.layer_comparison(layers, params.metric, out / "layer_comparison.png")
     sources = tuple(read_text(d).source for d in (args.calib_text, args.eval_text))
     weights = sum(int(s.numel()) for s in scores.values())
-    r = report_inputs(t, m, weights, params, first, sources, criteria.table(checks))
+    r = report_inputs(t, m, weights, params, first, sources, criteria.table(checks), layers)
     plots.seeds(r.seeds, out / "seeds.png")
     facts = summary(
         params, t["baseline"], r.pool_weights, t["pooled"], t["effects"], t["study_members"], first
@@ -235,6 +240,8 @@ def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
     plots.dose(effects.filter((pl.col("k") == k) & (pl.col("mask_ratio") == 1.0)), out / "dose.png")
     plots.mask(effects.filter((pl.col("k") == k) & first_strength(first)), out / "mask.png")
     plots.stability(t["stability"], out / "stability.png")
+    if len(t["tasks"]):
+        plots.tasks(tasks_table(t["tasks"]), out / "tasks.png")
     plots.agreement(t["agreement"], k, out / "agreement.png")
     plots.faults(t["faults"], out / "faults.png")
     study_figures(t, k, out)
@@ -292,6 +299,7 @@ def report_inputs(
     first: dict,
     sources: tuple[dict, dict],
     checks: pl.DataFrame,
+    layers: pl.DataFrame,
 ) -> ReportInputs:
     """The report's tables, reduced to what each section shows."""
     setting = headline_setting(first)
@@ -342,6 +350,7 @@ def report_inputs(
         sources=sources,
         setting=setting,
         criteria=checks,
+        layers=layers,
     )
 
 

@@ -568,3 +568,33 @@ def test_the_effects_figure_draws_every_selection_that_ran():
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     plt.close(fig)
     assert labels == ["top", "random_k", "magnitude_matched_k", "bottom_k", "some_new_control"]
+
+
+def test_the_tasks_figure_has_a_panel_per_task_and_a_bar_per_selection_and_experiment(
+    monkeypatch,
+):
+    from matplotlib.container import BarContainer
+
+    from cwa.report import plots
+
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig))
+    rows = [
+        {"task": task, "perturbation": pert, "setting": setting, "selection": sel,
+         "Δacc": d, "CI low": d - 0.01, "CI high": d + 0.01}
+        for task in ("kjv_lambada", "kjv_hellaswag")
+        for pert, setting, d in (("zero", "", -0.1), ("scale", "α=2", -0.2))
+        for sel in ("top", "random_k", "bottom_k")
+    ] + [{"task": "kjv_lambada", "perturbation": "none", "setting": "", "selection": "none",
+          "Δacc": 0.0, "CI low": 0.0, "CI high": 0.0}]  # fmt: skip
+    plots.tasks(pl.DataFrame(rows), "unused.png")
+    (fig,) = saved
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["kjv_hellaswag", "kjv_lambada"]
+    for ax in panels:
+        bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+        assert [c.get_label() for c in bars] == ["top", "random_k", "bottom_k"]
+        assert [len(c.patches) for c in bars] == [2, 2, 2]  # zero, scale α=2
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["zero", "scale α=2"]
+        heights = sorted(p.get_height() for c in bars for p in c.patches)
+        assert heights == pytest.approx([-0.2] * 3 + [-0.1] * 3)

@@ -81,6 +81,49 @@ def layer_heatmap(ranking: pl.DataFrame, pool: pl.DataFrame, k: int, path) -> No
     _save(fig, path)
 
 
+def sensitivity_heatmap(grid: pl.DataFrame, metric: str, path) -> None:
+    """Σ|score| per (layer, component) as a share of the pool's total (layer_stats.summed_grid)."""
+    layers = sorted(grid["layer"].unique().to_list())
+    comps = sorted(grid["component"].unique().to_list())
+    cells = np.full((len(layers), len(comps)), np.nan)
+    for r in grid.iter_rows(named=True):
+        cells[layers.index(r["layer"]), comps.index(r["component"])] = 100 * r["share"]
+    fig, ax = plt.subplots(figsize=(1.1 * len(comps) + 2, 0.5 * len(layers) + 2))
+    im = ax.imshow(cells, cmap="Reds", aspect="auto")
+    ax.set_xticks(range(len(comps)), comps, rotation=45, ha="right")
+    ax.set_yticks(range(len(layers)), [str(v) for v in layers])
+    for (i, j), v in np.ndenumerate(cells):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8)
+    title = f"Summed |{metric} score| by layer and component (% of the pool's total)"
+    ax.set(xlabel="component", ylabel="layer", title=title)
+    fig.colorbar(im, ax=ax, label="% of total")
+    _save(fig, path)
+
+
+def layer_comparison(stats: pl.DataFrame, metric: str, path) -> None:
+    """Per layer: mean, standard deviation and maximum of |score| (layer_stats.by_layer), on a
+    log axis (a ± std bar would reach below zero for heavy-tailed scores)."""
+    rows = stats.filter(pl.col("layer") != "all")
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(rows) + 3), 4))
+    for column, marker, color in (
+        ("mean", "o", COLORS["top"]),
+        ("std", "s", COLORS["random_k"]),
+        ("max", "^", COLORS["bottom_k"]),
+    ):
+        ax.plot(x, rows[column], marker, color=color, label=column)
+    ax.set_xticks(x, rows["layer"].to_list())
+    ax.set_yscale("log")
+    ax.set(
+        xlabel="layer (-1: outside the blocks)",
+        ylabel=f"|{metric} score|",
+        title="Sensitivity by layer",
+    )
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def effects(effects: pl.DataFrame, path) -> None:
     """ΔPPL vs k per perturbation: top set against controls, with 95% paired-bootstrap CIs."""
     _per_perturbation(effects, "k", "k (weights perturbed)", path, log_x=True)
@@ -149,6 +192,49 @@ def _panels(n: int, cols: int = 3):
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n]) or [axes.flat[0]]
+
+
+def tasks(table: pl.DataFrame, path) -> None:
+    """Per downstream task, the change in accuracy of each headline experiment by selection, with
+    its CI (the report's tasks table: draws averaged; `none`, the unperturbed model, left out)."""
+    rows = table.filter(pl.col("perturbation") != "none")
+    names = rows["task"].unique().sort().to_list()
+    fig, axes = _panels(len(names), cols=2)
+    for ax, task in zip(axes, names, strict=True):
+        cells = rows.filter(pl.col("task") == task)
+        labels = cells.select(
+            pl.concat_str("perturbation", "setting", separator=" ").str.strip_chars()
+        ).to_series()
+        experiments = list(dict.fromkeys(labels.to_list()))
+        selections = [
+            s
+            for s in (*COLORS, *sorted(set(cells["selection"]) - set(COLORS)))
+            if s in set(cells["selection"])
+        ]
+        width = 0.8 / max(len(selections), 1)
+        for i, sel in enumerate(selections):
+            mine = cells.filter(pl.col("selection") == sel)
+            mine_labels = labels.filter(cells["selection"] == sel).to_list()
+            x = (
+                np.array([experiments.index(e) for e in mine_labels])
+                + (i - len(selections) / 2 + 0.5) * width
+            )
+            delta = mine["Δacc"].to_numpy()
+            err = [delta - mine["CI low"].to_numpy(), mine["CI high"].to_numpy() - delta]
+            ax.bar(
+                x,
+                delta,
+                width,
+                yerr=err,
+                capsize=2,
+                label=sel,
+                color=COLORS.get(sel, OTHER_COLORS[0]),
+            )
+        ax.set_xticks(range(len(experiments)), experiments, rotation=30, ha="right")
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set(title=task, ylabel="Δ accuracy")
+        ax.legend(fontsize=7)
+    _save(fig, path)
 
 
 def dose(effects: pl.DataFrame, path) -> None:

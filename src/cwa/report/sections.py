@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import markdown as md
 import polars as pl
@@ -382,6 +382,7 @@ class ReportInputs:
     sources: tuple[dict, dict]  # calibration's and evaluation's source.json (cwa.data.sources)
     setting: dict[str, str]  # the headline perturbation and setting (headline_setting)
     criteria: pl.DataFrame  # cwa.report.criteria.table
+    layers: pl.DataFrame = field(default_factory=pl.DataFrame)  # layer_stats.by_layer
 
 
 def setup_section(r: ReportInputs) -> list[str]:
@@ -534,11 +535,36 @@ def _evidence_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
         ),
         (f"Dose-response in strength (k = {k})", "dose.png", ""),
         (
+            f"Downstream tasks (k = {k})",
+            *(
+                (
+                    "tasks.png",
+                    "Change in accuracy of each task under each headline experiment, by "
+                    "selection (random draws averaged), with the paired-bootstrap CI over items.",
+                )
+                if len(r.tasks)
+                else (None, "None were run (`tasks` and `lm_eval_tasks` are empty).")
+            ),
+        ),
+        (
             f"Perturbing a fraction of each selection (k = {k}, mask ratios {list(p.mask_ratios)})",
             "mask.png",
             "",
         ),
         (f"Where the top-{k} weights sit", "heatmap.png", ""),
+        (
+            "Where the sensitivity sits",
+            "sensitivity_heatmap.png",
+            f"Summed |{p.metric} score| of each layer's component as a share of the pool's "
+            f"total (seed {p.seeds[0]}): where the mass of the scores is, where the heatmap "
+            "above counts only the top weights.",
+        ),
+        (
+            "Sensitivity by layer",
+            "layer_comparison.png",
+            "Mean, standard deviation and maximum of |score| over each layer's pool weights "
+            "(the table under Sensitivity by layer).",
+        ),
         ("Score distribution", "score_distribution.png", ""),
         ("Stability across calibration seeds", *_stability_figure(r.stability)),
         (f"Do the metrics agree? (k = {k})", "agreement.png", ""),
@@ -633,6 +659,22 @@ def top_weights_section(r: ReportInputs) -> list[str]:
         "Row = output feature, col = input feature (nn.Linear convention).",
         "",
         table(r.top),
+        "",
+    ]
+
+
+def layers_section(r: ReportInputs) -> list[str]:
+    """The old runner's per-layer statistics of |score| (first seed)."""
+    if r.layers.is_empty():
+        return []
+    return [
+        f"### Sensitivity by layer (seed {r.params.seeds[0]})",
+        "",
+        f"|{r.params.metric} score| over each layer's pool weights (layer -1: outside the "
+        "blocks; `all`: the whole pool): mean, standard deviation, maximum, and the layer's "
+        "share of the pool's total.",
+        "",
+        table(r.layers),
         "",
     ]
 
@@ -1168,6 +1210,7 @@ SECTIONS = (
     comparisons_section,
     tasks_section,
     top_weights_section,
+    layers_section,
     faults_section,
     pruning_section,
     finetune_section,

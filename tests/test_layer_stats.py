@@ -1,0 +1,48 @@
+"""Per-layer sensitivity statistics against numpy over the concatenated scores."""
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from cwa.report.layer_stats import by_layer, summed_grid, tensor_moments
+
+
+def test_layer_statistics_and_the_summed_grid_equal_a_direct_computation():
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"b0.q": (4, 8), "b0.up": (16, 8), "b1.q": (4, 8), "b1.up": (16, 8), "emb": (10, 8)}
+    layers = {"b0.q": 0, "b0.up": 0, "b1.q": 1, "b1.up": 1, "emb": -1}
+    comps = {
+        "b0.q": "attn_q",
+        "b0.up": "mlp_up",
+        "b1.q": "attn_q",
+        "b1.up": "mlp_up",
+        "emb": "embed",
+    }
+    scores = {n: (torch.randn(s, generator=gen) * 1e3 + 5e6).float() for n, s in shapes.items()}
+    scores["b1.q"] = -scores["b1.q"]  # statistics of |score|
+    pool = pl.DataFrame(
+        {
+            "position": range(len(shapes)),
+            "param": list(shapes),
+            "layer": [layers[n] for n in shapes],
+            "component": [comps[n] for n in shapes],
+        }
+    )
+    stats = by_layer(tensor_moments(scores, pool))
+    values = {n: scores[n].double().abs().numpy().ravel() for n in shapes}
+    total = sum(v.sum() for v in values.values())
+    assert stats["layer"].to_list() == ["-1", "0", "1", "all"]
+    for layer in (-1, 0, 1, "all"):
+        v = np.concatenate([values[n] for n in shapes if layer == "all" or layers[n] == layer])
+        row = stats.filter(pl.col("layer") == str(layer)).row(0, named=True)
+        assert row["weights"] == v.size
+        assert row["mean"] == pytest.approx(v.mean(), rel=1e-12)
+        # |s| near 5e6 with a spread of 1e3: E[x²] − E[x]² would lose ~half the digits here
+        assert row["std"] == pytest.approx(v.std(), rel=1e-9)
+        assert row["max"] == v.max()
+        assert row["share"] == pytest.approx(v.sum() / total, rel=1e-12)
+    grid = summed_grid(tensor_moments(scores, pool))
+    cell = grid.filter((pl.col("layer") == 1) & (pl.col("component") == "mlp_up"))["share"][0]
+    assert cell == pytest.approx(values["b1.up"].sum() / total, rel=1e-12)
+    assert grid["share"].sum() == pytest.approx(1.0)
