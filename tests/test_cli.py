@@ -171,3 +171,45 @@ def test_the_full_preset_is_valid_params_and_overrides_params_yaml(tmp_path):
     with pytest.raises(Exception, match="mapping"):
         preset(str(bad))
     assert main(["run", "--preset", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_doctor_reports_the_largest_batch_the_guards_rule_allows(tmp_path, monkeypatch, capsys):
+    """For each pass the largest batch b: the need at b fits the guard's rule, at b + 1 it does
+    not (estimates recomputed at those batches, not derived from the printout's arithmetic)."""
+    import dataclasses
+    import re
+
+    import torch
+
+    from cwa.cli import doctor
+    from cwa.config.params import load_params
+    from cwa.models.anatomy import describe, pool
+    from cwa.models.memory import HEADROOM, PASSES, estimate
+    from cwa.pipeline.feasibility import empty_model
+    from tests.conftest import ROOT, tiny_llama
+
+    tiny_llama().save_pretrained(tmp_path / "m")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    free = 64 * 2**20
+    monkeypatch.setattr(doctor, "free_memory", lambda device: free)
+    argv = ["doctor", "--model", str(tmp_path / "m"), "--batch-size", "4", "--seq-len", "64"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^\| (\w+) \| [^|]+ \| [\d.]+ \| (?:yes|no) \| (\d+) \|$", out, re.M))
+    assert set(rows) == set(doctor.KINDS)
+    params = load_params("params.yaml")
+    params = dataclasses.replace(params, model=str(tmp_path / "m"), batch_size=4, seq_len=64)
+    model = empty_model(params)  # the model as doctor builds it (its config's attention)
+    infos = pool(describe(model), **params.pool_options)
+
+    def fits(kind, batch):
+        scored = infos if PASSES[kind].backward else []
+        est = estimate(model, scored, kind, batch, 64, params.layer_group)
+        need = next(iter(est.devices.values()))
+        return need.beyond_weights <= HEADROOM * (free - need.weights)
+
+    for kind, largest in rows.items():
+        b = int(largest)
+        assert b >= 1 and fits(kind, b) and not fits(kind, b + 1), (kind, b)
+    assert "python " in out and "cuda" in out and torch.__version__ in out

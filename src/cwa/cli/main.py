@@ -22,6 +22,9 @@ Examples:
       the headline numbers and top-vs-control table of the workspace's last run
   cwa show --exp pally-sacs
       the same for a named DVC experiment (see `dvc exp show`), with the params it changed
+  cwa doctor [--model ./llama-8b --dtype bfloat16 --batch-size 4 --seq-len 2048]
+      versions, devices with their free memory, and what the memory guard would allow for the
+      model here (estimated from its config; nothing is loaded)
   cwa readme [--write]
       check (or rewrite) README.md's results section against artifacts/metrics.json
   cwa verify [--rev HEAD] [--rtol 1e-4]
@@ -261,6 +264,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from cwa.cli.doctor import report
+
+    params_file = Path(args.params)
+    if not params_file.exists():
+        raise CwaError(f"{params_file} not found: run cwa from the project root")
+    raw = read_yaml(params_file.read_text()) or {}
+    given = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+    }
+    params = validate_everything(raw | {k: v for k, v in given.items() if v is not None})
+    print("\n".join(report(params)))
+    return 0
+
+
 def cmd_verify(args) -> int:
     from cwa.pipeline.verify import format_report, verify
 
@@ -307,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("out_dir", help="the directory to write (replaced whole)")
     out.add_argument("--artifacts", default="artifacts")
     out.set_defaults(func=cmd_export)
+    doctor = sub.add_parser(
+        "doctor", help="versions, devices and free memory, and what the memory guard allows"
+    )
+    doctor.add_argument("--model", help="instead of params.yaml's model")
+    doctor.add_argument("--dtype", help="instead of params.yaml's dtype")
+    doctor.add_argument("--batch-size", type=int, help="instead of params.yaml's batch_size")
+    doctor.add_argument("--seq-len", type=int, help="instead of params.yaml's seq_len")
+    doctor.add_argument("--params", default="params.yaml", help=argparse.SUPPRESS)
+    doctor.set_defaults(func=cmd_doctor)
     readme = sub.add_parser("readme", help="check README.md's results section (--write: update)")
     readme.add_argument("--write", action="store_true", help="rewrite it from the artifacts")
     readme.add_argument("--readme", default="README.md")
