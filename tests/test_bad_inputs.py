@@ -51,7 +51,10 @@ CASES = [
     (["--layers", "9"], "`layers` [9] do not exist; the model has layers 0..3"),
     (["--set", "target_components=[router]"], "`target_components` ['router'] are not in"),
     (["--device", "cuda:99"], "`device` is 'cuda:99' but this machine has"),
-    (["--dtype", "bfloat16"], "`flip_bit` 30 cannot apply with `dtype` bfloat16"),
+    (  # a bit position the user names and the dtype lacks (the default names exist in all)
+        ["--dtype", "bfloat16", "--set", "flip_bit=[30]"],
+        "`flip_bit` 30 cannot apply with `dtype` bfloat16",
+    ),
     (["--set", "seeds=[-1,0]"], "`seeds` must be integers >= 0, got [-1, 0]"),
     (
         ["--num-processes", "4", "--max-samples", "2"],
