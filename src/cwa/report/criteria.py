@@ -133,6 +133,11 @@ def separation(pooled: pl.DataFrame, k: int) -> Check:
     return Check("separation", rule, sep, lo, hi, "95% CI", met, note)
 
 
+def ordered_by_three(top: float, random: float, bottom: float) -> bool:
+    """The hierarchy's two steps: ΔPPL(top) ≥ 3× ΔPPL(random) ≥ 3× ΔPPL(bottom)."""
+    return top >= 3 * random and random >= 3 * bottom
+
+
 def hierarchy(pooled: pl.DataFrame, k: int, first: dict[str, str]) -> list[Check]:
     """Per perturbation at its first strength: top ≥ 3× random_k ≥ 3× bottom_k in ΔPPL, the top
     set's ΔPPL ≥ 0.1 and top > random_k at p < 0.01. Value: the separation, top / |random|."""
@@ -154,7 +159,7 @@ def hierarchy(pooled: pl.DataFrame, k: int, first: dict[str, str]) -> list[Check
             why = "a ΔPPL or the p-value is not finite (an experiment diverged)"
             checks.append(Check(f"hierarchy_{name}", rule, note=why))
             continue
-        met = top >= 3 * mid and mid >= 3 * low and top >= 0.1 and p < 0.01
+        met = ordered_by_three(top, mid, low) and top >= 0.1 and p < 0.01
         note = f"k = {k}: ΔPPL top {top:.4g}, random {mid:.4g}, bottom {low:.4g}; p = {p:.3g}"
         ratio = random["separation"]  # the run's one rule for top / |random|
         checks.append(Check(f"hierarchy_{name}", rule, ratio, met=met, note=note))
@@ -250,8 +255,8 @@ def dose_response(
             if random is None or bottom is None:
                 broken = None
                 break
-            top, mid = random["top_delta_ppl"], random["control_delta_ppl"]
-            if not (top >= 3 * mid and mid >= 3 * bottom["control_delta_ppl"]):
+            deltas = random["top_delta_ppl"], random["control_delta_ppl"]
+            if not ordered_by_three(*deltas, bottom["control_delta_ppl"]):
                 broken.append(label)
         if math.isnan(p) or broken is None:
             why = "an experiment diverged" if math.isnan(p) else "needs random_k and bottom_k"
