@@ -54,26 +54,34 @@ def gpus() -> list[str]:
 BATCH_CAP = 1 << 20  # "any" above this
 
 
-def fits(model, scored, kind: str, batch: int, params: Params, free: int) -> bool:
+def need_at(model, scored, kind: str, batch: int, params: Params):
+    """The estimate's need (cwa.models.memory.Need) of one pass at `batch`."""
+    est = estimate(model, scored, kind, batch, params.seq_len, params.layer_group)
+    return next(iter(est.devices.values()))
+
+
+def fits(need, free: int) -> bool:
     """The guard's rule with the weights not loaded yet: the weights in the free memory, the
     pass's own need within HEADROOM of what they leave."""
-    est = estimate(model, scored, kind, batch, params.seq_len, params.layer_group)
-    need = next(iter(est.devices.values()))
     return need.weights <= free and need.beyond_weights <= HEADROOM * (free - need.weights)
 
 
 def largest_batch(model, scored, kind: str, params: Params, free: int) -> int:
     """The largest batch that fits (0: none; BATCH_CAP: any), by doubling and bisection over
     the estimate itself."""
-    if not fits(model, scored, kind, 1, params, free):
+
+    def ok(batch: int) -> bool:
+        return fits(need_at(model, scored, kind, batch, params), free)
+
+    if not ok(1):
         return 0
     low = 1
-    while low < BATCH_CAP and fits(model, scored, kind, 2 * low, params, free):
+    while low < BATCH_CAP and ok(2 * low):
         low *= 2
     high = min(2 * low, BATCH_CAP + 1)
     while high - low > 1:  # fits at low, not at high
         mid = (low + high) // 2
-        low, high = (mid, high) if fits(model, scored, kind, mid, params, free) else (low, mid)
+        low, high = (mid, high) if ok(mid) else (low, mid)
     return min(low, BATCH_CAP)
 
 
@@ -85,10 +93,9 @@ def allowance(model, params: Params, free: int) -> list[str]:
     lines = [f"| pass | made by | {at} | fits | largest batch_size |", "|---|---|---:|---|---:|"]
     for kind, example in KINDS.items():
         scored = infos if PASSES[kind].backward else []
-        est = estimate(model, scored, kind, params.batch_size, params.seq_len, params.layer_group)
-        need = next(iter(est.devices.values()))
+        need = need_at(model, scored, kind, params.batch_size, params)
         total = (need.weights + need.beyond_weights) / GIB
-        ok = "yes" if fits(model, scored, kind, params.batch_size, params, free) else "no"
+        ok = "yes" if fits(need, free) else "no"
         most = largest_batch(model, scored, kind, params, free)
         lines.append(f"| {kind} | {example} | {total:.2f} | {ok} | {most} |")
     return lines

@@ -44,7 +44,7 @@ from pathlib import Path
 import yaml
 
 from cwa import CwaError
-from cwa.cli.export import export
+from cwa.cli.export import RANKING, export
 from cwa.cli.old_flags import Plan, add_flags, translate
 from cwa.config.params import params_from_dict, read_yaml
 
@@ -73,13 +73,19 @@ def preset(path: str | None) -> dict:
     return values
 
 
-def cmd_run(args) -> int:
-    params_file = Path(args.params)
+def read_params_file(path: str) -> dict:
+    """The project's params.yaml as a mapping (cwa run and doctor start from it)."""
+    params_file = Path(path)
     if not params_file.exists():
         raise CwaError(f"{params_file} not found: run cwa from the project root")
     raw = read_yaml(params_file.read_text()) or {}
     if not isinstance(raw, dict):
         raise CwaError(f"params file {params_file} must hold a mapping of keys to values")
+    return raw
+
+
+def cmd_run(args) -> int:
+    raw = read_params_file(args.params)
     plan = translate(args)
     for note in plan.notes:
         print(f"cwa: {note}", file=sys.stderr)
@@ -257,8 +263,8 @@ def cmd_readme(args) -> int:
 
 def cmd_export(args) -> int:
     artifacts = Path(args.artifacts)
-    if not (artifacts / "rank" / "ranking.parquet").exists():
-        raise CwaError(f"{artifacts}/rank/ranking.parquet not found: run the pipeline first")
+    if not (artifacts / RANKING).exists():
+        raise CwaError(f"{artifacts / RANKING} not found: run the pipeline first")
     export(artifacts, Path(args.out_dir))
     print(f"results copied to {args.out_dir}", file=sys.stderr)
     return 0
@@ -267,10 +273,7 @@ def cmd_export(args) -> int:
 def cmd_doctor(args) -> int:
     from cwa.cli.doctor import report
 
-    params_file = Path(args.params)
-    if not params_file.exists():
-        raise CwaError(f"{params_file} not found: run cwa from the project root")
-    raw = read_yaml(params_file.read_text()) or {}
+    raw = read_params_file(args.params)
     given = {
         "model": args.model,
         "dtype": args.dtype,
