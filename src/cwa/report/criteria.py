@@ -16,6 +16,7 @@ from scipy import stats as sps
 
 from cwa.core.stats import bh_q_values
 from cwa.experiments.pruning_summary import at
+from cwa.experiments.summaries import headline_cell
 
 NOT_MEASURED, MET, NOT_MET = "not measured", "met", "not met"
 
@@ -108,13 +109,8 @@ def baseline_spread(texts: pl.DataFrame) -> Check:
 
 def _comparison(pooled: pl.DataFrame, perturbation: str, setting: str, k: int, control: str):
     """The pooled row of the top set against `control` (whole selections), or None."""
-    rows = pooled.filter(
-        (pl.col("perturbation") == perturbation)
-        & (pl.col("setting") == setting)
-        & (pl.col("k") == k)
-        & (pl.col("control") == control)
-        & (pl.col("mask_ratio") == 1.0)
-    )
+    cell = headline_cell(k, {perturbation: setting})
+    rows = pooled.filter(cell & (pl.col("control") == control))
     return rows.row(0, named=True) if rows.height else None
 
 
