@@ -2,6 +2,8 @@
 classified, layers indexed, and a sensitivity -> rank -> perturb round trip restored exactly."""
 
 import contextlib
+import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,14 @@ from cwa.experiments.pruning import (
 )
 from cwa.experiments.sweep import experiments
 from cwa.experiments.sweep import run as run_experiments
-from cwa.models.anatomy import block_stack, describe, owning_modules, pool
+from cwa.models.anatomy import (
+    ARCHITECTURES,
+    block_stack,
+    describe,
+    head_chunks,
+    owning_modules,
+    pool,
+)
 from cwa.scoring.metrics import compute_scores, get_metric
 from cwa.selection.ranking import rank
 from tests.conftest import window_nll
@@ -61,6 +70,56 @@ CONFIGS = {
     "mixtral": (
         T.MixtralConfig(**GQA, num_local_experts=4, num_experts_per_tok=2),
         {"attn_q", "attn_k", "attn_v", "attn_o", "router", "moe_gate_up", "moe_down"},
+    ),
+    "gptj": (
+        T.GPTJConfig(vocab_size=64, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64),
+        {"attn_q", "attn_k", "attn_v", "attn_o", "mlp_up", "mlp_down"},
+    ),
+    "codegen": (  # 8 heads: 2 per partition of the fused qkv_proj
+        T.CodeGenConfig(
+            vocab_size=64, n_embd=32, n_layer=2, n_head=8, rotary_dim=4, n_positions=64, n_ctx=64
+        ),
+        {"attn_qkv", "attn_o", "mlp_up", "mlp_down"},
+    ),
+    "gpt_bigcode": (  # StarCoder: multi-query attention in a fused c_attn
+        T.GPTBigCodeConfig(vocab_size=64, n_embd=32, n_layer=2, n_head=4, multi_query=True),
+        {"attn_qkv", "attn_o", "mlp_up", "mlp_down"},
+    ),
+    "gpt_neo": (  # TinyStories: global and local (windowed) attention alternate
+        T.GPTNeoConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=4,
+            attention_types=[[["global", "local"], 1]],
+            window_size=8,
+            max_position_embeddings=64,
+        ),
+        {"attn_q", "attn_k", "attn_v", "attn_o", "mlp_up", "mlp_down"},
+    ),
+    "phi": (
+        T.PhiConfig(**SMALL, intermediate_size=64),
+        {"attn_q", "attn_k", "attn_v", "attn_o", "mlp_up", "mlp_down"},
+    ),
+    "falcon": (  # Falcon-7B: multi-query, [every q head, k, v] in query_key_value
+        T.FalconConfig(**SMALL, multi_query=True),
+        {"attn_qkv", "attn_o", "mlp_up", "mlp_down"},
+    ),
+    "falcon_gqa": (  # Falcon-40B: new decoder architecture, per key/value group [q..., k, v]
+        T.FalconConfig(**SMALL, multi_query=False, new_decoder_architecture=True, num_kv_heads=2),
+        {"attn_qkv", "attn_o", "mlp_up", "mlp_down"},
+    ),
+    "olmo": (
+        T.OlmoConfig(**GQA),
+        {"attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down"},
+    ),
+    "qwen3": (
+        T.Qwen3Config(**GQA, head_dim=8),
+        {"attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down"},
+    ),
+    "gemma2": (
+        T.Gemma2Config(**GQA, head_dim=8),
+        {"attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down"},
     ),
 }
 
@@ -131,20 +190,92 @@ def test_sensitivity_rank_perturb_round_trip(arch):
         assert torch.equal(p, before[n]), n
 
 
+class _Stop(Exception):
+    pass
+
+
+@functools.cache
+def moved_heads(arch: str) -> dict[str, list[tuple[frozenset[int], bool]]]:
+    """Brute force, independent of cwa's layouts: for each output feature of block 0's q/k/v
+    (or fused qkv) weight, the query heads whose output (the input of o, head by head) changes
+    when only that feature's weights change, and whether the first position's output changes:
+    only a value can move it, the first token attending to itself alone. Six tokens, so keys and
+    values matter too. (A query and a key feature of one head are symmetric here.)"""
+    model = build(arch)
+    attn = [i for i in describe(model) if i.layer == 0 and i.component.startswith("attn_")]
+    attn = [i for i in attn if len(i.shape) == 2]
+    owners = owning_modules(model, [i.name for i in attn])
+    o_proj = next(owners[i.name] for i in attn if i.component == "attn_o")
+    hd = attn[0].head_dim
+    windows = torch.randint(1, 64, (1, 6), generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def capture(module, inputs):
+        seen.append(inputs[0].detach().reshape(6, -1))
+        raise _Stop
+
+    def heads_out() -> torch.Tensor:
+        with contextlib.suppress(_Stop), torch.no_grad():
+            model(input_ids=windows, use_cache=False)
+        return seen.pop()
+
+    handle = o_proj.register_forward_pre_hook(capture)
+    base = heads_out()
+    moved = {}
+    for info in (i for i in attn if i.component != "attn_o"):
+        weight = dict(model.named_parameters())[info.name].data
+        rows = weight.T if info.transposed else weight  # [out, in]
+        moved[info.component] = []
+        for f in range(rows.shape[0]):
+            kept = rows[f].clone()
+            rows[f] += torch.randn(rows.shape[1], generator=torch.Generator().manual_seed(f))
+            change = (heads_out() - base).abs().reshape(6, -1, hd).amax(dim=2) > 1e-6
+            rows[f] = kept
+            heads = frozenset(torch.nonzero(change.any(dim=0))[:, 0].tolist())
+            moved[info.component].append((heads, bool(change[0].any())))
+    handle.remove()
+    return moved
+
+
 def expected_head_features(arch: str, component: str, g: int, heads: int, kv: int, hd: int):
-    """Features of key/value group g, written from each architecture's attention code:
-    GPT-2 splits c_attn into [q | k | v]; GPT-NeoX views query_key_value as (heads, 3·head_dim);
-    Phi-3 slices qkv_proj as [q (heads) | k (kv heads) | v (kv heads)]."""
+    """Features of key/value group g (query heads g·r … (g+1)·r - 1, r = heads / kv), measured by
+    moved_heads: o's input features of those query heads; the q/k/v features that move only
+    them."""
     per_kv = heads // kv
-    q = set(range(g * per_kv * hd, (g + 1) * per_kv * hd))
-    one = set(range(g * hd, (g + 1) * hd))
-    if component in ("attn_q", "attn_o"):
-        return q
-    if component in ("attn_k", "attn_v"):
-        return one
-    if arch == "gpt_neox":
-        return set(range(g * 3 * hd, (g + 1) * 3 * hd))
-    return q | {heads * hd + f for f in one} | {(heads + kv) * hd + f for f in one}
+    mine = set(range(g * per_kv, (g + 1) * per_kv))
+    if component == "attn_o":
+        return set(range(g * per_kv * hd, (g + 1) * per_kv * hd))
+    return {f for f, (moved, _) in enumerate(moved_heads(arch)[component]) if moved <= mine}
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_head_chunks_name_the_heads_each_feature_moves(arch):
+    """Each head_dim slice of q/k/v/qkv output features: a query head's moves exactly that head,
+    a key or value head's exactly its query heads (all of them under multi-query attention), and
+    only a value's moves the first position."""
+    infos = [i for i in pool(describe(build(arch))) if i.layer == 0 and i.component != "attn_o"]
+    attn = [i for i in infos if i.component.startswith("attn_")]
+    assert attn and all(i.head_dim for i in attn)
+    for info in attn:
+        per_kv, hd = info.heads // info.kv_heads, info.head_dim
+        chunks = head_chunks(info)
+        moved = moved_heads(arch)[info.component]
+        assert len(chunks) * hd == len(moved), info.name
+        for f, (heads, first) in enumerate(moved):
+            role, head = chunks[f // hd]
+            want = {head} if role == "q" else set(range(head * per_kv, (head + 1) * per_kv))
+            assert (heads, first) == (want, role == "v"), (info.name, f, role, head)
+
+
+def test_every_architecture_tested_is_named_in_the_error_and_docs():
+    names = {
+        "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "phi", "phi3",
+        "gpt2", "gptj", "gpt_neo", "gpt_neox", "codegen", "gpt_bigcode", "falcon", "opt",
+    }  # fmt: skip
+    assert {a.removesuffix("_gqa") for a in CONFIGS} == names
+    assert len(ARCHITECTURES) == len(names)
+    usage = (Path(__file__).parents[1] / "docs" / "usage.md").read_text()
+    assert all(a in usage for a in ARCHITECTURES)
 
 
 @pytest.mark.parametrize("arch", sorted(CONFIGS))
@@ -213,10 +344,6 @@ def test_blockwise_hutchinson_equals_the_all_at_once_pass(arch):
         model_floor = 0.1 * FLOOR32 * max(float(ref.abs().max()) for ref in whole.values())
         for name, ref in whole.items():
             assert_close_scaled(grouped[name], ref, name=name, atol_min=model_floor)
-
-
-class _Stop(Exception):
-    pass
 
 
 def sums_up_to(model, modules, windows, batch_size, block):

@@ -23,6 +23,28 @@ def test_llama_parameters_are_classified_and_pooled(llama):
     assert {"embed", "lm_head"} <= with_embed
 
 
+def test_a_lm_head_bias_is_pooled_as_a_bias_not_as_an_embedding():
+    """Phi, GPT-J and CodeGen give lm_head a bias: include_embeddings adds its matrix only."""
+    import transformers as T
+
+    model = T.PhiForCausalLM(
+        T.PhiConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    )
+    outside = lambda infos: {i.name for i in infos if i.layer < 0}  # noqa: E731
+    infos = describe(model)
+    assert outside(pool(infos, include_embeddings=True)) == {
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+    }
+    assert outside(pool(infos, include_embeddings=True, include_1d=True)) == {
+        "model.embed_tokens.weight",
+        "lm_head.weight",
+        "lm_head.bias",
+        "model.final_layernorm.weight",
+        "model.final_layernorm.bias",
+    }
+
+
 def test_tied_embeddings_counted_once(gpt2):
     names = [i.name for i in describe(gpt2)]
     assert "lm_head.weight" not in names  # tied to transformer.wte.weight

@@ -59,17 +59,26 @@ KIND_ARCHS += [("head", a) for a in sorted(CONFIGS)] + [("expert", "mixtral")]
 KIND_ARCHS += [("channel", a) for a in sorted(CONFIGS)]
 
 
+# The configs' MLP widths and key/value heads where they differ from 64 and 2 (GQA): 4 x hidden by
+# default; no GQA (one unit per head), CodeGen's 8 heads, multi-query's one key/value head.
+FF_WIDTH = dict.fromkeys(
+    ("gpt2", "gptj", "codegen", "gpt_bigcode", "gpt_neo", "falcon", "falcon_gqa"), 128
+)
+KV_HEADS = {"gpt2": 4, "gpt_neox": 4, "opt": 4, "gptj": 4, "gpt_neo": 4, "phi": 4, "codegen": 8}
+KV_HEADS |= {"gpt_bigcode": 1, "falcon": 1}
+
+
 @pytest.mark.parametrize(("kind", "arch"), KIND_ARCHS)
 def test_unit_index_sets_equal_the_brute_force_construction(kind, arch):
     infos = pool(describe(build(arch)))
     units = units_of(infos, kind)
     table = units.table
-    ff = 64 if arch != "gpt2" else 128
-    expected_count = {"neuron": 2 * ff, "head": 2 * 2, "expert": 2 * 4, "channel": 32}[kind]
-    if kind == "head" and arch in ("gpt2", "gpt_neox", "opt"):
-        expected_count = 2 * 4  # no GQA: one unit per head
+    ff = FF_WIDTH.get(arch, 64)
+    kv = KV_HEADS.get(arch, 2)
+    expected_count = {"neuron": 2 * ff, "head": 2 * kv, "expert": 2 * 4, "channel": 32}[kind]
     assert len(table) == expected_count
-    for u in (0, len(table) // 2 + 1, len(table) - 1):
+    last = len(table) - 1
+    for u in sorted({0, min(len(table) // 2 + 1, last), last}):
         layer, index = table.row(u, named=True)["layer"], table.row(u, named=True)["index"]
         got = weights_of(units, [u])
         for info in infos:

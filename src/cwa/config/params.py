@@ -311,9 +311,8 @@ DOCS = {
         "mlp_gate, mlp_up, mlp_down, moe_*, router, embed, lm_head, norm) across layers; "
         "`per_head`: top-k in each attention head of each layer, a head being its q rows, its k "
         "and v rows and its o columns (under GQA one group per key/value head with all its query "
-        "heads; fused qkv weights are sliced by their layout: GPT-2 `c_attn` [q | k | v], "
-        "GPT-NeoX `query_key_value` per-head [q, k, v] blocks, Phi-3 `qkv_proj` [q | k | v] with "
-        "kv heads; MLP weights are not ranked in this mode)"
+        "heads, one group under multi-query attention; a fused qkv weight is sliced by its "
+        "architecture's layout, docs/science.md; MLP weights are not ranked in this mode)"
     ),
     "topk": "every k ranked, perturbed and compared across seeds in one run",
     "controls": (

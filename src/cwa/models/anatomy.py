@@ -11,6 +11,13 @@ from torch import nn
 
 from cwa import CwaError
 
+# The families cwa classifies, each tested on a tiny model built from its config
+# (tests/test_architectures.py).
+ARCHITECTURES = (
+    "Llama", "Mistral", "Mixtral", "Qwen2", "Qwen3", "Gemma", "Gemma-2", "OLMo", "Phi", "Phi-3",
+    "GPT-2", "GPT-J", "GPT-Neo", "GPT-NeoX", "CodeGen", "GPTBigCode", "Falcon", "OPT",
+)  # fmt: skip
+
 # Parameter path (less a trailing .weight/.bias) -> component, for the architectures cwa knows.
 # Order matters: first match wins.
 _COMPONENTS: tuple[tuple[str, str], ...] = (
@@ -26,13 +33,27 @@ _COMPONENTS: tuple[tuple[str, str], ...] = (
     (r"(o_proj|out_proj|attn\.c_proj|attention\.dense|self_attn\.dense)$", "attn_o"),
     (r"gate_up_proj$", "mlp_gate_up"),
     (r"(gate_proj|w1)$", "mlp_gate"),
-    (r"(up_proj|fc1|c_fc|dense_h_to_4h|w3)$", "mlp_up"),
-    (r"(down_proj|fc2|mlp\.c_proj|dense_4h_to_h|w2)$", "mlp_down"),
+    (r"(up_proj|fc1|fc_in|c_fc|dense_h_to_4h|w3)$", "mlp_up"),
+    (r"(down_proj|fc2|fc_out|mlp\.c_proj|dense_4h_to_h|w2)$", "mlp_down"),
     (r"(embed_tokens|wte|embed_in|word_embeddings)$", "embed"),
     (r"(wpe|embed_positions)$", "pos_embed"),
     (r"(lm_head|embed_out)$", "lm_head"),
     (r"(norm|ln_\w+|layernorm|ln_f|final_layer_norm)$", "norm"),
 )
+# How a fused q/k/v projection orders its output features, by the config's model_type, read from
+# each architecture's attention code: "split" [every q head | every k head | every v head];
+# "grouped" per key/value head g [its query heads, k_g, v_g] (GPT-NeoX: per head [q, k, v];
+# multi-query GPTBigCode and Falcon-7B: [every q head, k, v]); "codegen" 4 partitions,
+# each [q | v | k] of a quarter of the heads.
+_FUSED_QKV = {
+    "gpt2": "split",
+    "phi3": "split",
+    "gpt_neox": "grouped",
+    "falcon": "grouped",
+    "gpt_bigcode": "grouped",
+    "codegen": "codegen",
+}
+_CODEGEN_PARTITIONS = 4  # CodeGen's attention fixes mp_num = 4
 _LAYER = re.compile(r"\.(?:layers|h|layer|blocks)\.(\d+)\.")
 
 
@@ -49,6 +70,7 @@ class ParamInfo:
     heads: int = 0  # query heads
     kv_heads: int = 0  # key/value heads (GQA: fewer than heads)
     head_dim: int = 0
+    qkv_layout: str = ""  # a fused qkv weight's layout (_FUSED_QKV); "" elsewhere or unknown
 
     @property
     def numel(self) -> int:
@@ -82,7 +104,7 @@ def classify(name: str) -> str:
             return component
     raise CwaError(
         f"cannot classify parameter {name!r}: its name matches no known component (known "
-        f"architectures: Llama, Mistral, Mixtral, Qwen2, Gemma, Phi-3, GPT-2, GPT-NeoX, OPT)"
+        f"architectures: {', '.join(ARCHITECTURES)})"
     )
 
 
@@ -103,7 +125,9 @@ def describe(model: nn.Module) -> list[ParamInfo]:
     from transformers.pytorch_utils import Conv1D
 
     owners = owning_modules(model, [name for name, _ in model.named_parameters()])
-    geometry = _head_geometry(getattr(model, "config", None))
+    config = getattr(model, "config", None)
+    geometry = _head_geometry(config)
+    layout = _FUSED_QKV.get(getattr(config, "model_type", None), "")
     infos = []
     for name, p in model.named_parameters():
         layer = _LAYER.search(f".{name}")
@@ -121,6 +145,7 @@ def describe(model: nn.Module) -> list[ParamInfo]:
                 heads=n_heads,
                 kv_heads=n_kv,
                 head_dim=head_dim,
+                qkv_layout=layout if attention and component == "attn_qkv" else "",
             )
         )
     return infos
@@ -131,9 +156,59 @@ def _head_geometry(config) -> tuple[int, int, int]:
     n_heads = getattr(config, "num_attention_heads", None)
     if not n_heads:
         return 0, 0, 0
-    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    if getattr(config, "multi_query", False) and not getattr(
+        config, "new_decoder_architecture", False
+    ):
+        n_kv = 1  # GPTBigCode, Falcon-7B: one key/value head for all query heads
+    else:  # Falcon names it num_kv_heads
+        n_kv = (
+            getattr(config, "num_key_value_heads", None)
+            or getattr(config, "num_kv_heads", None)
+            or n_heads
+        )
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     return n_heads, n_kv, head_dim
+
+
+def head_chunks(info: ParamInfo) -> list[tuple[str, int]]:
+    """(role, head) of each head_dim-wide slice of an attention weight's head axis, in order:
+    the output features of q/k/v/qkv, the input features of o (one per query head). Role "q"
+    names a query head; "k" and "v" a key/value head."""
+    heads, kv, component = info.heads, info.kv_heads, info.component
+    q = [("q", h) for h in range(heads)]
+    if component in ("attn_q", "attn_o"):
+        return q
+    if component in ("attn_k", "attn_v"):
+        return [(component[-1], g) for g in range(kv)]
+    if info.qkv_layout == "split":
+        return q + [("k", g) for g in range(kv)] + [("v", g) for g in range(kv)]
+    if info.qkv_layout == "grouped":
+        per_kv = heads // kv
+        return [
+            c for g in range(kv) for c in (*q[g * per_kv : (g + 1) * per_kv], ("k", g), ("v", g))
+        ]
+    if info.qkv_layout == "codegen":
+        share = heads // _CODEGEN_PARTITIONS
+        return [
+            (role, p * share + j)
+            for p in range(_CODEGEN_PARTITIONS)
+            for role in ("q", "v", "k")
+            for j in range(share)
+        ]
+    raise CwaError(f"unknown fused attention layout of {info.name}: its heads cannot be sliced")
+
+
+def head_features(info: ParamInfo, g: int) -> torch.Tensor:
+    """Features of key/value head g (with its query heads, heads // kv_heads of them) along an
+    attention weight's head axis (head_chunks), ascending."""
+    per_kv = info.heads // info.kv_heads
+    slices = [
+        n
+        for n, (role, head) in enumerate(head_chunks(info))
+        if (head // per_kv if role == "q" else head) == g
+    ]
+    hd = info.head_dim
+    return (torch.tensor(slices)[:, None] * hd + torch.arange(hd)[None, :]).reshape(-1)
 
 
 def pool(
@@ -160,9 +235,10 @@ def pool(
         if i.layer >= 0:
             keep = (matrix or include_1d) and (not layers or i.layer in layers)
         else:
-            keep = (include_embeddings and i.component in outside) or (
-                include_1d and not matrix and i.component == "norm" and not layers
-            )
+            keep = (matrix or include_1d) and (
+                (include_embeddings and i.component in outside)
+                or (not matrix and i.component == "norm" and not layers)
+            )  # a 1-d lm_head bias (Phi, GPT-J, CodeGen) is a bias: only with include_1d
         if keep:
             chosen.append(i)
     if not chosen:

@@ -18,6 +18,13 @@ POOL_TABLE = Schema(
         Column("heads", INT, "query heads of the model, on attention weights; 0 elsewhere"),
         Column("kv_heads", INT, "key/value heads (GQA), on attention weights; 0 elsewhere"),
         Column("head_dim", INT, "width of one head, on attention weights; 0 elsewhere"),
+        Column(
+            "qkv_layout",
+            STR,
+            "a fused q/k/v weight's output order: split [q heads | k heads | v heads], grouped "
+            "(per key/value head: its query heads, k, v) or codegen (4 partitions of [q | v | k]); "
+            "empty elsewhere or when unknown (per_head mode then refuses)",
+        ),
     ),
     ("position",),
 )

@@ -131,6 +131,7 @@ def pool_table(infos: list[ParamInfo]) -> pl.DataFrame:
             "heads": [i.heads for i in infos],
             "kv_heads": [i.kv_heads for i in infos],
             "head_dim": [i.head_dim for i in infos],
+            "qkv_layout": [i.qkv_layout for i in infos],
         }
     )
 
@@ -146,6 +147,7 @@ def pool_infos(table: pl.DataFrame) -> list[ParamInfo]:
             r["heads"],
             r["kv_heads"],
             r["head_dim"],
+            r["qkv_layout"],
         )
         for r in table.sort("position").iter_rows(named=True)
     ]

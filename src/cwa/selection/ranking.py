@@ -20,7 +20,7 @@ from cwa import CwaError
 from cwa.config.params import check as params_check
 from cwa.config.params import check_choice
 from cwa.core.registry import Registry
-from cwa.models.anatomy import ParamInfo
+from cwa.models.anatomy import ParamInfo, head_features
 
 
 @dataclass(frozen=True)
@@ -265,28 +265,6 @@ def _by_component(infos: list[ParamInfo]) -> list[tuple[str, list[Member]]]:
     return [(c, [(i, None) for i in infos if i.component == c]) for c in comps]
 
 
-def head_features(info: ParamInfo, g: int) -> torch.Tensor:
-    """Features (nn.Linear convention) of key/value group g in an attention weight: output
-    features of q/k/v (and of fused qkv, by its layout), input features of o."""
-    hd, per_kv = info.head_dim, info.heads // info.kv_heads
-
-    def span(first_head: int, count: int, offset: int = 0) -> torch.Tensor:
-        return torch.arange(offset + first_head * hd, offset + (first_head + count) * hd)
-
-    q_span = span(g * per_kv, per_kv)
-    if info.component in ("attn_q", "attn_o"):
-        return q_span
-    if info.component in ("attn_k", "attn_v"):
-        return span(g, 1)
-    leaf = info.name.rsplit(".", 2)[-2]
-    q_width, kv_width = info.heads * hd, info.kv_heads * hd
-    if leaf == "query_key_value":  # GPT-NeoX: per head [q, k, v] blocks of head_dim
-        return torch.arange(g * 3 * hd, (g + 1) * 3 * hd)
-    if leaf in ("c_attn", "qkv_proj", "Wqkv"):  # [all q | all k | all v]
-        return torch.cat([q_span, span(g, 1, q_width), span(g, 1, q_width + kv_width)])
-    raise CwaError(f"per_head mode: unknown fused attention layout of {info.name}")
-
-
 def feature_flat(info: ParamInfo, features: torch.Tensor, axis: str) -> torch.Tensor:
     """Sorted flat storage indices of whole output (axis 'out') or input ('in') features."""
     out_dim, in_dim = (info.shape[1], info.shape[0]) if info.transposed else info.shape
@@ -302,10 +280,14 @@ def _by_head(infos: list[ParamInfo]) -> list[tuple[str, list[Member]]]:
     """One group per layer and key/value head: its query heads' q rows and o columns, its k and
     v rows (fused qkv by layout); GQA-aware, and one group per head when kv heads = heads."""
     attn = [i for i in infos if i.component.startswith("attn_")]
-    if not attn or any(i.head_dim == 0 for i in attn):
+    unknown = [
+        i for i in attn if i.head_dim == 0 or (i.component == "attn_qkv" and not i.qkv_layout)
+    ]
+    if not attn or unknown:
         raise CwaError(
             "params: `mode` per_head needs attention weights with known head geometry "
-            "(num_attention_heads in the model config) in the pool: check `target_components`"
+            "(num_attention_heads in the model config, a known fused qkv layout) in the pool"
+            f"{f' ({unknown[0].name} has none)' if unknown else ''}: check `target_components`"
         )
     groups = []
     for layer in sorted({i.layer for i in attn}):

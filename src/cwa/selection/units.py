@@ -31,8 +31,8 @@ import torch
 from cwa import CwaError
 from cwa.config.params import check as params_check
 from cwa.config.params import check_choice, fail
-from cwa.models.anatomy import ParamInfo
-from cwa.selection.ranking import feature_flat, head_features
+from cwa.models.anatomy import ParamInfo, head_features
+from cwa.selection.ranking import feature_flat
 
 KINDS = ("neuron", "head", "expert", "channel")
 REDUCES = ("sum", "mean", "max")
