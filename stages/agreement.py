@@ -1,11 +1,12 @@
 """agreement: do the metrics pick the same weights? Every metric in `compare_metrics` scores the
 pool on the first seed's calibration draw; every pair gets overlap@k (Jaccard of global top-k
-sets) for each k in `topk` and Spearman ρ over a fixed 100k-weight sample.
+sets) for each k in `topk` and Spearman ρ over a fixed 100k-weight sample; every metric's global
+top set against its per-layer top sets.
 Reads: the calibration text (sources stage) and the model.
-Writes: the agreement table (schema `agreement`).
+Writes: the agreement table (schema `agreement`) and the modes table (schema `modes`).
 """
 
-from cwa.analysis.agreement import metric_agreement, summarize
+from cwa.analysis.agreement import metric_agreement, mode_agreement, summarize
 from cwa.core.io import write_table
 from cwa.data.windows import calibration_draw, calibration_windows
 from cwa.models.anatomy import describe, pool
@@ -13,7 +14,7 @@ from cwa.models.loading import ModelConfig, load_studied
 from cwa.models.memory import guard_scoring
 from cwa.pipeline.paths import CALIB_TEXT, MODELS
 from cwa.pipeline.stage import Stage, stage_main
-from cwa.schemas.agreement import AGREEMENT_TABLE
+from cwa.schemas.agreement import AGREEMENT_TABLE, MODES_TABLE
 from cwa.scoring.metrics import ScoringConfig, get_metric, score
 
 # What this stage reads (its `params:` in the generated dvc.yaml).
@@ -41,7 +42,8 @@ STAGE = Stage(
     "agreement",
     PARAMS,
     does=(
-        "every metric of `compare_metrics` on the same draw: overlap@k and Spearman for each pair"
+        "every metric of `compare_metrics` on the same draw: overlap@k and Spearman for each "
+        "pair; each metric's global against its per-layer top sets"
     ),
     reads={
         "calib_text": CALIB_TEXT,
@@ -49,6 +51,7 @@ STAGE = Stage(
     },
     writes={
         "out": "artifacts/agreement/agreement.parquet",
+        "modes": "artifacts/agreement/modes.parquet",
     },
     manifest="artifacts/agreement/manifest.json",
 )
@@ -75,6 +78,7 @@ def run(args, params):
         del scores
     table = metric_agreement(by_metric, params.topk)
     write_table(table, args.out, AGREEMENT_TABLE)
+    write_table(mode_agreement(by_metric, params.topk), args.modes, MODES_TABLE)
     return {"pairs": len(table), "memory": memory, "calibration_text": calib.record}
 
 

@@ -115,6 +115,7 @@ STAGE = Stage(
         "train_logs": "artifacts/train",
         "spikes": "artifacts/superweight/spikes.parquet",
         "agreement": "artifacts/agreement/agreement.parquet",
+        "modes": "artifacts/agreement/modes.parquet",
         "faults": "artifacts/faults/summary.parquet",
         "pruning": "artifacts/prune/pruning.parquet",
         "prune_tasks": "artifacts/prune/tasks.parquet",
@@ -337,6 +338,7 @@ def report_inputs(
         .agg(pl.col("jaccard", "overlap", "spearman", "spearman_pool", "union").mean())
         .sort("k"),
         agreement=t["agreement"].filter(pl.col("k") == k).drop("k"),
+        modes=t["modes"],
         spikes=t["spikes"]
         .sort("contribution", descending=True)
         .drop("param", "flat_index", "token_id", "in_act", "out_act", "row_mean"),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cwa.analysis.agreement import metric_agreement, summarize
+from cwa.analysis.agreement import metric_agreement, mode_agreement, summarize
 
 
 def test_identical_reversed_and_unrelated_metrics():
@@ -27,3 +27,33 @@ def test_identical_reversed_and_unrelated_metrics():
     assert row["a", "d", 100]["jaccard"] == 1.0
     assert row["a", "c", 10]["jaccard"] == 0.0
     assert row["a", "c", 10]["spearman_pool"] == pytest.approx(-1.0)
+
+
+def test_global_against_per_layer_top_sets_by_brute_force():
+    """Against sorts: each tensor's top-k (all of a smaller one), the global top-k and the global
+    top set of the per-layer union's size, from distinct random |scores|."""
+    gen = torch.Generator().manual_seed(1)
+    scores = {
+        "big": torch.randn(40, 30, generator=gen) * 5,  # louder: most global picks sit here
+        "mid": torch.randn(200, generator=gen),
+        "small": torch.randn(3, 4, generator=gen),  # 12 weights: all of it at k = 50
+    }
+    ks = (5, 50)
+    table = mode_agreement({"m": summarize(scores, ks)}, ks)
+    flat = {n: s.abs().flatten() for n, s in sorted(scores.items())}
+    everything = sorted(
+        ((float(v), n, i) for n, s in flat.items() for i, v in enumerate(s.tolist())),
+        reverse=True,
+    )
+    for row in table.iter_rows(named=True):
+        k = row["k"]
+        per_layer = {
+            (n, i) for n, s in flat.items() for i in s.argsort(descending=True)[:k].tolist()
+        }
+        top = {(n, i) for _, n, i in everything[:k]}
+        same = {(n, i) for _, n, i in everything[: len(per_layer)]}
+        assert row["tensors"] == 3
+        assert row["per_layer_weights"] == len(per_layer) == {5: 15, 50: 112}[k]
+        assert row["global_in_per_layer"] == len(top & per_layer) / k
+        assert row["jaccard_equal_size"] == len(same & per_layer) / len(same | per_layer)
+        assert 0 < row["jaccard_equal_size"] < 1  # the layers' tops differ from the global

@@ -156,6 +156,7 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "report/score_distribution.png",
         "superweight/spikes.parquet",
         "agreement/agreement.parquet",
+        "agreement/modes.parquet",
         "report/agreement.png",
         "report/dose.png",
         "report/mask.png",

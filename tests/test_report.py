@@ -258,6 +258,7 @@ def inputs(**changes) -> ReportInputs:
         "perturbation_docs": [("zero", "w → 0")],
         "stability": one,
         "agreement": one,
+        "modes": one,
         "spikes": pl.DataFrame({"candidate": [True, False, False]}),
         "study": STUDY,
         "fits": FITS,

@@ -1,4 +1,5 @@
-"""Do metrics agree? Overlap of top-k sets and rank correlation for every pair of metrics.
+"""Do metrics agree? Overlap of top-k sets and rank correlation for every pair of metrics; and
+does a metric's global top set agree with its per-layer (per pool tensor) top sets?
 
 Each metric's scores are reduced to what the comparison needs (its top-k sets and its scores at a
 fixed pool sample) as soon as they exist, so one metric's scores are in memory at a time.
@@ -20,10 +21,12 @@ from cwa.selection.ranking import extreme_k
 
 @dataclass(frozen=True)
 class Summary:
-    """One metric's part of the comparison: |score| at the pool sample, top-k sets by k."""
+    """One metric's part of the comparison: |score| at the pool sample, top-k sets by k, and its
+    global against per-layer overlap by k (mode_overlap)."""
 
     bulk: np.ndarray
     tops: dict[int, set[tuple[int, int]]]
+    modes: dict[int, dict[str, float]]
 
 
 def top_set(scores: dict[str, torch.Tensor], names: list[str], k: int) -> set[tuple[int, int]]:
@@ -31,11 +34,33 @@ def top_set(scores: dict[str, torch.Tensor], names: list[str], k: int) -> set[tu
     return set(zip(sel.tensor.tolist(), sel.flat.tolist(), strict=True))
 
 
+def mode_overlap(scores: dict[str, torch.Tensor], k: int) -> dict[str, float]:
+    """The global top set against the per-layer mode's (the top-k of each pool tensor, all of a
+    tensor smaller than k): the share of the global top-k the per-layer sets hold, and their
+    Jaccard at equal size (the global top set as large as the per-layer union)."""
+    names = sorted(scores)
+    per_layer = set()
+    for t, n in enumerate(names):
+        chosen = extreme_k([scores[n].abs()], min(k, scores[n].numel()))
+        per_layer |= {(t, f) for f in chosen.flat.tolist()}
+    same_size = top_set(scores, names, len(per_layer))
+    return {
+        "tensors": len(names),
+        "per_layer_weights": len(per_layer),
+        "global_in_per_layer": len(top_set(scores, names, k) & per_layer) / k,
+        "jaccard_equal_size": len(same_size & per_layer) / len(same_size | per_layer),
+    }
+
+
 def summarize(scores: dict[str, torch.Tensor], ks: tuple[int, ...]) -> Summary:
     """The same pool sample for every metric: it depends on the tensor names and sizes only."""
     names = sorted(scores)
     sizes = {n: scores[n].numel() for n in names}
-    return Summary(bulk(scores, sizes), {k: top_set(scores, names, k) for k in ks})
+    return Summary(
+        bulk(scores, sizes),
+        {k: top_set(scores, names, k) for k in ks},
+        {k: mode_overlap(scores, k) for k in ks},
+    )
 
 
 def metric_agreement(by_metric: dict[str, Summary], ks: tuple[int, ...]) -> pl.DataFrame:
@@ -60,5 +85,19 @@ def metric_agreement(by_metric: dict[str, Summary], ks: tuple[int, ...]) -> pl.D
         "jaccard": pl.Float64,
         "overlap": pl.Float64,
         "spearman_pool": pl.Float64,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+def mode_agreement(by_metric: dict[str, Summary], ks: tuple[int, ...]) -> pl.DataFrame:
+    """One row per metric and k: its global top set against its per-layer top sets."""
+    rows = [{"metric": m, "k": k, **by_metric[m].modes[k]} for m in sorted(by_metric) for k in ks]
+    schema = {
+        "metric": pl.String,
+        "k": pl.Int64,
+        "tensors": pl.Int64,
+        "per_layer_weights": pl.Int64,
+        "global_in_per_layer": pl.Float64,
+        "jaccard_equal_size": pl.Float64,
     }
     return pl.DataFrame(rows, schema=schema)

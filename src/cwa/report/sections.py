@@ -371,6 +371,7 @@ class ReportInputs:
     perturbation_docs: list[tuple[str, str]]
     stability: pl.DataFrame  # mean over seed pairs, per k
     agreement: pl.DataFrame  # at headline_k
+    modes: pl.DataFrame  # schema `modes`: global against per-layer top sets, every k
     spikes: pl.DataFrame  # schema `spikes`
     study: pl.DataFrame  # schema `study_members`
     fits: pl.DataFrame  # schema `scaling_fit`
@@ -1050,6 +1051,12 @@ def agreement_section(r: ReportInputs) -> list[str]:
         f"top-{k} sets (Jaccard) and Spearman ρ of |scores| over a fixed 100k-weight sample.",
         "",
         table(r.agreement),
+        "",
+        "Global against per-layer top sets (the `per_layer` mode ranks each pool tensor on its "
+        "own): the share of the global top-k that the per-layer top-k sets hold, and the Jaccard "
+        "of the per-layer union with the global top set of the same size.",
+        "",
+        table(r.modes),
         "",
     ]
 

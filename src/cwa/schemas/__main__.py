@@ -1,7 +1,7 @@
 """`python -m cwa.schemas`: the artifact reference (docs/artifacts.md), rendered from every
 table's schema so the docs cannot drift."""
 
-from cwa.schemas.agreement import AGREEMENT_TABLE
+from cwa.schemas.agreement import AGREEMENT_TABLE, MODES_TABLE
 from cwa.schemas.baseline import BASELINE_TABLE
 from cwa.schemas.cluster_effects import CLUSTER_EFFECTS_TABLE
 from cwa.schemas.cluster_members import CLUSTER_MEMBERS_TABLE
@@ -62,6 +62,7 @@ TABLES = (
     FINETUNE_TABLE,
     SPIKES_TABLE,
     AGREEMENT_TABLE,
+    MODES_TABLE,
     STABILITY_TABLE,
     UNIT_SCORES_TABLE,
     UNIT_EFFECTS_TABLE,
