@@ -14,7 +14,8 @@ from cwa.models.loading import ModelConfig, load_studied
 from cwa.models.memory import guard_scoring
 from cwa.pipeline.paths import CALIB_TEXT, MODELS
 from cwa.pipeline.stage import Stage, stage_main
-from cwa.schemas.agreement import AGREEMENT_TABLE, MODES_TABLE
+from cwa.schemas.agreement import AGREEMENT_TABLE
+from cwa.schemas.modes import MODES_TABLE
 from cwa.scoring.metrics import ScoringConfig, get_metric, score
 
 # What this stage reads (its `params:` in the generated dvc.yaml).

@@ -116,6 +116,7 @@ STAGE = Stage(
         "spikes": "artifacts/superweight/spikes.parquet",
         "agreement": "artifacts/agreement/agreement.parquet",
         "modes": "artifacts/agreement/modes.parquet",
+        "layer_sweep": "artifacts/layer_sweep/layers.parquet",
         "faults": "artifacts/faults/summary.parquet",
         "pruning": "artifacts/prune/pruning.parquet",
         "prune_tasks": "artifacts/prune/tasks.parquet",
@@ -164,6 +165,7 @@ def run(args, params):
     draw_figures(t, scores, params, first, out)
     plots.sensitivity_heatmap(summed_grid(moments), params.metric, out / "sensitivity_heatmap.png")
     plots.layer_comparison(layers, params.metric, out / "layer_comparison.png")
+    plots.layer_sweep(t["layer_sweep"], out / "layer_sweep.png")
     sources = tuple(read_text(d).source for d in (args.calib_text, args.eval_text))
     weights = sum(int(s.numel()) for s in scores.values())
     r = report_inputs(t, m, weights, params, first, sources, criteria.table(checks), layers)
@@ -339,6 +341,7 @@ def report_inputs(
         .sort("k"),
         agreement=t["agreement"].filter(pl.col("k") == k).drop("k"),
         modes=t["modes"],
+        layer_sweep=t["layer_sweep"].drop("k", "diverged"),
         spikes=t["spikes"]
         .sort("contribution", descending=True)
         .drop("param", "flat_index", "token_id", "in_act", "out_act", "row_mean"),

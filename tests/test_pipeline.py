@@ -157,6 +157,8 @@ def test_repro_writes_every_artifact_and_the_report(repo):
         "superweight/spikes.parquet",
         "agreement/agreement.parquet",
         "agreement/modes.parquet",
+        "layer_sweep/layers.parquet",
+        "report/layer_sweep.png",
         "report/agreement.png",
         "report/dose.png",
         "report/mask.png",

@@ -210,6 +210,27 @@ CLUSTER_EFFECTS = pl.DataFrame(
 )
 
 
+LAYER_SWEEP = pl.DataFrame(
+    {
+        "layer": [0, 1, 2],
+        "perturbation": ["scale"] * 3,
+        "setting": ["α=2"] * 3,
+        "k": [100] * 3,
+        "weights": [100] * 3,
+        "delta_ppl": [0.5, 0.02, -0.001],
+        "ci_low": [0.3, 0.01, -0.002],
+        "ci_high": [0.7, 0.03, 0.0],
+        "draws": [2] * 3,
+        "control_delta_ppl": [0.001, 0.0005, 0.0001],
+        "separation": [500.0, 40.0, -10.0],
+        "separation_ci_low": [300.0, 20.0, -20.0],
+        "separation_ci_high": [700.0, 60.0, 0.0],
+        "p_value": [0.001, 0.01, 0.9],
+        "diverged": [False] * 3,
+    }
+)
+
+
 def inputs(**changes) -> ReportInputs:
     one = pl.DataFrame({"a": [1.0]})
     values = {
@@ -259,6 +280,7 @@ def inputs(**changes) -> ReportInputs:
         "stability": one,
         "agreement": one,
         "modes": one,
+        "layer_sweep": LAYER_SWEEP.drop("k", "diverged"),
         "spikes": pl.DataFrame({"candidate": [True, False, False]}),
         "study": STUDY,
         "fits": FITS,
@@ -599,3 +621,22 @@ def test_the_tasks_figure_has_a_panel_per_task_and_a_bar_per_selection_and_exper
         assert [t.get_text() for t in ax.get_xticklabels()] == ["zero", "scale α=2"]
         heights = sorted(p.get_height() for c in bars for p in c.patches)
         assert heights == pytest.approx([-0.2] * 3 + [-0.1] * 3)
+
+
+def test_the_layer_sweep_section_and_figure_show_every_block(monkeypatch):
+    from cwa.report import plots
+    from cwa.report.sections import layer_sweep_section
+
+    text = "\n".join(layer_sweep_section(inputs()))
+    assert "`scale α=2` on the top-" in text
+    assert "| 500 |" in text and "| -10 |" in text  # every block's separation, in order
+    assert text.index("| 500 |") < text.index("| 40 |") < text.index("| -10 |")
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig))
+    plots.layer_sweep(LAYER_SWEEP, "unused.png")
+    (ax,) = saved[0].axes
+    top, control = ax.get_lines()[0], ax.get_lines()[-1]
+    assert list(top.get_xdata()) == [0, 1, 2]
+    assert list(top.get_ydata()) == [0.5, 0.02, -0.001]
+    assert list(control.get_ydata()) == [0.001, 0.0005, 0.0001]
+    assert ax.get_title() == "One block at a time: scale α=2"

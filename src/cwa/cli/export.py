@@ -22,6 +22,7 @@ EXPORTS = {
     "prune/pruning.parquet": "prune",
     "rank/ranking.parquet": "rank",
     "faults/summary.parquet": "faults",
+    "layer_sweep/layers.parquet": "layer_sweep",
 }
 RANKING = "rank/ranking.parquet"
 # The old runners' columns, from the ranking table's: ranks count from 1 within a group (the

@@ -124,6 +124,23 @@ def layer_comparison(stats: pl.DataFrame, metric: str, path) -> None:
     _save(fig, path)
 
 
+def layer_sweep(table: pl.DataFrame, path) -> None:
+    """ΔPPL by layer, each block's own top-k perturbed alone (95% paired-bootstrap CI) against
+    the mean of its random draws; symlog, so a block whose top set lowers perplexity shows."""
+    x = table["layer"].to_numpy()
+    top = table["delta_ppl"].to_numpy()
+    err = np.abs(np.stack([top - table["ci_low"].to_numpy(), table["ci_high"].to_numpy() - top]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(x) + 3), 4))
+    ax.errorbar(x, top, yerr=err, fmt="o-", color=COLORS["top"], capsize=3, label="top-k")
+    ax.plot(x, table["control_delta_ppl"], "s--", color=COLORS["random_k"], label="random_k")
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_xticks(x)
+    named = f"{table['perturbation'][0]} {table['setting'][0]}".strip() if len(table) else ""
+    ax.set(xlabel="layer perturbed alone", ylabel="ΔPPL", title=f"One block at a time: {named}")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def effects(effects: pl.DataFrame, path) -> None:
     """ΔPPL vs k per perturbation: top set against controls, with 95% paired-bootstrap CIs."""
     _per_perturbation(effects, "k", "k (weights perturbed)", path, log_x=True)

@@ -372,6 +372,7 @@ class ReportInputs:
     stability: pl.DataFrame  # mean over seed pairs, per k
     agreement: pl.DataFrame  # at headline_k
     modes: pl.DataFrame  # schema `modes`: global against per-layer top sets, every k
+    layer_sweep: pl.DataFrame  # schema `layer_sweep`, less k and diverged
     spikes: pl.DataFrame  # schema `spikes`
     study: pl.DataFrame  # schema `study_members`
     fits: pl.DataFrame  # schema `scaling_fit`
@@ -566,6 +567,13 @@ def _evidence_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
             "Mean, standard deviation and maximum of |score| over each layer's pool weights "
             "(the table under Sensitivity by layer).",
         ),
+        (
+            "Perplexity by layer, one block at a time",
+            "layer_sweep.png",
+            f"ΔPPL of perturbing each block's own top-{k} alone (ranked within the block, 95% "
+            "paired-bootstrap CI) beside the mean of random draws from the same block (the table "
+            "under One block at a time).",
+        ),
         ("Score distribution", "score_distribution.png", ""),
         ("Stability across calibration seeds", *_stability_figure(r.stability)),
         (f"Do the metrics agree? (k = {k})", "agreement.png", ""),
@@ -676,6 +684,25 @@ def layers_section(r: ReportInputs) -> list[str]:
         "share of the pool's total.",
         "",
         table(r.layers),
+        "",
+    ]
+
+
+def layer_sweep_section(r: ReportInputs) -> list[str]:
+    """ΔPPL by layer from the layer_sweep stage."""
+    p, sweep = r.params, r.layer_sweep
+    named = sweep.select(pl.concat_str("perturbation", "setting", separator=" ").str.strip_chars())
+    return [
+        "### One block at a time",
+        "",
+        f"`{named.item(0, 0) if len(named) else ''}` on the top-{r.metrics['headline_k']} of "
+        "each transformer block alone, "
+        f"ranked within the block by seed {p.seeds[0]}'s scores, against {p.random_draws} "
+        "random draws from the same block with the same per-tensor counts: ΔPPL with its "
+        "paired-bootstrap CI, the draws' mean ΔPPL, the separation with its CI and the "
+        "permutation p-value.",
+        "",
+        table(sweep.drop("perturbation", "setting")),
         "",
     ]
 
@@ -1218,6 +1245,7 @@ SECTIONS = (
     tasks_section,
     top_weights_section,
     layers_section,
+    layer_sweep_section,
     faults_section,
     pruning_section,
     finetune_section,

@@ -1,7 +1,7 @@
 """`python -m cwa.schemas`: the artifact reference (docs/artifacts.md), rendered from every
 table's schema so the docs cannot drift."""
 
-from cwa.schemas.agreement import AGREEMENT_TABLE, MODES_TABLE
+from cwa.schemas.agreement import AGREEMENT_TABLE
 from cwa.schemas.baseline import BASELINE_TABLE
 from cwa.schemas.cluster_effects import CLUSTER_EFFECTS_TABLE
 from cwa.schemas.cluster_members import CLUSTER_MEMBERS_TABLE
@@ -16,6 +16,8 @@ from cwa.schemas.fault_trials import FAULT_TRIALS_TABLE
 from cwa.schemas.finetune import FINETUNE_TABLE
 from cwa.schemas.finetune_runs import FINETUNE_RUNS_TABLE
 from cwa.schemas.layer_pairs import LAYER_PAIRS_TABLE
+from cwa.schemas.layer_sweep import LAYER_SWEEP_TABLE
+from cwa.schemas.modes import MODES_TABLE
 from cwa.schemas.pool import POOL_TABLE
 from cwa.schemas.pooled import POOLED_TABLE
 from cwa.schemas.prune_tasks import PRUNE_TASKS_TABLE
@@ -63,6 +65,7 @@ TABLES = (
     SPIKES_TABLE,
     AGREEMENT_TABLE,
     MODES_TABLE,
+    LAYER_SWEEP_TABLE,
     STABILITY_TABLE,
     UNIT_SCORES_TABLE,
     UNIT_EFFECTS_TABLE,

@@ -16,29 +16,3 @@ AGREEMENT_TABLE = Schema(
     ),
     ("metric_a", "metric_b", "k"),
 )
-
-MODES_TABLE = Schema(
-    "modes",
-    "artifacts/agreement/modes.parquet",
-    "Each metric's global top set against its per-layer top sets (the `per_layer` mode: the "
-    "top-k of each pool tensor), on the first seed's calibration draw.",
-    (
-        Column("metric", STR, "metric"),
-        Column("k", INT, "top-k: of the whole pool (global) and of each pool tensor (per layer)"),
-        Column("tensors", INT, "pool tensors, each ranked on its own in the per-layer mode"),
-        Column(
-            "per_layer_weights",
-            INT,
-            "size of the per-layer union: k per tensor (a tensor smaller than k, all of it)",
-        ),
-        Column(
-            "global_in_per_layer", FLOAT, "share of the global top-k that the per-layer sets hold"
-        ),
-        Column(
-            "jaccard_equal_size",
-            FLOAT,
-            "Jaccard of the per-layer union and the global top set of the same size",
-        ),
-    ),
-    ("metric", "k"),
-)
