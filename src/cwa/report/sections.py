@@ -387,21 +387,21 @@ class ReportInputs:
     layers: pl.DataFrame = field(default_factory=pl.DataFrame)  # layer_stats.by_layer
 
 
-def setup_section(r: ReportInputs) -> list[str]:
-    p, base = r.params, r.baseline
+def setup_section(inputs: ReportInputs) -> list[str]:
+    params, base = inputs.params, inputs.baseline
     return [
-        f"# Critical weights of `{p.model}`",
+        f"# Critical weights of `{params.model}`",
         "",
-        f"Metric **{p.metric}**, ranking mode **{p.mode}**, seeds {list(p.seeds)} "
-        f"({p.calib_samples} calibration windows of {p.seq_len} tokens each), "
+        f"Metric **{params.metric}**, ranking mode **{params.mode}**, seeds {list(params.seeds)} "
+        f"({params.calib_samples} calibration windows of {params.seq_len} tokens each), "
         f"evaluation on {base['texts'][0]} held-out windows "
-        f"({base['tokens'][0]} predicted tokens), dtype {p.dtype}. "
-        f"Ranking pool: {r.pool_weights:,} weights in {r.pool_tensors} tensors "
-        f"({'with' if p.include_embeddings else 'without'} embeddings and lm_head) "
+        f"({base['tokens'][0]} predicted tokens), dtype {params.dtype}. "
+        f"Ranking pool: {inputs.pool_weights:,} weights in {inputs.pool_tensors} tensors "
+        f"({'with' if params.include_embeddings else 'without'} embeddings and lm_head) "
         f"of a {base['params'][0]:,}-parameter model. Versions, commit and hashes of "
         "every input: the stages' manifest.json files.",
         "",
-        *text_lines(r.sources, p.bos),
+        *text_lines(inputs.sources, params.bos),
     ]
 
 
@@ -443,37 +443,41 @@ def _verdict(q: float) -> str:
     return "significant at a 5% false discovery rate" if q < 0.05 else "not significant at 5% FDR"
 
 
-def headline_section(r: ReportInputs) -> list[str]:
-    m, p = r.metrics, r.params
-    k, seeds = m["headline_k"], m["seeds_perturbed"]
-    ((name, setting),) = r.setting.items()
+def headline_section(inputs: ReportInputs) -> list[str]:
+    metrics, params = inputs.metrics, inputs.params
+    k, seeds = metrics["headline_k"], metrics["seeds_perturbed"]
+    ((name, setting),) = inputs.setting.items()
     doing = "zeroing" if name == "zero" else f"applying {name}{f' ({setting})' * bool(setting)} to"
     return [
         "## Headline",
         "",
         f"Pooled over the rankings of {seeds} calibration seed{'s' * (seeds > 1)} (each seed's "
-        f"own top set and controls): {doing} the top-{k} weights by {p.metric} changes "
-        f"perplexity by **{fmt(m['delta_ppl_top'])}** (95% CI {fmt(m['delta_ppl_top_ci_low'])} "
-        f"– {fmt(m['delta_ppl_top_ci_high'])}, resampling seeds and windows; baseline "
-        f"{fmt(m['baseline_ppl'], 4)}); {doing} {k} random weights (same tensors, "
-        f"{p.random_draws} draws per seed) by {fmt(m['delta_ppl_random'])} on average; the {k} "
-        f"lowest-scored weights by {fmt(m['delta_ppl_bottom'])}. Separation (top ΔPPL / mean "
-        f"|random ΔPPL|): **{fmt(m['separation'])}** (95% CI {fmt(m['separation_ci_low'])} – "
-        f"{fmt(m['separation_ci_high'])}); one-sided permutation p-value of top > random: "
-        f"{fmt(m['p_value'])}, Benjamini-Hochberg q-value over the run's {m['comparisons']} "
-        f"comparisons **{fmt(m['q_value'])}**: {_verdict(m['q_value'])}; on its own, "
-        f"{fmt(m['seeds_fdr05'])} of {seeds} seeds pass at q < 0.05. Beyond perplexity, "
-        f"the next-token distribution moves by a mean KL of **{fmt(m['kl_top'])}** nats per "
-        f"token for the top set against {fmt(m['kl_random'])} for random weights, and "
-        f"{fmt(100 * m['top1_same_top'])}% of top-1 predictions stay the same."
-        f"{_magnitude_sentence(m, k)} Top-{k} sets of "
+        f"own top set and controls): {doing} the top-{k} weights by {params.metric} changes "
+        f"perplexity by **{fmt(metrics['delta_ppl_top'])}** (95% CI "
+        f"{fmt(metrics['delta_ppl_top_ci_low'])} "
+        f"– {fmt(metrics['delta_ppl_top_ci_high'])}, resampling seeds and windows; baseline "
+        f"{fmt(metrics['baseline_ppl'], 4)}); {doing} {k} random weights (same tensors, "
+        f"{params.random_draws} draws per seed) by {fmt(metrics['delta_ppl_random'])} on average; "
+        f"the {k} "
+        f"lowest-scored weights by {fmt(metrics['delta_ppl_bottom'])}. Separation (top ΔPPL / mean "
+        f"|random ΔPPL|): **{fmt(metrics['separation'])}** (95% CI "
+        f"{fmt(metrics['separation_ci_low'])} – "
+        f"{fmt(metrics['separation_ci_high'])}); one-sided permutation p-value of top > random: "
+        f"{fmt(metrics['p_value'])}, Benjamini-Hochberg q-value over the run's "
+        f"{metrics['comparisons']} "
+        f"comparisons **{fmt(metrics['q_value'])}**: {_verdict(metrics['q_value'])}; on its own, "
+        f"{fmt(metrics['seeds_fdr05'])} of {seeds} seeds pass at q < 0.05. Beyond perplexity, "
+        f"the next-token distribution moves by a mean KL of **{fmt(metrics['kl_top'])}** nats per "
+        f"token for the top set against {fmt(metrics['kl_random'])} for random weights, and "
+        f"{fmt(100 * metrics['top1_same_top'])}% of top-1 predictions stay the same."
+        f"{_magnitude_sentence(metrics, k)} Top-{k} sets of "
         f"different seeds overlap with mean "
-        f"Jaccard **{fmt(m['jaccard_top'])}**.",
+        f"Jaccard **{fmt(metrics['jaccard_top'])}**.",
         "",
         "Seed by seed, then pooled (CI of ΔPPL top: over windows for one seed, over seeds and "
         "windows pooled; q: Benjamini-Hochberg over the run):",
         "",
-        table(r.seeds),
+        table(inputs.seeds),
         "",
         "![The headline, seed by seed](seeds.png)",
         "",
@@ -481,15 +485,15 @@ def headline_section(r: ReportInputs) -> list[str]:
         "over seeds and draws); `p (top > this)` and `q` test the top set against that control "
         "row, pooled over seeds:",
         "",
-        table(r.headline),
+        table(inputs.headline),
         "",
     ]
 
 
-def criteria_section(r: ReportInputs) -> list[str]:
+def criteria_section(inputs: ReportInputs) -> list[str]:
     """The old guide's success criteria: measured value, interval, met / not met / not
     measured. Thresholds are the guide's; a criterion the model fails is reported as failed."""
-    c = r.criteria
+    c = inputs.criteria
     met = c.filter(pl.col("status") == "met")["criterion"].to_list()
     failed = c.filter(pl.col("status") == "not met")["criterion"].to_list()
     unmeasured = c.filter(pl.col("status") == "not measured")["criterion"].to_list()
@@ -510,10 +514,10 @@ def criteria_section(r: ReportInputs) -> list[str]:
     ]
 
 
-def figures_section(r: ReportInputs) -> list[str]:
+def figures_section(inputs: ReportInputs) -> list[str]:
     """The figures, each with what it shows; the tables they summarise follow the figures."""
-    figures = _evidence_figures(r) + _structure_figures(r) + _practice_figures(r)
-    if r.has_training:
+    figures = _evidence_figures(inputs) + _structure_figures(inputs) + _practice_figures(inputs)
+    if inputs.has_training:
         figures.append(("Built-in model training", "training.png", ""))
     lines = ["## Figures", ""]
     for title, png, caption in figures:
@@ -522,16 +526,18 @@ def figures_section(r: ReportInputs) -> list[str]:
     return lines
 
 
-def _evidence_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
+def _evidence_figures(inputs: ReportInputs) -> list[tuple[str, str, str]]:
     """(title, file, caption) of the perturbation, ranking and stability figures."""
-    p, k = r.params, r.metrics["headline_k"]
+    params, k = inputs.params, inputs.metrics["headline_k"]
     return [
         (
             "Perturbation effects against k (first strength of each sweep)",
             "effects.png",
             "ΔPPL = perplexity after − before on the same windows, 95% CIs by paired bootstrap "
-            f"over windows ({p.bootstrap} resamples); every point averages the {len(p.seeds)} "
-            f"seeds' rankings, random_k and magnitude_matched_k also their {p.random_draws} draws "
+            f"over windows ({params.bootstrap} resamples); every point averages the "
+            f"{len(params.seeds)} "
+            f"seeds' rankings, random_k and magnitude_matched_k also their {params.random_draws} "
+            "draws "
             "per seed, which share the perturbation's random numbers (ε, bit positions) with "
             "that seed's top set.",
         ),
@@ -544,12 +550,13 @@ def _evidence_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
                     "Change in accuracy of each task under each headline experiment, by "
                     "selection (random draws averaged), with the paired-bootstrap CI over items.",
                 )
-                if len(r.tasks)
+                if len(inputs.tasks)
                 else (None, "None were run (`tasks` and `lm_eval_tasks` are empty).")
             ),
         ),
         (
-            f"Perturbing a fraction of each selection (k = {k}, mask ratios {list(p.mask_ratios)})",
+            f"Perturbing a fraction of each selection (k = {k}, mask ratios "
+            f"{list(params.mask_ratios)})",
             "mask.png",
             "",
         ),
@@ -557,8 +564,8 @@ def _evidence_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
         (
             "Where the sensitivity sits",
             "sensitivity_heatmap.png",
-            f"Summed |{p.metric} score| of each layer's component as a share of the pool's "
-            f"total (seed {p.seeds[0]}): where the mass of the scores is, where the heatmap "
+            f"Summed |{params.metric} score| of each layer's component as a share of the pool's "
+            f"total (seed {params.seeds[0]}): where the mass of the scores is, where the heatmap "
             "above counts only the top weights.",
         ),
         (
@@ -575,7 +582,7 @@ def _evidence_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
             "under One block at a time).",
         ),
         ("Score distribution", "score_distribution.png", ""),
-        ("Stability across calibration seeds", *_stability_figure(r.stability)),
+        ("Stability across calibration seeds", *_stability_figure(inputs.stability)),
         (f"Do the metrics agree? (k = {k})", "agreement.png", ""),
     ]
 
@@ -591,7 +598,7 @@ def _stability_figure(stability: pl.DataFrame) -> tuple[str | None, str]:
     return ("stability.png", "") if len(stability) else (None, ONE_SEED)
 
 
-def _structure_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
+def _structure_figures(inputs: ReportInputs) -> list[tuple[str, str, str]]:
     """(title, file, caption) of the figures on units, clusters and layers."""
     return [
         (
@@ -616,9 +623,9 @@ def _structure_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
     ]
 
 
-def _practice_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
+def _practice_figures(inputs: ReportInputs) -> list[tuple[str, str, str]]:
     """(title, file, caption) of faults, pruning, fine-tuning and scaling."""
-    p = r.params
+    params = inputs.params
     return [
         ("Fault injection", "faults.png", ""),
         (
@@ -630,16 +637,17 @@ def _practice_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
         (
             "Fine-tuning: gain on the new text and forgetting, per arm",
             "finetune.png",
-            f"Mean over the {len(p.finetune_seeds)} fine-tuning seeds with its 95% t-interval; "
+            f"Mean over the {len(params.finetune_seeds)} fine-tuning seeds with its 95% "
+            "t-interval; "
             "grey dots: each seed's run. Symmetric log scale.",
         ),
-        *_study_figures(r),
+        *_study_figures(inputs),
     ]
 
 
-def _study_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
+def _study_figures(inputs: ReportInputs) -> list[tuple[str, str, str]]:
     """(title, file, caption) of the study across models."""
-    p, k = r.params, r.metrics["headline_k"]
+    params, k = inputs.params, inputs.metrics["headline_k"]
     figures = [
         (
             "Scaling across the study's models",
@@ -650,54 +658,56 @@ def _study_figures(r: ReportInputs) -> list[tuple[str, str, str]]:
         (
             "Where the sensitivity sits in each model of the study",
             "shares.png",
-            f"Share of each final member's global top-{k} (by {p.metric}) per component class, "
+            f"Share of each final member's global top-{k} (by {params.metric}) per component "
+            "class, "
             "and per block at normalised depth; dashed: share of the total score.",
         ),
     ]
-    if len(r.experts):
+    if len(inputs.experts):
         figures.append(("Mixture of experts: sensitivity and routing", "experts.png", ""))
-    if len(r.drift):
+    if len(inputs.drift):
         figures.append(("Checkpoints: when the critical set forms", "drift.png", ""))
     return figures
 
 
-def top_weights_section(r: ReportInputs) -> list[str]:
+def top_weights_section(inputs: ReportInputs) -> list[str]:
     return [
-        f"### The top {len(r.top)} weights (seed {r.params.seeds[0]})",
+        f"### The top {len(inputs.top)} weights (seed {inputs.params.seeds[0]})",
         "",
         "Row = output feature, col = input feature (nn.Linear convention).",
         "",
-        table(r.top),
+        table(inputs.top),
         "",
     ]
 
 
-def layers_section(r: ReportInputs) -> list[str]:
+def layers_section(inputs: ReportInputs) -> list[str]:
     """The old runner's per-layer statistics of |score| (first seed)."""
-    if r.layers.is_empty():
+    if inputs.layers.is_empty():
         return []
     return [
-        f"### Sensitivity by layer (seed {r.params.seeds[0]})",
+        f"### Sensitivity by layer (seed {inputs.params.seeds[0]})",
         "",
-        f"|{r.params.metric} score| over each layer's pool weights (layer -1: outside the "
+        f"|{inputs.params.metric} score| over each layer's pool weights (layer -1: outside the "
         "blocks; `all`: the whole pool): mean, standard deviation, maximum, and the layer's "
         "share of the pool's total.",
         "",
-        table(r.layers),
+        table(inputs.layers),
         "",
     ]
 
 
-def layer_sweep_section(r: ReportInputs) -> list[str]:
+def layer_sweep_section(inputs: ReportInputs) -> list[str]:
     """ΔPPL by layer from the layer_sweep stage."""
-    p, sweep = r.params, r.layer_sweep
+    params, sweep = inputs.params, inputs.layer_sweep
     named = sweep.select(pl.concat_str("perturbation", "setting", separator=" ").str.strip_chars())
     return [
         "### One block at a time",
         "",
-        f"`{named.item(0, 0) if len(named) else ''}` on the top-{r.metrics['headline_k']} of "
+        f"`{named.item(0, 0) if len(named) else ''}` on the top-{inputs.metrics['headline_k']} of "
         "each transformer block alone, "
-        f"ranked within the block by seed {p.seeds[0]}'s scores, against {p.random_draws} "
+        f"ranked within the block by seed {params.seeds[0]}'s scores, against "
+        f"{params.random_draws} "
         "random draws from the same block with the same per-tensor counts: ΔPPL with its "
         "paired-bootstrap CI, the draws' mean ΔPPL, the separation with its CI and the "
         "permutation p-value.",
@@ -707,32 +717,32 @@ def layer_sweep_section(r: ReportInputs) -> list[str]:
     ]
 
 
-def experiments_section(r: ReportInputs) -> list[str]:
-    p = r.params
-    docs = "; ".join(f"{name}: {doc}" for name, doc in r.perturbation_docs)
+def experiments_section(inputs: ReportInputs) -> list[str]:
+    params = inputs.params
+    docs = "; ".join(f"{name}: {doc}" for name, doc in inputs.perturbation_docs)
     return [
         "### Every experiment",
         "",
-        f"Perturbations: {docs}. Bits are flipped in the {p.dtype} storage. Every perturbed "
+        f"Perturbations: {docs}. Bits are flipped in the {params.dtype} storage. Every perturbed "
         "weight was restored bit for bit after each experiment (checked in the run). Rows average "
-        f"the {len(p.seeds)} seeds' rankings and, for the random controls, their "
-        f"{p.random_draws} draws each (`sd draws` is the spread of those runs).",
+        f"the {len(params.seeds)} seeds' rankings and, for the random controls, their "
+        f"{params.random_draws} draws each (`sd draws` is the spread of those runs).",
         "",
-        table(r.effects),
+        table(inputs.effects),
         "",
     ]
 
 
-def comparisons_section(r: ReportInputs) -> list[str]:
-    if r.comparisons.is_empty():
+def comparisons_section(inputs: ReportInputs) -> list[str]:
+    if inputs.comparisons.is_empty():
         return [
             "### Top set against the controls",
             "",
             "No controls were run (`controls` is empty): no comparison, separation or p-value.",
             "",
         ]
-    m = r.metrics
-    at_floor = r.comparisons.filter(pl.col("p perm.") <= pl.col("p floor") * (1 + 1e-9))
+    metrics = inputs.metrics
+    at_floor = inputs.comparisons.filter(pl.col("p perm.") <= pl.col("p floor") * (1 + 1e-9))
     floor = (
         [
             f"{len(at_floor)} of these p-values sit at the permutation test's floor "
@@ -745,26 +755,27 @@ def comparisons_section(r: ReportInputs) -> list[str]:
         else []
     )
     return [
-        f"### Top set against the controls, pooled over seeds (k = {m['headline_k']})",
+        f"### Top set against the controls, pooled over seeds (k = {metrics['headline_k']})",
         "",
         "Per text, d = ΔNLL per token of the top set − the control's (mean over draws), averaged "
         "over seeds; p perm. = one-sided sign-flip permutation test of mean(d) > 0 over texts, "
         "q (BH) = its Benjamini-Hochberg q-value over all "
-        f"{m['comparisons']} comparisons of the run (each seed's and the pooled ones, for every "
-        f"perturbation, strength, k, mask ratio and control; {m['comparisons_fdr05']} have "
+        f"{metrics['comparisons']} comparisons of the run (each seed's and the pooled ones, for "
+        "every "
+        f"perturbation, strength, k, mask ratio and control; {metrics['comparisons_fdr05']} have "
         "q < 0.05), p Wilcoxon = one-sided signed-rank test, d_z = mean(d)/sd(d); separation CI "
         "by a bootstrap resampling seeds and texts. `seeds q < 0.05`: seeds whose own "
         "comparison passes (each seed's rows: artifacts/perturb/comparisons.parquet).",
         "",
-        table(r.comparisons.drop("p floor")),
+        table(inputs.comparisons.drop("p floor")),
         "",
         *floor,
     ]
 
 
-def tasks_section(r: ReportInputs) -> list[str]:
-    p = r.params
-    if r.tasks.is_empty():
+def tasks_section(inputs: ReportInputs) -> list[str]:
+    params = inputs.params
+    if inputs.tasks.is_empty():
         return [
             "### Downstream tasks",
             "",
@@ -772,44 +783,47 @@ def tasks_section(r: ReportInputs) -> list[str]:
             "",
         ]
     return [
-        f"### Downstream tasks (k = {r.metrics['headline_k']})",
+        f"### Downstream tasks (k = {inputs.metrics['headline_k']})",
         "",
-        f"{', '.join(p.tasks) or 'none'}: {p.task_items} items each; `none` is the unperturbed "
+        f"{', '.join(params.tasks) or 'none'}: {params.task_items} items each; `none` is the "
+        "unperturbed "
         "model. last_word (LAMBADA-style): correct iff every target token is greedy; choice "
         "(HellaSwag-style): argmax of summed log-likelihood (acc_norm: per character). Δacc "
         "CIs by paired bootstrap over items.",
         "",
-        table(r.tasks),
+        table(inputs.tasks),
         "",
     ]
 
 
-def faults_section(r: ReportInputs) -> list[str]:
-    p = r.params
+def faults_section(inputs: ReportInputs) -> list[str]:
+    params = inputs.params
     return [
         "### Fault injection: what does protecting the top weights buy?",
         "",
         "Random bit flips over every pool weight's storage at each bit error rate "
-        f"({p.fault_trials} draws per rate). Each draw is evaluated unprotected, with the top "
-        f"fraction of the pool by {p.metric} protected (flips landing there are not applied), and "
+        f"({params.fault_trials} draws per rate). Each draw is evaluated unprotected, with the top "
+        f"fraction of the pool by {params.metric} protected (flips landing there are not applied), "
+        "and "
         "with a random set of the same size (uniform over the rest of the pool) protected. "
         "median_gain = median over draws of PPL(unprotected) − PPL(arm); gain_per_weight divides "
         "it by the protected weights; median_kl and median_top1_same: medians over draws of "
         "the mean KL per token to the unperturbed model's next-token distribution and of the "
         "unchanged top-1 fraction (a diverged draw has none).",
         "",
-        table(r.faults),
+        table(inputs.faults),
         "",
     ]
 
 
-def pruning_section(r: ReportInputs) -> list[str]:
-    p = r.params
+def pruning_section(inputs: ReportInputs) -> list[str]:
+    params = inputs.params
     return [
         "### Pruning: what the ranking is worth in practice",
         "",
-        f"Each method removes the lowest-scored fraction of the {r.pool_weights:,} pool weights "
-        f"(metric methods and random within `prune_group` = {p.prune_group}; wanda per output "
+        f"Each method removes the lowest-scored fraction of the {inputs.pool_weights:,} pool "
+        "weights "
+        f"(metric methods and random within `prune_group` = {params.prune_group}; wanda per output "
         "row, ria per tensor, sparsegpt per 128-column block with the remaining weights updated; "
         "wanda, ria and sparsegpt block by block on the pruned model's activations) and the "
         "pruned model is evaluated on the same windows. gain vs magnitude = 1 − PPL / "
@@ -817,10 +831,10 @@ def pruning_section(r: ReportInputs) -> list[str]:
         "likewise. The pool is restored bit for bit after each. allocation `owl` "
         "(`prune_owl`): OWL's outlier-weighted block sparsities, their mean the target.",
         "",
-        *_pruning_verdict(r.pruning, p.metric),
-        table(r.pruning),
+        *_pruning_verdict(inputs.pruning, params.metric),
+        table(inputs.pruning),
         "",
-        *_prune_tasks(r.prune_tasks),
+        *_prune_tasks(inputs.prune_tasks),
     ]
 
 
@@ -846,26 +860,29 @@ def _pruning_verdict(rows: pl.DataFrame, metric: str) -> list[str]:
     line = f"At 50%: {best['method']} prunes best (PPL {fmt(best['ppl'])})"
     mine = half.filter(pl.col("method") == metric)
     if len(mine) and not math.isnan(mine["gain vs magnitude"][0] or math.nan):
-        m = mine.row(0, named=True)
+        metrics = mine.row(0, named=True)
         line += (
-            f"; {metric} (the ranking's metric) reaches PPL {fmt(m['ppl'])}, a gain over "
-            f"magnitude of {fmt(m['gain vs magnitude'])} (95% CI {fmt(m['CI low '])} – "
-            f"{fmt(m['CI high '])})"
+            f"; {metric} (the ranking's metric) reaches PPL {fmt(metrics['ppl'])}, a gain over "
+            f"magnitude of {fmt(metrics['gain vs magnitude'])} (95% CI {fmt(metrics['CI low '])} – "
+            f"{fmt(metrics['CI high '])})"
         )
     return [line + ".", ""]
 
 
-def finetune_section(r: ReportInputs) -> list[str]:
-    p = r.params
-    if r.finetune.is_empty():
+def finetune_section(inputs: ReportInputs) -> list[str]:
+    params = inputs.params
+    if inputs.finetune.is_empty():
         return []
     return [
         "### Fine-tuning: protect the critical weights, or train only them?",
         "",
-        f"The model is fine-tuned on `{p.finetune_data}` for {p.finetune_steps} AdamW steps at a "
-        f"constant learning rate of {fmt(p.finetune_lr)}, once per fine-tuning seed "
-        f"({len(p.finetune_seeds)}), in arms that differ only in which pool weights may change: "
-        f"all of them (full), all but the top {p.finetune_k:,} by {p.metric} (freeze_top) or "
+        f"The model is fine-tuned on `{params.finetune_data}` for {params.finetune_steps} AdamW "
+        "steps at a "
+        f"constant learning rate of {fmt(params.finetune_lr)}, once per fine-tuning seed "
+        f"({len(params.finetune_seeds)}), in arms that differ only in which pool weights may "
+        "change: "
+        f"all of them (full), all but the top {params.finetune_k:,} by {params.metric} "
+        "(freeze_top) or "
         "all but a random set with the same count in every tensor (freeze_random), only the top "
         "set (only_top) or only the random set (only_random). Frozen weights are checked bit for "
         "bit after every run. gain: PPL points gained on held-out windows of the new text; "
@@ -873,10 +890,10 @@ def finetune_section(r: ReportInputs) -> list[str]:
         "paired difference between two arms; CIs and p-values are Student's t over the "
         "fine-tuning seeds (the windows are fixed).",
         "",
-        *_arms_left_out(r.finetune),
-        *_one_finetune_seed(len(p.finetune_seeds)),
-        *_finetune_verdict(r.finetune, p.finetune_k),
-        table(r.finetune),
+        *_arms_left_out(inputs.finetune),
+        *_one_finetune_seed(len(params.finetune_seeds)),
+        *_finetune_verdict(inputs.finetune, params.finetune_k),
+        table(inputs.finetune),
         "",
     ]
 
@@ -928,16 +945,18 @@ def _finetune_verdict(rows: pl.DataFrame, k: int) -> list[str]:
     return [" ".join(lines), ""] if lines else []
 
 
-def units_section(r: ReportInputs) -> list[str]:
-    if r.units.is_empty():
+def units_section(inputs: ReportInputs) -> list[str]:
+    if inputs.units.is_empty():
         return []
-    p = r.params
+    params = inputs.params
     lines = [
         "### Units: neurons, heads, experts and channels as wholes",
         "",
-        f"A unit's score is the {p.unit_reduce} of its weights' |{p.metric}| scores (the first "
+        f"A unit's score is the {params.unit_reduce} of its weights' |{params.metric}| scores (the "
+        "first "
         "seed's). Each of the top units is zeroed alone and compared with random units of its "
-        f"own layer ({p.random_draws} draws); the top k together go through every perturbation "
+        f"own layer ({params.random_draws} draws); the top k together go through every "
+        "perturbation "
         "at its first strength against random sets with the same count in every layer. "
         "separation = ΔPPL(top) / mean |ΔPPL(random)| with its joint bootstrap CI; q: "
         "Benjamini-Hochberg over this stage's comparisons. A whole head's sign flip leaves the "
@@ -954,8 +973,8 @@ def units_section(r: ReportInputs) -> list[str]:
         "separation_ci_high",
         "q_value",
     ]
-    for kind in r.units["kind"].unique(maintain_order=True):
-        rows = r.units.filter(pl.col("kind") == kind)
+    for kind in inputs.units["kind"].unique(maintain_order=True):
+        rows = inputs.units.filter(pl.col("kind") == kind)
         each = rows.filter(pl.col("rank") >= 0).sort("rank")
         sets = rows.filter(pl.col("rank") < 0).sort("k", "perturbation")
         lines += [
@@ -968,32 +987,33 @@ def units_section(r: ReportInputs) -> list[str]:
     return lines
 
 
-def clusters_section(r: ReportInputs) -> list[str]:
-    if r.clusters.is_empty():
+def clusters_section(inputs: ReportInputs) -> list[str]:
+    if inputs.clusters.is_empty():
         return []
-    p = r.params
-    kmeans = r.clusters.filter(pl.col("method") == "kmeans").drop("method")
-    found = r.clusters.filter((pl.col("method") == "dbscan") & (pl.col("cluster") >= 0))
-    noise = r.clusters.filter((pl.col("method") == "dbscan") & (pl.col("cluster") < 0))
+    params = inputs.params
+    kmeans = inputs.clusters.filter(pl.col("method") == "kmeans").drop("method")
+    found = inputs.clusters.filter((pl.col("method") == "dbscan") & (pl.col("cluster") >= 0))
+    noise = inputs.clusters.filter((pl.col("method") == "dbscan") & (pl.col("cluster") < 0))
     clustered = int(kmeans["size"].sum())
     noise_share = float(noise["size"].sum()) / clustered if clustered else 0.0
     return [
         "### Clusters of weights",
         "",
-        f"The top {p.cluster_top:,} weights by {p.metric} and a seeded sample of "
-        f"{p.cluster_sample:,} others, each described by log10 |score|, log10 |w|, the spread "
+        f"The top {params.cluster_top:,} weights by {params.metric} and a seeded sample of "
+        f"{params.cluster_sample:,} others, each described by log10 |score|, log10 |w|, the spread "
         "of log10 |score| over the seeds, normalised depth (standardised) and its component "
         f"(one-hot). K-means with k = {len(kmeans)} (the best silhouette over 2.."
-        f"{p.cluster_max_k}); DBSCAN found {len(found)} cluster{'s' * (len(found) != 1)} and left "
+        f"{params.cluster_max_k}); DBSCAN found {len(found)} cluster{'s' * (len(found) != 1)} and "
+        "left "
         f"{noise_share:.1%} as noise. top_share: the share of the top set in the cluster.",
         "",
         table(kmeans),
         "",
-        f"Each K-means cluster's {p.headline_k} highest-scored members (or all of a smaller "
+        f"Each K-means cluster's {params.headline_k} highest-scored members (or all of a smaller "
         "cluster) zeroed against random sets with the same count in every tensor:",
         "",
         table(
-            r.cluster_effects.select(
+            inputs.cluster_effects.select(
                 "cluster",
                 "size",
                 "k",
@@ -1010,17 +1030,17 @@ def clusters_section(r: ReportInputs) -> list[str]:
         "",
         "DBSCAN's clusters:",
         "",
-        table(r.clusters.filter(pl.col("method") == "dbscan").drop("method")),
+        table(inputs.clusters.filter(pl.col("method") == "dbscan").drop("method")),
         "",
     ]
 
 
-def correlation_section(r: ReportInputs) -> list[str]:
-    if r.correlation.is_empty():
+def correlation_section(inputs: ReportInputs) -> list[str]:
+    if inputs.correlation.is_empty():
         return []
-    layers = r.correlation.filter(pl.col("level") == "layer")
-    components = r.correlation.filter(pl.col("level") == "component")
-    windows = r.correlation["windows"][0]
+    layers = inputs.correlation.filter(pl.col("level") == "layer")
+    components = inputs.correlation.filter(pl.col("level") == "component")
+    windows = inputs.correlation["windows"][0]
     shown = [
         "a",
         "b",
@@ -1055,8 +1075,8 @@ def correlation_section(r: ReportInputs) -> list[str]:
     ]
 
 
-def stability_section(r: ReportInputs) -> list[str]:
-    if not len(r.stability):
+def stability_section(inputs: ReportInputs) -> list[str]:
+    if not len(inputs.stability):
         return ["### Stability across calibration seeds", "", ONE_SEED, ""]
     return [
         "### Stability across calibration seeds",
@@ -1064,32 +1084,33 @@ def stability_section(r: ReportInputs) -> list[str]:
         "Mean over seed pairs: Jaccard of the top-k sets, Spearman ρ of |score| over their union "
         "and over a fixed 100k-weight pool sample.",
         "",
-        table(r.stability),
+        table(inputs.stability),
         "",
     ]
 
 
-def agreement_section(r: ReportInputs) -> list[str]:
-    p, k = r.params, r.metrics["headline_k"]
+def agreement_section(inputs: ReportInputs) -> list[str]:
+    params, k = inputs.params, inputs.metrics["headline_k"]
     return [
         "### Do the metrics agree?",
         "",
-        f"Every metric of `compare_metrics` on seed {p.seeds[0]}'s draw: overlap of the global "
+        f"Every metric of `compare_metrics` on seed {params.seeds[0]}'s draw: overlap of the "
+        "global "
         f"top-{k} sets (Jaccard) and Spearman ρ of |scores| over a fixed 100k-weight sample.",
         "",
-        table(r.agreement),
+        table(inputs.agreement),
         "",
         "Global against per-layer top sets (the `per_layer` mode ranks each pool tensor on its "
         "own): the share of the global top-k that the per-layer top-k sets hold, and the Jaccard "
         "of the per-layer union with the global top set of the same size.",
         "",
-        table(r.modes),
+        table(inputs.modes),
         "",
     ]
 
 
-def superweight_section(r: ReportInputs) -> list[str]:
-    spikes = r.spikes
+def superweight_section(inputs: ReportInputs) -> list[str]:
+    spikes = inputs.spikes
     return [
         "### Super-weight detector",
         "",
@@ -1097,7 +1118,7 @@ def superweight_section(r: ReportInputs) -> list[str]:
         "down projection, the token and output channel (row) of its largest |output| over one "
         "calibration batch, then the input channel (col) whose term |W[row, col]·x[col]| "
         "contributes most to it (share: of the summed |terms|); rows ranked by contribution. A "
-        f"candidate needs its input and its output to reach {r.params.spike_ratio:g}× the "
+        f"candidate needs its input and its output to reach {inputs.params.spike_ratio:g}× the "
         "layer's median |activation|. Each weight[row, col] was then set alone to 0 and to the "
         "mean of its row (the mean-ablation control), ΔPPL with 95% paired CIs. "
         f"**{int(spikes['candidate'].sum())} of {len(spikes)}** down projections hold a candidate.",
@@ -1107,9 +1128,9 @@ def superweight_section(r: ReportInputs) -> list[str]:
     ]
 
 
-def scaling_section(r: ReportInputs) -> list[str]:
-    p = r.params
-    shown = r.study.select(
+def scaling_section(inputs: ReportInputs) -> list[str]:
+    params = inputs.params
+    shown = inputs.study.select(
         "label",
         "kind",
         "tuning",
@@ -1128,16 +1149,17 @@ def scaling_section(r: ReportInputs) -> list[str]:
     return [
         "### Scaling across the study's models",
         "",
-        f"Each member scored with {p.metric} (seed {p.seeds[0]}); top_share = share of the "
+        f"Each member scored with {params.metric} (seed {params.seeds[0]}); top_share = share of "
+        "the "
         "pool's total score in its top 0.1% weights; ΔPPL from zeroing the global top-"
-        f"{r.metrics['headline_k']} vs matched random weights. Fits over the final dense base "
+        f"{inputs.metrics['headline_k']} vs matched random weights. Fits over the final dense base "
         "members: statistic = a · params^slope (log-log least squares, 95% t-interval of the "
         "slope).",
         "",
-        *scaling_verdict(r.fits),
+        *scaling_verdict(inputs.fits),
         table(shown),
         "",
-        table(r.fits),
+        table(inputs.fits),
         "",
     ]
 
@@ -1169,56 +1191,62 @@ def scaling_verdict(fits: pl.DataFrame) -> list[str]:
     return [*out, ""]
 
 
-def architecture_section(r: ReportInputs) -> list[str]:
+def architecture_section(inputs: ReportInputs) -> list[str]:
     """Where each final member's top-k sits by component class, and the group comparisons (the
     depth profile is in the figure)."""
-    finals = r.study.filter(pl.col("final") == "yes")["label"].implode()
-    components = r.shares.filter((pl.col("axis") == "component") & pl.col("label").is_in(finals))
+    finals = inputs.study.filter(pl.col("final") == "yes")["label"].implode()
+    components = inputs.shares.filter(
+        (pl.col("axis") == "component") & pl.col("label").is_in(finals)
+    )
     wide = components.pivot(on="label", index="group", values="topk_share").sort("group")
-    k = r.metrics["headline_k"]
+    k = inputs.metrics["headline_k"]
     out = [
         f"### Where the sensitivity sits, member by member (share of the top-{k})",
         "",
         table(wide.rename({"group": "component"}).fill_null(0.0)),
         "",
     ]
-    if len(r.groups):
-        notes = sorted(set(r.groups["note"]) - {""})
+    if len(inputs.groups):
+        notes = sorted(set(inputs.groups["note"]) - {""})
         out += [
             "Group comparison of the final members (permutation test of the difference of "
             "means). " + (" ".join(f"{n}." for n in notes) if notes else ""),
             "",
-            table(r.groups.filter(pl.col("share") == "score_share").drop("share", "note")),
+            table(inputs.groups.filter(pl.col("share") == "score_share").drop("share", "note")),
             "",
         ]
-    return out + experts_lines(r) + drift_lines(r)
+    return out + experts_lines(inputs) + drift_lines(inputs)
 
 
-def experts_lines(r: ReportInputs) -> list[str]:
+def experts_lines(inputs: ReportInputs) -> list[str]:
     """The mixture-of-experts members' experts: score shares and routed tokens."""
-    if not len(r.experts):
+    if not len(inputs.experts):
         return []
-    few = int(r.experts["few_tokens"].sum())
-    rho = spearman(r.experts["token_share"].to_numpy(), r.experts["score_share"].to_numpy())
+    few = int(inputs.experts["few_tokens"].sum())
+    rho = spearman(
+        inputs.experts["token_share"].to_numpy(), inputs.experts["score_share"].to_numpy()
+    )
     return [
         "### Mixture of experts: each expert's score share and routed tokens",
         "",
-        f"{few} of {len(r.experts)} experts saw fewer than a tenth of a uniform share of the "
+        f"{few} of {len(inputs.experts)} experts saw fewer than a tenth of a uniform share of the "
         "routed calibration tokens (few_tokens): their scores rest on few tokens. Spearman ρ "
         f"of score share against token share over the experts: {fmt(rho)}.",
         "",
-        table(r.experts),
+        table(inputs.experts),
         "",
     ]
 
 
-def drift_lines(r: ReportInputs) -> list[str]:
+def drift_lines(inputs: ReportInputs) -> list[str]:
     """Checkpoints: overlap of each step's critical set with the last step's and the previous."""
-    if not len(r.drift):
+    if not len(inputs.drift):
         return []
-    k = r.metrics["headline_k"]
+    k = inputs.metrics["headline_k"]
     out = [f"### Checkpoints: drift of the critical set during training (k = {k})", ""]
-    for (model,), rows in r.drift.filter(pl.col("k") == k).group_by("model", maintain_order=True):
+    for (model,), rows in inputs.drift.filter(pl.col("k") == k).group_by(
+        "model", maintain_order=True
+    ):
         last = rows.filter(pl.col("against") == "last").sort("step")
         formed = last.filter(pl.col("jaccard") >= 0.5)["step"]
         when = (
@@ -1227,11 +1255,11 @@ def drift_lines(r: ReportInputs) -> list[str]:
             else f"no earlier step's top-{k} reaches Jaccard 0.5 with the last step's"
         )
         out += [f"- `{model}`: {when}.", ""]
-    shown = r.drift.filter(pl.col("k") == k).drop("model", "k")
+    shown = inputs.drift.filter(pl.col("k") == k).drop("model", "k")
     return [*out, table(shown), ""]
 
 
-def tables_heading(r: ReportInputs) -> list[str]:
+def tables_heading(inputs: ReportInputs) -> list[str]:
     return ["## Tables", "", "The numbers behind the figures, the longest last.", ""]
 
 
@@ -1261,9 +1289,9 @@ SECTIONS = (
 )
 
 
-def render_markdown(r: ReportInputs) -> str:
+def render_markdown(inputs: ReportInputs) -> str:
     """The headline and the figures first, then the tables, the longest last."""
-    return "\n".join(line for section in SECTIONS for line in section(r))
+    return "\n".join(line for section in SECTIONS for line in section(inputs))
 
 
 def render_html(markdown_text: str, title: str) -> str:
