@@ -61,49 +61,52 @@ def empty_model(params: Params) -> nn.Module | None:
         return AutoModelForCausalLM.from_config(config)
 
 
-def check_ranking(infos: list[ParamInfo], p: Params) -> None:
+def check_ranking(infos: list[ParamInfo], params: Params) -> None:
     """Every k of `topk` fits every group of the ranking mode, twice over with random_k (the
     random set is drawn beside the top set), over the pool and the targeted tensors."""
-    chosen = target(pool(infos, **p.pool_options), p.target_components, p.target_layers)
-    groups = MODES.get(p.mode).groups(chosen)
+    chosen = target(
+        pool(infos, **params.pool_options), params.target_components, params.target_layers
+    )
+    groups = MODES.get(params.mode).groups(chosen)
     groups = [(name, sum(MemberScores({}, members).sizes)) for name, members in groups]
-    random = any(CONTROLS.get(c).random for c in p.controls)
+    random = any(CONTROLS.get(c).random for c in params.controls)
     factor = 2 if random else 1
     name, smallest = min(groups, key=lambda g: g[1])
-    k = max(p.topk)
+    k = max(params.topk)
     if factor * k > smallest:
         need = " (random_k draws as many again beside the top set)" if random else ""
         fail(
             "topk",
-            f"{k} does not fit: mode {p.mode} ranks {len(groups)} group(s) and the smallest, "
+            f"{k} does not fit: mode {params.mode} ranks {len(groups)} group(s) and the smallest, "
             f"{name}, holds {smallest} weights{need}; valid: every k <= {smallest // factor}",
         )
 
 
-def check_finetune(infos: list[ParamInfo], p: Params) -> None:
+def check_finetune(infos: list[ParamInfo], params: Params) -> None:
     """The fine-tuning sets fit the pool: the random set is drawn beside the top set."""
-    size = sum(i.numel for i in pool(infos, **p.pool_options))
-    if 2 * p.finetune_k > size:
+    size = sum(i.numel for i in pool(infos, **params.pool_options))
+    if 2 * params.finetune_k > size:
         fail(
             "finetune_k",
-            f"is {p.finetune_k} but the pool holds {size} weights and the random set is drawn "
+            f"is {params.finetune_k} but the pool holds {size} weights and the random set is drawn "
             f"beside the top set; valid: finetune_k <= {size // 2}",
         )
 
 
-def check_clusters(infos: list[ParamInfo], p: Params) -> None:
+def check_clusters(infos: list[ParamInfo], params: Params) -> None:
     """The clustered top set fits the pool (the clusters stage takes the top `cluster_top`)."""
-    size = sum(i.numel for i in pool(infos, **p.pool_options))
-    if p.cluster_top > size:
+    size = sum(i.numel for i in pool(infos, **params.pool_options))
+    if params.cluster_top > size:
         fail(
             "cluster_top",
-            f"is {p.cluster_top} but the pool holds {size} weights; valid: cluster_top <= {size}",
+            f"is {params.cluster_top} but the pool holds {size} weights; valid: cluster_top <= "
+            f"{size}",
         )
 
 
-def check_study(p: Params) -> None:
+def check_study(params: Params) -> None:
     """The study has a member: the member@ stages and the scaling stage read `models`."""
-    if not p.models:
+    if not params.models:
         fail(
             "models",
             "is empty, but the study (member@<label> stages, the scaling stage) needs a model; "
@@ -111,33 +114,33 @@ def check_study(p: Params) -> None:
         )
 
 
-def check_lm_eval_tasks(p: Params, include: str = LM_EVAL_CONFIGS) -> None:
+def check_lm_eval_tasks(params: Params, include: str = LM_EVAL_CONFIGS) -> None:
     """Every `lm_eval_tasks` name is a task lm-eval knows, under `include` or its own (the
     perturb stage would find out only after the sweep's set-up)."""
-    if p.lm_eval_tasks:
+    if params.lm_eval_tasks:
         from cwa.evaluation.lmeval import task_manager
 
-        task_manager(p.lm_eval_tasks, include)
+        task_manager(params.lm_eval_tasks, include)
 
 
-def check_units(infos: list[ParamInfo], p: Params) -> None:
+def check_units(infos: list[ParamInfo], params: Params) -> None:
     """Each kind of `units` exists in the pool (unit_topk is capped per kind by the stage)."""
     from cwa.selection.units import units_of
 
-    chosen = pool(infos, **p.pool_options)
-    for kind in p.units:
+    chosen = pool(infos, **params.pool_options)
+    for kind in params.units:
         units_of(chosen, kind)
 
 
-def check_strengths(p: Params) -> None:
+def check_strengths(params: Params) -> None:
     """Every strength of every listed perturbation applies in `dtype` (bit 30 exists in fp32,
     not in bf16): what the sweep checks again before it starts."""
     from cwa.experiments.perturbations import check as applies
     from cwa.experiments.sweep import SweepConfig, specs
 
-    for perturbation, strengths in specs(SweepConfig.of(p)):
+    for perturbation, strengths in specs(SweepConfig.of(params)):
         for strength in strengths:
-            applies(perturbation, strength, getattr(torch, p.dtype))
+            applies(perturbation, strength, getattr(torch, params.dtype))
 
 
 def check(params: Params) -> None:
