@@ -532,62 +532,79 @@ def check(rule: Callable[[Params], None]) -> Callable[[Params], None]:
     return rule
 
 
-def _validate(p: Params):
-    if len(set(p.compare_metrics)) < 2:
-        fail("compare_metrics", f"needs at least 2 distinct metrics, got {list(p.compare_metrics)}")
-    check_choice("dtype", p.dtype, DTYPES)
-    check_choice("device_map", p.device_map, DEVICE_MAPS)
-    _validate_counts(p)
-    if p.layer_group < 0:
-        fail("layer_group", f"must be >= 0 (0: every block in one pass), got {p.layer_group}")
-    if p.num_processes > p.calib_samples:
+def _validate(params: Params):
+    if len(set(params.compare_metrics)) < 2:
+        fail(
+            "compare_metrics",
+            f"needs at least 2 distinct metrics, got {list(params.compare_metrics)}",
+        )
+    check_choice("dtype", params.dtype, DTYPES)
+    check_choice("device_map", params.device_map, DEVICE_MAPS)
+    _validate_counts(params)
+    if params.layer_group < 0:
+        fail("layer_group", f"must be >= 0 (0: every block in one pass), got {params.layer_group}")
+    if params.num_processes > params.calib_samples:
         fail(
             "num_processes",
-            f"is {p.num_processes} but there are {p.calib_samples} calibration windows per seed "
-            f"(`calib_samples`) to split among the processes: lower it or raise calib_samples",
+            f"is {params.num_processes} but there are {params.calib_samples} calibration windows "
+            "per seed (`calib_samples`) to split among the processes: lower it or raise "
+            "calib_samples",
         )
-    if p.num_processes > 1 and p.device_map != "none":
+    if params.num_processes > 1 and params.device_map != "none":
         fail(
             "num_processes",
-            f"is {p.num_processes} with device_map {p.device_map!r}: data parallelism copies "
-            f"the whole model to each process; split a model over devices in one process "
-            f"(num_processes: 1) or replicate it (device_map: none)",
+            f"is {params.num_processes} with device_map {params.device_map!r}: data parallelism "
+            "copies the whole model to each process; split a model over devices in one process "
+            "(num_processes: 1) or replicate it (device_map: none)",
         )
-    if p.seq_len < 2:
+    if params.seq_len < 2:
         fail("seq_len", "must be >= 2 (one token predicts the next)")
-    if not p.seeds or len(set(p.seeds)) != len(p.seeds):
-        fail("seeds", f"must be a non-empty list of distinct integers, got {list(p.seeds)}")
-    if not p.topk or any(k < 1 for k in p.topk) or len(set(p.topk)) != len(p.topk):
-        fail("topk", f"must be a non-empty list of distinct positive integers, got {list(p.topk)}")
-    if p.headline_k not in p.topk:
-        fail("headline_k", f"({p.headline_k}) must be one of topk {list(p.topk)}")
-    if p.vocab_size < BYTE_LEVEL_TOKENS:
+    if not params.seeds or len(set(params.seeds)) != len(params.seeds):
+        fail("seeds", f"must be a non-empty list of distinct integers, got {list(params.seeds)}")
+    if (
+        not params.topk
+        or any(k < 1 for k in params.topk)
+        or len(set(params.topk)) != len(params.topk)
+    ):
+        fail(
+            "topk",
+            f"must be a non-empty list of distinct positive integers, got {list(params.topk)}",
+        )
+    if params.headline_k not in params.topk:
+        fail("headline_k", f"({params.headline_k}) must be one of topk {list(params.topk)}")
+    if params.vocab_size < BYTE_LEVEL_TOKENS:
         fail(
             "vocab_size",
             f"must be >= {BYTE_LEVEL_TOKENS} (the built-in byte-level tokenizer's 256 bytes and "
-            f"its end-of-text token), got {p.vocab_size}",
+            f"its end-of-text token), got {params.vocab_size}",
         )
-    if p.spike_ratio <= 1:
-        fail("spike_ratio", f"must be > 1 (a spike is many times the median), got {p.spike_ratio}")
-    _validate_ranges(p)
-    if p.model.startswith(("/", "./", "../", "~")):
-        directory = Path(p.model).expanduser()
+    if params.spike_ratio <= 1:
+        fail(
+            "spike_ratio",
+            f"must be > 1 (a spike is many times the median), got {params.spike_ratio}",
+        )
+    _validate_ranges(params)
+    if params.model.startswith(("/", "./", "../", "~")):
+        directory = Path(params.model).expanduser()
         if not (directory / "config.json").exists():
             fail(
                 "model",
-                f"is the path {p.model!r}, which holds no config.json: give a directory "
+                f"is the path {params.model!r}, which holds no config.json: give a directory "
                 f"saved with save_pretrained, a hub id, or builtin:<name>",
             )
-    if p.model.startswith("builtin:") and p.model.removeprefix("builtin:") not in p.family:
+    if (
+        params.model.startswith("builtin:")
+        and params.model.removeprefix("builtin:") not in params.family
+    ):
         fail(
             "model",
-            f"names no built-in model; valid: {', '.join('builtin:' + n for n in p.family)}",
+            f"names no built-in model; valid: {', '.join('builtin:' + n for n in params.family)}",
         )
     for rule in _CHECKS:
-        rule(p)
+        rule(params)
 
 
-def _validate_counts(p: Params):
+def _validate_counts(params: Params):
     """Sizes and counts: at least one of each."""
     for key in (
         "calib_samples",
@@ -608,91 +625,93 @@ def _validate_counts(p: Params):
         "finetune_steps",
         "finetune_batch",
     ):
-        if getattr(p, key) < 1:
-            fail(key, f"must be >= 1, got {getattr(p, key)}")
+        if getattr(params, key) < 1:
+            fail(key, f"must be >= 1, got {getattr(params, key)}")
 
 
-def _validate_ranges(p: Params):
-    if len(set(p.mask_ratios)) != len(p.mask_ratios) or not all(0 < r < 1 for r in p.mask_ratios):
-        fail("mask_ratios", f"must be distinct fractions in (0, 1), got {list(p.mask_ratios)}")
-    if not p.fault_rates or not all(0 < r < 1 for r in p.fault_rates):
-        fail("fault_rates", f"must be bit error rates in (0, 1), got {list(p.fault_rates)}")
-    if not all(0 < f <= 0.5 for f in p.fault_protect):
+def _validate_ranges(params: Params):
+    if len(set(params.mask_ratios)) != len(params.mask_ratios) or not all(
+        0 < r < 1 for r in params.mask_ratios
+    ):
+        fail("mask_ratios", f"must be distinct fractions in (0, 1), got {list(params.mask_ratios)}")
+    if not params.fault_rates or not all(0 < r < 1 for r in params.fault_rates):
+        fail("fault_rates", f"must be bit error rates in (0, 1), got {list(params.fault_rates)}")
+    if not all(0 < f <= 0.5 for f in params.fault_protect):
         fail(
             "fault_protect",
             f"must be pool fractions in (0, 0.5] (a random set of the same size must fit "
-            f"beside the top set), got {list(p.fault_protect)}",
+            f"beside the top set), got {list(params.fault_protect)}",
         )
-    if any(layer < 0 for layer in p.target_layers):
-        fail("target_layers", f"must be block indices >= 0, got {list(p.target_layers)}")
-    if any(s < 0 for s in p.seeds):  # numpy's seed sequences take non-negative integers
-        fail("seeds", f"must be integers >= 0, got {list(p.seeds)}")
-    if p.train_seed < 0:
-        fail("train_seed", f"must be >= 0, got {p.train_seed}")
-    if not 0 < p.train_lr < 1:  # also refuses NaN; a larger peak diverges at once
-        fail("train_lr", f"must be a learning rate in (0, 1), got {p.train_lr}")
-    for name, m in p.family.items():
-        _validate_member(f"family.{name}", m)
-    steps = p.train_checkpoints
-    if len(set(steps)) != len(steps) or not all(0 < n < p.train_steps for n in steps):
+    if any(layer < 0 for layer in params.target_layers):
+        fail("target_layers", f"must be block indices >= 0, got {list(params.target_layers)}")
+    if any(s < 0 for s in params.seeds):  # numpy's seed sequences take non-negative integers
+        fail("seeds", f"must be integers >= 0, got {list(params.seeds)}")
+    if params.train_seed < 0:
+        fail("train_seed", f"must be >= 0, got {params.train_seed}")
+    if not 0 < params.train_lr < 1:  # also refuses NaN; a larger peak diverges at once
+        fail("train_lr", f"must be a learning rate in (0, 1), got {params.train_lr}")
+    for name, metrics in params.family.items():
+        _validate_member(f"family.{name}", metrics)
+    steps = params.train_checkpoints
+    if len(set(steps)) != len(steps) or not all(0 < n < params.train_steps for n in steps):
         fail(
             "train_checkpoints",
-            f"must be distinct steps in 1..{p.train_steps - 1} (below train_steps), got "
+            f"must be distinct steps in 1..{params.train_steps - 1} (below train_steps), got "
             f"{list(steps)}",
         )
-    for label, member in p.models.items():
-        _validate_study_member(p, label, member)
+    for label, member in params.models.items():
+        _validate_study_member(params, label, member)
 
 
-def _validate_member(key: str, m: FamilyMember):
+def _validate_member(key: str, member: FamilyMember):
     """A shape Llama can build: positive sizes, heads dividing the width into even head sizes
     (rotary embeddings rotate pairs of dimensions)."""
-    if min(m.hidden, m.layers, m.heads, m.intermediate) < 1:
-        fail(key, f"sizes must be >= 1, got {m}")
-    if m.experts and not (m.experts >= 2 and 1 <= m.active <= m.experts):
+    if min(member.hidden, member.layers, member.heads, member.intermediate) < 1:
+        fail(key, f"sizes must be >= 1, got {member}")
+    if member.experts and not (member.experts >= 2 and 1 <= member.active <= member.experts):
         fail(
             key,
             f"a mixture of experts needs experts >= 2 and 1 <= active <= experts, got "
-            f"experts {m.experts}, active {m.active}",
+            f"experts {member.experts}, active {member.active}",
         )
-    if not m.experts and m.active:
-        fail(key, f"active ({m.active}) needs experts: set experts >= 2 or drop active")
-    if m.hidden % m.heads or (m.hidden // m.heads) % 2:
+    if not member.experts and member.active:
+        fail(key, f"active ({member.active}) needs experts: set experts >= 2 or drop active")
+    if member.hidden % member.heads or (member.hidden // member.heads) % 2:
         fail(
             key,
-            f"hidden ({m.hidden}) must be heads ({m.heads}) x an even head size; "
-            f"e.g. hidden {m.heads * max(2, 2 * round(m.hidden / m.heads / 2))}",
+            f"hidden ({member.hidden}) must be heads ({member.heads}) x an even head size; "
+            f"e.g. hidden {member.heads * max(2, 2 * round(member.hidden / member.heads / 2))}",
         )
 
 
-def _validate_study_member(p: Params, label: str, m: StudyMember):
+def _validate_study_member(params: Params, label: str, member: StudyMember):
     """A label DVC and `-S` can address, known tags, and a built-in model (and checkpoint) that
     `family` and `train_checkpoints` will produce."""
     key = f"models.{label}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", label):
         fail(key, "label must be letters, digits, - and _ (it names a DVC stage and a file)")
-    if m.kind:
-        check_choice(f"{key}.kind", m.kind, KINDS)
-    check_choice(f"{key}.tuning", m.tuning, TUNINGS)
-    if m.dtype:
-        check_choice(f"{key}.dtype", m.dtype, DTYPES)
-    if m.step is not None and m.step < 0:
-        fail(f"{key}.step", f"must be a training step >= 0, got {m.step}")
-    if m.model.startswith("builtin:"):
-        if m.model.removeprefix("builtin:") not in p.family:
-            valid = ", ".join("builtin:" + n for n in p.family)
+    if member.kind:
+        check_choice(f"{key}.kind", member.kind, KINDS)
+    check_choice(f"{key}.tuning", member.tuning, TUNINGS)
+    if member.dtype:
+        check_choice(f"{key}.dtype", member.dtype, DTYPES)
+    if member.step is not None and member.step < 0:
+        fail(f"{key}.step", f"must be a training step >= 0, got {member.step}")
+    if member.model.startswith("builtin:"):
+        if member.model.removeprefix("builtin:") not in params.family:
+            valid = ", ".join("builtin:" + n for n in params.family)
             fail(f"{key}.model", f"names no built-in model; valid: {valid}")
-        saved = [f"step-{n}" for n in p.train_checkpoints]
-        if m.revision and m.revision not in saved:
+        saved = [f"step-{n}" for n in params.train_checkpoints]
+        if member.revision and member.revision not in saved:
             fail(
                 f"{key}.revision",
-                f"is {m.revision!r}; a built-in model's checkpoints: {', '.join(saved) or 'none'} "
-                f"(train_checkpoints)",
+                f"is {member.revision!r}; a built-in model's checkpoints: "
+                f"{', '.join(saved) or 'none'} (train_checkpoints)",
             )
-    elif m.model.startswith(("/", "./", "../", "~")):
-        if not (Path(m.model).expanduser() / "config.json").exists():
-            fail(f"{key}.model", f"is the path {m.model!r}, which holds no config.json")
-        if m.revision:
+    elif member.model.startswith(("/", "./", "../", "~")):
+        if not (Path(member.model).expanduser() / "config.json").exists():
+            fail(f"{key}.model", f"is the path {member.model!r}, which holds no config.json")
+        if member.revision:
             fail(f"{key}.revision", "applies to hub ids and built-in models, not a directory")
 
 
@@ -841,9 +860,9 @@ class StageParams:
 _FIELDS = frozenset(field_names())
 
 
-def as_dict(p: Params | StageParams) -> dict:
+def as_dict(params: Params | StageParams) -> dict:
     """Plain-data form for manifests, flat like params.yaml (a stage's: the keys it declared)."""
-    if isinstance(p, StageParams):
-        return p.as_dict()
-    plain = dataclasses.asdict(p)
+    if isinstance(params, StageParams):
+        return params.as_dict()
+    plain = dataclasses.asdict(params)
     return plain | plain.pop("registered")
