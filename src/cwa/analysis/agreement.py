@@ -8,6 +8,7 @@ fixed pool sample) as soon as they exist, so one metric's scores are in memory a
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,21 +35,29 @@ def top_set(scores: dict[str, torch.Tensor], names: list[str], k: int) -> set[tu
     return set(zip(sel.tensor.tolist(), sel.flat.tolist(), strict=True))
 
 
-def mode_overlap(scores: dict[str, torch.Tensor], k: int) -> dict[str, float]:
-    """The global top set against the per-layer mode's (the top-k of each pool tensor, all of a
-    tensor smaller than k): the share of the global top-k the per-layer sets hold, and their
-    Jaccard at equal size (the global top set as large as the per-layer union)."""
-    names = sorted(scores)
-    per_layer = set()
+def per_layer_top(scores: dict[str, torch.Tensor], names: list[str], k: int) -> set:
+    """The per_layer mode's top set: the top-k of each pool tensor (all of a smaller one)."""
+    chosen = set()
     for t, n in enumerate(names):
-        chosen = extreme_k([scores[n].abs()], min(k, scores[n].numel()))
-        per_layer |= {(t, f) for f in chosen.flat.tolist()}
+        flat = extreme_k([scores[n].abs()], min(k, scores[n].numel())).flat
+        chosen |= {(t, f) for f in flat.tolist()}
+    return chosen
+
+
+def mode_overlap(scores: dict[str, torch.Tensor], k: int) -> dict[str, float]:
+    """The global top set against the per-layer mode's, two ways. Per-layer top-k in every one
+    of the T tensors against the global top set of the same size: their Jaccard. (The global
+    top-k itself always lies inside them: at most k - 1 weights of its tensor outrank any of
+    it.) And k spread evenly, top-⌈k/T⌉ per tensor: the share of the global top-k it finds."""
+    names = sorted(scores)
+    per_layer = per_layer_top(scores, names, k)
     same_size = top_set(scores, names, len(per_layer))
+    even = per_layer_top(scores, names, math.ceil(k / len(names)))
     return {
         "tensors": len(names),
         "per_layer_weights": len(per_layer),
-        "global_in_per_layer": len(top_set(scores, names, k) & per_layer) / k,
         "jaccard_equal_size": len(same_size & per_layer) / len(same_size | per_layer),
+        "global_in_even_split": len(top_set(scores, names, k) & even) / k,
     }
 
 
@@ -97,7 +106,7 @@ def mode_agreement(by_metric: dict[str, Summary], ks: tuple[int, ...]) -> pl.Dat
         "k": pl.Int64,
         "tensors": pl.Int64,
         "per_layer_weights": pl.Int64,
-        "global_in_per_layer": pl.Float64,
         "jaccard_equal_size": pl.Float64,
+        "global_in_even_split": pl.Float64,
     }
     return pl.DataFrame(rows, schema=schema)

@@ -1101,8 +1101,9 @@ def agreement_section(inputs: ReportInputs) -> list[str]:
         table(inputs.agreement),
         "",
         "Global against per-layer top sets (the `per_layer` mode ranks each pool tensor on its "
-        "own): the share of the global top-k that the per-layer top-k sets hold, and the Jaccard "
-        "of the per-layer union with the global top set of the same size.",
+        "own): the Jaccard of the per-layer top-k sets' union with the global top set of the "
+        "same size (the global top-k itself always lies inside them), and the share of the "
+        "global top-k found by k spread evenly over the tensors (top-⌈k/tensors⌉ each).",
         "",
         table(inputs.modes),
         "",

@@ -17,12 +17,15 @@ MODES_TABLE = Schema(
             "size of the per-layer union: k per tensor (a tensor smaller than k, all of it)",
         ),
         Column(
-            "global_in_per_layer", FLOAT, "share of the global top-k that the per-layer sets hold"
-        ),
-        Column(
             "jaccard_equal_size",
             FLOAT,
-            "Jaccard of the per-layer union and the global top set of the same size",
+            "Jaccard of the per-layer union and the global top set of the same size (the global "
+            "top-k itself always lies inside the per-layer sets)",
+        ),
+        Column(
+            "global_in_even_split",
+            FLOAT,
+            "share of the global top-k found by k spread evenly: each tensor's top-⌈k/tensors⌉",
         ),
     ),
     ("metric", "k"),
