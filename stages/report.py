@@ -26,7 +26,8 @@ from cwa.experiments.sweep import SweepConfig, first_settings, headline_setting,
 from cwa.pipeline.paths import CALIB_TEXT, EVAL_TEXT, POOL, RANKING, SCORES
 from cwa.pipeline.stage import Stage, stage_main
 from cwa.report import criteria, plots
-from cwa.report.layer_stats import by_layer, summed_grid, tensor_moments
+from cwa.report.layer_stats import by_layer, summed_grid
+from cwa.report.score_pass import read_once
 from cwa.report.sections import (
     SCALING_HEADLINE,
     ReportInputs,
@@ -45,7 +46,7 @@ from cwa.report.sections import (
     task_metrics,
     tasks_table,
 )
-from cwa.scoring.store import StoredScores, bulk
+from cwa.scoring.store import StoredScores
 
 # What this stage reads (its `params:` in the generated dvc.yaml).
 PARAMS = (
@@ -154,21 +155,22 @@ def run(args, params):
     run_keys, largest_by = run_summary(t["baseline"], t["effects"])
     m |= run_keys
     scores = StoredScores(args.scores, params.seeds[0])  # read tensor by tensor
-    checks = success_criteria(t, bulk(scores, scores.sizes()), params, first, setting)
+    read = read_once(scores, t["pool"])  # moments, the pool sample, the range of log10 |score|
+    checks = success_criteria(t, read.bulk, params, first, setting)
     m |= criteria.flat_keys(checks)
     write_json(m, args.metrics)
     curve = k_sweep(t["effects"], setting)
     out = Path(args.out_dir)
     write_csv(k_curve(curve), out / "effects_vs_k.csv")
-    moments = tensor_moments(scores, t["pool"])  # per-layer statistics, first seed
-    layers = by_layer(moments)
-    draw_figures(t, scores, params, first, out)
-    plots.sensitivity_heatmap(summed_grid(moments), params.metric, out / "sensitivity_heatmap.png")
+    layers = by_layer(read.moments)  # per-layer statistics, first seed
+    draw_figures(t, scores, read.log_range, params, first, out)
+    plots.sensitivity_heatmap(
+        summed_grid(read.moments), params.metric, out / "sensitivity_heatmap.png"
+    )
     plots.layer_comparison(layers, params.metric, out / "layer_comparison.png")
     plots.layer_sweep(t["layer_sweep"], out / "layer_sweep.png")
     sources = tuple(read_text(d).source for d in (args.calib_text, args.eval_text))
-    weights = sum(int(s.numel()) for s in scores.values())
-    r = report_inputs(t, m, weights, params, first, sources, criteria.table(checks), layers)
+    r = report_inputs(t, m, read.weights, params, first, sources, criteria.table(checks), layers)
     plots.seeds(r.seeds, out / "seeds.png")
     facts = summary(
         params, t["baseline"], r.pool_weights, t["pooled"], t["effects"], t["study_members"], first
@@ -233,10 +235,12 @@ def k_curve(effects: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def draw_figures(t: dict, scores, params, first: dict, out: Path) -> None:
+def draw_figures(t: dict, scores, log_range, params, first: dict, out: Path) -> None:
     k, effects = params.headline_k, t["effects"]
     components = dict(zip(t["pool"]["param"], t["pool"]["component"], strict=True))
-    plots.score_distribution(scores, components, params.metric, out / "score_distribution.png")
+    plots.score_distribution(
+        scores, components, log_range, params.metric, out / "score_distribution.png"
+    )
     first_seed = t["ranking"].filter(pl.col("seed") == params.seeds[0])
     plots.layer_heatmap(first_seed, t["pool"], k, out / "heatmap.png")
     plots.effects(k_sweep(effects, first), out / "effects.png")

@@ -1,6 +1,6 @@
 """Sensitivity by layer and component: the old runner's per-layer statistics of |score| (mean,
 standard deviation, maximum, share of the total) and the summed-sensitivity grid of its heatmap,
-streamed tensor by tensor from one seed's score store.
+streamed tensor by tensor from one seed's score store (report.score_pass).
 
 Each tensor contributes its count, mean and sum of squared deviations from its own mean (float64,
 two passes over the tensor); groups combine them with Chan's pairwise formula, so the standard
@@ -9,7 +9,6 @@ deviation does not suffer the cancellation of E[x²] − E[x]² when it is small
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import polars as pl
 import torch
@@ -17,23 +16,15 @@ import torch
 WHOLE_MODEL = "all"  # the `layer` label of the whole-model row
 
 
-def tensor_moments(scores: Mapping[str, torch.Tensor], pool: pl.DataFrame) -> pl.DataFrame:
-    """One row per pool tensor: layer, component, weights, mean, m2 (Σ(|s| − mean)²), max |s|."""
-    rows = []
-    for r in pool.sort("position").iter_rows(named=True):
-        v = scores[r["param"]].reshape(-1).double().abs()
-        mean = float(v.mean()) if v.numel() else 0.0
-        rows.append(
-            {
-                "layer": r["layer"],
-                "component": r["component"],
-                "weights": v.numel(),
-                "mean": mean,
-                "m2": float(((v - mean) ** 2).sum()),
-                "max": float(v.max()) if v.numel() else math.nan,
-            }
-        )
-    return pl.DataFrame(rows)
+def moments(values: torch.Tensor) -> dict:
+    """weights, mean, m2 (Σ(v − mean)²) and max of one tensor's flat float64 |scores|."""
+    mean = float(values.mean()) if values.numel() else 0.0
+    return {
+        "weights": values.numel(),
+        "mean": mean,
+        "m2": float(((values - mean) ** 2).sum()),
+        "max": float(values.max()) if values.numel() else math.nan,
+    }
 
 
 def combined(group: pl.DataFrame, total: float) -> dict:

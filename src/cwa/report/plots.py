@@ -36,17 +36,21 @@ def _save(fig, path: str | Path) -> None:
 
 
 def score_distribution(
-    scores: Mapping[str, torch.Tensor], components: dict[str, str], metric: str, path, bins=80
+    scores: Mapping[str, torch.Tensor],
+    components: dict[str, str],
+    log_range: tuple[float, float],
+    metric: str,
+    path,
+    bins=80,
 ) -> None:
     """Histogram of log10 |score| per component (how heavy is the tail?), streamed tensor by
-    tensor over bins shared by every component."""
+    tensor over bins shared by every component, spanning `log_range` (score_pass.read_once)."""
 
     def logs(name):
         v = scores[name].reshape(-1).double().abs()
         return torch.log10(v[v > 0]).numpy()
 
-    extremes = [(v.min(), v.max()) for v in map(logs, scores) if v.size]
-    edges = np.linspace(min(e[0] for e in extremes), max(e[1] for e in extremes) + 1e-9, bins + 1)
+    edges = np.linspace(log_range[0], log_range[1] + 1e-9, bins + 1)
     counts: dict[str, np.ndarray] = {}
     for name in scores:
         comp = components[name]
