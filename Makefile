@@ -75,12 +75,14 @@ test-fast: setup
 # Mutation testing of the numeric core (docs/testing.md; not part of `make test`): mutmut,
 # pinned in the `mutation` extra and kept out of the lock, which is the stages' environment
 # (a tool no stage runs must not rerun them), mutates the modules [tool.mutmut] lists and runs
-# the unit tests that reach each mutant. Survivors: `mutmut results`, `mutmut show <name>`.
+# the unit tests that reach each mutant, then reruns every mutant not killed in a fresh process
+# (tests/recheck_mutants.py: a forked child can hang on torch's or polars' thread pools). Its
+# lines are the survivors; `mutmut show <name>` shows one.
 mutation: setup
 	$(BIN)/python -m pip install --quiet -e '.[mutation]'
 	rm -rf mutants
-	$(BIN)/mutmut run
-	$(BIN)/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run
+	$(BIN)/python tests/recheck_mutants.py 2
 
 lint: setup
 	$(BIN)/ruff check src stages tests benchmarks

@@ -95,8 +95,17 @@ def test_sample_excluding_is_uniform_and_exact():
     assert counts[:3].sum() == 0
     # Monte Carlo: each share is Binomial(2000, 3/7) / 2000, sd 0.011; 0.05 is 4.5 sd (seeded)
     assert np.allclose(counts[3:] / 2000, 3 / 7, rtol=0, atol=0.05)
-    with pytest.raises(CwaError):
+    with pytest.raises(CwaError, match="cannot draw 8 random weights from a tensor of 10 minus 3"):
         sample_excluding(rng, 10, 8, exclude)
+    everything = sample_excluding(rng, 10, 7, exclude)  # exactly the free ones: allowed
+    assert sorted(everything.tolist()) == list(range(3, 10))
+
+
+def test_sample_excluding_keeps_its_random_stream():
+    """The committed rankings' random controls depend on this exact stream (same seed, same
+    draws, byte-identical tables across versions): a change of batch size or order shows here."""
+    got = sample_excluding(np.random.default_rng(7), 50, 6, np.array([3, 4, 5]))
+    assert got.tolist() == [47, 31, 34, 44, 28, 38]
 
 
 def test_row_col_follow_linear_convention_for_linear_and_conv1d(llama, gpt2):
@@ -321,3 +330,50 @@ def test_magnitude_matched_control_keeps_tensor_counts_and_bins():
     assert abs(mean_w(chosen[1][2]) - mean_w(top)) < abs(mean_w(random) - mean_w(top))
     with pytest.raises(CwaError, match="magnitude_matched_k needs the score store's"):
         select(scores, 60, ("magnitude_matched_k",), draws=1, seed=1)
+
+
+def test_a_matched_control_may_fill_half_a_tensor_and_comes_in_score_order():
+    """random_k takes the top set's count from each tensor: up to half of it (the rest is then
+    drawn whole), refused beyond with a message naming the control; its rows by score, highest
+    first, as the ranking table lists every set."""
+    from cwa.selection.ranking import Selected, matched_random
+
+    scores = [torch.arange(10.0), torch.arange(100.0, 104.0)]
+    sizes = [10, 4]
+    top = Selected(
+        np.array([0] * 5 + [1] * 2), np.array([9, 8, 7, 6, 5, 3, 2]), np.zeros(7)
+    )  # exactly half of each tensor
+    got = matched_random(top, sizes, np.random.default_rng(0), scores)
+    assert set(zip(got.tensor.tolist(), got.flat.tolist(), strict=True)) == {
+        (0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0), (1, 1)
+    }  # fmt: skip
+    assert got.score.tolist() == [101.0, 100.0, 4.0, 3.0, 2.0, 1.0, 0.0]
+    one_more = Selected(np.zeros(6, dtype=np.int64), np.arange(4, 10), np.zeros(6))
+    with pytest.raises(CwaError, match="`controls` random_k cannot match the top 6: they hold 6"):
+        matched_random(one_more, sizes, np.random.default_rng(0), scores)
+
+
+def test_draw_in_bins_stays_in_a_bin_with_exactly_enough_and_draws_nothing_for_nothing():
+    from cwa.selection.ranking import draw_in_bins
+
+    bins = np.repeat(np.arange(10), 10)
+    taken = np.arange(30, 35)  # 5 of bin 3's 10: exactly 5 free ones are left there
+    drawn = draw_in_bins(np.random.default_rng(0), bins, taken)
+    assert sorted(drawn.tolist()) == [35, 36, 37, 38, 39]
+    nothing = draw_in_bins(np.random.default_rng(0), bins, np.empty(0, np.int64))
+    assert nothing.shape == (0,)
+
+
+def test_select_numbers_the_top_set_draw_zero_and_needs_bins_for_magnitude_matched():
+    scores = [torch.rand(10, 10, generator=torch.Generator().manual_seed(0))]
+    chosen = select(scores, 5, ("random_k",), draws=2, seed=0)
+    assert [(name, draw) for name, draw, _ in chosen] == [
+        ("top", 0),
+        ("random_k", 0),
+        ("random_k", 1),
+    ]
+    with pytest.raises(CwaError, match=r"^magnitude_matched_k needs the score store's \|w\| bins"):
+        select(scores, 5, ("magnitude_matched_k",), draws=1, seed=0)
+    bins = [torch.zeros(100, dtype=torch.uint8)]
+    with pytest.raises(CwaError, match="`controls` magnitude_matched_k cannot match the top 60"):
+        select(scores, 60, ("magnitude_matched_k",), draws=1, seed=0, bins=bins)
