@@ -22,7 +22,8 @@ import polars as pl
 
 from cwa.core.io import write_table
 from cwa.core.progress import progress
-from cwa.data.windows import read_text, text_windows
+from cwa.data.text_folder import read_text
+from cwa.data.windows import text_windows
 from cwa.evaluation.perplexity import evaluate
 from cwa.experiments.finetuning import (
     ARMS,

@@ -15,7 +15,7 @@ import polars as pl
 
 from cwa.analysis.study import FIT_STATISTICS, scaling_points
 from cwa.core.io import atomic_write, write_csv, write_json
-from cwa.data.windows import read_text
+from cwa.data.text_folder import read_text
 from cwa.experiments.finetuning import ARMS
 from cwa.experiments.finetuning import metrics as finetune_metrics
 from cwa.experiments.perturbations import SWEEP_KEYS, get_perturbation

@@ -12,7 +12,7 @@ import polars as pl
 
 from cwa.core.io import atomic_write, write_json, write_table
 from cwa.data.sources import Source, read_source, read_sources
-from cwa.data.windows import DOCUMENTS, SOURCE
+from cwa.data.text_folder import DOCUMENTS, SOURCE
 from cwa.pipeline.paths import CALIB_TEXT, CORPUS, EVAL_TEXT, FINETUNE_TEXT
 from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.documents import DOCUMENTS_TABLE

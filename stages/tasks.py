@@ -11,7 +11,7 @@ import polars as pl
 
 from cwa.core.io import atomic_write
 from cwa.data.corpus import texts
-from cwa.evaluation.tasks import build_choice, build_last_word, jsonl
+from cwa.data.task_files import build_choice, build_last_word, jsonl
 from cwa.pipeline.paths import CORPUS, TASK_DIR
 from cwa.pipeline.stage import Stage, stage_main
 

@@ -7,6 +7,8 @@ a module listed but never imported is a needless rerun (hours on a real model).
 """
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -163,3 +165,37 @@ def test_closures_stay_small():
         "schemas/corpus",
     }  # fmt: skip
     assert "schemas/effects" not in closure(ROOT / "stages" / "train.py")
+
+
+# Stages that read and write text and tables only: each starts in well under a second.
+TORCH_FREE_STAGES = ("corpus", "tokenizer", "tasks", "sources", "scaling")
+HEAVY = ("torch", "transformers", "scipy", "sklearn", "matplotlib", "accelerate", "datasets")
+
+
+def test_stages_import_heavy_packages_only_where_they_need_them():
+    """Every stage is a fresh process, and importing torch takes about 2 s on 2 cores, scipy.stats
+    and transformers over 1 s each: the text and table stages import none of them, and no stage
+    imports scipy or scikit-learn before the line that computes with them."""
+    probe = (
+        "import importlib.util, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    spec = importlib.util.spec_from_file_location(name, f'stages/{name}.py')\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "    print(name, *sorted({m.split('.')[0] for m in sys.modules}))\n"
+    )
+    names = sorted(p.stem for p in (ROOT / "stages").glob("*.py"))
+    light = [n for n in names if n in TORCH_FREE_STAGES]
+    rest = [n for n in names if n not in TORCH_FREE_STAGES]
+    assert len(light) == len(TORCH_FREE_STAGES)
+    for group in (light, rest):
+        run = subprocess.run(
+            [sys.executable, "-c", probe, *group], cwd=ROOT, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        for line in run.stdout.splitlines():
+            name, *modules = line.split()
+            loaded = [m for m in modules if m in HEAVY]
+            if name in TORCH_FREE_STAGES:
+                assert loaded == [], f"stages/{name}.py imports {loaded}"
+            else:  # one process for these: what an earlier stage loaded stays loaded
+                assert not {"scipy", "sklearn"} & set(loaded), f"stages/{name}.py: {loaded}"

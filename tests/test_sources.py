@@ -9,7 +9,8 @@ import torch
 
 from cwa import CwaError
 from cwa.data.sources import halves, parse_hf, read_source, read_sources, user_sources
-from cwa.data.windows import Text, bos_token_id, text_windows, windows
+from cwa.data.text_folder import Text
+from cwa.data.windows import bos_token_id, text_windows, windows
 
 PARAGRAPHS = ["First document, two words more.", "Second one\nspans two lines.", "Third."]
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from cwa import CwaError
+from cwa.data.task_files import build_choice, build_last_word
 from cwa.evaluation.tasks import (
     Task,
-    build_choice,
-    build_last_word,
     encode_pair,
     evaluate_task,
     load_task,

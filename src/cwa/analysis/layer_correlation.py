@@ -24,7 +24,6 @@ import math
 import numpy as np
 import polars as pl
 import torch
-from scipy import stats
 
 from cwa.core.hooks import grads_for
 from cwa.core.progress import progress
@@ -110,6 +109,8 @@ def pairs(scores: pl.DataFrame) -> pl.DataFrame:
 def _pearson(x: np.ndarray, y: np.ndarray) -> dict:
     """Pearson r with its Fisher-z 95% CI and two-sided p; NaN where either is constant or there
     are fewer than 4 windows."""
+    from scipy import stats
+
     n = len(x)
     if n < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"": np.nan, "_ci_low": np.nan, "_ci_high": np.nan, "_p": np.nan}

@@ -20,7 +20,6 @@ import math
 
 import numpy as np
 import polars as pl
-import scipy.stats as sps
 
 from cwa.config.params import StudyMember
 from cwa.core.stats import (
@@ -147,6 +146,8 @@ def member_parts(shares: pl.DataFrame) -> pl.DataFrame:
 def permutation_p(a: np.ndarray, b: np.ndarray, resamples: int) -> float:
     """Two-sided permutation test of mean(a) − mean(b): exact over every split when there are
     at most `resamples` of them, else `resamples` random splits (seed 0)."""
+    from scipy import stats as sps
+
     test = sps.permutation_test(
         (a, b),
         lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),

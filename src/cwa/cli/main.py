@@ -132,7 +132,8 @@ def check_text(params, artifacts: Path) -> None:
     """Reads the text sources that are not built in, as the sources stage will, and counts
     their windows with the model's tokenizer when it is at hand (built, local or cached)."""
     from cwa.data.sources import user_sources
-    from cwa.data.windows import Text, text_windows
+    from cwa.data.text_folder import Text
+    from cwa.data.windows import text_windows
 
     sources = user_sources(
         params.calib_data, params.eval_data, params.finetune_data, params.data_field

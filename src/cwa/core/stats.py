@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
 
 
 def bootstrap_indices(n_texts: int, resamples: int, seed: int) -> np.ndarray:
@@ -209,6 +208,8 @@ def paired_test(diff: np.ndarray, resamples: int, seed: int) -> PairedTest:
 
     Exact when 2^n <= resamples (scipy enumerates every sign pattern), Monte Carlo otherwise.
     """
+    from scipy import stats as sps
+
     diff = np.asarray(diff, float)
     if len(diff) < 2 or not np.isfinite(diff).all():
         return PairedTest(math.nan, math.nan, math.nan)
@@ -243,6 +244,8 @@ def permutation_floor(windows: int, resamples: int) -> float:
 def bh_q_values(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values) over the finite p-values (scipy); a NaN
     p-value (a diverged comparison, no test) stays NaN and does not count among the tests."""
+    from scipy import stats as sps
+
     p = np.asarray(p, float)
     q = np.full(p.shape, math.nan)
     finite = np.isfinite(p)
@@ -258,6 +261,8 @@ def jaccard(a: set, b: set) -> float:
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman ρ with average ranks for ties; NaN when either side is constant."""
+    from scipy import stats as sps
+
     if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return math.nan
     return float(sps.spearmanr(x, y).statistic)
@@ -273,6 +278,8 @@ class PowerLaw:
 
 def fit_power_law(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> PowerLaw:
     """y = 10^intercept · x^slope by least squares on log10 values; t-based CI of the slope."""
+    from scipy import stats as sps
+
     lx, ly, _ = loglog(x, y)
     if len(lx) < 2:
         return PowerLaw(math.nan, math.nan, math.nan, (math.nan, math.nan))
@@ -331,6 +338,8 @@ def two_segment_fit(x: np.ndarray, y: np.ndarray, min_side: int = 2) -> Breakpoi
     minimises the residual sum of squares (at least `min_side` points on each side, the hinge
     included in both). F test of the 2 extra parameters against one line with (2, n − 4) dof;
     the hinge is chosen from the data, so the p-value is optimistic (Davies 1987)."""
+    from scipy import stats as sps
+
     lx, ly, _ = loglog(x, y)
     n = len(lx)
     if n < MIN_BREAKPOINT_POINTS:

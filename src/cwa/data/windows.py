@@ -8,15 +8,12 @@ BOS token followed by seq_len - 1 text tokens.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from cwa import CwaError
-
-DOCUMENTS, SOURCE = "documents.parquet", "source.json"
+from cwa.data.text_folder import Text, read_text
 
 
 def token_ids(tokenizer, texts: list[str]) -> list[int]:
@@ -45,22 +42,6 @@ def bos_token_id(tokenizer) -> int:
         if token_id is not None:
             return token_id
     raise CwaError("`bos` is true but the model's tokenizer has neither a BOS nor an EOS token")
-
-
-@dataclass(frozen=True)
-class Text:
-    """One role's documents and the record of their source (see cwa.data.sources)."""
-
-    documents: list[str]
-    source: dict
-
-
-def read_text(directory: str | Path) -> Text:
-    import polars as pl
-
-    directory = Path(directory)
-    documents = pl.read_parquet(directory / DOCUMENTS).sort("doc")["text"].to_list()
-    return Text(documents, json.loads((directory / SOURCE).read_text()))
 
 
 @dataclass(frozen=True)

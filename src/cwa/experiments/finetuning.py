@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import torch
-from scipy import stats
 
 from cwa import CwaError
 from cwa.config.params import check as params_check
@@ -214,6 +213,8 @@ def _cells(a: pl.DataFrame, b: pl.DataFrame | None) -> dict:
 def seed_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """(CI low, CI high, two-sided p against 0) of the mean of per-seed values by Student's t;
     NaN with fewer than 2 seeds, or when every value is equal."""
+    from scipy import stats
+
     if len(values) < 2 or np.ptp(values) == 0:
         return float("nan"), float("nan"), float("nan")
     test = stats.ttest_1samp(values, 0.0)

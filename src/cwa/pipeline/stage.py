@@ -18,11 +18,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from cwa import CwaError
 from cwa.config.params import Params, StageParams, as_dict, load_params
-from cwa.core.devices import resolve_device
 from cwa.core.io import write_json
 
 _PACKAGES = (
@@ -112,16 +109,23 @@ def manifest(
 ) -> dict:
     """The run record: what ran where, on what, with which versions, for how long."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     declared = as_dict(params)
-    device = resolve_device(declared.get("device", "cpu"))  # a stage without `device`: the CPU
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    device, name, threads, cuda = "cpu", platform.processor(), None, None
+    torch = sys.modules.get("torch")  # a stage that never imported torch ran on the CPU alone
+    if torch is not None:
+        from cwa.core.devices import resolve_device
+
+        resolved = resolve_device(declared.get("device", "cpu"))  # no `device` param: the CPU
+        device, threads = str(resolved), torch.get_num_threads()
+        if resolved.type == "cuda":
+            name = torch.cuda.get_device_name(resolved)
+            cuda = torch.cuda.max_memory_allocated() / 2**20
     return {
         "stage": stage,
-        "device": str(device),
+        "device": device,
         "device_name": name,
         "dtype": declared.get("dtype"),
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "model": _model_source(declared.get("model")),
         "paths": _paths(args) if args else {},
         "params": declared,
@@ -158,11 +162,12 @@ def setup_logging(stage: str, log_dir: Path) -> None:
 
 traceback_log = logging.getLogger("cwa.traceback")  # the log file only, never the terminal
 
-# Failures with a known remedy: the exception class and what to do.
-_REMEDIES = (
-    (torch.OutOfMemoryError, "lower `batch_size` (or `seq_len`; `layer_group` for Hutchinson)"),
-    (MemoryError, "lower `batch_size` (or `seq_len`), or free memory on this machine"),
-)
+# Failures with a known remedy: the exception class's name and what to do (by name, so that
+# a stage that never needs torch does not import it to name torch.OutOfMemoryError).
+_REMEDIES = {
+    "OutOfMemoryError": "lower `batch_size` (or `seq_len`; `layer_group` for Hutchinson)",
+    "MemoryError": "lower `batch_size` (or `seq_len`), or free memory on this machine",
+}
 
 
 def failure_line(stage: str, err: BaseException, log_file: Path) -> str:
@@ -176,7 +181,8 @@ def failure_line(stage: str, err: BaseException, log_file: Path) -> str:
     message = " ".join(str(err).split())[:300] or "(no message)"
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         message += "; free disk space"
-    remedy = next((f"; {fix}" for kind, fix in _REMEDIES if isinstance(err, kind)), "")
+    kinds = (kind.__name__ for kind in type(err).__mro__)
+    remedy = next((f"; {_REMEDIES[kind]}" for kind in kinds if kind in _REMEDIES), "")
     return (
         f"cwa {stage}: failed {doing()}: {type(err).__name__}: {message}{where}{remedy}. "
         f"Full error in {log_file}; the previous outputs are in the DVC cache "

@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
-from scipy import stats as sps
 
 from cwa.core.stats import bh_q_values
 from cwa.experiments.pruning_summary import at
@@ -187,6 +186,8 @@ def _trend(rows: pl.DataFrame, on: str, order: list) -> float:
     """Page's trend test (H1: NLL grows along `order`): windows are blocks, the treatments the
     values of `on` in that order; every seed's top set on the same windows, so the NLL per window
     is the mean over seeds. NaN when an experiment diverged."""
+    from scipy import stats as sps
+
     table = rows.pivot(on=on, index="text", values="nll", aggregate_function="mean").sort("text")
     data = table.select([str(v) for v in order]).to_numpy()
     if not np.isfinite(data).all():
