@@ -15,9 +15,6 @@ Writes: every clustered weight with its features and labels (schema `cluster_mem
 cluster (`clusters`) and the clustered perturbations (`cluster_effects`).
 """
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import polars as pl
 import torch
@@ -48,6 +45,7 @@ PARAMS = (
     "bos",
     "eval_samples",
     "batch_size",
+    "kl_topk",
     "seeds",
     "random_draws",
     "bootstrap",
@@ -111,8 +109,8 @@ def perturb_clusters(ev, params, infos, scores, table: pl.DataFrame) -> pl.DataF
     position = {i.name: t for t, i in enumerate(infos)}
     sweeps = headline_sweep(SweepConfig.of(params))
     seed, rows = params.seeds[0], []
-    with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
-        bench = Bench.of(ev, reference(ev.model, ev.windows, params.batch_size, Path(tmp)), params)
+    with reference(ev.model, ev.windows, params.batch_size, params.kl_topk) as ref:
+        bench = Bench.of(ev, ref, params)
         by_score = table.sort("log_score", descending=True)
         for (cluster,), members in by_score.group_by("kmeans", maintain_order=True):
             best = members.head(params.headline_k)

@@ -12,9 +12,6 @@ baseline per-text table.
 Writes: one row per trial and arm (schema `fault_trials`) and the summary (`fault_summary`).
 """
 
-import tempfile
-from pathlib import Path
-
 import polars as pl
 
 from cwa.core.io import write_table
@@ -38,6 +35,7 @@ PARAMS = (
     "bos",
     "eval_samples",
     "batch_size",
+    "kl_topk",
     "seeds",
     "fault_rates",
     "fault_trials",
@@ -66,8 +64,7 @@ def run(args, params):
     seed = params.seeds[0]
     infos = pool_infos(pl.read_parquet(args.pool))
     scores = MemberScores(StoredScores(args.scores, seed), [(i, None) for i in infos])
-    with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
-        ref = reference(ev.model, ev.windows, params.batch_size, Path(tmp))
+    with reference(ev.model, ev.windows, params.batch_size, params.kl_topk) as ref:
         rows = campaign(
             ev.model,
             [i.name for i in infos],

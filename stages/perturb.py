@@ -20,9 +20,6 @@ top vs control comparisons (`comparisons`), the pooled ones (`pooled`) and downs
 results (`tasks`).
 """
 
-import tempfile
-from pathlib import Path
-
 import polars as pl
 
 from cwa.core.io import write_table
@@ -61,6 +58,7 @@ PARAMS = (
     "bos",
     "eval_samples",
     "batch_size",
+    "kl_topk",
     "seeds",
     "perturb",
     *SWEEP_KEYS,
@@ -108,8 +106,7 @@ def run(args, params):
     model, windows, base = ev.model, ev.windows, ev.base
     rankings = pl.read_parquet(args.ranking)
     runs = []
-    with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
-        ref = reference(model, windows, params.batch_size, Path(tmp))
+    with reference(model, windows, params.batch_size, params.kl_topk) as ref:
         for seed in params.seeds:
             exps = seed_experiments(rankings, params, seed)
             desc = f"perturb seed {seed}" if len(params.seeds) > 1 else "perturb"

@@ -16,9 +16,6 @@ unstructured, uniform target nearest 0.5.
 Writes: one row per method and target (schema `pruning`), the task results (`prune_tasks`).
 """
 
-import tempfile
-from pathlib import Path
-
 import polars as pl
 
 from cwa.core.io import write_table
@@ -63,6 +60,7 @@ PARAMS = (
     "calib_samples",
     "eval_samples",
     "batch_size",
+    "kl_topk",
     "probes",
     "layer_group",
     "seeds",
@@ -151,8 +149,7 @@ def prune_each(ev, infos, params, draw, scores_of, measure, task_at: float):
     dense = Snapshot(model, [i.name for i in infos])
     targets = pruning_targets(params, model, infos, draw)
     measured, runs = {"dense": measure()}, []
-    with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
-        ref = reference(model, windows, params.batch_size, Path(tmp))
+    with reference(model, windows, params.batch_size, params.kl_topk) as ref:
         for method in params.prune_methods:
             activations = method in LAYER_PRUNERS
             scores = (

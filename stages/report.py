@@ -63,6 +63,7 @@ PARAMS = (
     "include_embeddings",
     "random_draws",
     "bootstrap",
+    "kl_topk",
     "headline_k",
     "topk",
     "spike_ratio",

@@ -16,9 +16,6 @@ Writes: every unit's score and rank (schema `unit_scores`), the experiments (`un
 and the comparisons (`unit_comparisons`).
 """
 
-import tempfile
-from pathlib import Path
-
 import polars as pl
 
 from cwa.core.io import write_table
@@ -46,6 +43,7 @@ PARAMS = (
     "bos",
     "eval_samples",
     "batch_size",
+    "kl_topk",
     "seeds",
     "random_draws",
     "bootstrap",
@@ -83,8 +81,8 @@ def run(args, params):
     sweeps = specs(SweepConfig.of(params))
     zero = headline_sweep(SweepConfig.of(params))
     scored, effects, comparisons = [], [], []
-    with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:  # in TMPDIR
-        bench = Bench.of(ev, reference(ev.model, ev.windows, params.batch_size, Path(tmp)), params)
+    with reference(ev.model, ev.windows, params.batch_size, params.kl_topk) as ref:
+        bench = Bench.of(ev, ref, params)
         for kind in params.units:
             units = units_of(infos, kind)
             table = ranked(unit_scores(units, store, params.unit_reduce))

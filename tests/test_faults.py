@@ -104,7 +104,7 @@ def test_a_lazy_score_store_gives_the_same_campaign(tiny, tmp_path):
     assert campaign(model, names, lazy, *args).equals(campaign(model, names, scores, *args))
 
 
-def test_fault_arms_measure_the_kl_to_the_unperturbed_model(tiny, tmp_path):
+def test_fault_arms_measure_the_kl_to_the_unperturbed_model(tiny):
     """With a reference, the unprotected arm's KL and unchanged top-1 equal a direct evaluation
     of the same flipped model against the unperturbed one (per-token means, plain torch); a draw
     that flips nothing has KL exactly 0."""
@@ -112,9 +112,9 @@ def test_fault_arms_measure_the_kl_to_the_unperturbed_model(tiny, tmp_path):
 
     model, names, scores, windows, base = tiny
     params = dict(model.named_parameters())
-    ref = reference(model, windows, 4, tmp_path)
     rates = (1e-9, 1e-4)
-    rows = campaign(model, names, scores, windows, base, rates, 1, (0.3,), 7, 4, ref)
+    with reference(model, windows, 4) as ref:
+        rows = campaign(model, names, scores, windows, base, rates, 1, (0.3,), 7, 4, ref)
     quiet = rows.filter((pl.col("rate") == 1e-9) & (pl.col("arm") == "none"))
     assert quiet["flips"][0] == 0
     assert (quiet["kl"][0], quiet["top1_same"][0]) == (0.0, 1.0)  # the reference model itself

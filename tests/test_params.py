@@ -54,6 +54,7 @@ def test_repository_params_file_is_valid():
         ({"flip_bit": [True]}, "`flip_bit` must be int | str, got True"),
         ({"flip_bit": [30, 30]}, "distinct"),
         ({"scale_alpha": []}, "`scale_alpha` must be a non-empty list"),
+        ({"kl_topk": -1}, "`kl_topk` must be 0 \\(the whole vocabulary\\) or a number of tokens"),
         ({"noise_sigma": [0.5, -1]}, "`noise_sigma` must be .* numbers > 0, got \\[0.5, -1.0\\]"),
         ({"flip_prob": [1.5]}, "probabilities in \\(0, 1\\]"),
         ({"quant_bits": [1]}, "bit widths 2..16"),

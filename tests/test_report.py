@@ -322,6 +322,15 @@ def test_headline_states_the_numbers_of_metrics_json():
     assert "| zero | 0.192 |" in text  # the headline table
     no_test = "\n".join(headline_section(inputs(metrics=inputs().metrics | {"q_value": math.nan})))
     assert "**–**: no test" in no_test
+    top_k = inputs(
+        params=dataclasses.replace(
+            inputs().params, registered=inputs().params.registered | {"kl_topk": 64}
+        )
+    )
+    assert (
+        "mean KL (over the unperturbed model's top 64 tokens and the rest as one outcome: a lower "
+        "bound of the full-vocabulary KL) of **0.0042** nats" in "\n".join(headline_section(top_k))
+    )
 
 
 def test_the_comparisons_say_how_many_sit_at_the_permutation_floor():

@@ -21,7 +21,11 @@ logits beside the perplexity's cross-entropy.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +34,12 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
+from cwa.config.params import Key, fail, register_key
+from cwa.config.params import check as params_check
 from cwa.core.progress import progress
 from cwa.core.stats import ppl
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,19 +87,51 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return flat.view(targets.shape)
 
 
+register_key(
+    Key(
+        "kl_topk",
+        "int",
+        0,
+        "the KL to the unperturbed model: 0 over the whole vocabulary (the reference on disk "
+        "takes 2·V bytes per evaluated token: 34 GB for a 128k vocabulary at 64 windows of "
+        "2,048), K > 0 over the reference's K most likely tokens and the rest as one outcome "
+        "(8·K + 4 bytes per token; a lower bound of the full KL, docs/science.md)",
+    )
+)
+
+
+@params_check
+def _valid_kl_topk(p) -> None:
+    if p.kl_topk < 0:
+        fail(
+            "kl_topk",
+            f"must be 0 (the whole vocabulary) or a number of tokens >= 1, got {p.kl_topk}",
+        )
+
+
 @dataclass(frozen=True)
 class Reference:
-    """The unperturbed model's next-token log-probabilities on the evaluation windows (fp16,
-    memory-mapped, (n, T−1, V)), its top-1 predictions and, per token, Σ p̂ log p (float64)."""
+    """The unperturbed model's next-token log-probabilities on the evaluation windows, memory-
+    mapped: the whole vocabulary in fp16 ((n, T−1, V), `ids` None), or its top K in fp32 with
+    their token ids ((n, T−1, K) each) and the log of the rest's mass (`log_tail`). Also its
+    top-1 predictions and, per token, Σ p̂ log p (float64; 0 with top K)."""
 
     logp: np.memmap
     top1: torch.Tensor
     self_term: torch.Tensor
+    ids: np.memmap | None = None
+    log_tail: torch.Tensor | None = None
 
-    def batch(self, start: int, stop: int, device):
-        """(p̂ in fp32, top-1, Σ p̂ log p) of windows start..stop, the first two on `device`."""
-        stored = torch.as_tensor(np.asarray(self.logp[start:stop])).to(device)
-        return _distribution(stored), self.top1[start:stop].to(device), self.self_term[start:stop]
+    def kl(self, start: int, stop: int, logits: torch.Tensor) -> torch.Tensor:
+        """Per-token KL(p_ref ‖ q) of windows start..stop, q the distribution of `logits`."""
+        stored = torch.as_tensor(np.asarray(self.logp[start:stop])).to(logits.device)
+        if self.ids is None:
+            return self.self_term[start:stop] - _cross(_distribution(stored), logits).cpu()
+        ids = torch.as_tensor(np.asarray(self.ids[start:stop])).to(logits.device).long()
+        log_q = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        return _bucket_kl(
+            stored, self.log_tail[start:stop], log_q.gather(-1, ids), _log_rest(log_q, ids)
+        ).cpu()
 
 
 def _distribution(stored: torch.Tensor) -> torch.Tensor:
@@ -104,24 +144,92 @@ def _cross(p_hat: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (p_hat * torch.log_softmax(logits[:, :-1].float(), dim=-1)).sum(dim=-1).double()
 
 
-@torch.inference_mode()
-def reference(model, windows: torch.Tensor, batch_size: int, directory: Path) -> Reference:
-    """One pass of the unperturbed model, its log-probabilities written to directory/ref.npy."""
+def _log_rest(log_p: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log of the probability outside `ids`, from the full log-probabilities (no 1 − Σ
+    cancellation); −inf when `ids` cover the vocabulary."""
+    return log_p.scatter(-1, ids, -math.inf).logsumexp(dim=-1)
+
+
+def _bucket_kl(log_p, log_p_rest, log_q, log_q_rest) -> torch.Tensor:
+    """KL between p and q coarse-grained to the top-K outcomes and one for the rest, in float64:
+    Σ_K p (log p − log q) + P_rest (log P_rest − log Q_rest). Merging outcomes never increases
+    a KL (log-sum inequality), so this is a lower bound of the full KL, equal when the rest
+    holds nothing or q is proportional to p on it."""
+    log_p, log_q = log_p.double(), log_q.double()
+    log_p_rest, log_q_rest = log_p_rest.double(), log_q_rest.double()
+    top = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    rest = torch.where(log_p_rest > -math.inf, log_p_rest.exp() * (log_p_rest - log_q_rest), 0.0)
+    return top + rest
+
+
+def reference_bytes(tokens: int, vocab: int, topk: int) -> int:
+    """Disk the reference takes: 2·V bytes per token (fp16), or 8·K + 4 (fp32 log-probabilities,
+    int32 ids, the rest's mass) with `topk`."""
+    return tokens * (2 * vocab if topk == 0 else 8 * min(topk, vocab) + 4)
+
+
+def _check_disk(directory: Path, need: int, topk: int) -> None:
+    from cwa import CwaError
+
+    free = shutil.disk_usage(directory).free
+    if need > free:
+        raise CwaError(
+            f"`kl_topk` is {topk}: the KL reference needs {need / 1e9:.2f} GB in "
+            f"{directory.parent} and {free / 1e9:.2f} GB are free: set `kl_topk` (e.g. 256) or "
+            f"TMPDIR to a larger disk"
+        )
+
+
+@contextmanager
+def reference(model, windows: torch.Tensor, batch_size: int, topk: int = 0):
+    """The Reference of one pass of the unperturbed model, on disk in TMPDIR for the duration
+    of the `with` block; refused in one line, before the pass, when the disk cannot hold it."""
     device = next(model.parameters()).device
     n, t = windows.shape
-    logp, top1, self_term, start = None, [], [], 0
-    for batch in windows.split(batch_size):
-        logits = model(input_ids=batch.to(device), use_cache=False).logits
-        if logp is None:
-            shape = (n, t - 1, logits.shape[-1])
-            logp = np.lib.format.open_memmap(directory / "ref.npy", "w+", np.float16, shape)
-        stored = torch.log_softmax(logits[:, :-1].float(), -1).half()
-        logp[start : start + len(batch)] = stored.cpu().numpy()
-        self_term.append(_cross(_distribution(stored), logits).cpu())
-        top1.append(logits[:, :-1].argmax(dim=-1).cpu())
-        start += len(batch)
-    logp.flush()
-    return Reference(logp, torch.cat(top1), torch.cat(self_term))
+    vocab = model.get_output_embeddings().weight.shape[0]
+    keep = vocab if topk == 0 else min(topk, vocab)
+    with tempfile.TemporaryDirectory(prefix="cwa-reference-") as tmp:
+        directory = Path(tmp)
+        need = reference_bytes(n * (t - 1), vocab, topk)
+        _check_disk(directory, need, topk)
+        log.info(
+            "KL reference: %.1f MB in %s (%s)",
+            need / 1e6,
+            directory,
+            "the whole vocabulary" if topk == 0 else f"the top {keep} tokens and the rest",
+        )
+        shape = (n, t - 1, keep)
+        dtype = np.float16 if topk == 0 else np.float32
+        logp = np.lib.format.open_memmap(directory / "ref.npy", "w+", dtype, shape)
+        ids = (
+            None
+            if topk == 0
+            else np.lib.format.open_memmap(directory / "ids.npy", "w+", np.int32, shape)
+        )
+        top1, self_term, tail, start = [], [], [], 0
+        with torch.inference_mode():
+            for batch in windows.split(batch_size):
+                logits = model(input_ids=batch.to(device), use_cache=False).logits
+                rows = slice(start, start + len(batch))
+                log_p = torch.log_softmax(logits[:, :-1].float(), -1)
+                if ids is None:
+                    stored = log_p.half()
+                    logp[rows] = stored.cpu().numpy()
+                    self_term.append(_cross(_distribution(stored), logits).cpu())
+                else:
+                    best = log_p.topk(keep, dim=-1)
+                    logp[rows], ids[rows] = (
+                        best.values.cpu().numpy(),
+                        best.indices.int().cpu().numpy(),
+                    )
+                    tail.append(_log_rest(log_p, best.indices).cpu())
+                    self_term.append(torch.zeros(len(batch), t - 1, dtype=torch.float64))
+                top1.append(logits[:, :-1].argmax(dim=-1).cpu())
+                start += len(batch)
+        logp.flush()
+        yield Reference(
+            logp, torch.cat(top1), torch.cat(self_term), ids, torch.cat(tail) if tail else None
+        )
 
 
 @torch.inference_mode()
@@ -144,9 +252,10 @@ def evaluate(
         top1 = logits[:, :-1].argmax(dim=-1)
         correct.append((top1 == batch[:, 1:].to(logits.device)).sum(dim=1).cpu())
         if ref is not None:
-            p_hat, ref_top1, self_term = ref.batch(start, start + len(batch), logits.device)
-            kl.append(self_term - _cross(p_hat, logits).cpu())
-            same.append((top1 == ref_top1).sum(dim=1).cpu())
+            kl.append(ref.kl(start, start + len(batch), logits))
+            same.append(
+                (top1 == ref.top1[start : start + len(batch)].to(top1.device)).sum(dim=1).cpu()
+            )
         start += len(batch)
     n, t = windows.shape
     out = EvalResult(

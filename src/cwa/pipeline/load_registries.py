@@ -4,6 +4,7 @@ whole."""
 
 import cwa.analysis.clusters  # cluster_sample, cluster_top, cluster_max_k
 import cwa.data.sources  # calib_data, eval_data, finetune_data
+import cwa.evaluation.perplexity  # kl_topk
 import cwa.experiments.finetuning  # finetune_lr, finetune_seeds
 import cwa.experiments.perturbations
 import cwa.experiments.pruning  # prune_methods, prune_group, prune_nm

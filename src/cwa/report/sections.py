@@ -437,6 +437,16 @@ def _magnitude_sentence(m: dict, k: int) -> str:
     )
 
 
+def _kl_scope(topk: int) -> str:
+    """What the KL is taken over, when it is not the whole vocabulary (`kl_topk`)."""
+    if topk == 0:
+        return ""
+    return (
+        f" (over the unperturbed model's top {topk} tokens and the rest as one outcome: a lower "
+        "bound of the full-vocabulary KL)"
+    )
+
+
 def _verdict(q: float) -> str:
     if math.isnan(q):  # no random_k control, or a side diverged
         return "no test"
@@ -467,7 +477,8 @@ def headline_section(inputs: ReportInputs) -> list[str]:
         f"{metrics['comparisons']} "
         f"comparisons **{fmt(metrics['q_value'])}**: {_verdict(metrics['q_value'])}; on its own, "
         f"{fmt(metrics['seeds_fdr05'])} of {seeds} seeds pass at q < 0.05. Beyond perplexity, "
-        f"the next-token distribution moves by a mean KL of **{fmt(metrics['kl_top'])}** nats per "
+        f"the next-token distribution moves by a mean KL{_kl_scope(params.kl_topk)} of "
+        f"**{fmt(metrics['kl_top'])}** nats per "
         f"token for the top set against {fmt(metrics['kl_random'])} for random weights, and "
         f"{fmt(100 * metrics['top1_same_top'])}% of top-1 predictions stay the same."
         f"{_magnitude_sentence(metrics, k)} Top-{k} sets of "
