@@ -6,7 +6,9 @@ For the default run's seed-0 ranking, every k of `topk`, the top set and its ran
 bottom_k controls, zeroed and sign-flipped, the mean KL per token over the evaluation windows
 is measured against the whole vocabulary and against each K of the reference's top tokens plus
 the rest as one outcome. Prints, per K, the shortfall 1 − KL_K / KL (median and largest over the
-experiments), the top set's KL separation (top / random) both ways, and the reference's size.
+experiments whose full KL is at least FLOOR: below it the full KL is its own fp16 rounding,
+docs/science.md, and can even be negative), the top set's KL separation (top / random) both
+ways, and the reference's size.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from cwa.config.params import load_params
 from cwa.data.windows import evaluation_windows
 from cwa.evaluation.perplexity import evaluate, reference, reference_bytes
 from cwa.pipeline.paths import EVAL_TEXT, RANKING
+
+FLOOR = 1e-5  # nats per token: 10x the full KL's fp16 rounding floor
 
 
 def main():
@@ -51,10 +55,12 @@ def main():
     table = pl.DataFrame(rows, schema=["k", "selection", "perturbation", "K", "kl"], orient="row")
     full = table.filter(pl.col("K") == 0).select("k", "selection", "perturbation", full="kl")
     table = table.join(full, on=["k", "selection", "perturbation"])
+    measured = table.filter(pl.col("full") >= FLOOR)
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     print(
         f"{params.model}: vocabulary {vocab}, {windows.shape[0]} windows x {windows.shape[1]} "
-        f"tokens, {table['k'].n_unique() * 6} experiments"
+        f"tokens, {table['k'].n_unique() * 6} experiments, "
+        f"{measured.filter(pl.col('K') == 0).height} with a full KL >= {FLOOR:g}"
     )
     print(
         "| K | shortfall 1 − KL_K / KL: median | largest | KL separation top / random at "
@@ -63,7 +69,8 @@ def main():
     print("|---|---|---|---|---|")
     for K in ks:
         mine = table.filter(pl.col("K") == K)
-        short = (1 - mine["kl"] / mine["full"]).to_numpy()
+        short = measured.filter(pl.col("K") == K).select(1 - pl.col("kl") / pl.col("full"))
+        short = short.to_series().to_numpy()
         head = mine.filter((pl.col("k") == params.headline_k) & (pl.col("perturbation") == "zero"))
         kl = dict(zip(head["selection"], head["kl"], strict=True))
         name = "whole vocabulary" if K == 0 else str(K)
