@@ -76,7 +76,7 @@ def per_token_ci(
 
 def _ppl_rows(nll: np.ndarray, tok: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Perplexity of each bootstrap resample (rows of idx), shape (resamples,)."""
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore"):
         return np.exp(nll[idx].sum(axis=1) / tok)
 
 
@@ -144,7 +144,7 @@ def relative_gain_ci(
     if not (np.isfinite(nll).all() and np.isfinite(reference_nll).all()):
         return math.nan, math.nan
     tok = tokens[idx].sum(axis=1)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(invalid="ignore"):
         gain = 1 - _ppl_rows(nll, tok, idx) / _ppl_rows(reference_nll, tok, idx)
     return percentile_interval(gain, level)
 

@@ -114,11 +114,11 @@ class Reference:
     """The unperturbed model's next-token log-probabilities on the evaluation windows, memory-
     mapped: the whole vocabulary in fp16 ((n, T−1, V), `ids` None), or its top K in fp32 with
     their token ids ((n, T−1, K) each) and the log of the rest's mass (`log_tail`). Also its
-    top-1 predictions and, per token, Σ p̂ log p (float64; 0 with top K)."""
+    top-1 predictions and, with the whole vocabulary, Σ p̂ log p per token (float64)."""
 
     logp: np.memmap
     top1: torch.Tensor
-    self_term: torch.Tensor
+    self_term: torch.Tensor | None
     ids: np.memmap | None = None
     log_tail: torch.Tensor | None = None
 
@@ -223,12 +223,15 @@ def reference(model, windows: torch.Tensor, batch_size: int, topk: int = 0):
                         best.indices.int().cpu().numpy(),
                     )
                     tail.append(_log_rest(log_p, best.indices).cpu())
-                    self_term.append(torch.zeros(len(batch), t - 1, dtype=torch.float64))
                 top1.append(logits[:, :-1].argmax(dim=-1).cpu())
                 start += len(batch)
         logp.flush()
         yield Reference(
-            logp, torch.cat(top1), torch.cat(self_term), ids, torch.cat(tail) if tail else None
+            logp,
+            torch.cat(top1),
+            torch.cat(self_term) if self_term else None,
+            ids,
+            torch.cat(tail) if tail else None,
         )
 
 
