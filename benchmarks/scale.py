@@ -7,9 +7,11 @@ On randomly initialised Llamas (SDPA, fp32, CPU, 2 threads) of (hidden, blocks) 
 (256, 4), (512, 8), (1024, 12) (heads hidden/64, at least 2; MLP width 8/3 hidden to a multiple
 of 8; about 0.9M to 155M parameters), the same seeded windows for every stage. Each stage's core
 call (the one its stage module makes: evaluate, compute_scores, rank, sweep.run,
-prune_by_activations, in_group + apply_masks, finetune, superweight.detect) is measured in a
-fresh process of this script, after the model and the call's inputs are built (ranking scores,
-saved weights: not counted), peak and time in the same process to keep the run short (one
+prune_by_activations, in_group + apply_masks, finetune, superweight.detect, reference,
+unit_scores + measure_units, faults.campaign, the clusters' features + k-means + DBSCAN,
+window_scores, layer_experiments + sweep.run) is measured in a fresh process of this script,
+after the model and the call's inputs are built (ranking scores, saved weights, the baseline
+and the KL reference the units and faults experiments are measured against: not counted), peak and time in the same process to keep the run short (one
 start-up per stage and size, about 5-10 s of imports). Peak: the first call, the process started
 with glibc told to map every block of 64 KiB or more on its own and to return freed memory at
 once (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_), so the resident set follows the live
@@ -44,6 +46,8 @@ each stage's ratio at the largest size times the FLOP-limit time of its denomina
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import ctypes
 import gc
 import json
@@ -60,16 +64,24 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cwa.evaluation.perplexity import evaluate, token_nll
+from cwa.analysis.clusters import chosen_weights, dbscan, features, kmeans, matrix
+from cwa.analysis.layer_correlation import window_scores
+from cwa.core.stats import bootstrap_indices
+from cwa.evaluation.perplexity import evaluate, reference, token_nll
+from cwa.experiments.faults import campaign
 from cwa.experiments.finetuning import finetune, trainable
+from cwa.experiments.layer_sweep import layer_experiments
 from cwa.experiments.perturbations import get_perturbation
 from cwa.experiments.pruning import Sparsity, apply_masks, in_group, prune_by_activations
 from cwa.experiments.sweep import experiments
 from cwa.experiments.sweep import run as run_sweep
+from cwa.experiments.unit_sets import Bench as UnitBench
+from cwa.experiments.unit_sets import measure_units
 from cwa.models.anatomy import ParamInfo, describe, pool
 from cwa.scoring.metrics import compute_scores, get_metric
 from cwa.scoring.superweight import detect
 from cwa.selection.ranking import extreme_k, matched_random, rank
+from cwa.selection.units import ranked, unit_scores, units_of
 
 SIZES = ((128, 2), (256, 4), (512, 8), (1024, 12))  # (hidden, blocks)
 ONE_ENV = "CWA_SCALE_ONE"  # set in a child: "size index:stage name", the one measurement it makes
@@ -79,6 +91,12 @@ USUAL_MMAP_THRESHOLD = 32 << 20  # the ceiling of glibc's dynamic threshold on 6
 TOPK = 100
 CONTROLS = ("random_k", "bottom_k")
 SPARSITY = 0.5
+DRAWS = 2  # random sets per comparison (params.yaml's random_draws)
+RESAMPLES = 1000  # bootstrap resamples (params.yaml's bootstrap)
+KL_TOPK = 64  # the top-K reference's K at this vocabulary (2,048)
+UNIT_K, UNIT_EACH = 5, 3  # params.yaml's unit_topk and unit_each
+FAULT_RATES, FAULT_TRIALS, FAULT_PROTECT = (1e-7, 1e-6), 2, (0.01, 0.1)
+CLUSTER_TOP, CLUSTER_SAMPLE, CLUSTER_MAX_K = 1000, 20000, 8  # params.yaml's cluster_*
 FORWARD, BACKWARD = "forward", "forward+backward"  # the two denominators (stage names below)
 
 PROJECTED_PARAMS = 8e9
@@ -251,6 +269,121 @@ def superweight(b: Bench) -> tuple[Call, Restore]:
     return lambda: detect(b.model, b.windows, b.batch_size), unchanged
 
 
+def kl_reference(topk: int) -> Callable[[Bench], tuple[Call, Restore]]:
+    """The unperturbed pass every KL-measuring stage makes first, written to TMPDIR."""
+
+    def prepare(b: Bench) -> tuple[Call, Restore]:
+        def call() -> None:
+            with reference(b.model, b.windows, b.batch_size, topk):
+                pass
+
+        return call, unchanged
+
+    return prepare
+
+
+def opened_reference(b: Bench):
+    """A whole-vocabulary reference held open until the process ends (not timed): the stages
+    below measure their experiments against one, as theirs do."""
+    stack = contextlib.ExitStack()
+    atexit.register(stack.close)
+    return stack.enter_context(reference(b.model, b.windows, b.batch_size))
+
+
+def flat_magnitudes(b: Bench) -> list[torch.Tensor]:
+    return [t.reshape(-1) for t in magnitudes(b).values()]
+
+
+def units(kind: str) -> Callable[[Bench], tuple[Call, Restore]]:
+    """The units stage for one kind: score the units, then the top UNIT_K (at most half the
+    units) together and the top UNIT_EACH one at a time, each zeroed against DRAWS matched
+    random sets."""
+
+    def prepare(b: Bench) -> tuple[Call, Restore]:
+        bench = UnitBench(
+            b.model,
+            b.windows,
+            evaluate(b.model, b.windows, b.batch_size),
+            opened_reference(b),
+            bootstrap_indices(len(b.windows), RESAMPLES, 0),
+            b.batch_size,
+            RESAMPLES,
+            0,
+            DRAWS,
+        )
+        scores, zero = magnitudes(b), [(get_perturbation("zero"), (None,))]
+
+        def call() -> None:
+            mine = units_of(b.infos, kind)
+            table = ranked(unit_scores(mine, scores, "sum"))
+            top = table["unit"].to_list()
+            k = min(UNIT_K, len(top) // 2)  # as the stage: leave as many to draw from
+            for chosen in [top[:k], *([u] for u in top[:UNIT_EACH])]:
+                measure_units(bench, mine, table, chosen, zero)
+
+        return call, unchanged
+
+    return prepare
+
+
+def faults(b: Bench) -> tuple[Call, Restore]:
+    """The fault campaign: every rate x trial, unprotected and with each protected fraction
+    (top and random), one evaluation against the reference each."""
+    base, ref = evaluate(b.model, b.windows, b.batch_size), opened_reference(b)
+    names, scores = [i.name for i in b.infos], flat_magnitudes(b)
+
+    def call() -> None:
+        campaign(
+            b.model,
+            names,
+            scores,
+            b.windows,
+            base,
+            FAULT_RATES,
+            FAULT_TRIALS,
+            FAULT_PROTECT,
+            0,
+            b.batch_size,
+            ref,
+        )
+
+    return call, unchanged
+
+
+def clusters(b: Bench) -> tuple[Call, Restore]:
+    """The clusters stage's analysis: the top weights and a uniform sample, their features
+    over three seeds' stores, K-means over k and DBSCAN (its perturbations are the units row's
+    kind of work)."""
+    scores, stores = flat_magnitudes(b), [magnitudes(b)] * 3
+    weights = dict(b.model.named_parameters())
+
+    def call() -> None:
+        chosen = chosen_weights(scores, [len(s) for s in scores], CLUSTER_TOP, CLUSTER_SAMPLE, 0)
+        x, _ = matrix(features(b.infos, chosen, CLUSTER_TOP, weights, stores))
+        kmeans(x, CLUSTER_MAX_K, 0)
+        dbscan(x)
+
+    return call, unchanged
+
+
+def correlation(b: Bench) -> tuple[Call, Restore]:
+    """Each pool tensor's Σ|g·w| on every window alone: one backward per window."""
+    return lambda: window_scores(b.model, b.infos, b.windows), unchanged
+
+
+def layer_sweep(b: Bench) -> tuple[Call, Restore]:
+    """Each block's top-TOPK zeroed against DRAWS random sets of that block: 1 + DRAWS
+    evaluations per block, so its ratio to a forward grows with depth by design."""
+    scores, zero = magnitudes(b), (get_perturbation("zero"), (None,))
+
+    def call() -> None:
+        exps = layer_experiments(b.infos, scores, TOPK, zero, DRAWS, 0, "magnitude")
+        for mine in exps.values():
+            run_sweep(b.model, mine, b.windows, b.batch_size, desc=None)
+
+    return call, unchanged
+
+
 STAGES = {
     FORWARD: Stage(FORWARD, forward),
     BACKWARD: Stage(FORWARD, forward_backward),
@@ -265,6 +398,16 @@ STAGES = {
     "finetune only_top": Stage(BACKWARD, finetuning("only_top")),
     "finetune full": Stage(BACKWARD, finetuning("full")),
     "superweight": Stage(FORWARD, superweight),
+    "KL reference, whole vocabulary": Stage(FORWARD, kl_reference(0)),
+    f"KL reference, top {KL_TOPK}": Stage(FORWARD, kl_reference(KL_TOPK)),
+    f"units head, top {UNIT_K} + {UNIT_EACH} alone": Stage(FORWARD, units("head")),
+    f"units neuron, top {UNIT_K} + {UNIT_EACH} alone": Stage(FORWARD, units("neuron")),
+    f"faults, {len(FAULT_RATES) * FAULT_TRIALS * (1 + 2 * len(FAULT_PROTECT))} evaluations": Stage(
+        FORWARD, faults
+    ),
+    "clusters, features + k-means + DBSCAN": Stage(FORWARD, clusters),
+    "correlation, one backward per window": Stage(BACKWARD, correlation),
+    f"layer_sweep, {1 + DRAWS} evaluations per block": Stage(FORWARD, layer_sweep),
 }
 
 

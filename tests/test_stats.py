@@ -442,3 +442,198 @@ def test_spearman_and_power_law_edge_cases():
     fit = fit_power_law(x, y)
     assert fit.slope == pytest.approx(1.0) and fit.intercept == pytest.approx(math.log10(2))
     assert all(math.isnan(v) for v in fit.slope_ci)
+
+
+def _hinge_fit_by_normal_equations(x, y, min_side=2):
+    """two_segment_fit written out: every admissible hinge (the min_side-th point from either
+    end, both included), its three-column least squares by the normal equations, the smallest
+    residual sum, and F's upper tail as the regularised incomplete beta function."""
+    from scipy.special import betainc
+
+    lx, ly = np.log10(x), np.log10(y)
+    n = len(lx)
+
+    def rss(design):
+        coef = np.linalg.solve(design.T @ design, design.T @ ly)
+        return float(((design @ coef - ly) ** 2).sum()), coef
+
+    one, _ = rss(np.column_stack([np.ones(n), lx]))
+    fits = [
+        (*rss(np.column_stack([np.ones(n), lx, np.maximum(0.0, lx - lx[i])])), i)
+        for i in range(min_side - 1, n - min_side + 1)
+    ]
+    two, coef, i = min(fits, key=lambda fit: fit[0])
+    dof = n - 4
+    f = ((one - two) / 2) / (two / dof)
+    p = betainc(dof / 2, 1.0, dof / (dof + 2 * f))  # P(F(2, dof) > f)
+    return 10 ** lx[i], coef[1], coef[1] + coef[2], f, p
+
+
+@pytest.mark.parametrize("bend", [1, 3, 5])  # both edges of the admissible hinges and the middle
+def test_two_segment_fit_against_every_hinge_by_the_normal_equations(bend):
+    from cwa.core.stats import two_segment_fit
+
+    x = np.geomspace(1e3, 1e9, 7)
+    lx = np.log10(x)
+    noise = np.random.default_rng(bend).normal(0, 0.02, 7)
+    y = 10 ** (0.3 + 0.8 * lx - 1.5 * np.maximum(0.0, lx - lx[bend]) + noise)
+    fit = two_segment_fit(x[::-1], y[::-1])  # sorted inside: any order of the points
+    at, below, above, f, p = _hinge_fit_by_normal_equations(x, y)
+    assert fit.at == pytest.approx(x[bend], rel=1e-12) and at == pytest.approx(x[bend])
+    assert (fit.below, fit.above) == pytest.approx((below, above), rel=1e-9)
+    assert (fit.f, fit.p_value) == pytest.approx((f, p), rel=1e-7)
+    assert 0 < p < 0.05
+
+
+def test_two_segment_fit_keeps_min_side_points_on_each_side():
+    """With min_side 3 the bend at the second point is out of reach: the fit takes the best hinge
+    among the third to the fifth of seven points, as the written-out fit does."""
+    from cwa.core.stats import two_segment_fit
+
+    x = np.geomspace(1e3, 1e9, 7)
+    lx = np.log10(x)
+    noise = np.random.default_rng(7).normal(0, 0.02, 7)
+    y = 10 ** (0.8 * lx - 1.5 * np.maximum(0.0, lx - lx[1]) + noise)
+    fit = two_segment_fit(x, y, min_side=3)
+    at, below, above, f, p = _hinge_fit_by_normal_equations(x, y, min_side=3)
+    assert at != pytest.approx(x[1])
+    assert (fit.at, fit.below, fit.above) == pytest.approx((at, below, above), rel=1e-9)
+    assert (fit.f, fit.p_value) == pytest.approx((f, p), rel=1e-7)
+
+
+def test_two_segment_fit_at_its_smallest_size_and_on_exact_lines():
+    """Five points leave one degree of freedom for the F test (four do not fit); a straight
+    line has nothing to gain (F 0, p 1), and an exact bend has no residual (F inf, p 0)."""
+    from cwa.core.stats import two_segment_fit
+
+    x = np.geomspace(10, 1e5, 5)
+    lx = np.log10(x)
+    y = 10 ** (0.5 * lx + 1.0 * np.maximum(0.0, lx - lx[2]) + [0.01, -0.02, 0.015, 0.0, -0.01])
+    fit = two_segment_fit(x, y)
+    at, below, above, f, p = _hinge_fit_by_normal_equations(x, y)
+    assert (fit.at, fit.below, fit.above, fit.f, fit.p_value) == pytest.approx(
+        (at, below, above, f, p), rel=1e-7
+    )
+    line = two_segment_fit(x, 3 * x**0.25)
+    assert (line.f, line.p_value) == (0.0, 1.0) and line.below == pytest.approx(0.25)
+    bend = two_segment_fit(x, 10 ** (0.5 * lx + np.maximum(0.0, lx - lx[2])))
+    assert (bend.f, bend.p_value) == (math.inf, 0.0)
+    assert (bend.at, bend.below, bend.above) == pytest.approx((x[2], 0.5, 1.5))
+
+
+def test_rank_correlation_and_slope_interval_at_their_smallest_sizes():
+    """Two points have a rank correlation of ±1; a power law through three points has a slope
+    interval of t(0.975, 1) standard errors."""
+    assert spearman(np.array([1.0, 2.0]), np.array([5.0, 7.0])) == pytest.approx(1.0)
+    assert spearman(np.array([1.0, 2.0]), np.array([7.0, 5.0])) == pytest.approx(-1.0)
+    x, y = np.array([1.0, 10.0, 100.0]), np.array([1.0, 20.0, 90.0])
+    lx, ly = np.log10(x), np.log10(y)
+    slope = np.polyfit(lx, ly, 1)[0]
+    residual = ly - np.polyval(np.polyfit(lx, ly, 1), lx)
+    stderr = math.sqrt((residual**2).sum() / 1 / ((lx - lx.mean()) ** 2).sum())
+    half = 12.706204736174696 * stderr  # Student's t, 1 dof, 0.975 (tables)
+    fit = fit_power_law(x, y)
+    assert fit.slope == pytest.approx(slope, rel=1e-12)
+    assert fit.slope_ci == pytest.approx((slope - half, slope + half), rel=1e-9)
+    assert fit.r2 == pytest.approx(np.corrcoef(lx, ly)[0, 1] ** 2, rel=1e-12)
+    narrow = fit_power_law(x, y, level=0.5)  # t(0.75, 1) = 1
+    assert narrow.slope_ci == pytest.approx((slope - stderr, slope + stderr), rel=1e-9)
+
+
+def test_every_interval_is_taken_at_the_level_it_is_given():
+    """At level 0.8 each interval is the 10th and 90th percentiles (numpy's linear rule) of its
+    statistic on each resample, written out here."""
+    from cwa.core.stats import per_token_ci, relative_gain_ci
+
+    rng = np.random.default_rng(11)
+    texts = 9
+    tokens = rng.integers(5, 20, texts)
+    base = rng.uniform(2, 3, texts) * tokens
+    top = base + rng.uniform(0, 1, texts) * tokens
+    controls = base + rng.uniform(-0.1, 0.3, (2, texts)) * tokens
+    idx = bootstrap_indices(texts, 40, 2)
+
+    def ppl_of(nll, rows):
+        return np.exp(nll[rows].sum() / tokens[rows].sum())
+
+    def quantiles(values):
+        return tuple(np.quantile(values, [0.1, 0.9]))
+
+    deltas = [ppl_of(top, r) - ppl_of(base, r) for r in idx]
+    assert paired_delta_ci(base, top, tokens, idx, level=0.8) == pytest.approx(quantiles(deltas))
+    gains = [1 - ppl_of(controls[0], r) / ppl_of(top, r) for r in idx]
+    assert relative_gain_ci(controls[0], top, tokens, idx, level=0.8) == pytest.approx(
+        quantiles(gains)
+    )
+    per_text = rng.uniform(0, 1, texts) * tokens
+    means = [per_text[r].sum() / tokens[r].sum() for r in idx]
+    assert per_token_ci(per_text, tokens, idx, level=0.8) == pytest.approx(quantiles(means))
+    ratios = [
+        (ppl_of(top, r) - ppl_of(base, r))
+        / np.mean([abs(ppl_of(c, r) - ppl_of(base, r)) for c in controls])
+        for r in idx
+    ]
+    assert separation_ci(base, top, controls, tokens, idx, level=0.8) == pytest.approx(
+        quantiles(ratios)
+    )
+    seed_idx = bootstrap_indices(2, 40, 3)
+    tops = np.stack([top, top + tokens * 0.2])
+    draws = np.stack([controls, controls[::-1] + tokens * 0.05])
+    pooled = pooled_cis(base, tops, draws, tokens, idx, seed_idx, level=0.8)
+    top_b = [
+        np.mean([ppl_of(tops[s], r) - ppl_of(base, r) for s in seeds])
+        for r, seeds in zip(idx, seed_idx, strict=True)
+    ]
+    assert pooled.top == pytest.approx(quantiles(top_b))
+
+
+def test_agreement_overlap_is_shared_over_the_larger_set():
+    from cwa.core.stats import agreement
+
+    bulk = np.array([1.0, 2.0, 3.0])
+    unequal = agreement({1, 2, 3, 4}, {3, 4}, bulk, bulk)
+    assert unequal["overlap"] == 0.5 and unequal["jaccard"] == 0.5
+    assert unequal["spearman_pool"] == 1.0
+    assert agreement({4, 5}, {5, 6, 7, 8}, bulk, bulk)["overlap"] == 0.25  # either side larger
+    assert agreement({7}, {7}, bulk, bulk[::-1])["overlap"] == 1.0
+    empty = agreement(set(), set(), bulk, bulk[::-1])
+    assert empty["overlap"] == 0.0 and empty["jaccard"] == 1.0 and empty["spearman_pool"] == -1.0
+
+
+def test_separation_by_hand_and_its_resampled_ratios():
+    from cwa.core.stats import _ratios, separation
+
+    assert separation(3.0, [1.0, -2.0]) == 2.0  # |−2| counts as a move of 2
+    assert separation(-3.0, [0.0, 0.0]) == -math.inf
+    assert math.isnan(separation(0.0, [0.0]))
+    assert math.isnan(separation(1.0, []))
+    got = _ratios(np.array([3.0, -2.0, 0.0, 4.0]), np.array([1.5, 0.0, 0.0, 0.0]))
+    assert got[0] == 2.0 and got[1] == -math.inf and math.isnan(got[2]) and got[3] == math.inf
+
+
+def test_the_statistics_raise_no_warning_on_the_edge_cases_they_handle():
+    """Perplexities past float range, controls that never move, infinite resamples and constant
+    samples are handled cases: none of them may leak a RuntimeWarning into a stage's log."""
+    import warnings
+
+    from cwa.core.stats import leave_one_out, relative_gain_ci, two_segment_fit
+
+    tokens = np.array([1, 1, 1])
+    huge = np.array([800.0, 900.0, 1000.0])  # exp overflows
+    base = np.array([2.0, 2.5, 3.0])
+    idx = bootstrap_indices(3, 30, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert paired_delta_ci(base, huge, tokens, idx) == (math.inf, math.inf)
+        assert all(math.isnan(v) for v in relative_gain_ci(huge, huge, tokens, idx))
+        assert relative_gain_ci(huge, base, tokens, idx) == (-math.inf, -math.inf)
+        still = separation_ci(base, base + 1, np.stack([base, base]), tokens, idx)
+        assert still == (math.inf, math.inf)
+        assert percentile_interval(np.array([-np.inf, 1.0, np.inf])) == pytest.approx(
+            (-math.inf, math.inf)
+        )
+        assert math.isnan(spearman(np.ones(4), np.arange(4.0)))
+        assert paired_test(np.zeros(4), 100, 0).effect_size == 0.0
+        assert np.isnan(leave_one_out(np.ones(2), np.ones(2))).all()
+        x = np.geomspace(1, 1e4, 5)
+        assert two_segment_fit(x, x).p_value == 1.0
