@@ -10,22 +10,28 @@ call (the one its stage module makes: evaluate, compute_scores, rank, sweep.run,
 prune_by_activations, in_group + apply_masks, finetune, superweight.detect, reference,
 unit_scores + measure_units, faults.campaign, the clusters' features + k-means + DBSCAN,
 window_scores, layer_experiments + sweep.run) is measured in a fresh process of this script,
-after the model and the call's inputs are built (ranking scores, saved weights, the baseline
-and the KL reference the units and faults experiments are measured against: not counted), peak and time in the same process to keep the run short (one
-start-up per stage and size, about 5-10 s of imports). Peak: the first call, the process started
-with glibc told to map every block of 64 KiB or more on its own and to return freed memory at
-once (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_), so the resident set follows the live
-tensors: the resident high-water mark (Linux VmHWM, reset through /proc/self/clear_refs) above
-the resident set before the call. Time: the best of two later calls (one with --quick), after
-glibc is switched (mallopt) to keep freed blocks up to 32 MiB, the most its usual dynamic
-threshold reaches: mapping and faulting in every fresh block cost up to 2x a pass at the small
-sizes. (The other order does not work: once a heap has grown under the usual allocator, small
-blocks scattered over its freed pages inflate the peak by a quarter.) Weights a call changes are
-put back after each call, untimed.
+after the model and the call's inputs are built (ranking scores, saved weights, the baseline and
+the KL reference the units and faults experiments are measured against: not counted), peak and
+time in the same process to keep the run short (one start-up per stage and size, about 5-10 s of
+imports). Peak: the first call, the process started with glibc told to map every block of 64 KiB
+or more on its own and to return freed memory at once (MALLOC_MMAP_THRESHOLD_,
+MALLOC_TRIM_THRESHOLD_), so the resident set follows the live tensors: the resident high-water
+mark (Linux VmHWM, reset through /proc/self/clear_refs) above the resident set before the call.
+Time: the best of two later calls (one with --quick), after glibc is switched (mallopt) to keep
+freed blocks up to 32 MiB, the most its usual dynamic threshold reaches: mapping and faulting in
+every fresh block cost up to 2x a pass at the small sizes. (The other order does not work: once
+a heap has grown under the usual allocator, small blocks scattered over its freed pages inflate
+the peak by a quarter.) Weights a call changes are put back after each call, untimed.
 
 The threads compete with anything else on the machine: with another busy process on 2 cores, a
 2-thread pass ran 10-30x slower than a 1-thread one (threads waiting at each parallel region
 for one that is descheduled). Run it on an otherwise idle machine, or with --threads 1.
+
+Memory guards: beside each stage's peak, the estimate its stage's guard makes before it runs
+(cwa.models.memory: what the pass holds beyond the weights, which the resident set before the
+call already holds), and the estimate over the peak; the guard is meant to be an upper bound
+within 25% of it. The stages that evaluate are guarded as one evaluation pass (prepare_stage);
+denominators and rank have no guard.
 
 Ratios: a forward-only stage's time over one inference forward over the windows; a backward
 stage's (sensitivity, finetune) over one forward+backward of the summed token loss; the
@@ -69,7 +75,7 @@ from cwa.analysis.layer_correlation import window_scores
 from cwa.core.stats import bootstrap_indices
 from cwa.evaluation.perplexity import evaluate, reference, token_nll
 from cwa.experiments.faults import campaign
-from cwa.experiments.finetuning import finetune, trainable
+from cwa.experiments.finetuning import finetune, trainable, training_plan
 from cwa.experiments.layer_sweep import layer_experiments
 from cwa.experiments.perturbations import get_perturbation
 from cwa.experiments.pruning import Sparsity, apply_masks, in_group, prune_by_activations
@@ -78,6 +84,7 @@ from cwa.experiments.sweep import run as run_sweep
 from cwa.experiments.unit_sets import Bench as UnitBench
 from cwa.experiments.unit_sets import measure_units
 from cwa.models.anatomy import ParamInfo, describe, pool
+from cwa.models.memory import Estimate, estimate, finetuning_estimate
 from cwa.scoring.metrics import compute_scores, get_metric
 from cwa.scoring.superweight import detect
 from cwa.selection.ranking import extreme_k, matched_random, rank
@@ -133,6 +140,7 @@ class Stage:
 
     denominator: str
     prepare: Callable[[Bench], tuple[Call, Restore]]
+    estimate: Callable[[Bench], int] | None = None  # bytes beyond the weights, as guarded
 
 
 def build(args, size: int) -> Bench:
@@ -246,15 +254,20 @@ def prune_magnitude(b: Bench) -> tuple[Call, Restore]:
     return call, restorer(b.model)
 
 
-def finetuning(arm: str) -> Callable[[Bench], tuple[Call, Restore]]:
-    """Trains one arm on the windows; top and random sets of TOPK built as tests/test_finetuning
+def free_weights(b: Bench, arm: str) -> dict[str, torch.Tensor]:
+    """The weights `arm` trains; top and random sets of TOPK built as tests/test_finetuning
     builds them (|w| scores: the sets' size, not their place, sets the cost)."""
+    scores = list(magnitudes(b).values())
+    top = extreme_k(scores, TOPK)
+    random = matched_random(top, [i.numel for i in b.infos], np.random.default_rng(0), scores)
+    return trainable(arm, b.infos, top, random)
+
+
+def finetuning(arm: str) -> Callable[[Bench], tuple[Call, Restore]]:
+    """Trains one arm on the windows (free_weights)."""
 
     def prepare(b: Bench) -> tuple[Call, Restore]:
-        scores = list(magnitudes(b).values())
-        top = extreme_k(scores, TOPK)
-        random = matched_random(top, [i.numel for i in b.infos], np.random.default_rng(0), scores)
-        free = trainable(arm, b.infos, top, random)
+        free = free_weights(b, arm)
         steps = max(1, len(b.windows) // b.batch_size)
 
         def call() -> None:
@@ -384,30 +397,69 @@ def layer_sweep(b: Bench) -> tuple[Call, Restore]:
     return call, unchanged
 
 
+def beyond_weights(est: Estimate) -> int:
+    return sum(need.beyond_weights for need in est.devices.values())
+
+
+def evaluation_guard(b: Bench) -> int:
+    """What prepare_stage's guard estimates for the stages that evaluate (a forward pass)."""
+    return beyond_weights(estimate(b.model, [], "forward", b.batch_size, b.windows.shape[1]))
+
+
+def scoring_guard(metric: str) -> Callable[[Bench], int]:
+    def guess(b: Bench) -> int:
+        needs = get_metric(metric).needs
+        return beyond_weights(estimate(b.model, b.infos, needs, b.batch_size, b.windows.shape[1]))
+
+    return guess
+
+
+def finetuning_guard(arm: str) -> Callable[[Bench], int]:
+    def guess(b: Bench) -> int:
+        plan = training_plan(free_weights(b, arm))
+        return beyond_weights(finetuning_estimate(b.model, plan, b.batch_size, b.windows.shape[1]))
+
+    return guess
+
+
+def correlation_guard(b: Bench) -> int:
+    return beyond_weights(estimate(b.model, b.infos, "backward", 1, b.windows.shape[1]))
+
+
 STAGES = {
     FORWARD: Stage(FORWARD, forward),
     BACKWARD: Stage(FORWARD, forward_backward),
-    "baseline": Stage(FORWARD, baseline),
-    "sensitivity grad_x_weight": Stage(BACKWARD, sensitivity("grad_x_weight")),
-    "sensitivity hutchinson_diag, 1 probe": Stage(BACKWARD, sensitivity("hutchinson_diag", 1)),
-    f"rank global top-{TOPK} + 2 controls": Stage(FORWARD, ranking),
-    f"perturb zero, {1 + len(CONTROLS)} experiments": Stage(FORWARD, perturb),
-    "prune wanda": Stage(FORWARD, prune_layerwise("wanda")),
-    "prune sparsegpt": Stage(FORWARD, prune_layerwise("sparsegpt")),
-    "prune magnitude per_row": Stage(FORWARD, prune_magnitude),
-    "finetune only_top": Stage(BACKWARD, finetuning("only_top")),
-    "finetune full": Stage(BACKWARD, finetuning("full")),
-    "superweight": Stage(FORWARD, superweight),
-    "KL reference, whole vocabulary": Stage(FORWARD, kl_reference(0)),
-    f"KL reference, top {KL_TOPK}": Stage(FORWARD, kl_reference(KL_TOPK)),
-    f"units head, top {UNIT_K} + {UNIT_EACH} alone": Stage(FORWARD, units("head")),
-    f"units neuron, top {UNIT_K} + {UNIT_EACH} alone": Stage(FORWARD, units("neuron")),
-    f"faults, {len(FAULT_RATES) * FAULT_TRIALS * (1 + 2 * len(FAULT_PROTECT))} evaluations": Stage(
-        FORWARD, faults
+    "baseline": Stage(FORWARD, baseline, evaluation_guard),
+    "sensitivity grad_x_weight": Stage(
+        BACKWARD, sensitivity("grad_x_weight"), scoring_guard("grad_x_weight")
     ),
-    "clusters, features + k-means + DBSCAN": Stage(FORWARD, clusters),
-    "correlation, one backward per window": Stage(BACKWARD, correlation),
-    f"layer_sweep, {1 + DRAWS} evaluations per block": Stage(FORWARD, layer_sweep),
+    "sensitivity hutchinson_diag, 1 probe": Stage(
+        BACKWARD, sensitivity("hutchinson_diag", 1), scoring_guard("hutchinson_diag")
+    ),
+    f"rank global top-{TOPK} + 2 controls": Stage(FORWARD, ranking),
+    f"perturb zero, {1 + len(CONTROLS)} experiments": Stage(FORWARD, perturb, evaluation_guard),
+    "prune wanda": Stage(FORWARD, prune_layerwise("wanda"), evaluation_guard),
+    "prune sparsegpt": Stage(FORWARD, prune_layerwise("sparsegpt"), evaluation_guard),
+    "prune magnitude per_row": Stage(FORWARD, prune_magnitude),
+    "finetune only_top": Stage(BACKWARD, finetuning("only_top"), finetuning_guard("only_top")),
+    "finetune full": Stage(BACKWARD, finetuning("full"), finetuning_guard("full")),
+    "superweight": Stage(FORWARD, superweight, evaluation_guard),
+    "KL reference, whole vocabulary": Stage(FORWARD, kl_reference(0), evaluation_guard),
+    f"KL reference, top {KL_TOPK}": Stage(FORWARD, kl_reference(KL_TOPK), evaluation_guard),
+    f"units head, top {UNIT_K} + {UNIT_EACH} alone": Stage(
+        FORWARD, units("head"), evaluation_guard
+    ),
+    f"units neuron, top {UNIT_K} + {UNIT_EACH} alone": Stage(
+        FORWARD, units("neuron"), evaluation_guard
+    ),
+    f"faults, {len(FAULT_RATES) * FAULT_TRIALS * (1 + 2 * len(FAULT_PROTECT))} evaluations": Stage(
+        FORWARD, faults, evaluation_guard
+    ),
+    "clusters, features + k-means + DBSCAN": Stage(FORWARD, clusters, evaluation_guard),
+    "correlation, one backward per window": Stage(BACKWARD, correlation, correlation_guard),
+    f"layer_sweep, {1 + DRAWS} evaluations per block": Stage(
+        FORWARD, layer_sweep, evaluation_guard
+    ),
 }
 
 
@@ -450,8 +502,11 @@ def one(args, size: int, name: str) -> dict:
     torch.set_num_threads(args.threads)
     bench = build(args, size)
     out = {"params": sum(p.numel() for p in bench.model.parameters())}
+    stage = STAGES[name]
+    if stage.estimate is not None:
+        out["estimate_mib"] = stage.estimate(bench) / 2**20
     try:
-        out |= measure(STAGES[name], bench, 1 if args.quick else 2)
+        out |= measure(stage, bench, 1 if args.quick else 2)
     except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"
     return out
@@ -518,10 +573,15 @@ def ratio(results: dict, size: int, name: str) -> float:
     return mine["seconds"] / theirs["seconds"]
 
 
+def share(estimate_mib: float, peak_mib: float) -> float:
+    return estimate_mib / peak_mib if peak_mib > 0 else math.nan
+
+
 def per_size_table(results: dict, sizes: list[int]) -> list[str]:
     lines = [
-        "| hidden x blocks | params | stage | time s | peak MiB | ratio | denominator |",
-        "|---|---:|---|---:|---:|---:|---|",
+        "| hidden x blocks | params | stage | time s | peak MiB | guard's estimate MiB | "
+        "estimate / peak | ratio | denominator |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in sizes:
         hidden, blocks = SIZES[s]
@@ -530,12 +590,14 @@ def per_size_table(results: dict, sizes: list[int]) -> list[str]:
             params = f"{r['params'] / 1e6:.2f}M" if "params" in r else "n/a"
             if "error" in r:
                 why = r["error"].replace("|", "/")[:160]
-                skipped = f"| {hidden} x {blocks} | {params} | {name} | skipped: {why} | | |"
+                skipped = f"| {hidden} x {blocks} | {params} | {name} | skipped: {why} | | | | |"
                 lines.append(f"{skipped} {stage.denominator} |")
                 continue
             lines.append(
                 f"| {hidden} x {blocks} | {params} | {name} | {r['seconds']:.3f} | "
-                f"{r['peak_mib']:.1f} | {cell(ratio(results, s, name), '.2f')} | "
+                f"{r['peak_mib']:.1f} | {cell(r.get('estimate_mib', math.nan), '.1f')} | "
+                f"{cell(share(r.get('estimate_mib', math.nan), r['peak_mib']), '.2f')} | "
+                f"{cell(ratio(results, s, name), '.2f')} | "
                 f"{stage.denominator} |"
             )
     return lines
