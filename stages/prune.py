@@ -36,6 +36,7 @@ from cwa.experiments.pruning import (
     prune_by_activations,
 )
 from cwa.experiments.pruning_summary import table, task_table
+from cwa.models.memory import guard_pruning
 from cwa.pipeline.evaluation_setup import prepare_stage
 from cwa.pipeline.paths import (
     CALIB_TEXT,
@@ -100,6 +101,12 @@ def run(args, params):
         ev.tokenizer, args.calib_text, params.seq_len, params.bos, params.calib_samples
     )
     draw = calibration_draw(calib.all, params.calib_samples, seed)
+    layerwise = {
+        m: LAYER_PRUNERS.get(m).hessian for m in params.prune_methods if m in LAYER_PRUNERS
+    }
+    pruning_memory = guard_pruning(
+        model, infos, layerwise, len(draw), params.batch_size, params.seq_len
+    )
 
     def scores_of(metric: str):
         if metric == params.metric:  # the sensitivity stage's scores of this draw
@@ -126,6 +133,7 @@ def run(args, params):
         "pruned_models": len(runs),
         "diverged": int(rows["diverged"].sum()),
         "memory": ev.memory,
+        "pruning_memory": pruning_memory,
         "evaluation_text": ev.text,
         "calibration_text": calib.record,
     }

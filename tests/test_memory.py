@@ -139,3 +139,49 @@ def test_finetuning_guard_refuses_an_arm_that_cannot_fit_naming_those_that_do(mo
     roomy = int(needs["full"].beyond_weights / 0.9) + 1
     fits = guard_finetuning(model, plans, 2, 8, free={"cpu": roomy})
     assert set(fits) == {"full", "only_top"} and fits["full"]["pass"] == "backward"
+
+
+def test_pruning_counts_the_draws_hidden_states_a_blocks_statistics_and_a_layers_copies(
+    model_and_pool,
+):
+    """Written out for the tiny Llama's pool (per block: q and o 32x32, k and v 16x32, gate and
+    up 64x32, down 32x64; 18,432 weights in 2 blocks), 6 windows of 10 tokens."""
+    from cwa.models.memory import pruning_estimate
+
+    model, infos = model_and_pool
+    forward = estimate(model, [], "forward", 2, 10).devices["cpu"]
+    weights = 18_432
+    inputs = 6 * 32 + 64  # per block: six layers read the 32-wide residual, down reads 64
+    squares = 6 * 32 * 32 + 64 * 64
+    cases = {
+        # Σx² of a block, fp32 scores and weights (8 B) and a mask (1 B) of the largest layer
+        False: 4 * inputs + 9 * 2048,
+        # also Σxxᵀ of each layer of a block, and down's five 64x64 solve matrices
+        True: 4 * inputs + 4 * squares + 9 * 2048 + 5 * 4 * 64 * 64,
+    }
+    for hessian, block_and_layer in cases.items():
+        need = pruning_estimate(model, infos, hessian, 6, 2, 10).devices["cpu"]
+        # the draw's hidden states and cos/sin (head_dim 8) in fp32
+        assert need.activations == forward.activations + 6 * 10 * (32 + 2 * 8) * 4
+        # masks (1 B per weight) and the dense copy (4 B per weight)
+        assert need.accumulators == block_and_layer + weights + 4 * weights
+        assert need.gradients == 0 and need.weights == forward.weights
+
+
+def test_pruning_guard_refuses_a_method_that_cannot_fit_and_says_what_would(model_and_pool):
+    from cwa.models.memory import guard_pruning, pruning_estimate
+
+    model, infos = model_and_pool
+    wanda, sparsegpt = (
+        pruning_estimate(model, infos, hessian, 6, 2, 10).devices["cpu"].beyond_weights
+        for hessian in (False, True)
+    )
+    between = int((wanda + sparsegpt) / 2 / 0.9)
+    methods = {"wanda": False, "sparsegpt": True}
+    with pytest.raises(
+        CwaError, match=r"^memory: pruning method sparsegpt needs .* Try: calib_samples lower"
+    ):
+        guard_pruning(model, infos, methods, 6, 2, 10, free={"cpu": between})
+    assert set(guard_pruning(model, infos, {"wanda": False}, 6, 2, 10, free={"cpu": between}))
+    fits = guard_pruning(model, infos, methods, 6, 2, 10, free={"cpu": int(sparsegpt / 0.9) + 1})
+    assert set(fits) == {"wanda", "sparsegpt"}

@@ -16,6 +16,9 @@ an out-of-memory error. The estimate is deliberately simple and conservative (up
   weight and a probe per scored weight. With `layer_group` (cwa.scoring.blockwise) only one group's
   blocks hold activations (×7), plus the hidden state and its tangent where each group starts,
   and the gradient and product exist for one group (or the tensors outside the blocks).
+Pruning by activations (`pruning_estimate`) holds the calibration draw's hidden states between
+blocks, one block's input statistics (Σxxᵀ per layer for SparseGPT), one layer's working copies,
+a mask per pool weight and the dense pool's copy.
 docs/benchmarks.md compares the estimate with measured peaks.
 """
 
@@ -37,6 +40,7 @@ HEADROOM = 0.9  # use at most this share of the free memory (allocator fragmenta
 # activations on a 1.1B Llama, H100 (docs/benchmarks.md); 3.4x one pass and 2.3-4.4x per block
 # of a group (cwa.scoring.blockwise) on CPU (benchmarks/layer_groups.py).
 HESSIAN_FACTOR = 7
+PRUNE_SOLVE_MATRICES = 5  # SparseGPT's inputs x inputs fp32 copies at once (damped H, factors)
 
 
 @dataclass(frozen=True)
@@ -376,6 +380,80 @@ def guard_finetuning(
     return {
         arm: check(est, f"fine-tuning arm {arm}", free, remedies=remedies)
         for arm, est in ests.items()
+    }
+
+
+def pruning_estimate(
+    model: nn.Module,
+    infos: list[ParamInfo],
+    hessian: bool,
+    windows: int,
+    batch_size: int,
+    seq_len: int,
+) -> Estimate:
+    """Pruning by activations (cwa.experiments.pruning.prune_by_activations) in a stage that
+    writes the dense pool back after each run. Beyond an evaluation's forward (one block's
+    working set and the logits: the capture pass, the layers outside the blocks), on the
+    devices of the weights concerned:
+    - activations: the calibration draw's hidden states entering the next block, with the
+      rotary position embeddings (cos and sin) each batch passes to the blocks;
+    - accumulators: one block's input statistics in fp32 for every pool layer of the block at
+      once (Σx² per input, and Σxxᵀ with `hessian`: SparseGPT); one layer's working copies
+      (its fp32 weights and scores, its mask; SparseGPT also PRUNE_SOLVE_MATRICES fp32
+      inputs x inputs matrices: the damped Σxxᵀ, its Cholesky factors and inverse); a bool
+      mask per pool weight (the masks returned); and the dense pool's copy on the CPU."""
+    est = estimate(model, [], "forward", batch_size, seq_len)
+    shape, params = Shape.of(model), dict(model.named_parameters())
+    statistics: dict[tuple[str, int], int] = defaultdict(int)
+    working: dict[str, int] = defaultdict(int)
+    for info in infos:
+        p = params[info.name]
+        dev = str(p.device)
+        inputs = info.shape[0] if info.transposed else info.shape[-1]
+        square = 4 * inputs * inputs if hessian else 0
+        statistics[dev, info.layer] += 4 * inputs + square
+        layer = 9 * p.numel() + PRUNE_SOLVE_MATRICES * square
+        working[dev] = max(working[dev], layer)
+        est.devices.setdefault(dev, Need()).accumulators += p.numel()  # its mask
+        est.devices.setdefault("cpu", Need()).accumulators += p.numel() * p.element_size()
+    for dev in working:
+        block = max(size for (where, _), size in statistics.items() if where == dev)
+        est.devices[dev].accumulators += block + working[dev]
+    head_dim = getattr(model.config, "head_dim", None) or shape.hidden // max(shape.heads, 1)
+    first = next((str(params[i.name].device) for i in infos if i.layer >= 0), None)
+    if first is not None:
+        per_token = (shape.hidden + 2 * head_dim) * shape.elem
+        est.devices[first].activations += windows * seq_len * per_token
+    return est
+
+
+def guard_pruning(
+    model: nn.Module,
+    infos: list[ParamInfo],
+    methods: dict[str, bool],
+    windows: int,
+    batch_size: int,
+    seq_len: int,
+    free: dict[str, int] | None = None,
+) -> dict:
+    """The guard of each pruning-by-activations method ({method: needs Σxxᵀ}) before the
+    first runs."""
+    tips = [
+        "calib_samples lower (the draw's hidden states are held between blocks)",
+        "prune_methods without sparsegpt (its inputs x inputs matrices)",
+        "fewer pruned tensors (`layers`)",
+    ]
+    if next(model.parameters()).element_size() > 2:
+        tips.append("dtype: bfloat16 (half the weights and hidden states)")
+    remedies = "Try: " + "; ".join(tips) + "."
+    return {
+        method: check(
+            pruning_estimate(model, infos, hessian, windows, batch_size, seq_len),
+            f"pruning method {method}",
+            free,
+            remedies=remedies,
+        )
+        for method, hessian in methods.items()
     }
 
 
