@@ -30,7 +30,8 @@ for one that is descheduled). Run it on an otherwise idle machine, or with --thr
 Memory guards: beside each stage's peak, the estimate its stage's guard makes before it runs
 (cwa.models.memory: what the pass holds beyond the weights, which the resident set before the
 call already holds), and the estimate over the peak; the guard is meant to be an upper bound
-within 25% of it. The stages that evaluate are guarded as one evaluation pass (prepare_stage);
+within 25% of it. The stages that evaluate are guarded as one evaluation pass (prepare_stage),
+prune's layer-wise methods by pruning_estimate (less the dense copy, made here before the call);
 denominators and rank have no guard.
 
 Ratios: a forward-only stage's time over one inference forward over the windows; a backward
@@ -84,7 +85,7 @@ from cwa.experiments.sweep import run as run_sweep
 from cwa.experiments.unit_sets import Bench as UnitBench
 from cwa.experiments.unit_sets import measure_units
 from cwa.models.anatomy import ParamInfo, describe, pool
-from cwa.models.memory import Estimate, estimate, finetuning_estimate
+from cwa.models.memory import Estimate, estimate, finetuning_estimate, pruning_estimate
 from cwa.scoring.metrics import compute_scores, get_metric
 from cwa.scoring.superweight import detect
 from cwa.selection.ranking import extreme_k, matched_random, rank
@@ -422,6 +423,21 @@ def finetuning_guard(arm: str) -> Callable[[Bench], int]:
     return guess
 
 
+def pruning_guard(hessian: bool) -> Callable[[Bench], int]:
+    """The prune stage's estimate less its dense copy of the pool, which here the restorer
+    makes before the call (so the measured peak does not hold it)."""
+
+    def guess(b: Bench) -> int:
+        est = pruning_estimate(
+            b.model, b.infos, hessian, len(b.windows), b.batch_size, b.windows.shape[1]
+        )
+        params = dict(b.model.named_parameters())
+        dense = sum(params[i.name].numel() * params[i.name].element_size() for i in b.infos)
+        return beyond_weights(est) - dense
+
+    return guess
+
+
 def correlation_guard(b: Bench) -> int:
     return beyond_weights(estimate(b.model, b.infos, "backward", 1, b.windows.shape[1]))
 
@@ -438,8 +454,8 @@ STAGES = {
     ),
     f"rank global top-{TOPK} + 2 controls": Stage(FORWARD, ranking),
     f"perturb zero, {1 + len(CONTROLS)} experiments": Stage(FORWARD, perturb, evaluation_guard),
-    "prune wanda": Stage(FORWARD, prune_layerwise("wanda"), evaluation_guard),
-    "prune sparsegpt": Stage(FORWARD, prune_layerwise("sparsegpt"), evaluation_guard),
+    "prune wanda": Stage(FORWARD, prune_layerwise("wanda"), pruning_guard(False)),
+    "prune sparsegpt": Stage(FORWARD, prune_layerwise("sparsegpt"), pruning_guard(True)),
     "prune magnitude per_row": Stage(FORWARD, prune_magnitude),
     "finetune only_top": Stage(BACKWARD, finetuning("only_top"), finetuning_guard("only_top")),
     "finetune full": Stage(BACKWARD, finetuning("full"), finetuning_guard("full")),
