@@ -77,6 +77,15 @@ def test_arms_are_paired_and_match_a_flip_by_flip_reference(tiny):
     top_row = rows.filter((pl.col("trial") == 0) & (pl.col("arm") == "top"))
     assert top_row["blocked"][0] == np.isin(weights, top).sum()
     assert top_row["protected"][0] == len(top)
+    # the random arm blocks the flips in the first len(top) others by priority (brute force)
+    from cwa.experiments.faults import priority
+
+    key = int(np.random.SeedSequence([7, len(top)]).generate_state(1, np.uint64)[0])
+    others = np.setdiff1d(np.arange(len(flat)), top)
+    chosen = others[np.argsort(priority(others, key))[: len(top)]]
+    random_row = rows.filter((pl.col("trial") == 0) & (pl.col("arm") == "random"))
+    assert random_row["blocked"][0] == np.isin(weights, chosen).sum() > 0
+    assert random_row["protected"][0] == len(top)
     # the unprotected arm of trial 0 equals flipping each drawn bit by hand
     with flipped_by_hand(params, names, offsets, weights, bits):
         want = evaluate(model, windows, 4).ppl
@@ -141,3 +150,96 @@ def test_fault_arms_measure_the_kl_to_the_unperturbed_model(tiny):
     assert {"median_kl", "median_top1_same"} <= set(table.columns)
     assert rows.filter(pl.col("diverged"))["kl"].is_nan().all()
     assert campaign(model, names, scores, windows, base, (1e-9,), 1, (), 7, 4)["kl"].is_nan().all()
+
+
+def test_priority_is_the_splitmix64_stream():
+    """Published outputs of SplitMix64 seeded with 1234567 (Vigna's reference), and a
+    pure-Python transcription of the mixer for large indices."""
+    from cwa.experiments.faults import priority
+
+    first = [6457827717110365317, 3203168211198807973, 9817491932198370423]
+    assert priority(np.arange(1, 4), 1234567).tolist() == first
+    mask = (1 << 64) - 1
+
+    def mix(i, key):
+        z = (key + i * 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    index = np.array([0, 7, 2**40 + 3, 2**62 - 1])
+    assert priority(index, 2**63 + 5).tolist() == [mix(int(i), 2**63 + 5) for i in index]
+
+
+def _tied_scores(sizes, seed):
+    """|scores| on a few levels, so the k-th largest ties across tensors."""
+    rng = np.random.default_rng(seed)
+    return [torch.from_numpy(rng.integers(0, 6, n).astype(np.float32) * 0.25) for n in sizes]
+
+
+@pytest.mark.parametrize(("fraction", "margin"), [(0.1, 8.0), (0.37, 8.0), (0.5, 1e-9)])
+def test_protected_sets_are_the_top_k_and_the_first_k_others_by_priority(fraction, margin):
+    """Tested for every weight: the top set is extreme_k's (ties by tensor, then index, across
+    tied tensors), the random set is the k weights outside it with the smallest priority
+    (brute-force sort), the two are disjoint and of size k. A bracket too narrow to hold the
+    cut-off (margin 1e-9) is widened and gives the same sets."""
+    from cwa.experiments.faults import ProtectedSets, priority
+    from cwa.selection.ranking import extreme_k
+
+    sizes = [300, 1000, 7, 2000]
+    scores = _tied_scores(sizes, 3)
+    total = sum(sizes)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    sets = ProtectedSets(scores, sizes, np.arange(total), margin=margin)
+    got = sets.pair(fraction, seed=11)
+    k = min(round(fraction * total), total // 2)  # 0.5 of an odd pool: half, rounded down
+    best = extreme_k(scores, k)
+    want_top = np.zeros(total, bool)
+    want_top[offsets[best.tensor] + best.flat] = True
+    assert best.cutoff_ties > 0  # the boundary falls inside a tie
+    assert np.array_equal(got["top"].holds, want_top)
+    key = int(np.random.SeedSequence([11, k]).generate_state(1, np.uint64)[0])
+    others = np.flatnonzero(~want_top)
+    first = others[np.argsort(priority(others, key))[:k]]
+    want_random = np.zeros(total, bool)
+    want_random[first] = True
+    assert np.array_equal(got["random"].holds, want_random)
+    assert got["top"].size == got["random"].size == k == want_random.sum()
+
+
+def test_a_protected_set_tested_for_a_few_weights_agrees_with_the_whole():
+    from cwa.experiments.faults import ProtectedSets
+
+    sizes = [500, 1500]
+    scores = _tied_scores(sizes, 5)
+    whole = ProtectedSets(scores, sizes, np.arange(2000)).pair(0.2, 3)
+    few = np.array([0, 17, 499, 500, 1234, 1999])
+    part = ProtectedSets(scores, sizes, few).pair(0.2, 3)
+    for arm in ("top", "random"):
+        assert np.array_equal(part[arm].holds, whole[arm].holds[few])
+
+
+def test_the_random_protected_set_is_uniform_over_the_rest():
+    """Chi-square of the random set's members over 20 equal slices of the non-top weights (in
+    index order): no slice is favoured (p > 0.001 at this fixed seed), and the expected share
+    of members equals k / (N - k)."""
+    from scipy.stats import chisquare
+
+    from cwa.experiments.faults import ProtectedSets
+
+    rng = np.random.default_rng(0)
+    sizes = [40_000, 60_000]
+    scores = [torch.from_numpy(rng.lognormal(0, 2, n).astype(np.float32)) for n in sizes]
+    got = ProtectedSets(scores, sizes, np.arange(100_000)).pair(0.1, 2)
+    others = np.flatnonzero(~got["top"].holds)
+    counts = [got["random"].holds[part].sum() for part in np.array_split(others, 20)]
+    assert sum(counts) == 10_000
+    assert chisquare(counts).pvalue > 1e-3
+
+
+def test_nan_scores_are_refused_in_one_line():
+    from cwa import CwaError
+    from cwa.experiments.faults import ProtectedSets
+
+    with pytest.raises(CwaError, match="NaN scores"):
+        ProtectedSets([torch.tensor([1.0, float("nan")])], [2], np.arange(2))

@@ -4,18 +4,26 @@ without protecting (not flipping) a set of weights, to price protection per prot
 Each bit of each pool weight's storage flips independently with probability `rate`; the same
 fault draw is evaluated unprotected, with the top set protected and with a random set of the
 same size (uniform over the rest of the pool) protected, so the three arms are paired.
+
+A protected fraction is large (10% of an 8B pool is 800M weights) and a draw flips few (about
+`rate` x 16 x the pool's size), so neither set is ever listed: the top set is a score threshold
+and the random set a seeded hash cut-off (ProtectedSets), and only the flipped weights are tested
+against them. Memory stays one score tensor plus a chunk; time is a few streaming passes.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 import torch
 
+from cwa import CwaError
 from cwa.core.progress import progress
 from cwa.evaluation.perplexity import EvalResult, Reference, evaluate
 from cwa.experiments.perturbations import edited, int_view, xor_mask
-from cwa.selection.ranking import Selected, extreme_k, sample_excluding, sizes_of
+from cwa.selection.ranking import sizes_of
 
 
 def draw_faults(sizes: list[int], width: int, rate: float, rng: np.random.Generator):
@@ -27,10 +35,6 @@ def draw_faults(sizes: list[int], width: int, rate: float, rng: np.random.Genera
         np.unique(rng.choice(total, size=count, replace=False)) if count else np.empty(0, np.int64)
     )
     return bits // width, bits % width
-
-
-def global_index(sel: Selected, offsets: np.ndarray) -> np.ndarray:
-    return offsets[sel.tensor] + sel.flat
 
 
 def masks(weights: np.ndarray, bits: np.ndarray, offsets: np.ndarray, names: list[str]):
@@ -69,20 +73,24 @@ def campaign(
     sizes = sizes_of(scores)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     width = int_view(params[names[0]].data).element_size() * 8
-    protected = {0.0: {"none": np.empty(0, np.int64)}}
-    for frac in fractions:
-        top = global_index(extreme_k(scores, max(1, round(frac * sum(sizes)))), offsets)
-        rng = np.random.default_rng([seed, len(top)])
-        protected[frac] = {"top": top, "random": sample_excluding(rng, sum(sizes), len(top), top)}
-    rows = []
     cells = [(r, t) for r in rates for t in range(trials)]
-    for rate, trial in progress(cells, desc="faults"):
-        weights, bits = draw_faults(
+    draws = {
+        (rate, trial): draw_faults(
             sizes, width, rate, np.random.default_rng([seed, trial, rates.index(rate)])
         )
+        for rate, trial in cells
+    }
+    flipped = np.unique(np.concatenate([np.empty(0, np.int64)] + [w for w, _ in draws.values()]))
+    sets = ProtectedSets(scores, sizes, flipped) if fractions else None
+    protected = {0.0: {"none": Protected(0, np.zeros(len(flipped), bool))}}
+    protected |= {frac: sets.pair(frac, seed) for frac in fractions}
+    rows = []
+    for rate, trial in progress(cells, desc="faults"):
+        weights, bits = draws[rate, trial]
+        at = np.searchsorted(flipped, weights)
         for frac, arms in protected.items():
             for arm, guarded in arms.items():
-                keep = ~np.isin(weights, guarded)
+                keep = ~guarded.holds[at]
                 flips = masks(weights[keep], bits[keep], offsets, names)
                 with edited(params, flips, lambda v, t, mask: xor_mask(v, mask)):
                     res = evaluate(model, windows, batch_size, ref=ref)
@@ -92,7 +100,7 @@ def campaign(
                         "trial": trial,
                         "protect": frac,
                         "arm": arm,
-                        "protected": len(guarded),
+                        "protected": guarded.size,
                         "flips": len(weights),
                         "blocked": int((~keep).sum()),
                         "ppl": res.ppl,
@@ -102,6 +110,131 @@ def campaign(
                     }
                 )
     return pl.DataFrame(rows)
+
+
+# --- protected sets: a score threshold and a seeded hash, checked only where a draw flips -------
+
+_CHUNK = 1 << 22  # weights hashed at a time: bounds the pass's memory whatever the tensor's size
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def priority(index: np.ndarray, key: int) -> np.ndarray:
+    """The index-th output of a SplitMix64 stream seeded with `key` (Steele, Lea & Flood 2014):
+    a bijection of uint64, so distinct weights never share a priority."""
+    z = index.astype(np.uint64) * _GAMMA + np.uint64(key)  # uint64 arithmetic wraps, as meant
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def score_bits(score: torch.Tensor) -> torch.Tensor:
+    """|score| as the int32 view of its float32: for non-negative floats the integers order as
+    the values, so a threshold is found by counting over bit patterns."""
+    flat = score.reshape(-1).float().abs()  # abs also turns -0.0 into +0.0
+    if torch.isnan(flat).any():
+        raise CwaError("NaN scores in the ranking pool: sensitivity diverged")
+    return flat.view(torch.int32)
+
+
+def kth_bin(hist: np.ndarray, k: int) -> tuple[int, int]:
+    """The bin that holds the k-th largest value, and how many values lie in higher bins."""
+    above = np.cumsum(hist[::-1])
+    j = int(np.searchsorted(above, k))
+    return len(hist) - 1 - j, int(above[j] - hist[len(hist) - 1 - j])
+
+
+@dataclass(frozen=True)
+class Protected:
+    """A protected set: its size and, per flipped weight (the campaign's union), whether it
+    is in the set."""
+
+    size: int
+    holds: np.ndarray  # bool, aligned with the campaign's sorted unique flipped weights
+
+
+class ProtectedSets:
+    """The top-k weights of the pool by |score| (ties by tensor, then flat index: the set
+    cwa.selection.ranking.extreme_k selects) and k random others, found in a few streaming passes
+    over the scores with O(1) memory per weight, tested only for the weights a draw flips.
+
+    The top set is a threshold: the k-th largest score, found by a radix select over the bit
+    patterns (high 16 bits, then low 16), and within each tensor the last tied weight admitted.
+    The random set is the k weights outside the top set with the smallest SplitMix64 priority
+    of their global index under a key drawn from (seed, k): a uniform k-subset of the rest,
+    whose cut-off priority is selected exactly in one pass that counts the priorities below a
+    bracket around the expected quantile and keeps the few inside it (widened if it missed)."""
+
+    def __init__(self, scores, sizes: list[int], flipped: np.ndarray, margin: float = 8.0):
+        self.scores, self.sizes, self.flipped, self.margin = scores, sizes, flipped, margin
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.tensor = np.searchsorted(self.offsets, flipped, side="right") - 1
+        self.hist = np.zeros(1 << 16, np.int64)
+        self.bits = np.empty(len(flipped), np.int64)
+        for t, score in enumerate(scores):
+            bits = score_bits(score)
+            self.hist += np.bincount((bits >> 16).numpy(), minlength=1 << 16)
+            at = self.tensor == t
+            self.bits[at] = bits[torch.from_numpy(flipped[at] - self.offsets[t])].numpy()
+
+    def threshold(self, k: int) -> tuple[int, int]:
+        """The k-th largest score's bit pattern, and how many of the top k tie with it."""
+        high, above = kth_bin(self.hist, k)
+        low = np.zeros(1 << 16, np.int64)
+        for score in self.scores:
+            bits = score_bits(score)
+            low += np.bincount((bits[(bits >> 16) == high] & 0xFFFF).numpy(), minlength=1 << 16)
+        low_bin, above_low = kth_bin(low, k - above)
+        return (high << 16) | low_bin, k - above - above_low
+
+    def pair(self, fraction: float, seed: int) -> dict[str, Protected]:
+        """{"top": the top fraction of the pool, "random": as many others, uniform}; at most
+        half the pool each, so that the random set fits beside the top set."""
+        total = sum(self.sizes)
+        k = max(1, min(round(fraction * total), total // 2))
+        if 2 * k > total:
+            raise CwaError(
+                f"params: `fault_protect` {fraction} protects {k} of {total} weights, leaving "
+                f"fewer than {k} to draw the random arm from"
+            )
+        cut, tied = self.threshold(k)
+        key = int(np.random.SeedSequence([seed, k]).generate_state(1, np.uint64)[0])
+        margin = self.margin
+        while True:
+            last_tie, below, inside = self._count(cut, tied, k, key, margin)
+            need = k - below
+            if 0 < need <= len(inside):
+                break
+            margin *= 16
+        limit = np.partition(inside, need - 1)[need - 1]
+        flat = self.flipped - self.offsets[self.tensor]
+        top = (self.bits > cut) | ((self.bits == cut) & (flat <= last_tie[self.tensor]))
+        rest = ~top & (priority(self.flipped, key) <= limit)
+        return {"top": Protected(k, top), "random": Protected(k, rest)}
+
+    def _count(self, cut: int, tied: int, k: int, key: int, margin: float):
+        """One pass: per tensor, the last tied weight in the top set; outside it, how many
+        priorities fall below the bracket and which fall inside."""
+        rest = sum(self.sizes) - k
+        p = k / rest
+        spread = margin * (np.sqrt(rest * p * (1 - p)) + 1) / rest
+        lo = int(max(0.0, p - spread) * 2.0**64)
+        hi = min(2**64 - 1, int(min(1.0, p + spread) * 2.0**64))
+        last_tie = np.full(len(self.sizes), -1, np.int64)
+        below, inside = 0, []
+        for t, score in enumerate(self.scores):
+            bits = score_bits(score)
+            top = bits > cut
+            ties = torch.nonzero(bits == cut).flatten()[:tied]
+            if len(ties):
+                top[ties] = True
+                last_tie[t], tied = int(ties[-1]), tied - len(ties)
+            for start in range(0, len(bits), _CHUNK):
+                index = torch.nonzero(~top[start : start + _CHUNK]).flatten().numpy() + start
+                pr = priority(index + self.offsets[t], key)
+                below += int((pr < np.uint64(lo)).sum())
+                inside.append(pr[(pr >= np.uint64(lo)) & (pr <= np.uint64(hi))])
+        return last_tie, below, np.concatenate(inside)
 
 
 def distribution(res: EvalResult) -> dict:
