@@ -75,7 +75,7 @@ from cwa.analysis.clusters import chosen_weights, dbscan, features, kmeans, matr
 from cwa.analysis.layer_correlation import window_scores
 from cwa.core.stats import bootstrap_indices
 from cwa.evaluation.perplexity import evaluate, reference, token_nll
-from cwa.experiments.faults import campaign
+from cwa.experiments.faults import campaign, campaign_estimate
 from cwa.experiments.finetuning import finetune, trainable, training_plan
 from cwa.experiments.layer_sweep import layer_experiments
 from cwa.experiments.perturbations import get_perturbation
@@ -438,6 +438,11 @@ def pruning_guard(hessian: bool) -> Callable[[Bench], int]:
     return guess
 
 
+def faults_guard(b: Bench) -> int:
+    sizes = [i.numel for i in b.infos]
+    return beyond_weights(campaign_estimate(b.model, sizes, b.batch_size, b.windows.shape[1]))
+
+
 def correlation_guard(b: Bench) -> int:
     return beyond_weights(estimate(b.model, b.infos, "backward", 1, b.windows.shape[1]))
 
@@ -469,7 +474,7 @@ STAGES = {
         FORWARD, units("neuron"), evaluation_guard
     ),
     f"faults, {len(FAULT_RATES) * FAULT_TRIALS * (1 + 2 * len(FAULT_PROTECT))} evaluations": Stage(
-        FORWARD, faults, evaluation_guard
+        FORWARD, faults, faults_guard
     ),
     "clusters, features + k-means + DBSCAN": Stage(FORWARD, clusters, evaluation_guard),
     "correlation, one backward per window": Stage(BACKWARD, correlation, correlation_guard),

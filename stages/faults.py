@@ -16,7 +16,7 @@ import polars as pl
 
 from cwa.core.io import write_table
 from cwa.evaluation.perplexity import reference
-from cwa.experiments.faults import campaign, summary
+from cwa.experiments.faults import campaign, guard_campaign, summary
 from cwa.pipeline.evaluation_setup import prepare_stage
 from cwa.pipeline.paths import SCORED_MODEL
 from cwa.pipeline.stage import Stage, stage_main
@@ -64,6 +64,7 @@ def run(args, params):
     seed = params.seeds[0]
     infos = pool_infos(pl.read_parquet(args.pool))
     scores = MemberScores(StoredScores(args.scores, seed), [(i, None) for i in infos])
+    memory = guard_campaign(ev.model, scores.sizes, params.batch_size, params.seq_len)
     with reference(ev.model, ev.windows, params.batch_size, params.kl_topk) as ref:
         rows = campaign(
             ev.model,
@@ -83,7 +84,7 @@ def run(args, params):
     return {
         "evaluations": len(rows),
         "diverged": int(rows["diverged"].sum()),
-        "memory": ev.memory,
+        "memory": memory,
         "evaluation_text": ev.text,
     }
 

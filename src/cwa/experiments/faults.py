@@ -23,6 +23,7 @@ from cwa import CwaError
 from cwa.core.progress import progress
 from cwa.evaluation.perplexity import EvalResult, Reference, evaluate
 from cwa.experiments.perturbations import edited, int_view, xor_mask
+from cwa.models.memory import Estimate, Need, check, estimate
 from cwa.selection.ranking import sizes_of
 
 
@@ -115,6 +116,10 @@ def campaign(
 # --- protected sets: a score threshold and a seeded hash, checked only where a draw flips -------
 
 _CHUNK = 1 << 22  # weights hashed at a time: bounds the pass's memory whatever the tensor's size
+# Host bytes of a protected-set pass (measured: docs/benchmarks.md, 2026-12-07): per weight of the
+# largest score tensor, its read from the store and |score| (8), the float32 copy and two masks
+# (6); per weight of a chunk, its global index, the two priority arrays and the masks (34).
+_PER_SCORE, _PER_CHUNK = 14, 34
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -122,10 +127,14 @@ _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 def priority(index: np.ndarray, key: int) -> np.ndarray:
     """The index-th output of a SplitMix64 stream seeded with `key` (Steele, Lea & Flood 2014):
     a bijection of uint64, so distinct weights never share a priority."""
-    z = index.astype(np.uint64) * _GAMMA + np.uint64(key)  # uint64 arithmetic wraps, as meant
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
+    z = index.astype(np.uint64)  # a copy, then in place: two arrays of the index's length
+    z *= _GAMMA  # uint64 arithmetic wraps, as meant
+    z += np.uint64(key)
+    for shift, mix in ((30, _MIX1), (27, _MIX2), (31, None)):
+        z ^= z >> np.uint64(shift)
+        if mix is not None:
+            z *= mix
+    return z
 
 
 def score_bits(score: torch.Tensor) -> torch.Tensor:
@@ -135,6 +144,15 @@ def score_bits(score: torch.Tensor) -> torch.Tensor:
     if torch.isnan(flat).any():
         raise CwaError("NaN scores in the ranking pool: sensitivity diverged")
     return flat.view(torch.int32)
+
+
+def histogram(bits: torch.Tensor, digit) -> np.ndarray:
+    """Counts of the 16-bit values `digit` takes over the bit patterns, a chunk at a time
+    (bincount widens its input to int64: a whole tensor would take 8 bytes a weight)."""
+    counts = np.zeros(1 << 16, np.int64)
+    for start in range(0, len(bits), _CHUNK):
+        counts += np.bincount(digit(bits[start : start + _CHUNK]).numpy(), minlength=1 << 16)
+    return counts
 
 
 def kth_bin(hist: np.ndarray, k: int) -> tuple[int, int]:
@@ -173,7 +191,7 @@ class ProtectedSets:
         self.bits = np.empty(len(flipped), np.int64)
         for t, score in enumerate(scores):
             bits = score_bits(score)
-            self.hist += np.bincount((bits >> 16).numpy(), minlength=1 << 16)
+            self.hist += histogram(bits, lambda chunk: chunk >> 16)
             at = self.tensor == t
             self.bits[at] = bits[torch.from_numpy(flipped[at] - self.offsets[t])].numpy()
 
@@ -183,7 +201,7 @@ class ProtectedSets:
         low = np.zeros(1 << 16, np.int64)
         for score in self.scores:
             bits = score_bits(score)
-            low += np.bincount((bits[(bits >> 16) == high] & 0xFFFF).numpy(), minlength=1 << 16)
+            low += histogram(bits, lambda chunk: chunk[(chunk >> 16) == high] & 0xFFFF)
         low_bin, above_low = kth_bin(low, k - above)
         return (high << 16) | low_bin, k - above - above_low
 
@@ -230,11 +248,27 @@ class ProtectedSets:
                 top[ties] = True
                 last_tie[t], tied = int(ties[-1]), tied - len(ties)
             for start in range(0, len(bits), _CHUNK):
-                index = torch.nonzero(~top[start : start + _CHUNK]).flatten().numpy() + start
-                pr = priority(index + self.offsets[t], key)
+                index = torch.nonzero(~top[start : start + _CHUNK]).flatten().numpy()
+                index += start + self.offsets[t]  # in place: the global index
+                pr = priority(index, key)
                 below += int((pr < np.uint64(lo)).sum())
                 inside.append(pr[(pr >= np.uint64(lo)) & (pr <= np.uint64(hi))])
         return last_tie, below, np.concatenate(inside)
+
+
+def campaign_estimate(model, sizes: list[int], batch_size: int, seq_len: int) -> Estimate:
+    """The campaign's memory: an evaluation pass per arm (cwa.models.memory) and, on the host,
+    the protected-set passes over the largest score tensor (counted as accumulators)."""
+    est = estimate(model, [], "forward", batch_size, seq_len)
+    largest = max(sizes, default=0)
+    host = _PER_SCORE * largest + _PER_CHUNK * min(largest, _CHUNK)
+    est.devices.setdefault("cpu", Need()).accumulators += host
+    return est
+
+
+def guard_campaign(model, sizes: list[int], batch_size: int, seq_len: int) -> dict:
+    """Refuses a campaign that cannot fit, before the reference pass; the manifest's `memory`."""
+    return check(campaign_estimate(model, sizes, batch_size, seq_len), "the fault campaign")
 
 
 def distribution(res: EvalResult) -> dict:
