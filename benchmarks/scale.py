@@ -439,8 +439,12 @@ def pruning_guard(hessian: bool) -> Callable[[Bench], int]:
 
 
 def faults_guard(b: Bench) -> int:
+    """The faults stage's estimate less its reads of the store (8 bytes per weight of the
+    largest tensor: the stored scores and their absolute values), which here are made before
+    the call. The estimate is the larger of an evaluation pass and the passes (one device)."""
     sizes = [i.numel for i in b.infos]
-    return beyond_weights(campaign_estimate(b.model, sizes, b.batch_size, b.windows.shape[1]))
+    est = campaign_estimate(b.model, sizes, b.batch_size, b.windows.shape[1])
+    return max(evaluation_guard(b), beyond_weights(est) - 8 * max(sizes))
 
 
 def correlation_guard(b: Bench) -> int:

@@ -258,11 +258,13 @@ class ProtectedSets:
 
 def campaign_estimate(model, sizes: list[int], batch_size: int, seq_len: int) -> Estimate:
     """The campaign's memory: an evaluation pass per arm (cwa.models.memory) and, on the host,
-    the protected-set passes over the largest score tensor (counted as accumulators)."""
+    the protected-set passes over the largest score tensor (counted as accumulators). The
+    passes run before the arms, so the host needs the larger of the two, not their sum."""
     est = estimate(model, [], "forward", batch_size, seq_len)
     largest = max(sizes, default=0)
     host = _PER_SCORE * largest + _PER_CHUNK * min(largest, _CHUNK)
-    est.devices.setdefault("cpu", Need()).accumulators += host
+    cpu = est.devices.setdefault("cpu", Need())
+    cpu.accumulators += max(0, host - cpu.beyond_weights)
     return est
 
 
