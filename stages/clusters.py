@@ -24,7 +24,7 @@ from cwa.core.io import write_table
 from cwa.core.stats import bh_q_values
 from cwa.evaluation.perplexity import reference
 from cwa.experiments.perturbations import SWEEP_KEYS
-from cwa.experiments.sweep import SweepConfig, selection_frame, stream_seed
+from cwa.experiments.sweep import SweepConfig, selection_set, stream_seed
 from cwa.experiments.unit_sets import Bench, headline_sweep, measure
 from cwa.pipeline.evaluation_setup import prepare_stage
 from cwa.pipeline.paths import SCORED_MODEL
@@ -119,15 +119,13 @@ def perturb_clusters(ev, params, infos, scores, table: pl.DataFrame) -> pl.DataF
                 best["flat_index"].to_numpy(),
                 best["log_score"].to_numpy(),
             )
-            sets = [selection_frame(_named(infos, top), "top", len(best), 0)]
+            sets = [selection_set(_named(infos, top), "top", len(best), 0)]
             for d in range(params.random_draws):
                 rng = np.random.default_rng(stream_seed(seed, "cluster", cluster, d))
                 drawn = matched_random(top, scores.sizes, rng, scores)
-                sets.append(selection_frame(_named(infos, drawn), "random_k", len(best), d))
+                sets.append(selection_set(_named(infos, drawn), "random_k", len(best), d))
             stream = stream_seed(seed, "cluster", cluster)
-            effects, compared = measure(
-                bench, pl.concat(sets), sweeps, stream, f"cluster {cluster}"
-            )
+            effects, compared = measure(bench, sets, sweeps, stream, f"cluster {cluster}")
             top_row = effects.filter(pl.col("selection") == "top").row(0, named=True)
             ci = {"ci_low": top_row["ci_low"], "ci_high": top_row["ci_high"]}
             rows.append(

@@ -11,7 +11,7 @@ from cwa.core.stats import bootstrap_indices, paired_test
 from cwa.evaluation.perplexity import evaluate
 from cwa.experiments.perturbations import get_perturbation
 from cwa.experiments.summaries import compare, headline, pool, summarize, with_q_values
-from cwa.experiments.sweep import experiments, masked, stream_seed
+from cwa.experiments.sweep import experiments, grid, masked, selection_set, stream_seed
 from cwa.experiments.sweep import run as run_experiments
 from cwa.models.anatomy import describe
 from cwa.models.anatomy import pool as pool_of
@@ -46,6 +46,39 @@ def sweep():
     results = run_experiments(model, exps, windows, 4, desc=None)
     base = evaluate(model, windows, 4)
     return exps, results, base
+
+
+def test_a_set_chosen_outside_the_ranking_gives_the_tables_experiments():
+    """selection_set puts params in name order and indices sorted, as a ranking table's sets
+    read back: the same weights get the same random numbers (gauss noise, a mask ratio)."""
+    weights = {
+        "b.w": torch.tensor([9, 2, 5]),
+        "a.w": torch.tensor([7, 0]),
+        "c.w": torch.tensor([4]),
+    }
+    table = pl.DataFrame(
+        {
+            "selection": "top",
+            "k": 6,
+            "draw": 0,
+            "param": [n for n, f in weights.items() for _ in range(len(f))],
+            "flat_index": torch.cat(list(weights.values())).numpy(),
+        }
+    )
+    sweeps = [(get_perturbation("gauss_noise"), (0.1,)), (get_perturbation("zero"), (None,))]
+    want = experiments(table, sweeps, headline_k=6, mask_ratios=(0.5,), seed=3)
+    got = grid([selection_set(weights, "top", 6, 0)], sweeps, 6, (0.5,), 3)
+    assert len(got) == len(want) == 4
+    assert list(got[0].weights) == ["a.w", "b.w", "c.w"]
+    for g, w in zip(got, want, strict=True):
+        assert (g.perturbation.name, g.strength, g.mask_ratio, g.seed) == (
+            w.perturbation.name,
+            w.strength,
+            w.mask_ratio,
+            w.seed,
+        )
+        assert list(g.weights) == list(w.weights)
+        assert all(torch.equal(g.weights[n], w.weights[n]) for n in w.weights)
 
 
 def test_grid_sweeps_k_at_the_first_strength_and_everything_at_headline_k(sweep):

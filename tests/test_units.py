@@ -150,7 +150,7 @@ def _planted(arch: str, kind: str, plant) -> None:
     its layer (an untrained model: the loss moves both ways), and restores bit for bit."""
     from cwa.evaluation.perplexity import evaluate
     from cwa.experiments.perturbations import get_perturbation
-    from cwa.experiments.sweep import experiments, selection_frame
+    from cwa.experiments.sweep import grid, selection_set
     from cwa.experiments.sweep import run as run_experiments
     from cwa.scoring.metrics import compute_scores, get_metric
 
@@ -168,16 +168,11 @@ def _planted(arch: str, kind: str, plant) -> None:
     assert table["unit"][0] == target
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     rng = np.random.default_rng(0)
-    sets = pl.concat(
-        [selection_frame(weights_of(units, [target]), "top", 1, 0)]
-        + [
-            selection_frame(
-                weights_of(units, matched_random(table, [target], rng)), "random_k", 1, d
-            )
-            for d in range(3)
-        ]
-    )
-    exps = experiments(sets, [(get_perturbation("zero"), (None,))])
+    sets = [selection_set(weights_of(units, [target]), "top", 1, 0)] + [
+        selection_set(weights_of(units, matched_random(table, [target], rng)), "random_k", 1, d)
+        for d in range(3)
+    ]
+    exps = grid(sets, [(get_perturbation("zero"), (None,))])
     results = run_experiments(model, exps, windows, 3, desc=None)
     base = evaluate(model, windows, 3).nll
     pairs = zip(exps, results, strict=True)

@@ -113,8 +113,12 @@ def stream_seed(*parts) -> int:
     return zlib.crc32("|".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
-def selection_sets(ranking: pl.DataFrame) -> list[tuple[str, int, int, dict[str, torch.Tensor]]]:
-    """(selection, k, draw, {param: flat indices}) for every set of the ranking table."""
+# (selection, k, draw, {param: sorted flat indices}): one set of weights an experiment perturbs.
+SelectionSet = tuple[str, int, int, dict[str, torch.Tensor]]
+
+
+def selection_sets(ranking: pl.DataFrame) -> list[SelectionSet]:
+    """Every set of the ranking table: params in name order, flat indices sorted."""
     out = []
     keys = ["selection", "k", "draw"]
     for (selection, k, draw), rows in ranking.sort([*keys, "param", "flat_index"]).group_by(
@@ -128,21 +132,14 @@ def selection_sets(ranking: pl.DataFrame) -> list[tuple[str, int, int, dict[str,
     return out
 
 
-def selection_frame(
+def selection_set(
     weights: dict[str, torch.Tensor], selection: str, k: int, draw: int
-) -> pl.DataFrame:
-    """The rows selection_sets reads back for one set: each weight's param and flat index (for
-    sets chosen outside the rank stage: units, clusters)."""
-    return pl.DataFrame(
-        {
-            "selection": selection,
-            "k": k,
-            "draw": draw,
-            "param": [name for name, flat in weights.items() for _ in range(len(flat))],
-            "flat_index": torch.cat([f.reshape(-1) for f in weights.values()]).numpy(),
-        },
-        schema_overrides={"k": pl.Int64, "draw": pl.Int64, "flat_index": pl.Int64},
-    )
+) -> SelectionSet:
+    """A set chosen outside the rank stage (units, clusters) in selection_sets' order, which
+    decides which weight gets which of a perturbation's random numbers: no table of one row per
+    weight (a unit of an 8B model holds millions)."""
+    ordered = {name: weights[name].reshape(-1).sort().values for name in sorted(weights)}
+    return selection, k, draw, ordered
 
 
 def masked(weights: dict[str, torch.Tensor], ratio: float, seed: int) -> dict[str, torch.Tensor]:
@@ -170,8 +167,19 @@ def experiments(
     seed: int = 0,
 ) -> list[Experiment]:
     """The sweep grid over every selection set of the ranking table (see the module doc)."""
+    return grid(selection_sets(ranking), sweeps, headline_k, mask_ratios, seed)
+
+
+def grid(
+    sets: list[SelectionSet],
+    sweeps: list[Spec],
+    headline_k: int | None = None,
+    mask_ratios: tuple[float, ...] = (),
+    seed: int = 0,
+) -> list[Experiment]:
+    """The sweep grid over the given selection sets."""
     out = []
-    for selection, k, draw, weights in selection_sets(ranking):
+    for selection, k, draw, weights in sets:
         for p, strengths in sweeps:
             grid = [(s, 1.0) for s in (strengths if k == headline_k else strengths[:1])]
             if k == headline_k:

@@ -14,12 +14,13 @@ from cwa.core.stats import bootstrap_indices
 from cwa.evaluation.perplexity import EvalResult, Reference
 from cwa.experiments.summaries import compare, summarize
 from cwa.experiments.sweep import (
+    SelectionSet,
     Spec,
     SweepConfig,
-    experiments,
     first_settings,
+    grid,
     headline_setting,
-    selection_frame,
+    selection_set,
     specs,
     stream_seed,
 )
@@ -91,21 +92,23 @@ class Bench:
         )
 
 
-def unit_sets(units: Units, ranked: pl.DataFrame, top: list[int], draws: int, seed: int):
+def unit_sets(
+    units: Units, ranked: pl.DataFrame, top: list[int], draws: int, seed: int
+) -> list[SelectionSet]:
     """The top units `top` (ids) and `draws` random sets matched to them per layer."""
-    k, frames = len(top), [selection_frame(weights_of(units, top), "top", len(top), 0)]
+    k, sets = len(top), [selection_set(weights_of(units, top), "top", len(top), 0)]
     for d in range(draws):
         rng = np.random.default_rng(stream_seed(seed, units.kind, tuple(top), d))
         drawn = weights_of(units, matched_random(ranked, top, rng))
-        frames.append(selection_frame(drawn, "random_k", k, d))
-    return pl.concat(frames)
+        sets.append(selection_set(drawn, "random_k", k, d))
+    return sets
 
 
-def measure(bench: Bench, sets: pl.DataFrame, sweeps: list[Spec], stream: int, desc: str):
-    """(effects, comparisons) of a top set against its random sets (`sets`: selection_frame
-    rows), every perturbation of `sweeps` at its first strength; `stream` seeds the
-    perturbations' random numbers."""
-    exps = experiments(sets, sweeps, seed=stream)
+def measure(bench: Bench, sets: list[SelectionSet], sweeps: list[Spec], stream: int, desc: str):
+    """(effects, comparisons) of a top set against its random sets, every perturbation of
+    `sweeps` at its first strength; `stream` seeds the perturbations' random numbers."""
+    ordered = sorted(sets, key=lambda s: s[:3])  # (selection, k, draw), as a table's sets are
+    exps = grid(ordered, sweeps, seed=stream)
     results = run_experiments(bench.model, exps, bench.windows, bench.batch_size, desc, bench.ref)
     effects, _ = summarize(exps, results, bench.base, bench.boot_idx, bench.seed)
     comparisons = compare(exps, results, bench.base, bench.boot_idx, bench.resamples, bench.seed)
