@@ -72,7 +72,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cwa.analysis.clusters import chosen_weights, dbscan, features, kmeans, matrix
-from cwa.analysis.layer_correlation import window_scores
+from cwa.analysis.layer_correlation import correlation_estimate, window_scores
 from cwa.core.stats import bootstrap_indices
 from cwa.evaluation.perplexity import evaluate, reference, token_nll
 from cwa.experiments.faults import campaign, campaign_estimate
@@ -448,7 +448,7 @@ def faults_guard(b: Bench) -> int:
 
 
 def correlation_guard(b: Bench) -> int:
-    return beyond_weights(estimate(b.model, b.infos, "backward", 1, b.windows.shape[1]))
+    return beyond_weights(correlation_estimate(b.model, b.infos, b.windows.shape[1]))
 
 
 STAGES = {

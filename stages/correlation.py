@@ -10,11 +10,10 @@ Writes: the per-window scores (schema `window_scores`) and the pairs (`layer_pai
 
 import polars as pl
 
-from cwa.analysis.layer_correlation import pairs, window_scores
+from cwa.analysis.layer_correlation import guard_correlation, pairs, window_scores
 from cwa.core.io import write_table
 from cwa.data.windows import calibration_draw, calibration_windows
 from cwa.models.loading import ModelConfig, load_studied
-from cwa.models.memory import guard
 from cwa.pipeline.paths import CALIB_TEXT, MODELS, POOL
 from cwa.pipeline.stage import Stage, stage_main
 from cwa.schemas.layer_pairs import LAYER_PAIRS_TABLE
@@ -50,7 +49,7 @@ STAGE = Stage(
 def run(args, params):
     model, tokenizer = load_studied(ModelConfig.of(params), args.models_dir)
     infos = pool_infos(pl.read_parquet(args.pool))
-    memory = guard(model, infos, "backward", 1, params.seq_len, "the per-window gradient pass")
+    memory = guard_correlation(model, infos, params.seq_len)
     calib = calibration_windows(
         tokenizer, args.calib_text, params.seq_len, params.bos, params.calib_samples
     )

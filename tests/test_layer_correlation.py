@@ -144,3 +144,22 @@ def test_pairs_are_the_same_bytes_whichever_blas_kernel_runs():
         return done.stdout.strip()
 
     assert digest("Haswell") == digest("Prescott")
+
+
+def test_the_correlation_guard_is_a_backward_without_accumulators():
+    """Written out for the tiny Llama: a backward pass of batch 1 less its fp32 accumulators and
+    host score copy, plus the largest pool tensor's |g·w| temporaries (two fp32 arrays in fp32,
+    four in bf16, where gradient and weight are both upcast)."""
+    from cwa.analysis.layer_correlation import correlation_estimate
+    from cwa.models.memory import estimate
+
+    model = tiny_llama()
+    infos = pool(describe(model))
+    largest = max(i.numel for i in infos)
+    for dtype, temporaries in ((torch.float32, 8 * largest), (torch.bfloat16, 16 * largest)):
+        model = model.to(dtype)
+        backward = estimate(model, infos, "backward", 1, 12).devices["cpu"]
+        got = correlation_estimate(model, infos, 12).devices["cpu"]
+        assert (got.gradients, got.activations) == (backward.gradients, backward.activations)
+        assert got.accumulators == temporaries
+        assert backward.accumulators == 8 * sum(i.numel for i in infos)  # the guard it replaces

@@ -30,6 +30,7 @@ from cwa.core.progress import progress
 from cwa.core.stats import bh_q_values
 from cwa.evaluation.perplexity import token_nll
 from cwa.models.anatomy import ParamInfo
+from cwa.models.memory import Estimate, check, estimate
 
 LEVELS = ("layer", "component")
 
@@ -37,6 +38,28 @@ LEVELS = ("layer", "component")
 @torch.no_grad()
 def _abs_products(weights: list[torch.Tensor], grads: tuple[torch.Tensor, ...]) -> list[float]:
     return [float((g.float() * w.float()).abs().sum()) for w, g in zip(weights, grads, strict=True)]
+
+
+def correlation_estimate(model, infos: list[ParamInfo], seq_len: int) -> Estimate:
+    """window_scores' memory: a backward pass over one window, holding every pool tensor's
+    gradient at once (autograd.grad) but no fp32 accumulator or host copy per weight (a sum per
+    tensor is all it keeps), plus the product |g·w| of the largest pool tensor on its device (two
+    fp32 temporaries; two more when the dtype is narrower than fp32 and both are upcast)."""
+    est = estimate(model, infos, "backward", 1, seq_len)
+    for need in est.devices.values():
+        need.accumulators = 0
+    params = dict(model.named_parameters())
+    for info in infos:
+        p = params[info.name]
+        temporaries = 4 * p.numel() * (2 if p.element_size() >= 4 else 4)
+        need = est.devices[str(p.device)]
+        need.accumulators = max(need.accumulators, temporaries)
+    return est
+
+
+def guard_correlation(model, infos: list[ParamInfo], seq_len: int) -> dict:
+    """Refuses a per-window gradient pass that cannot fit; the manifest's `memory`."""
+    return check(correlation_estimate(model, infos, seq_len), "the per-window gradient pass")
 
 
 def window_scores(model, infos: list[ParamInfo], windows: torch.Tensor, desc=None) -> pl.DataFrame:

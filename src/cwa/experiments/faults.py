@@ -116,7 +116,7 @@ def campaign(
 # --- protected sets: a score threshold and a seeded hash, checked only where a draw flips -------
 
 _CHUNK = 1 << 22  # weights hashed at a time: bounds the pass's memory whatever the tensor's size
-# Host bytes of a protected-set pass (measured: docs/benchmarks.md, 2026-12-07): per weight of the
+# Host bytes of a protected-set pass (measured: docs/benchmarks.md, session 18): per weight of the
 # largest score tensor, its read from the store and |score| (8), the float32 copy and two masks
 # (6); per weight of a chunk, its global index, the two priority arrays and the masks (34).
 _PER_SCORE, _PER_CHUNK = 14, 34
