@@ -162,4 +162,4 @@ def test_the_correlation_guard_is_a_backward_without_accumulators():
         got = correlation_estimate(model, infos, 12).devices["cpu"]
         assert (got.gradients, got.activations) == (backward.gradients, backward.activations)
         assert got.accumulators == temporaries
-        assert backward.accumulators == 8 * sum(i.numel for i in infos)  # the guard it replaces
+        assert backward.accumulators == 4 * sum(i.numel for i in infos)  # the guard it replaces

@@ -21,10 +21,22 @@ def test_backward_pass_arithmetic(model_and_pool):
     need = estimate(model, infos, "backward", batch_size=3, seq_len=10).devices["cpu"]
     assert need.weights == 4 * total
     assert need.gradients == 4 * scored
-    assert need.accumulators == 4 * scored + 4 * scored  # on the device, and the CPU score copy
+    assert need.accumulators == 4 * scored  # fp32 on the CPU: to_host hands it over, no copy
     block = 3 * 10 * (10 * 32 + 4 * 64 + 2 * 4 * 10) * 4
     logits = 3 * 10 * 64 * (4 + 4 * 3)
     assert need.activations == 2 * block + logits
+
+
+def test_scores_on_an_accelerator_add_their_host_copy(model_and_pool):
+    """A pool on another device (meta here, as a GPU would be) holds its fp32 accumulators
+    there and the fp32 score copy in CPU memory."""
+    import copy
+
+    model, infos = model_and_pool
+    scored = sum(i.numel for i in infos)
+    away = estimate(copy.deepcopy(model).to("meta"), infos, "backward", 3, 10).devices
+    assert away["meta"].accumulators == 4 * scored
+    assert away["cpu"].accumulators == 4 * scored
 
 
 def test_pass_kinds_order_as_their_memory(model_and_pool):

@@ -6,7 +6,8 @@ an out-of-memory error. The estimate is deliberately simple and conservative (up
 - weights: the parameters resident on the device (already loaded: counted in its used memory);
 - gradients: one per scored weight in the model dtype (backward passes); `grad_squared` adds
   the per-window fp32 gradients of one layer and their squares (batch x largest tensor x 8 B);
-- accumulators: fp32 per scored weight, plus the fp32 score copy kept in CPU memory;
+- accumulators: fp32 per scored weight, plus the fp32 score copy kept in CPU memory (of the
+  weights on an accelerator: a CPU accumulator is handed over as it is);
 - activations: per block and token, the tensors a backward pass keeps, in the model dtype:
   10·hidden + 4·intermediate (×experts per token), + 2·heads·seq attention probabilities with
   eager or math attention (Hutchinson; fused SDPA kernels keep none);
@@ -177,7 +178,11 @@ def _scored_buffers(est: Estimate, kind: Pass, params: dict, infos, layer_group:
             n.gradients += int(share * size)
         if kind.hessian:  # the probe z (every scored weight) and the product Hz
             n.gradients += size + int(share * size)
-    est.devices["cpu"].accumulators += 4 * sum(params[n].numel() for n in scored)
+    # the fp32 host copy of the scores (metrics.to_host): none for an fp32 accumulator already
+    # on the CPU, which is handed over as it is
+    est.devices["cpu"].accumulators += 4 * sum(
+        params[n].numel() for n in scored if params[n].device.type != "cpu"
+    )
     if kind.per_window:  # one layer's per-window fp32 gradients and their squares
         largest: dict[str, int] = {}
         for name in scored:
